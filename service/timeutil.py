@@ -1,0 +1,45 @@
+"""Timestamps: one storage format for every timestamp the service writes.
+
+Stored format: ISO 8601 in UTC with microseconds and a ``Z`` suffix,
+``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (27 characters, fixed width), so that text
+comparison in SQL orders timestamps correctly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+UTC = timezone.utc
+_STORE_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def utcnow() -> datetime:
+    """The current moment, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def to_store(dt: datetime) -> str:
+    """Format an aware (or naive, taken as UTC) datetime in the storage format."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime(_STORE_FMT)
+
+
+def from_store(value: str | None) -> datetime | None:
+    """Parse a stored timestamp (or any ISO 8601 text) into an aware UTC datetime."""
+    if not value:
+        return None
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def to_api(value: str | datetime | None) -> str | None:
+    """ISO 8601 UTC for JSON responses (``2026-11-21T12:00:00Z``), or None."""
+    dt = from_store(value) if isinstance(value, str) else value
+    if dt is None:
+        return None
+    dt = dt.astimezone(UTC)
+    text = dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
