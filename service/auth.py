@@ -1,0 +1,168 @@
+"""Who is calling: bearer tokens, signed session cookies, a trusted proxy header, CSRF."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+from aiohttp import web
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from . import keys
+from .config import Settings
+from .store import users
+from .store.users import User
+
+logger = logging.getLogger(__name__)
+
+COOKIE_NAME = "agnes_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+
+def public(handler: Callable) -> Callable:
+    """Mark a handler as reachable without a credential (health checks, sign-in, version probe)."""
+    handler.agnes_public = True  # type: ignore[attr-defined]
+    return handler
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The cookie-signing key: the configured one, or one generated once and kept under data_dir."""
+    if settings.secret_key:
+        return settings.secret_key.encode("utf-8")
+    path = Path(settings.data_dir) / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_hex(32).encode())
+    return path.read_bytes().strip()
+
+
+def make_signer(secret: bytes) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt="agnes-home.session")
+
+
+def csrf_token(secret: bytes, user_id: int, nonce: str) -> str:
+    """Per-session CSRF token, derived so it need not be stored."""
+    return hmac.new(secret, f"csrf:{user_id}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def set_session_cookie(request: web.Request, response: web.StreamResponse, user_id: int,
+                       token_id: int | None) -> None:
+    settings = request.app[keys.SETTINGS]
+    value = request.app[keys.SIGNER].dumps({"u": user_id, "t": token_id, "n": secrets.token_urlsafe(12)})
+    response.set_cookie(COOKIE_NAME, value, max_age=settings.session_max_age, httponly=True,
+                        samesite="Lax", secure=settings.cookie_secure, path="/")
+
+
+def clear_session_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(COOKIE_NAME, path="/")
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return value.strip()
+
+
+def _from_trusted_proxy(request: web.Request, settings: Settings) -> bool:
+    if not settings.proxy_header or not settings.trusted_proxies or request.remote is None:
+        return False
+    try:
+        remote = ipaddress.ip_address(request.remote)
+    except ValueError:
+        return False
+    for entry in settings.trusted_proxies:
+        try:
+            if remote in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            logger.warning("ignoring invalid trusted proxy entry %r", entry)
+    return False
+
+
+class Identity:
+    """The result of authentication: the user, how they proved it, and the CSRF nonce."""
+
+    __slots__ = ("user", "method", "nonce")
+
+    def __init__(self, user: User, method: str, nonce: str = "") -> None:
+        self.user, self.method, self.nonce = user, method, nonce
+
+
+async def identify(request: web.Request) -> Identity | None:
+    """Authenticate a request. A bearer header, when present, is the only credential considered."""
+    app = request.app
+    db = app[keys.DB]
+    token = _bearer(request)
+    if token is not None:
+        found = await users.authenticate(db, token) if token else None
+        return Identity(found[0], "bearer") if found else None
+
+    settings = app[keys.SETTINGS]
+    if _from_trusted_proxy(request, settings):
+        email = request.headers.get(settings.proxy_header, "").strip()
+        if email:
+            user = await users.get_user_by_email(db, email)
+            return Identity(user, "proxy", "proxy") if user else None
+
+    raw = request.cookies.get(COOKIE_NAME)
+    if raw:
+        data = _load_cookie(app[keys.SIGNER], raw, settings.session_max_age)
+        if data is None:
+            return None
+        user = await users.get_user(db, data["u"])
+        if user is None:
+            return None
+        if data.get("t") is not None and not await users.token_active(db, data["t"]):
+            return None
+        return Identity(user, "cookie", data["n"])
+    return None
+
+
+def _load_cookie(signer: URLSafeTimedSerializer, raw: str, max_age: int) -> dict[str, Any] | None:
+    try:
+        data = signer.loads(raw, max_age=max_age)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("u"), int) or not isinstance(data.get("n"), str):
+        return None
+    return data
+
+
+async def check_csrf(request: web.Request, identity: Identity) -> bool:
+    """Cookie- and proxy-authenticated state changes need the session's CSRF token and a same-origin Origin."""
+    if request.method in SAFE_METHODS or identity.method == "bearer":
+        return True
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and origin.split("://", 1)[-1] != request.host:
+        return False
+    expected = csrf_token(request.app[keys.SECRET], identity.user.id, identity.nonce)
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        value = form.get(CSRF_FIELD)
+        sent = value if isinstance(value, str) else None
+    return sent is not None and hmac.compare_digest(sent, expected)
+
+
+def request_csrf_token(request: web.Request) -> str:
+    identity: Identity | None = request.get(keys.IDENTITY)
+    if identity is None or identity.method == "bearer":
+        return ""
+    return csrf_token(request.app[keys.SECRET], identity.user.id, identity.nonce)

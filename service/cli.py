@@ -1,0 +1,245 @@
+"""The ``agnes-home`` command line: serve, migrate, users, tokens, and operator tasks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any, Awaitable, Callable
+
+import msgspec
+
+from . import logs
+from .config import ConfigError, Settings, load_settings
+from .db import Database
+from .migrations import migrate
+from .store import users
+
+logger = logging.getLogger(__name__)
+
+Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+
+
+class CliError(Exception):
+    """A user-facing command failure: printed, exit status 1."""
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
+
+
+async def open_db(settings: Settings) -> Database:
+    """Open the database and bring the schema up to date (every command needs both)."""
+    db = Database(settings.db_path, readers=1)
+    await db.open()
+    await migrate(db.writer)
+    return db
+
+
+def with_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]]) -> Command:
+    async def run(args: argparse.Namespace, settings: Settings) -> int:
+        db = await open_db(settings)
+        try:
+            return await fn(args, settings, db)
+        finally:
+            await db.close()
+    return run
+
+
+async def _user_or_fail(db: Database, email: str) -> users.User:
+    user = await users.get_user_by_email(db, email)
+    if user is None:
+        raise CliError(f"no user with email {email!r}; add one with `agnes-home users add {email}`")
+    return user
+
+
+# -- serve / migrate ---------------------------------------------------------------
+
+async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web  # noqa: PLC0415
+
+    from .app import create_app  # noqa: PLC0415
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, handle_signals=True,
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    logger.info("serving on http://%s:%s", settings.host, settings.port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+@with_db
+async def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    from .migrations import current_version  # noqa: PLC0415
+
+    version = await current_version(db.writer)
+    print(f"schema at version {version}")
+    return 0
+
+
+# -- users / tokens ------------------------------------------------------------------
+
+@with_db
+async def cmd_users_add(args, settings, db) -> int:
+    try:
+        user = await users.add_user(db, args.email, args.name or "", args.onboarded)
+    except users.UserExists:
+        raise CliError(f"a user with email {args.email!r} already exists") from None
+    if args.json:
+        _print_json(user)
+    else:
+        print(f"added user {user.id} {user.email}{' (onboarded)' if user.onboarded else ''}")
+    return 0
+
+
+@with_db
+async def cmd_users_list(args, settings, db) -> int:
+    found = await users.list_users(db)
+    if args.json:
+        _print_json(found)
+        return 0
+    for u in found:
+        print(f"{u.id}\t{u.email}\t{u.name}\t{'onboarded' if u.onboarded else '-'}\t{u.last_pull_at or 'never'}")
+    return 0
+
+
+@with_db
+async def cmd_tokens_issue(args, settings, db) -> int:
+    user = await _user_or_fail(db, args.email)
+    token, meta = await users.issue_token(db, user.id, args.label or "")
+    print(f"Issued token {meta.prefix}… for {user.email}. It is shown once; store it now:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+@with_db
+async def cmd_tokens_list(args, settings, db) -> int:
+    user_id = (await _user_or_fail(db, args.email)).id if args.email else None
+    found = await users.list_tokens(db, user_id)
+    if args.json:
+        _print_json(found)
+        return 0
+    for t in found:
+        state = f"revoked {t.revoked_at}" if t.revoked_at else "active"
+        print(f"{t.id}\t{t.prefix}…\t{t.email}\t{state}\tlast used {t.last_used_at or 'never'}")
+    return 0
+
+
+@with_db
+async def cmd_tokens_revoke(args, settings, db) -> int:
+    if args.id is not None:
+        count = await users.revoke_token(db, token_id=args.id)
+    elif args.prefix:
+        count = await users.revoke_token(db, prefix=args.prefix.rstrip("…"))
+    elif args.email:
+        count = await users.revoke_token(db, user_id=(await _user_or_fail(db, args.email)).id)
+    else:
+        raise CliError("say which token: --id, --prefix or --email (all of a user's tokens)")
+    print(f"revoked {count} token(s)")
+    return 0 if count else 1
+
+
+# -- config ---------------------------------------------------------------------------
+
+async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    from .config import markdown_table, yaml_example  # noqa: PLC0415
+
+    if args.what == "example":
+        sys.stdout.write(yaml_example())
+    elif args.what == "table":
+        print(markdown_table())
+    else:
+        _print_json(settings if not settings.secret_key else msgspec.structs.replace(settings, secret_key="***"))
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------
+
+@with_db
+async def cmd_demo(args, settings, db) -> int:
+    from .demo import load_demo  # noqa: PLC0415
+
+    token = await load_demo(db, settings)
+    url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    print(f"""
+Demo data loaded into {settings.db_path}.
+  Sign in:  open {url}/login and paste the token below
+  API:      curl -H "Authorization: Bearer <token>" {url}/api/me
+Token for the demo analyst (shown once):
+{token}""")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agnes-home", description="Agnes Home service and operator commands.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Command, help_text: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(fn=fn)
+        return p
+
+    add("serve", cmd_serve, "Serve the web app on AGNES_HOST:AGNES_PORT (SIGTERM stops it cleanly).")
+    add("migrate", cmd_migrate, "Bring the database schema to the latest version.")
+
+    p_users = sub.add_parser("users", help="Manage users.", description="Manage users.")
+    users_sub = p_users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    p = add("add", cmd_users_add, "Add a user.", users_sub)
+    p.add_argument("email")
+    p.add_argument("--name", default="")
+    p.add_argument("--onboarded", action="store_true", help="mark the user onboarded already")
+    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_users_list, "List users.", users_sub)
+    p.add_argument("--json", action="store_true")
+
+    p_tokens = sub.add_parser("tokens", help="Manage personal access tokens.",
+                              description="Manage personal access tokens.")
+    tokens_sub = p_tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    p = add("issue", cmd_tokens_issue, "Issue a token; it is printed once, alone on the last line.", tokens_sub)
+    p.add_argument("email")
+    p.add_argument("--label", default="")
+    p = add("list", cmd_tokens_list, "List tokens (prefixes only; tokens are stored hashed).", tokens_sub)
+    p.add_argument("--email")
+    p.add_argument("--json", action="store_true")
+    p = add("revoke", cmd_tokens_revoke, "Revoke a token by id or prefix, or all of a user's tokens.", tokens_sub)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--id", type=int)
+    group.add_argument("--prefix")
+    group.add_argument("--email")
+
+    p = add("config", cmd_config, "Print the resolved settings, the YAML example or the README table.")
+    p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show")
+
+    add("demo", cmd_demo, "Load demo users, transcripts and a table; print how to sign in.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"agnes-home: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(args.fn(args, settings))
+    except CliError as exc:
+        print(f"agnes-home: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Settings: environment variable > YAML file (``AGNES_CONFIG``) > default, resolved once.
+
+Every setting is declared once in ``SETTINGS`` (name, environment variable, YAML
+path, type, default, help). The typed ``Settings`` object, the YAML example and
+the README's configuration table are all derived from that one list, so they
+cannot drift apart (a test checks the example and the README).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+FALSEY = frozenset({"0", "false", "no", "off", ""})
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str | None
+    yaml: str
+    type: type
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("show_status_frame", "AGNES_HOME_SHOW_STATUS_FRAME", "instance.home.show_status_frame", bool, True,
+            "Show the status frame on /home (operator switch; users must also be onboarded)."),
+    Setting("show_automode", "AGNES_HOME_SHOW_AUTOMODE", "instance.home.show_automode", bool, True,
+            "Show the auto-mode card on /home."),
+    Setting("public_url", "AGNES_PUBLIC_URL", "instance.public_url", str, "",
+            "Base URL analysts use to reach this server (shown in `agnes init`); defaults to the request's host."),
+    Setting("db_path", "AGNES_DB_PATH", "database.path", str, "var/agnes.db",
+            "SQLite database file."),
+    Setting("data_dir", "AGNES_DATA_DIR", "storage.data_dir", str, "var/data",
+            "Uploaded transcripts, table files and the generated secret key live here."),
+    Setting("session_dir", "AGNES_SESSION_DIR", "storage.session_dir", str, "",
+            "Watched directory of transcripts, <dir>/<user id or email local part>/**/*.jsonl; empty: none."),
+    Setting("host", "AGNES_HOST", "server.host", str, "127.0.0.1", "Address to listen on."),
+    Setting("port", "AGNES_PORT", "server.port", int, 8080, "Port to listen on."),
+    Setting("shutdown_timeout", "AGNES_SHUTDOWN_TIMEOUT", "server.shutdown_timeout", float, 10.0,
+            "Seconds to finish in-flight work after SIGTERM."),
+    Setting("secret_key", "AGNES_SECRET_KEY", "auth.secret_key", str, "",
+            "Key that signs session cookies; generated and kept under data_dir when empty."),
+    Setting("cookie_secure", "AGNES_COOKIE_SECURE", "auth.cookie_secure", bool, False,
+            "Mark the session cookie Secure (set when served over HTTPS)."),
+    Setting("session_max_age", "AGNES_SESSION_MAX_AGE", "auth.session_max_age", int, 14 * 24 * 3600,
+            "Lifetime of a browser sign-in, in seconds."),
+    Setting("proxy_header", "AGNES_PROXY_HEADER", "auth.proxy_header", str, "",
+            "Header carrying the signed-in user's email from a trusted SSO proxy; empty: disabled."),
+    Setting("trusted_proxies", "AGNES_TRUSTED_PROXIES", "auth.trusted_proxies", list, [],
+            "Proxy addresses or networks (comma-separated in the environment) allowed to set proxy_header."),
+    Setting("max_upload_mb", "AGNES_MAX_UPLOAD_MB", "ingest.max_upload_mb", int, 50,
+            "Largest accepted transcript upload, in MB, compressed or decompressed."),
+    Setting("scan_interval", "AGNES_SCAN_INTERVAL", "ingest.scan_interval", float, 30.0,
+            "Seconds between scans of session_dir and reprocess ticks."),
+    Setting("parse_workers", "AGNES_PARSE_WORKERS", "ingest.parse_workers", int, 1,
+            "Worker processes that parse transcripts off the event loop."),
+    Setting("max_failures", "AGNES_MAX_FAILURES", "ingest.max_failures", int, 5,
+            "Failures after which a file is quarantined instead of retried."),
+    Setting("reprocess_batch", "AGNES_REPROCESS_BATCH", "ingest.reprocess_batch", int, 50,
+            "Files reprocessed per tick when the processor version moves on."),
+    Setting("retention_days", "AGNES_RETENTION_DAYS", "ingest.retention_days", int, 400,
+            "Usage events and activity older than this many days are pruned."),
+    Setting("log_format", "AGNES_LOG_FORMAT", "logging.format", str, "text",
+            "Log line format: text or json."),
+    Setting("log_level", "AGNES_LOG_LEVEL", "logging.level", str, "INFO", "Log level."),
+)
+
+_CHOICES = {"log_format": ("text", "json"), "log_level": ("DEBUG", "INFO", "WARNING", "ERROR")}
+_POSITIVE = {"port", "max_upload_mb", "scan_interval", "parse_workers", "max_failures",
+             "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout"}
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """The resolved configuration of one service instance."""
+
+    show_status_frame: bool = True
+    show_automode: bool = True
+    public_url: str = ""
+    db_path: str = "var/agnes.db"
+    data_dir: str = "var/data"
+    session_dir: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_timeout: float = 10.0
+    secret_key: str = ""
+    cookie_secure: bool = False
+    session_max_age: int = 14 * 24 * 3600
+    proxy_header: str = ""
+    trusted_proxies: list[str] = []
+    max_upload_mb: int = 50
+    scan_interval: float = 30.0
+    parse_workers: int = 1
+    max_failures: int = 5
+    reprocess_batch: int = 50
+    retention_days: int = 400
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+def env_bool(value: str) -> bool:
+    """Environment booleans: 0/false/no/off/empty (any case) are false, anything else true."""
+    return value.strip().lower() not in FALSEY
+
+
+def _from_env(setting: Setting, raw: str) -> Any:
+    if setting.type is bool:
+        return env_bool(raw)
+    if setting.type is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if setting.type in (int, float):
+        try:
+            return setting.type(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{setting.env}: expected {setting.type.__name__}, got {raw!r}") from None
+    return raw
+
+
+def _flatten_yaml(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{prefix or 'config file'}: expected a mapping")
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten_yaml(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"AGNES_CONFIG: cannot read {path}: {exc.strerror}") from None
+    try:
+        doc = msgspec.yaml.decode(text) if text.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"AGNES_CONFIG: {path} is not valid YAML: {exc}") from None
+    return _flatten_yaml(doc or {})
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Resolve every setting: keyword overrides > environment > YAML > default.
+
+    Raises ConfigError naming the key when a value is invalid or a YAML key is unknown.
+    """
+    environ = os.environ if environ is None else environ
+    yaml_values = _read_yaml(environ["AGNES_CONFIG"]) if environ.get("AGNES_CONFIG") else {}
+    known = {s.yaml for s in SETTINGS}
+    unknown = sorted(set(yaml_values) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown configuration key")
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            values[setting.name], source = overrides.pop(setting.name), setting.name
+        elif setting.env and setting.env in environ:
+            values[setting.name], source = _from_env(setting, environ[setting.env]), setting.env
+        elif setting.yaml in yaml_values:
+            values[setting.name], source = yaml_values[setting.yaml], setting.yaml
+        else:
+            continue
+        _check(setting, values[setting.name], source)
+    if overrides:
+        raise ConfigError(f"{sorted(overrides)[0]}: unknown setting")
+    try:
+        return msgspec.convert(values, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check(setting: Setting, value: Any, source: str) -> None:
+    expected = setting.type
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if expected is list and ok:
+        ok = all(isinstance(v, str) for v in value)
+    if not ok:
+        raise ConfigError(f"{source}: expected {expected.__name__}, got {value!r}")
+    if setting.name in _POSITIVE and value <= 0:
+        raise ConfigError(f"{source}: must be greater than 0, got {value!r}")
+    if setting.name in _CHOICES and value not in _CHOICES[setting.name]:
+        raise ConfigError(f"{source}: must be one of {', '.join(_CHOICES[setting.name])}, got {value!r}")
+    if setting.name == "public_url" and value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: must start with http:// or https://")
+
+
+def yaml_example() -> str:
+    """The documented ``instance.yaml.example``, generated from SETTINGS."""
+    lines = ["# Agnes Home configuration. Every key is optional; the environment variable",
+             "# named beside each key overrides it. Point AGNES_CONFIG at this file.", ""]
+    tree: dict[str, Any] = {}
+    for s in SETTINGS:
+        node = tree
+        *parents, leaf = s.yaml.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = s
+
+    def emit(node: dict[str, Any], depth: int) -> None:
+        pad = "  " * depth
+        for key, value in node.items():
+            if isinstance(value, Setting):
+                env = f" (env {value.env})" if value.env else ""
+                lines.append(f"{pad}# {value.help}{env}")
+                lines.append(f"{pad}{key}: {_yaml_literal(value.default)}")
+            else:
+                lines.append(f"{pad}{key}:")
+                emit(value, depth + 1)
+
+    emit(tree, 0)
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[]" if not value else "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from SETTINGS."""
+    rows = ["| environment | YAML key | default | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        default = _yaml_literal(s.default).strip('"') if s.default not in ("", []) else "(empty)"
+        rows.append(f"| `{s.env}` | `{s.yaml}` | `{default}` | {s.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,120 @@
+"""The one place that owns SQLite connections: one writer, a few concurrent readers.
+
+Handlers and the ingest worker never touch a connection; they call the store
+functions in ``service/store/``, which use this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+import aiosqlite
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+
+
+async def prepare(conn: aiosqlite.Connection) -> None:
+    """Every connection gets the same pragmas and row factory."""
+    conn.row_factory = sqlite3.Row
+    # executescript runs each pragma to completion, so no statement is left holding a lock.
+    await conn.executescript(
+        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+
+
+async def connect(path: str) -> aiosqlite.Connection:
+    """Open one prepared connection in autocommit mode (transactions are explicit)."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await prepare(conn)
+    return conn
+
+
+class Database:
+    """SQLite in WAL mode: all writes go through one writer connection, reads use a pool."""
+
+    def __init__(self, path: str, readers: int = 3) -> None:
+        self.path = path
+        self._reader_count = readers
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await connect(self.path)
+        await self._writer.executescript("PRAGMA journal_mode = WAL;")
+        for _ in range(self._reader_count):
+            conn = await connect(self.path)
+            self._all_readers.append(conn)
+            self._readers.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in self._all_readers:
+            await conn.close()
+        self._all_readers.clear()
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise RuntimeError("database is not open")
+        return self._writer
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A reader connection for one or more statements (wrap them in BEGIN for one snapshot)."""
+        conn = await self._readers.get()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                await conn.rollback()
+            self._readers.put_nowait(conn)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict = ()) -> list[sqlite3.Row]:
+        async with self.reader() as conn:
+            async with conn.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict = ()) -> sqlite3.Row | None:
+        async with self.reader() as conn:
+            async with conn.execute(sql, params) as cur:
+                return await cur.fetchone()
+
+    async def fetchval(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction on the writer: committed whole, or rolled back whole."""
+        async with self._write_lock:
+            conn = self.writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await conn.rollback()
+                raise
+            else:
+                await conn.commit()
+
+    async def execute_write(self, sql: str, params: Sequence[Any] | dict = ()) -> int:
+        """Run one write statement in its own transaction; returns the row count."""
+        async with self.transaction() as conn:
+            cur = await conn.execute(sql, params)
+            return cur.rowcount
+
+    async def executemany_write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self.transaction() as conn:
+            await conn.executemany(sql, rows)

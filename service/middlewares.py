@@ -1,0 +1,113 @@
+"""Request id, errors and authentication: the three middlewares, outermost first."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from urllib.parse import quote
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from . import keys
+from .auth import check_csrf, identify
+from .errors import AppError, code_for, error_response
+from .logs import request_id_var, user_id_var
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("service.access")
+
+_INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+def is_api(request: web.Request) -> bool:
+    return request.path.startswith("/api/") or request.path == "/api"
+
+
+def route_name(request: web.Request) -> str:
+    """The route's pattern (not the raw path), so metrics and logs have bounded labels."""
+    info = request.match_info
+    if info.http_exception is not None:
+        return "unmatched"
+    resource = info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler):
+    """Give every request an id (or keep a sane incoming one), put it in the logs and the response."""
+    incoming = request.headers.get("X-Request-Id", "")
+    rid = incoming if _INCOMING_ID.match(incoming) else uuid.uuid4().hex
+    request[keys.REQUEST_ID] = rid
+    request_id_var.set(rid)
+    user_id_var.set("-")
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = rid
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Request-Id"] = rid
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics = request.app.get(keys.METRICS)
+        if metrics is not None:
+            metrics.observe_request(request.method, route_name(request), status, elapsed)
+        access_logger.info("%s %s %s %.1fms", request.method, request.path, status, elapsed * 1000,
+                           extra={"status": status, "ms": round(elapsed * 1000, 2)})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """JSON {"detail", "code"} for /api; an error page for pages; tracebacks only in the log."""
+    try:
+        return await handler(request)
+    except AppError as exc:
+        return _render_error(request, exc.status, exc.detail, exc.code, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return _render_error(request, exc.status, detail, code_for(exc.status),
+                             {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return _render_error(request, 500, "Internal server error; the request id is in the logs.",
+                             "internal_error", {})
+
+
+def _render_error(request: web.Request, status: int, detail: str, code: str,
+                  headers: dict[str, str]) -> web.StreamResponse:
+    if is_api(request) or "text/html" not in request.headers.get("Accept", "text/html"):
+        return error_response(status, detail, code, headers)
+    response = aiohttp_jinja2.render_template(
+        "error.html", request, {"status": status, "detail": detail, "code": code}, status=status)
+    response.headers.update(headers)
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    """Every route but the public ones identifies a user; pages without a credential go to sign-in."""
+    info = request.match_info
+    if info.http_exception is not None or getattr(info.handler, "agnes_public", False):
+        return await handler(request)
+    identity = await identify(request)
+    if identity is None:
+        if not is_api(request) and "Authorization" not in request.headers and request.method in ("GET", "HEAD"):
+            target = request.path_qs
+            raise web.HTTPFound(f"/login?next={quote(target, safe='/')}")
+        raise AppError(401, "Missing or invalid credentials: send 'Authorization: Bearer <token>' or sign in.",
+                       "unauthorized", {"WWW-Authenticate": 'Bearer realm="agnes"'})
+    if not await check_csrf(request, identity):
+        raise AppError(403, "Cross-site request refused: missing or wrong CSRF token.", "csrf_failed")
+    request[keys.IDENTITY] = identity
+    request[keys.USER] = identity.user
+    user_id_var.set(str(identity.user.id))
+    return await handler(request)

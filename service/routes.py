@@ -1,0 +1,27 @@
+"""Every route of the service, in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from . import api, health, views
+
+
+def setup_routes(app: web.Application, static_dir: Path) -> None:
+    r = app.router
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)
+
+    r.add_get("/", views.index)
+    r.add_get("/login", views.login_page)
+    r.add_post("/login", views.login_submit)
+    r.add_post("/logout", views.logout)
+    r.add_get("/home", views.home)
+
+    r.add_get("/api/me", api.me)
+    r.add_get("/api/me/profile", api.me)
+
+    if static_dir.is_dir():
+        r.add_static("/static", static_dir, append_version=True)

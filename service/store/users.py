@@ -1,0 +1,199 @@
+"""Users, personal access tokens and the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+import msgspec
+
+from ..db import Database
+from ..timeutil import from_store, to_store, utcnow
+
+TOKEN_PREFIX = "agnes_pat_"
+# last_used_at is refreshed at most this often, so authentication stays a read.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class User(msgspec.Struct, frozen=True):
+    id: int
+    email: str
+    name: str
+    onboarded: bool
+    last_pull_at: str | None
+    created_at: str
+
+
+class Token(msgspec.Struct, frozen=True):
+    id: int
+    user_id: int
+    email: str
+    prefix: str
+    label: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+class UserExists(Exception):
+    """A user with that email already exists."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _user(row) -> User | None:
+    if row is None:
+        return None
+    return User(row["id"], row["email"], row["name"], bool(row["onboarded"]),
+                row["last_pull_at"], row["created_at"])
+
+
+_USER_COLS = "id, email, name, onboarded, last_pull_at, created_at"
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+async def add_user(db: Database, email: str, name: str = "", onboarded: bool = False) -> User:
+    email = normalise_email(email)
+    now = to_store(utcnow())
+    async with db.transaction() as conn:
+        async with conn.execute("SELECT 1 FROM users WHERE email = ?", (email,)) as cur:
+            if await cur.fetchone():
+                raise UserExists(email)
+        cur = await conn.execute(
+            "INSERT INTO users (email, name, onboarded, created_at) VALUES (?, ?, ?, ?)",
+            (email, name, int(onboarded), now))
+        user_id = cur.lastrowid
+        await conn.execute(
+            "INSERT INTO audit_log (user_id, action, source, created_at) VALUES (?, 'user_added', 'cli', ?)",
+            (user_id, now))
+    return User(user_id, email, name, onboarded, None, now)
+
+
+async def get_user(db: Database, user_id: int) -> User | None:
+    return _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)))
+
+
+async def get_user_by_email(db: Database, email: str) -> User | None:
+    return _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE email = ?",
+                                   (normalise_email(email),)))
+
+
+async def find_owner(db: Database, name: str) -> User | None:
+    """Resolve a watched-directory owner: a numeric user id, an email, or an email's local part."""
+    if name.isdigit():
+        return await get_user(db, int(name))
+    if "@" in name:
+        return await get_user_by_email(db, name)
+    rows = await db.fetchall(f"SELECT {_USER_COLS} FROM users WHERE email LIKE ? ESCAPE '\\'",
+                             (name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%",))
+    matches = [u for u in map(_user, rows) if u.email.split("@", 1)[0] == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+async def list_users(db: Database) -> list[User]:
+    return [_user(r) for r in await db.fetchall(f"SELECT {_USER_COLS} FROM users ORDER BY id")]
+
+
+async def issue_token(db: Database, user_id: int, label: str = "") -> tuple[str, Token]:
+    """Create a token; the plain value is returned once and only its hash is stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    prefix = token[: len(TOKEN_PREFIX) + 6]
+    now = to_store(utcnow())
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            "INSERT INTO api_tokens (user_id, token_hash, prefix, label, created_at) VALUES (?, ?, ?, ?, ?)",
+            (user_id, hash_token(token), prefix, label, now))
+        token_id = cur.lastrowid
+        await conn.execute(
+            "INSERT INTO audit_log (user_id, action, source, detail, created_at) VALUES (?, 'token_issued', 'cli', ?, ?)",
+            (user_id, prefix, now))
+        async with conn.execute("SELECT email FROM users WHERE id = ?", (user_id,)) as c:
+            email = (await c.fetchone())["email"]
+    return token, Token(token_id, user_id, email, prefix, label, now, None, None)
+
+
+async def list_tokens(db: Database, user_id: int | None = None) -> list[Token]:
+    sql = ("SELECT t.id, t.user_id, u.email, t.prefix, t.label, t.created_at, t.last_used_at, t.revoked_at "
+           "FROM api_tokens t JOIN users u ON u.id = t.user_id")
+    params: tuple = ()
+    if user_id is not None:
+        sql += " WHERE t.user_id = ?"
+        params = (user_id,)
+    rows = await db.fetchall(sql + " ORDER BY t.id", params)
+    return [Token(*tuple(r)) for r in rows]
+
+
+async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str | None = None,
+                       user_id: int | None = None) -> int:
+    """Revoke by id, by displayed prefix, or every token of a user; returns how many."""
+    now = to_store(utcnow())
+    if token_id is not None:
+        where, params = "id = ?", (token_id,)
+    elif prefix is not None:
+        where, params = "prefix = ?", (prefix,)
+    elif user_id is not None:
+        where, params = "user_id = ?", (user_id,)
+    else:
+        raise ValueError("nothing to revoke")
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            f"UPDATE api_tokens SET revoked_at = ? WHERE revoked_at IS NULL AND {where}", (now, *params))
+        count = cur.rowcount
+        await conn.execute(
+            "INSERT INTO audit_log (action, source, detail, created_at) VALUES ('token_revoked', 'cli', ?, ?)",
+            (f"{where.split(' ')[0]}={params[0]} count={count}", now))
+    return count
+
+
+async def authenticate(db: Database, token: str) -> tuple[User, int] | None:
+    """The user and token id a bearer token belongs to, or None (unknown, revoked, deleted user)."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    digest = hash_token(token)
+    row = await db.fetchone(
+        "SELECT t.id AS token_id, t.token_hash, t.last_used_at, u.id, u.email, u.name, u.onboarded, "
+        "u.last_pull_at, u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id "
+        "WHERE t.token_hash = ? AND t.revoked_at IS NULL", (digest,))
+    if row is None or not hmac.compare_digest(row["token_hash"], digest):
+        return None
+    last_used = from_store(row["last_used_at"])
+    now = utcnow()
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        await db.execute_write("UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
+                               (to_store(now), row["token_id"]))
+    return _user(row), row["token_id"]
+
+
+async def token_active(db: Database, token_id: int) -> bool:
+    return await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = ?", (token_id,)) == 1
+
+
+async def set_onboarded(db: Database, user_id: int, onboarded: bool, source: str) -> bool:
+    """Set the onboarded flag and audit it with its source; False when the user does not exist."""
+    now = to_store(utcnow())
+    async with db.transaction() as conn:
+        cur = await conn.execute("UPDATE users SET onboarded = ? WHERE id = ?", (int(onboarded), user_id))
+        if cur.rowcount == 0:
+            return False
+        await conn.execute(
+            "INSERT INTO audit_log (user_id, action, source, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+            (user_id, "onboarded" if onboarded else "offboarded", source, None, now))
+    return True
+
+
+async def stamp_pull(db: Database, user_id: int, when=None) -> None:
+    await db.execute_write("UPDATE users SET last_pull_at = ? WHERE id = ?",
+                           (to_store(when or utcnow()), user_id))
+
+
+async def audit_rows(db: Database, user_id: int) -> list[dict]:
+    rows = await db.fetchall(
+        "SELECT action, source, detail, created_at FROM audit_log WHERE user_id = ? ORDER BY id", (user_id,))
+    return [dict(r) for r in rows]

@@ -1,0 +1,58 @@
+"""Shared fixtures: a fresh settings object, app and client per test, on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from service import keys
+from service.app import create_app
+from service.config import load_settings
+from service.store import users
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+SAMPLES = SHARED / "samples"
+
+
+class Caller(msgspec.Struct):
+    user: users.User
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(environ={}, db_path=str(tmp_path / "agnes.db"), data_dir=str(tmp_path / "data"),
+                         secret_key="test-secret")
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings):
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def db(client):
+    return client.app[keys.DB]
+
+
+async def make_caller(db, email: str, onboarded: bool = True, name: str = "") -> Caller:
+    user = await users.add_user(db, email, name or email.split("@")[0].title(), onboarded)
+    token, _ = await users.issue_token(db, user.id)
+    return Caller(user, token)
+
+
+@pytest.fixture
+async def alice(db) -> Caller:
+    return await make_caller(db, "alice@example.com", name="Alice")
+
+
+@pytest.fixture
+async def bob(db) -> Caller:
+    return await make_caller(db, "bob@example.com", name="Bob")

@@ -1,0 +1,109 @@
+"""Settings resolution: environment > YAML > default; falsey spellings; invalid keys named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import SETTINGS, ConfigError, Settings, env_bool, load_settings, markdown_table, yaml_example
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_yaml(tmp_path, text: str) -> str:
+    path = tmp_path / "instance.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_env_or_yaml():
+    s = load_settings(environ={})
+    assert s.show_status_frame is True
+    assert s.show_automode is True
+    assert s.port == 8080
+    assert s.max_upload_bytes == 50 * 1024 * 1024
+
+
+def test_yaml_overrides_default(tmp_path):
+    cfg = write_yaml(tmp_path, "instance:\n  home:\n    show_status_frame: false\n    show_automode: false\n"
+                               "server:\n  port: 9000\n")
+    s = load_settings(environ={"AGNES_CONFIG": cfg})
+    assert (s.show_status_frame, s.show_automode, s.port) == (False, False, 9000)
+
+
+def test_env_overrides_yaml(tmp_path):
+    cfg = write_yaml(tmp_path, "instance:\n  home:\n    show_status_frame: false\nserver:\n  port: 9000\n")
+    s = load_settings(environ={"AGNES_CONFIG": cfg, "AGNES_HOME_SHOW_STATUS_FRAME": "yes", "AGNES_PORT": "9100"})
+    assert s.show_status_frame is True
+    assert s.port == 9100
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "FALSE", "False", "no", "No", "off", "OFF", "", "  ", " off "])
+def test_falsey_env_values(raw):
+    s = load_settings(environ={"AGNES_HOME_SHOW_STATUS_FRAME": raw, "AGNES_HOME_SHOW_AUTOMODE": raw})
+    assert s.show_status_frame is False
+    assert s.show_automode is False
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "yes", "on", "TRUE", "enabled", "2"])
+def test_truthy_env_values(tmp_path, raw):
+    cfg = write_yaml(tmp_path, "instance:\n  home:\n    show_status_frame: false\n")
+    s = load_settings(environ={"AGNES_CONFIG": cfg, "AGNES_HOME_SHOW_STATUS_FRAME": raw})
+    assert s.show_status_frame is True
+    assert env_bool(raw) is True
+
+
+def test_env_false_beats_yaml_true(tmp_path):
+    cfg = write_yaml(tmp_path, "instance:\n  home:\n    show_automode: true\n")
+    assert load_settings(environ={"AGNES_CONFIG": cfg, "AGNES_HOME_SHOW_AUTOMODE": "off"}).show_automode is False
+
+
+@pytest.mark.parametrize("yaml_text, key", [
+    ("instance:\n  home:\n    show_status_frame: maybe\n", "instance.home.show_status_frame"),
+    ("instance:\n  home:\n    show_stats_frame: true\n", "instance.home.show_stats_frame"),
+    ("server:\n  port: -1\n", "server.port"),
+    ("server:\n  port: eighty\n", "server.port"),
+    ("logging:\n  format: xml\n", "logging.format"),
+    ("- just\n- a list\n", "config file"),
+])
+def test_invalid_yaml_names_the_key(tmp_path, yaml_text, key):
+    cfg = write_yaml(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"AGNES_CONFIG": cfg})
+    assert key in str(info.value)
+
+
+def test_invalid_env_names_the_variable():
+    with pytest.raises(ConfigError, match="AGNES_PORT"):
+        load_settings(environ={"AGNES_PORT": "http"})
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="AGNES_CONFIG"):
+        load_settings(environ={"AGNES_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_trusted_proxies_from_env_is_a_list():
+    s = load_settings(environ={"AGNES_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16"})
+    assert s.trusted_proxies == ["10.0.0.1", "192.168.0.0/16"]
+
+
+def test_every_setting_is_a_settings_field_with_the_same_default():
+    fields = Settings.__struct_fields__
+    assert sorted(s.name for s in SETTINGS) == sorted(fields)
+    defaults = Settings()
+    for s in SETTINGS:
+        assert getattr(defaults, s.name) == s.default, s.name
+
+
+def test_example_file_is_current_and_loads(tmp_path):
+    """instance.yaml.example is generated from SETTINGS and must be committed up to date."""
+    example = ROOT / "instance.yaml.example"
+    assert example.read_text() == yaml_example(), "regenerate: agnes-home config example > instance.yaml.example"
+    assert load_settings(environ={"AGNES_CONFIG": str(example)}) == Settings()
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "README configuration table is stale: agnes-home config table"

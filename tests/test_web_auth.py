@@ -1,0 +1,197 @@
+"""Identity over real HTTP: bearer tokens, sign-in cookies, proxy header, CSRF, errors, request ids."""
+
+from __future__ import annotations
+
+import re
+
+from itsdangerous import URLSafeTimedSerializer
+from yarl import URL
+
+from service import keys
+from service.store import users
+from tests.conftest import make_caller
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
+
+
+async def test_me_with_bearer_returns_profile(client, alice):
+    for path in ("/api/me", "/api/me/profile"):
+        resp = await client.get(path, headers=alice.headers)
+        assert resp.status == 200
+        assert await resp.json() == {"id": alice.user.id, "email": "alice@example.com", "name": "Alice",
+                                     "onboarded": True, "last_pull_at": None}
+
+
+async def test_missing_wrong_and_revoked_tokens_get_401_json(client, db, alice):
+    cases = [{}, {"Authorization": "Bearer agnes_pat_wrong"}, {"Authorization": "Basic abc"},
+             {"Authorization": "Bearer "}, {"Authorization": alice.token}]
+    for headers in cases:
+        resp = await client.get("/api/me", headers=headers)
+        assert resp.status == 401, headers
+        body = await resp.json()
+        assert body["code"] == "unauthorized" and "Bearer" in body["detail"]
+        assert set(body) == {"detail", "code"}
+    assert await users.revoke_token(db, user_id=alice.user.id) == 1
+    resp = await client.get("/api/me", headers=alice.headers)
+    assert resp.status == 401
+
+
+async def test_tokens_are_stored_only_as_hashes(db, alice):
+    assert alice.token.startswith("agnes_pat_") and len(alice.token) > 40
+    rows = await db.fetchall("SELECT token_hash, prefix FROM api_tokens")
+    assert len(rows) == 1
+    assert alice.token not in (rows[0]["token_hash"], rows[0]["prefix"])
+    assert rows[0]["token_hash"] == users.hash_token(alice.token)
+    assert alice.token.startswith(rows[0]["prefix"])
+
+
+async def test_last_used_at_is_recorded(client, db, alice):
+    assert (await users.list_tokens(db, alice.user.id))[0].last_used_at is None
+    await client.get("/api/me", headers=alice.headers)
+    assert (await users.list_tokens(db, alice.user.id))[0].last_used_at is not None
+
+
+async def test_each_token_sees_only_its_own_user(client, alice, bob):
+    assert (await (await client.get("/api/me", headers=bob.headers)).json())["email"] == "bob@example.com"
+    assert (await (await client.get("/api/me", headers=alice.headers)).json())["email"] == "alice@example.com"
+
+
+async def test_unknown_api_route_and_wrong_method_are_json(client, alice):
+    resp = await client.get("/api/nope", headers=alice.headers)
+    assert resp.status == 404
+    assert (await resp.json())["code"] == "not_found"
+    resp = await client.post("/api/me", headers=alice.headers)
+    assert resp.status == 405
+    assert (await resp.json())["code"] == "method_not_allowed"
+    assert "GET" in resp.headers["Allow"]
+
+
+async def test_request_id_on_every_response(client, alice):
+    ok = await client.get("/api/me", headers=alice.headers)
+    denied = await client.get("/api/me")
+    redirect = await client.get("/home", allow_redirects=False)
+    ids = {r.headers["X-Request-Id"] for r in (ok, denied, redirect)}
+    assert len(ids) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    echoed = await client.get("/healthz", headers={"X-Request-Id": "client-chosen-id-1"})
+    assert echoed.headers["X-Request-Id"] == "client-chosen-id-1"
+    hostile = await client.get("/healthz", headers={"X-Request-Id": "<script>alert(1)</script>"})
+    assert hostile.headers["X-Request-Id"] != "<script>alert(1)</script>"
+
+
+async def test_page_without_credentials_redirects_to_sign_in(client):
+    resp = await client.get("/home?window=7d", allow_redirects=False)
+    assert resp.status == 302
+    location = URL(resp.headers["Location"])
+    assert location.path == "/login" and location.query["next"] == "/home?window=7d"
+
+
+async def test_page_with_bad_bearer_is_401_not_redirect(client):
+    resp = await client.get("/home", headers={"Authorization": "Bearer agnes_pat_nope"}, allow_redirects=False)
+    assert resp.status == 401
+
+
+async def test_page_with_bearer_renders(client, alice):
+    resp = await client.get("/home", headers=alice.headers)
+    assert resp.status == 200
+    assert "alice@example.com" in await resp.text()
+
+
+async def sign_in(client, token: str, next_path: str = "/home"):
+    return await client.post("/login", data={"token": token, "next": next_path}, allow_redirects=False)
+
+
+async def test_sign_in_sets_signed_httponly_samesite_cookie(client, alice):
+    resp = await sign_in(client, alice.token)
+    assert resp.status == 303
+    assert resp.headers["Location"] == "/home"
+    cookie = resp.headers["Set-Cookie"]
+    assert cookie.startswith("agnes_session=")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert alice.token not in cookie
+    page = await client.get("/home")
+    assert page.status == 200
+    assert "alice@example.com" in await page.text()
+    assert (await (await client.get("/api/me")).json())["email"] == "alice@example.com"
+
+
+async def test_sign_in_with_wrong_token_is_refused(client):
+    resp = await sign_in(client, "agnes_pat_wrong")
+    assert resp.status == 401
+    assert "not valid" in await resp.text()
+    assert "agnes_session" not in resp.cookies
+
+
+async def test_sign_in_never_redirects_off_site(client, alice):
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        resp = await sign_in(client, alice.token, target)
+        assert resp.headers["Location"] == "/home", target
+
+
+async def test_tampered_cookie_is_rejected(client, alice):
+    await sign_in(client, alice.token)
+    good = client.session.cookie_jar.filter_cookies(client.make_url("/"))["agnes_session"].value
+    client.session.cookie_jar.clear()
+    forged = URLSafeTimedSerializer(b"other-secret", salt="agnes-home.session").dumps({"u": alice.user.id, "n": "x"})
+    for value in (good[:-2] + "xx", forged):
+        client.session.cookie_jar.update_cookies({"agnes_session": value})
+        assert (await client.get("/api/me")).status == 401
+
+
+async def test_cookie_dies_with_its_token(client, db, alice):
+    await sign_in(client, alice.token)
+    assert (await client.get("/api/me")).status == 200
+    await users.revoke_token(db, user_id=alice.user.id)
+    assert (await client.get("/api/me")).status == 401
+
+
+async def test_sign_out_requires_csrf_and_clears_cookie(client, alice):
+    await sign_in(client, alice.token)
+    refused = await client.post("/logout", allow_redirects=False)
+    assert refused.status == 403
+    assert (await refused.json())["code"] == "csrf_failed" if refused.content_type == "application/json" else True
+    token = CSRF_RE.search(await (await client.get("/home")).text()).group(1)
+    cross = await client.post("/logout", data={"csrf_token": token}, headers={"Origin": "https://evil.example"},
+                              allow_redirects=False)
+    assert cross.status == 403
+    ok = await client.post("/logout", data={"csrf_token": token}, allow_redirects=False)
+    assert ok.status == 303 and ok.headers["Location"] == "/login"
+    assert (await client.get("/api/me")).status == 401
+
+
+async def test_bearer_posts_need_no_csrf(client, alice):
+    resp = await client.post("/logout", headers=alice.headers, allow_redirects=False)
+    assert resp.status == 303
+
+
+async def test_proxy_header_only_from_trusted_addresses(aiohttp_client, settings, tmp_path):
+    from service.app import create_app
+    from service.config import load_settings
+
+    trusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+                            proxy_header="X-Forwarded-Email", trusted_proxies=["127.0.0.0/8"])
+    client = await aiohttp_client(create_app(trusted))
+    await make_caller(client.app[keys.DB], "proxied@example.com")
+    resp = await client.get("/api/me", headers={"X-Forwarded-Email": "proxied@example.com"})
+    assert resp.status == 200 and (await resp.json())["email"] == "proxied@example.com"
+    unknown = await client.get("/api/me", headers={"X-Forwarded-Email": "nobody@example.com"})
+    assert unknown.status == 401
+
+    untrusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+                              proxy_header="X-Forwarded-Email", trusted_proxies=["10.9.9.9"])
+    client2 = await aiohttp_client(create_app(untrusted))
+    resp = await client2.get("/api/me", headers={"X-Forwarded-Email": "proxied@example.com"})
+    assert resp.status == 401
+
+
+async def test_server_error_has_no_traceback(client, alice, monkeypatch):
+    from service import api
+
+    def boom(_user):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(api, "profile_of", boom)
+    resp = await client.get("/api/me", headers=alice.headers)
+    assert resp.status == 500
+    body = await resp.json()
+    assert body["code"] == "internal_error"
+    assert "secret internals" not in body["detail"] and "Traceback" not in await resp.text()
