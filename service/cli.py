@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from typing import Any, Awaitable, Callable
 
@@ -62,16 +63,23 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .app import create_app  # noqa: PLC0415
 
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, handle_signals=True,
-                           access_log=None)
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, access_log=None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    logger.info("serving on http://%s:%s", settings.host, settings.port)
     try:
-        await asyncio.Event().wait()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        logger.info("serving on http://%s:%s", settings.host, settings.port)
+        await stop.wait()
+        logger.info("stopping: finishing in-flight work (at most %ss)", settings.shutdown_timeout)
     finally:
+        # Stops accepting, waits for in-flight requests, then runs cleanup_ctx in reverse:
+        # the ingest worker, then the database.
         await runner.cleanup()
+    logger.info("stopped")
     return 0
 
 

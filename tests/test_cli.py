@@ -1,0 +1,112 @@
+"""The agnes-home command line, run as a real process against a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGNES_")}
+    env.update(AGNES_DB_PATH=str(tmp_path / "cli.db"), AGNES_DATA_DIR=str(tmp_path / "data"), **extra)
+    return env
+
+
+def run(tmp_path: Path, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=cli_env(tmp_path, **extra),
+                          capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_users_and_tokens_round_trip(tmp_path):
+    run(tmp_path, "users", "add", "Ana@Example.com", "--name", "Ana", "--onboarded")
+    run(tmp_path, "users", "add", "ben@example.com")
+    dup = run(tmp_path, "users", "add", "ana@example.com", check=False)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    listed = json.loads(run(tmp_path, "users", "list", "--json").stdout)
+    assert [(u["email"], u["name"], u["onboarded"]) for u in listed] == [
+        ("ana@example.com", "Ana", True), ("ben@example.com", "", False)]
+
+    issued = run(tmp_path, "tokens", "issue", "ana@example.com")
+    token = issued.stdout.strip().splitlines()[-1]
+    assert token.startswith("agnes_pat_") and len(token) > 40
+    tokens = json.loads(run(tmp_path, "tokens", "list", "--json").stdout)
+    assert len(tokens) == 1 and token.startswith(tokens[0]["prefix"]) and tokens[0]["revoked_at"] is None
+    assert token not in run(tmp_path, "tokens", "list").stdout
+
+    revoked = run(tmp_path, "tokens", "revoke", "--id", str(tokens[0]["id"]))
+    assert "revoked 1 token(s)" in revoked.stdout
+    assert json.loads(run(tmp_path, "tokens", "list", "--json").stdout)[0]["revoked_at"] is not None
+    again = run(tmp_path, "tokens", "revoke", "--id", str(tokens[0]["id"]), check=False)
+    assert again.returncode == 1
+
+
+def test_token_for_unknown_user_fails_clearly(tmp_path):
+    proc = run(tmp_path, "tokens", "issue", "ghost@example.com", check=False)
+    assert proc.returncode == 1 and "no user with email 'ghost@example.com'" in proc.stderr
+
+
+def test_invalid_configuration_stops_with_the_key(tmp_path):
+    proc = run(tmp_path, "users", "list", check=False, AGNES_HOME_SHOW_AUTOMODE="1", AGNES_PORT="abc")
+    assert proc.returncode == 2 and "AGNES_PORT" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["users"], ["users", "add"], ["tokens", "issue"], ["tokens", "revoke"],
+                                     ["serve"], ["migrate"], ["demo"], ["config"]])
+def test_every_command_has_help(tmp_path, command):
+    proc = run(tmp_path, *command, "--help")
+    assert proc.stdout.startswith("usage: agnes-home")
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
+    run(tmp_path, "users", "add", "ana@example.com", "--onboarded")
+    token = run(tmp_path, "tokens", "issue", "ana@example.com").stdout.strip().splitlines()[-1]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT,
+                            env=cli_env(tmp_path, AGNES_PORT=str(port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as resp:
+                    assert resp.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        req = urllib.request.Request(f"{base}/api/me", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.load(resp)["email"] == "ana@example.com"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{base}/api/me", timeout=5)
+        assert info.value.code == 401 and json.load(info.value)["code"] == "unauthorized"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr and "stopped" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
