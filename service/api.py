@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from . import keys
+from .store import stats
 from .store.users import User
 from .timeutil import to_api
 
@@ -34,3 +35,11 @@ def profile_of(user: User) -> Profile:
 async def me(request: web.Request) -> web.Response:
     """The caller's profile (GET /api/me and GET /api/me/profile)."""
     return json(profile_of(request[keys.USER]))
+
+
+async def home_stats(request: web.Request) -> web.Response:
+    """The status frame numbers for ?window=24h|7d (anything else: 24h)."""
+    app = request.app
+    result = await stats.home_stats(app[keys.DB], request[keys.USER].id, request.query.get("window"),
+                                    app[keys.CLOCK]())
+    return json(result)

@@ -14,10 +14,12 @@ from . import keys
 from .auth import load_secret, make_signer
 from .config import Settings
 from .db import Database
+from .ingest.worker import IngestWorker
 from .middlewares import auth_middleware, error_middleware, request_id_middleware
 from .migrations import migrate
 from .routes import setup_routes
-from .timeutil import utcnow
+from .timeutil import Clock
+from .views import template_filters
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,14 @@ async def migrations_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    worker = IngestWorker(app[keys.DB], app[keys.SETTINGS], app[keys.CLOCK])
+    app[keys.WORKER] = worker
+    worker.start()
+    yield
+    await worker.stop()
+
+
 def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.setup(
         app,
@@ -49,8 +59,6 @@ def setup_templates(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
     )
     app[aiohttp_jinja2.static_root_key] = "/static"
-    from .views import template_filters  # noqa: PLC0415 (views imports app keys only)
-
     env.filters.update(template_filters())
 
 
@@ -58,7 +66,7 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
     """Build a fresh application; resources start in cleanup_ctx order: database, migrations, worker."""
     app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
     app[keys.SETTINGS] = settings
-    app[keys.CLOCK] = utcnow
+    app[keys.CLOCK] = Clock()
     secret = load_secret(settings)
     app[keys.SECRET] = secret
     app[keys.SIGNER] = make_signer(secret)
@@ -66,6 +74,7 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
     setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(migrations_ctx)
+    app.cleanup_ctx.append(worker_ctx)
     for ctx in extra_ctx:
         app.cleanup_ctx.append(ctx)
     return app

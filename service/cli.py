@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any, Awaitable, Callable
@@ -154,6 +155,77 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
     return 0 if count else 1
 
 
+# -- ingest ---------------------------------------------------------------------------
+
+@with_db
+async def cmd_ingest(args, settings, db) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from .ingest.bulk import expand, ingest_paths  # noqa: PLC0415
+    from .timeutil import utcnow  # noqa: PLC0415
+
+    user = await _user_or_fail(db, args.user)
+    try:
+        paths = expand(args.paths)
+    except FileNotFoundError as exc:
+        raise CliError(f"no such file or directory: {exc}") from None
+    total = sum(os.path.getsize(p) for p in paths)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=args.json or not sys.stderr.isatty(),
+               file=sys.stderr)
+    def progress(outcome) -> None:
+        bar.update(outcome.bytes)
+
+    workers = settings.parse_workers if args.workers is None else args.workers
+    report = await ingest_paths(db, user.id, paths, workers=workers, clock=utcnow,
+                                max_failures=settings.max_failures, force=args.force, progress=progress)
+    bar.close()
+    from .store.ingest import rebuild_rollups  # noqa: PLC0415
+
+    while await rebuild_rollups(db):
+        pass
+    if args.json:
+        _print_json({"files": report.files, "processed": report.processed, "unchanged": report.unchanged,
+                     "failed": report.failed, "lines": report.lines, "skipped_lines": report.skipped_lines,
+                     "bytes": report.bytes, "seconds": round(report.seconds, 3),
+                     "mb_per_s": round(report.mb_per_s, 2), "errors": report.errors})
+    else:
+        print(f"files {report.files} (processed {report.processed}, unchanged {report.unchanged}, "
+              f"failed {report.failed}); lines {report.lines}, skipped {report.skipped_lines}; "
+              f"{report.bytes / 1e6:.1f} MB in {report.seconds:.2f}s = {report.mb_per_s:.1f} MB/s")
+        for error in report.errors:
+            print(f"  failed: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+@with_db
+async def cmd_reprocess(args, settings, db) -> int:
+    from .store.ingest import reset_versions  # noqa: PLC0415
+
+    user_id = (await _user_or_fail(db, args.user)).id if args.user else None
+    count = await reset_versions(db, user_id)
+    print(f"{count} file(s) marked for reprocessing; a running server's worker redoes them in the background "
+          f"({settings.reprocess_batch} per tick, oldest first)")
+    return 0
+
+
+@with_db
+async def cmd_quarantine(args, settings, db) -> int:
+    from .store.ingest import quarantined, release_quarantine  # noqa: PLC0415
+
+    if args.action == "list":
+        rows = await quarantined(db)
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no quarantined files")
+        for r in rows if not args.json else ():
+            print(f"{r['id']}\t{r['email']}\t{r['path']}\tfailures {r['failure_count']}\t{r['last_error']}")
+        return 0
+    released = await release_quarantine(db, args.id)
+    print(f"released {len(released)} file(s) for another try")
+    return 0 if released else 1
+
+
 # -- config ---------------------------------------------------------------------------
 
 async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -223,6 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--id", type=int)
     group.add_argument("--prefix")
     group.add_argument("--email")
+
+    p = add("ingest", cmd_ingest, "Ingest transcript files or directories for one user, with a progress bar.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("--workers", type=int, default=None, help="parser processes (default: AGNES_PARSE_WORKERS)")
+    p.add_argument("--force", action="store_true", help="reparse even when the content hash is unchanged")
+    p.add_argument("--json", action="store_true", help="print the final report as JSON")
+
+    p = add("reprocess", cmd_reprocess, "Force a full reprocess (of everything, or of one user's files).")
+    p.add_argument("--user", metavar="EMAIL")
+
+    p = add("quarantine", cmd_quarantine, "List quarantined files, or release them for another try.")
+    p.add_argument("action", choices=["list", "retry"])
+    p.add_argument("--id", type=int, help="retry only this file id")
+    p.add_argument("--json", action="store_true")
 
     p = add("config", cmd_config, "Print the resolved settings, the YAML example or the README table.")
     p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show")

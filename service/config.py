@@ -64,7 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scan_interval", "AGNES_SCAN_INTERVAL", "ingest.scan_interval", float, 30.0,
             "Seconds between scans of session_dir and reprocess ticks."),
     Setting("parse_workers", "AGNES_PARSE_WORKERS", "ingest.parse_workers", int, 1,
-            "Worker processes that parse transcripts off the event loop."),
+            "Worker processes that parse transcripts off the event loop (0: one background thread)."),
     Setting("max_failures", "AGNES_MAX_FAILURES", "ingest.max_failures", int, 5,
             "Failures after which a file is quarantined instead of retried."),
     Setting("reprocess_batch", "AGNES_REPROCESS_BATCH", "ingest.reprocess_batch", int, 50,
@@ -77,7 +77,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("DEBUG", "INFO", "WARNING", "ERROR")}
-_POSITIVE = {"port", "max_upload_mb", "scan_interval", "parse_workers", "max_failures",
+_POSITIVE = {"port", "max_upload_mb", "scan_interval", "max_failures",
              "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout"}
 
 
@@ -197,6 +197,8 @@ def _check(setting: Setting, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: expected {expected.__name__}, got {value!r}")
     if setting.name in _POSITIVE and value <= 0:
         raise ConfigError(f"{source}: must be greater than 0, got {value!r}")
+    if setting.type is int and value < 0:
+        raise ConfigError(f"{source}: must not be negative, got {value!r}")
     if setting.name in _CHOICES and value not in _CHOICES[setting.name]:
         raise ConfigError(f"{source}: must be one of {', '.join(_CHOICES[setting.name])}, got {value!r}")
     if setting.name == "public_url" and value and not value.startswith(("http://", "https://")):

@@ -21,7 +21,7 @@ SECRET = web.AppKey("secret", bytes)
 WORKER = web.AppKey("worker", "IngestWorker")
 METRICS = web.AppKey("metrics", "Metrics")
 # Clock used for windows and stamps; tests replace it to pin "now".
-CLOCK = web.AppKey("clock", object)
+CLOCK = web.AppKey("clock", "Clock")
 
 # Per-request state set by the middlewares.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, health, views
+from . import api, health, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -22,6 +22,8 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
 
     r.add_get("/api/me", api.me)
     r.add_get("/api/me/profile", api.me)
+    r.add_get("/api/me/home-stats", api.home_stats)
+    r.add_post("/api/upload/sessions", upload.upload_session)
 
     if static_dir.is_dir():
         r.add_static("/static", static_dir, append_version=True)

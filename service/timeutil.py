@@ -43,3 +43,13 @@ def to_api(value: str | datetime | None) -> str | None:
     dt = dt.astimezone(UTC)
     text = dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
     return text.replace("+00:00", "Z")
+
+
+class Clock:
+    """The app's notion of now; tests pin it (``clock.fixed = ...``) to compute windows at a known moment."""
+
+    def __init__(self) -> None:
+        self.fixed: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.fixed if self.fixed is not None else utcnow()

@@ -29,7 +29,7 @@ class Caller(msgspec.Struct):
 @pytest.fixture
 def settings(tmp_path):
     return load_settings(environ={}, db_path=str(tmp_path / "agnes.db"), data_dir=str(tmp_path / "data"),
-                         secret_key="test-secret")
+                         secret_key="test-secret", parse_workers=0)
 
 
 @pytest.fixture

@@ -110,3 +110,45 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+SAMPLES = ROOT.parent / "shared" / "samples"
+
+
+def test_ingest_reports_and_stores_real_numbers(tmp_path):
+    run(tmp_path, "users", "add", "alice@example.com")
+    proc = run(tmp_path, "ingest", str(SAMPLES / "alice"), str(SAMPLES / "bob" / "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d.jsonl"),
+               "--user", "alice@example.com", "--json", "--workers", "1")
+    report = json.loads(proc.stdout)
+    assert (report["files"], report["processed"], report["failed"]) == (7, 7, 0)
+    assert report["skipped_lines"] == 6
+    sample_lines = sum(1 for p in SAMPLES.glob("alice/*.jsonl") for line in p.read_bytes().splitlines() if line.strip())
+    assert report["lines"] == sample_lines + 10  # 9a8b: 10 non-blank lines, 6 of them skipped
+    again = json.loads(run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com", "--json").stdout)
+    assert (again["processed"], again["unchanged"]) == (6, 0)  # same stat: reparsed, numbers unchanged
+    text = run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com").stdout
+    assert text.startswith("files 6 (processed 6, unchanged 0, failed 0); lines ") and "MB/s" in text
+
+
+def test_ingest_unknown_user_or_path_fails_clearly(tmp_path):
+    run(tmp_path, "users", "add", "alice@example.com")
+    proc = run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "nobody@example.com", check=False)
+    assert proc.returncode == 1 and "no user with email" in proc.stderr
+    proc = run(tmp_path, "ingest", str(tmp_path / "missing"), "--user", "alice@example.com", check=False)
+    assert proc.returncode == 1 and "no such file or directory" in proc.stderr
+
+
+def test_reprocess_and_quarantine_commands(tmp_path):
+    import sqlite3
+
+    run(tmp_path, "users", "add", "alice@example.com")
+    run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com")
+    assert "6 file(s) marked for reprocessing" in run(tmp_path, "reprocess").stdout
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        assert conn.execute("SELECT DISTINCT processor_version FROM session_files").fetchall() == [(0,)]
+        conn.execute("UPDATE session_files SET quarantined_at = '2026-01-01T00:00:00.000000Z', failure_count = 5, "
+                     "last_error = 'boom' WHERE path LIKE '%agent-a1b2c3%'")
+    listed = json.loads(run(tmp_path, "quarantine", "list", "--json").stdout)
+    assert [(q["failure_count"], q["last_error"], q["email"]) for q in listed] == [(5, "boom", "alice@example.com")]
+    assert "released 1 file(s)" in run(tmp_path, "quarantine", "retry").stdout
+    assert run(tmp_path, "quarantine", "list").stdout.strip() == "no quarantined files"

@@ -1,0 +1,758 @@
+"""Transcript parser: one Claude Code JSONL file in, one ParseResult out (FORMAT.md rules)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import zlib
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, BinaryIO
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..timeutil import to_store
+from .records import EventRow, MessageRow, ParseResult, PromptRow, Summary
+
+__all__ = ["MAX_LINE_BYTES", "READ_CHUNK", "parse_file", "parse_stream"]
+
+logger = logging.getLogger(__name__)
+
+# Read at call time, so tests can lower them with monkeypatch.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+
+_UTF8_PIECE = 16 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_UTC = timezone.utc
+_ONE_SECOND = timedelta(seconds=1)
+_ACTIVITY_GAP = timedelta(seconds=600)
+_INT64_MAX = 2**63 - 1
+_SYNTHETIC = "<synthetic>"
+_SUBAGENT_TOOLS = frozenset({"Task", "Agent"})
+_HARNESS_MARKERS = (
+    "<command-name>",
+    "<command-message>",
+    "<command-args>",
+    "<local-command-stdout>",
+    "<local-command-stderr>",
+    "<local-command-caveat>",
+    "<system-reminder>",
+    "<task-notification>",
+    "[Request interrupted by user",
+    "Caveat: The messages below were generated",
+)
+_COMMAND_TAG = "<command-name>"
+_COMMAND_RE = re.compile(r"<command-name>/([A-Za-z][\w:-]*)</command-name>")
+_EVENT_SEP = "\x1f"
+
+
+# --- Views: only the fields FORMAT.md uses, so msgspec skips the rest (tool output is most of the
+# bytes). gc=False because views are short-lived trees with no cycles. A wrong-typed field raises
+# ValidationError and sends the line to the tolerant path; values that must never do that
+# (usage counters, tool input keys) are typed Any and checked where used.
+
+
+class _Input(msgspec.Struct, gc=False):
+    skill: Any = None
+    name: Any = None
+    subagent_type: Any = None
+
+
+class _Block(msgspec.Struct, gc=False):
+    type: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: _Input | None = None
+    tool_use_id: str | None = None
+    is_error: bool | None = None
+    text: str | None = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    input_tokens: Any = 0
+    output_tokens: Any = 0
+    cache_read_input_tokens: Any = 0
+    cache_creation_input_tokens: Any = 0
+
+
+class _Message(msgspec.Struct, gc=False):
+    id: str | None = None
+    model: str | None = None
+    content: str | list[_Block] | None = None
+    usage: _Usage | None = None
+
+
+class _Attachment(msgspec.Struct, gc=False):
+    type: str | None = None
+
+
+class _Line(msgspec.Struct, gc=False):
+    type: str | None = None
+    uuid: str | None = None
+    sessionId: str | None = None
+    timestamp: str | None = None
+    cwd: str | None = None
+    isSidechain: bool | None = None
+    isMeta: bool | None = None
+    isCompactSummary: bool | None = None
+    # No None here: `"message": null` is "present but not an object" and must skip the line.
+    message: _Message | UnsetType = UNSET
+    attachment: _Attachment | None = None
+    tool_use_id: str | None = None  # top-level tool_use_result lines (older versions)
+    is_error: bool | None = None
+
+
+class _LooseLine(msgspec.Struct, gc=False):
+    """Same keys as _Line, untyped: decoding fails only when the line is not an object."""
+
+    type: Any = None
+    uuid: Any = None
+    sessionId: Any = None
+    timestamp: Any = None
+    cwd: Any = None
+    isSidechain: Any = None
+    isMeta: Any = None
+    isCompactSummary: Any = None
+    message: Any = UNSET
+    attachment: Any = None
+    tool_use_id: Any = None
+    is_error: Any = None
+
+
+# float_hook: an out-of-range float (1e400) in an untyped field is valid JSON, not a reason to skip.
+_decode_strict = msgspec.json.Decoder(_Line, float_hook=float).decode
+_decode_loose = msgspec.json.Decoder(_LooseLine, float_hook=float).decode
+
+
+def parse_file(
+    path: str | os.PathLike[str], *, file_key: str, received_at: datetime
+) -> ParseResult:
+    """Parse one transcript file (plain or gzip, by content); CPU-bound: not on the event loop."""
+    name = os.path.basename(os.fspath(path))
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith(".jsonl"):
+        name = name[:-6]
+    with open(path, "rb", buffering=0) as fileobj:
+        return parse_stream(
+            fileobj, file_key=file_key, fallback_session_id=name, received_at=received_at
+        )
+
+
+def parse_stream(
+    fileobj: BinaryIO, *, file_key: str, fallback_session_id: str, received_at: datetime
+) -> ParseResult:
+    """Parse an open binary stream; memory stays bounded by MAX_LINE_BYTES plus the emitted rows."""
+    hasher = hashlib.sha256()
+    state = _FileState(file_key, MAX_LINE_BYTES)
+    state.read(_content_chunks(fileobj, hasher))
+    return state.finish(fallback_session_id, received_at, hasher.hexdigest())
+
+
+# --- Reading: raw chunks (hashed as stored), gunzipped when the content says so.
+
+
+def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
+    read = fileobj.read
+    size = READ_CHUNK
+    while True:
+        data = read(size)
+        if not data:
+            return
+        hasher.update(data)
+        yield data
+
+
+def _content_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
+    raw = _raw_chunks(fileobj, hasher)
+    head = b""
+    for data in raw:
+        head += data
+        if len(head) >= len(_GZIP_MAGIC):
+            break
+    if not head.startswith(_GZIP_MAGIC):
+        if head:
+            yield head
+        yield from raw
+        return
+    yield from _gunzip(itertools.chain((head,), raw))
+    # A corrupt or trailing part stops decompression, but the hash covers every stored byte.
+    for _ in raw:
+        pass
+
+
+def _gunzip(raw: Iterable[bytes]) -> Iterator[bytes]:
+    """Decompress gzip members in bounded pieces; a truncated stream just ends (growing file)."""
+    limit = READ_CHUNK
+    d = zlib.decompressobj(_GZIP_WBITS)
+    try:
+        for data in raw:
+            while True:
+                if False:
+                    # Concatenated members are one valid gzip stream.
+                    d = zlib.decompressobj(_GZIP_WBITS)
+                # max_length bounds memory even for a decompression bomb.
+                out = d.decompress(data, limit)
+                if out:
+                    yield out
+                data = d.unused_data if d.eof else d.unconsumed_tail
+                # A full buffer may leave output inside zlib even when the input is used up.
+                if not data and (d.eof or len(out) < limit):
+                    break
+    except zlib.error as exc:
+        logger.warning("gzip content unreadable after this point: %s", exc)
+
+
+# --- Counting.
+
+
+def _parse_ts(text: str) -> datetime | None:
+    """An ISO 8601 text as an aware UTC datetime (naive taken as UTC), or None."""
+    try:
+        dt = datetime.fromisoformat(text)
+        if dt.tzinfo is not _UTC:
+            dt = dt.replace(tzinfo=_UTC) if dt.tzinfo is None else dt.astimezone(_UTC)
+        return dt
+    except (ValueError, OverflowError):
+        return None
+
+
+def _store_text(raw: str) -> str:
+    """timeutil.to_store of a parsable timestamp text; cheap for the writer's usual form."""
+    # "2026-11-21T07:00:23.400Z": fromisoformat accepted it, so with these separators in place
+    # every other character is a digit, and only the microseconds need padding.
+    if len(raw) == 24 and raw[4:20:3] == "--T::." and raw[23] == "Z" and raw[0] != "0":
+        return raw[:23] + "000Z"
+    dt = _parse_ts(raw)
+    assert dt is not None  # only texts that parsed are kept
+    return to_store(dt)
+
+
+def _is_prompt_text(text: str) -> bool:
+    text = text.lstrip()
+    return bool(text) and not text.startswith(_HARNESS_MARKERS)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _loose_block(raw: dict[str, Any]) -> _Block:
+    inp = raw.get("input")
+    return _Block(
+        type=_str(raw.get("type")),
+        id=_str(raw.get("id")),
+        name=_str(raw.get("name")),
+        input=(
+            _Input(inp.get("skill"), inp.get("name"), inp.get("subagent_type"))
+            if isinstance(inp, dict)
+            else None
+        ),
+        tool_use_id=_str(raw.get("tool_use_id")),
+        is_error=_bool(raw.get("is_error")),
+        text=_str(raw.get("text")),
+    )
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loose_line(line: memoryview) -> _Line | None:
+    """Tolerant decode for lines the strict view rejects; None when the line must be skipped."""
+    try:
+        loose = _decode_loose(line)
+    except msgspec.ValidationError:
+        return None  # not a JSON object
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec refuses lone surrogate escapes ("\ud83d"), which RFC 8259 allows and Node
+        # writes when it cuts a string between the halves of a pair: ask Python's json.
+        data = bytes(line)
+        if b"\\u" not in data:
+            return None
+        try:
+            obj = json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(obj, dict):
+            return None
+        loose = msgspec.convert(obj, _LooseLine)
+    raw_msg = loose.message
+    message: _Message | UnsetType
+    if raw_msg is UNSET:
+        message = UNSET
+    elif not isinstance(raw_msg, dict):
+        return None
+    else:
+        content = raw_msg.get("content")
+        if isinstance(content, list):
+            content = [_loose_block(b) for b in content if isinstance(b, dict)]
+        elif not isinstance(content, str):
+            content = None
+        usage = raw_msg.get("usage")
+        message = _Message(
+            id=_str(raw_msg.get("id")),
+            model=_str(raw_msg.get("model")),
+            content=content,
+            usage=(
+                _Usage(
+                    usage.get("input_tokens", 0),
+                    usage.get("output_tokens", 0),
+                    usage.get("cache_read_input_tokens", 0),
+                    usage.get("cache_creation_input_tokens", 0),
+                )
+                if isinstance(usage, dict)
+                else None
+            ),
+        )
+    attachment = loose.attachment
+    return _Line(
+        type=_str(loose.type),
+        uuid=_str(loose.uuid),
+        sessionId=_str(loose.sessionId),
+        timestamp=_str(loose.timestamp),
+        cwd=_str(loose.cwd),
+        isSidechain=_bool(loose.isSidechain),
+        isMeta=_bool(loose.isMeta),
+        isCompactSummary=_bool(loose.isCompactSummary),
+        message=message,
+        attachment=(
+            _Attachment(_str(attachment.get("type"))) if isinstance(attachment, dict) else None
+        ),
+        tool_use_id=_str(loose.tool_use_id),
+        is_error=_bool(loose.is_error),
+    )
+
+
+class _FileState:
+    """Counters of one file while it streams by; `_count` is the hot path.
+
+    Row timestamps are kept as the line's own timestamp text (None before the first one) and
+    formatted once in `finish`, when the earliest timestamp of the file is known.
+    """
+
+    def __init__(self, file_key: str, max_line: int) -> None:
+        self.file_key = file_key
+        self.max_line = max_line
+        self.bytes_read = 0
+        self.lines = 0
+        self.skipped = 0
+        self.user_messages = 0
+        self.session_id: str | None = None
+        self.project: str | None = None
+        # Activity blocks as sorted parallel lists: O(blocks) memory, not O(lines).
+        self.block_starts: list[datetime] = []
+        self.block_ends: list[datetime] = []
+        # The nearest earlier parsable timestamp, as text (for rows) and parsed.
+        self.last_raw: str | None = None
+        # key -> [ts text, input, output, cache_read, cache_creation, model]
+        self.messages: dict[str, list[Any]] = {}
+        self.prompts: dict[str, str | None] = {}
+        # (uuid part, tool id, type, tool name, skill, subagent type, command, ts text)
+        self.events: list[tuple[Any, ...]] = []
+        self.tool_ids: set[str] = set()
+        self.error_ids: set[str] = set()
+
+    def read(self, chunks: Iterator[bytes]) -> None:
+        """Cut the content into lines without copying them; hold at most max_line of one line."""
+        max_line = self.max_line
+        carry = bytearray()  # the start of a line that continues in the next chunk
+        dropping = False  # inside an overlong line: discard up to its newline
+        lineno = 1
+        for chunk in chunks:
+            self.bytes_read += len(chunk)
+            last_nl = chunk.rfind(b"\n")
+            if last_nl < 0:
+                if not dropping:
+                    carry += chunk
+                    if len(carry) > max_line:
+                        carry, dropping = bytearray(), True
+                continue
+            start = 0
+            if dropping or carry:
+                first_nl = chunk.find(b"\n")
+                if dropping:
+                    self.lines += 1
+                    self.skipped += 1
+                    lineno += 1
+                    dropping = False
+                else:
+                    carry += memoryview(chunk)[:first_nl]
+                    lineno = self._region(carry, 0, len(carry), lineno)
+                    carry = bytearray()
+                start = first_nl + 1
+            if start <= last_nl:
+                lineno = self._region(chunk, start, last_nl, lineno)
+            if len(chunk) - last_nl - 1 > max_line:
+                dropping = True
+            else:
+                carry += memoryview(chunk)[last_nl + 1 :]
+        # The last line has no newline: parsed if complete, else skipped (and read whole next time).
+        if dropping:
+            self.lines += 1
+            self.skipped += 1
+        elif carry:
+            self._region(carry, 0, len(carry), lineno)
+
+    def _region(self, buf: bytes | bytearray, start: int, end: int, lineno: int) -> int:
+        """Decode the newline-separated lines of buf[start:end]; return the next line number."""
+        max_line = self.max_line
+        decode = _decode_strict
+        view = memoryview(buf)
+        # msgspec does not check UTF-8 inside the fields it skips, and FORMAT.md says such a line
+        # is bad: check the whole region at once, and line by line only when that fails.
+        check_lines = not buf.isascii() and not _valid_utf8_region(buf, start, end)
+        records: list[tuple[int, _Line]] = []
+        lines = skipped = 0
+        find = buf.find
+        pos = start
+        while True:
+            nl = find(b"\n", pos, end)
+            if nl < 0:
+                nl = end
+            if nl > pos:
+                line = view[pos:nl]
+                rec: _Line | None = None
+                if nl - pos > max_line:
+                    pass
+                elif check_lines and not _valid_utf8(line):
+                    pass
+                else:
+                    try:
+                        rec = decode(line)
+                    except msgspec.DecodeError:  # ValidationError included
+                        if bytes(line).isspace():
+                            lineno += 1
+                            pos = nl + 1
+                            if nl >= end:
+                                break
+                            continue
+                        rec = _loose_line(line)
+                lines += 1
+                if rec is None:
+                    skipped += 1
+                else:
+                    records.append((lineno, rec))
+            lineno += 1
+            if nl >= end:
+                break
+            pos = nl + 1
+        self.lines += lines
+        self.skipped += skipped
+        if records:
+            self._count(records)
+        return lineno
+
+    def _count(self, records: list[tuple[int, _Line]]) -> None:
+        """Count decoded lines; state lives in locals for the loop and is written back after."""
+        file_key = self.file_key
+        messages = self.messages
+        prompts = self.prompts
+        starts = self.block_starts
+        ends = self.block_ends
+        user_messages = self.user_messages
+        last_raw = self.last_raw
+        fromiso = datetime.fromisoformat
+        for lineno, rec in records:
+            kind = rec.type
+            msg = rec.message
+            if kind == "assistant" and msg is not UNSET and msg.model == _SYNTHETIC:
+                continue  # harness-made: counts nowhere
+
+            raw = rec.timestamp
+            if raw is not None:
+                try:
+                    ts = fromiso(raw)
+                    if ts.tzinfo is not _UTC:
+                        ts = ts.replace(tzinfo=_UTC) if ts.tzinfo is None else ts.astimezone(_UTC)
+                except (ValueError, OverflowError):
+                    raw = last_raw
+                else:
+                    last_raw = raw
+                    if ends and ts >= ends[-1]:
+                        if ts - ends[-1] <= _ACTIVITY_GAP:
+                            ends[-1] = ts
+                        else:
+                            starts.append(ts)
+                            ends.append(ts)
+                    else:
+                        _add_activity(starts, ends, ts)
+            else:
+                raw = last_raw
+            if self.session_id is None and rec.sessionId:
+                self.session_id = rec.sessionId
+            if self.project is None and rec.cwd:
+                self.project = rec.cwd
+
+            if kind == "assistant":
+                if msg is UNSET:
+                    continue
+                key = msg.id
+                if not key:
+                    key = f"uuid:{rec.uuid}" if rec.uuid else f"line:{file_key}:{lineno}"
+                usage = msg.usage
+                if usage is None:
+                    i = o = cr = cc = 0
+                else:
+                    # A counter that is not a non-negative int counts as 0; bool is an int
+                    # subclass, which `type() is int` keeps out, and SQLite stores at most int64.
+                    i = usage.input_tokens
+                    o = usage.output_tokens
+                    cr = usage.cache_read_input_tokens
+                    cc = usage.cache_creation_input_tokens
+                    if type(i) is not int or not 0 <= i <= _INT64_MAX:
+                        i = 0
+                    if type(o) is not int or not 0 <= o <= _INT64_MAX:
+                        o = 0
+                    if type(cr) is not int or not 0 <= cr <= _INT64_MAX:
+                        cr = 0
+                    if type(cc) is not int or not 0 <= cc <= _INT64_MAX:
+                        cc = 0
+                entry = messages.get(key)
+                if entry is None:
+                    messages[key] = [raw, i, o, cr, cc, msg.model]
+                else:
+                    # Streamed copies repeat usage, growing: keep the largest of each counter.
+                    if i > entry[1]:
+                        entry[1] = i
+                    if o > entry[2]:
+                        entry[2] = o
+                    if cr > entry[3]:
+                        entry[3] = cr
+                    if cc > entry[4]:
+                        entry[4] = cc
+                    if entry[5] is None:
+                        entry[5] = msg.model
+                content = msg.content
+                if content and type(content) is list:
+                    for block in content:
+                        if block.type == "tool_use":
+                            self._tool_use(block, rec.uuid or f"line:{lineno}", raw)
+            elif kind == "user":
+                user_messages += 1
+                content = None if msg is UNSET else msg.content
+                if not content:
+                    continue
+                quoting = rec.isMeta is True or rec.isCompactSummary is True
+                is_prompt = False
+                if type(content) is str:
+                    if not quoting and _COMMAND_TAG in content:
+                        self._slash(content, rec.uuid or f"line:{lineno}", raw)
+                    is_prompt = _is_prompt_text(content)
+                else:
+                    has_result = False
+                    for block in content:
+                        btype = block.type
+                        if btype == "tool_result":
+                            has_result = True
+                            if block.is_error is True and block.tool_use_id:
+                                self.error_ids.add(block.tool_use_id)
+                        elif btype == "text" and block.text:
+                            text = block.text
+                            if not quoting and _COMMAND_TAG in text:
+                                self._slash(text, rec.uuid or f"line:{lineno}", raw)
+                            if not is_prompt:
+                                is_prompt = _is_prompt_text(text)
+                    if has_result:
+                        is_prompt = False
+                if is_prompt and not quoting and rec.isSidechain is not True:
+                    key = rec.uuid or f"line:{file_key}:{lineno}"
+                    if key not in prompts:
+                        prompts[key] = raw
+            elif kind == "attachment":
+                if rec.attachment is not None and rec.attachment.type == "queued_command":
+                    key = rec.uuid or f"line:{file_key}:{lineno}"
+                    if key not in prompts:
+                        prompts[key] = raw
+            elif kind == "tool_use_result":
+                if rec.is_error is True and rec.tool_use_id:
+                    self.error_ids.add(rec.tool_use_id)
+
+        self.user_messages = user_messages
+        self.last_raw = last_raw
+
+    def _tool_use(self, block: _Block, uuid_part: str, raw: str | None) -> None:
+        tool_id = block.id
+        if tool_id:
+            if tool_id in self.tool_ids:
+                return
+            self.tool_ids.add(tool_id)
+        name = block.name
+        inp = block.input
+        skill = subagent = None
+        if name in _SUBAGENT_TOOLS:
+            kind = "subagent"
+            if inp is not None:
+                subagent = _str(inp.subagent_type) or None
+        elif name is not None and name.startswith("mcp__"):
+            kind = "mcp_call"
+        else:
+            kind = "tool_use"
+            if name == "Skill" and inp is not None:
+                skill = _str(inp.skill) or _str(inp.name) or None
+        self.events.append((uuid_part, tool_id, kind, name, skill, subagent, None, raw))
+
+    def _slash(self, text: str, uuid_part: str, raw: str | None) -> None:
+        for command in _COMMAND_RE.findall(text):
+            self.events.append((uuid_part, None, "slash_command", None, None, None, command, raw))
+
+    def finish(
+        self, fallback_session_id: str, received_at: datetime, content_hash: str
+    ) -> ParseResult:
+        """Resolve inherited timestamps and dedup events; build the rows and the summary."""
+        session_id = self.session_id or fallback_session_id
+        starts, ends = self.block_starts, self.block_ends
+        # Rows of lines before any timestamp: the earliest in the file, else the moment received.
+        stamps: dict[str | None, str] = {None: to_store(starts[0] if starts else received_at)}
+
+        def stamp(raw: str | None) -> str:
+            text = stamps.get(raw)
+            if text is None:
+                text = stamps[raw] = _store_text(raw)  # type: ignore[arg-type]
+            return text
+
+        message_rows = []
+        totals = [0, 0, 0, 0]
+        models: Counter[str] = Counter()
+        for key, (raw, i, o, cr, cc, model) in self.messages.items():
+            message_rows.append(MessageRow(key, session_id, stamp(raw), i, o, cr, cc))
+            totals[0] += i
+            totals[1] += o
+            totals[2] += cr
+            totals[3] += cc
+            if model:
+                models[model] += 1
+        # max() keeps the first of equal counts and Counter keeps insertion order: ties go to the
+        # model seen first.
+        primary_model = max(models, key=models.__getitem__) if models else None
+
+        prompt_rows = [PromptRow(key, session_id, stamp(raw)) for key, raw in self.prompts.items()]
+
+        event_rows = []
+        seen_events: set[str] = set()
+        error_ids = self.error_ids
+        for uuid_part, tool_id, kind, name, skill, subagent, command, raw in self.events:
+            ident = _EVENT_SEP.join(
+                (session_id, uuid_part, tool_id or "", kind, name or "", command or "")
+            )
+            event_id = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+            if event_id in seen_events:
+                continue
+            seen_events.add(event_id)
+            is_error = tool_id is not None and tool_id in error_ids
+            event_rows.append(
+                EventRow(
+                    event_id, kind, session_id, stamp(raw), name, skill, subagent, command, is_error
+                )
+            )
+
+        tool_rows = [e for e in event_rows if e.event_type != "slash_command"]
+        plain_tools = [e for e in tool_rows if e.event_type == "tool_use"]
+        skills = [e for e in plain_tools if e.tool_name == "Skill"]
+        summary = Summary(
+            session_id=session_id,
+            started_at=starts[0] if starts else None,
+            ended_at=ends[-1] if ends else None,
+            active_seconds=sum((e - s for s, e in zip(starts, ends)), timedelta()) // _ONE_SECOND,
+            wall_seconds=(ends[-1] - starts[0]) // _ONE_SECOND if starts else 0,
+            user_messages=self.user_messages,
+            assistant_messages=len(message_rows),
+            tool_calls=len(plain_tools),
+            tool_errors=sum(1 for e in tool_rows if e.is_error),
+            skill_invocations=len(skills),
+            subagent_dispatches=sum(1 for e in tool_rows if e.event_type == "subagent"),
+            mcp_calls=sum(1 for e in tool_rows if e.event_type == "mcp_call"),
+            slash_commands=len(event_rows) - len(tool_rows),
+            distinct_tools=len({e.tool_name for e in tool_rows if e.tool_name}),
+            distinct_skills=len({e.skill_name for e in skills if e.skill_name}),
+            primary_model=primary_model,
+            prompts=len(prompt_rows),
+            project=self.project,
+            skipped_lines=self.skipped,
+            input_tokens=totals[0],
+            output_tokens=totals[1],
+            cache_read_tokens=totals[2],
+            cache_creation_tokens=totals[3],
+        )
+        return ParseResult(
+            summary=summary,
+            messages=message_rows,
+            prompts=prompt_rows,
+            events=event_rows,
+            lines=self.lines,
+            bytes_read=self.bytes_read,
+            content_hash=content_hash,
+        )
+
+
+def _valid_utf8_region(buf: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether buf[start:end] is UTF-8, checked in pieces so one wide character stays local.
+
+    Decoding a whole region at once is several times slower: the first character beyond Latin-1
+    turns the rest of the output into a wide string, even where the bytes are plain ASCII.
+    """
+    piece = _UTF8_PIECE
+    pos = start
+    while pos < end:
+        cut = pos + piece
+        if cut >= end:
+            cut = end
+        else:
+            # Cut before a character, not inside one (at most three continuation bytes: more is
+            # invalid anyway, and fails in the next piece).
+            for _ in range(3):
+                if buf[cut] & 0xC0 != 0x80:
+                    break
+                cut -= 1
+        chunk = buf[pos:cut]
+        if not chunk.isascii():
+            try:
+                str(chunk, "utf-8")
+            except UnicodeDecodeError:
+                return False
+        pos = cut
+    return True
+
+
+def _valid_utf8(line: memoryview) -> bool:
+    try:
+        str(line, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _add_activity(starts: list[datetime], ends: list[datetime], ts: datetime) -> None:
+    """Insert a timestamp that is not after the last block: merge blocks it now bridges."""
+    if not ends:
+        starts.append(ts)
+        ends.append(ts)
+        return
+    i = bisect_left(ends, ts)  # first block ending at or after ts (one exists: ts < ends[-1])
+    if starts[i] <= ts:
+        return
+    joins_next = starts[i] - ts <= _ACTIVITY_GAP
+    joins_prev = i > 0 and ts - ends[i - 1] <= _ACTIVITY_GAP
+    if joins_prev and joins_next:
+        ends[i - 1] = ends[i]
+        del starts[i], ends[i]
+    elif joins_next:
+        starts[i] = ts
+    elif joins_prev:
+        ends[i - 1] = ts
+    else:
+        starts.insert(i, ts)
+        ends.insert(i, ts)

@@ -1,0 +1,115 @@
+"""Processing one file: parse it off the event loop, then store everything in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from .. import ingest
+from ..db import Database
+from ..store import ingest as store
+from ..timeutil import from_store
+from .parser import parse_file
+from .records import ParseResult
+
+logger = logging.getLogger(__name__)
+
+RETRY_BACKOFF = timedelta(seconds=30)
+
+
+def parse_job(path: str, file_key: str, received_at: datetime) -> ParseResult:
+    """Runs in a worker process (or thread): the CPU-heavy part of processing."""
+    return parse_file(path, file_key=file_key, received_at=received_at)
+
+
+def hash_job(path: str) -> str:
+    """sha256 of a file's bytes, read in bounded chunks (same digest as the parser's)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Outcome:
+    file_id: int
+    status: str  # processed | unchanged | failed | quarantined | gone
+    lines: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    error: str | None = None
+
+
+class Processor:
+    """Parses in an executor and writes through the data layer; one bad file never stops it.
+
+    ``workers`` > 0 parses in that many worker processes (the event loop and the GIL stay
+    free for requests); 0 parses in a thread (tests, tiny deployments).
+    """
+
+    def __init__(self, db: Database, *, workers: int, clock: Callable[[], datetime],
+                 max_failures: int = 5, on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self.db = db
+        self.workers = workers
+        self.clock = clock
+        self.max_failures = max_failures
+        self.on_outcome = on_outcome
+        self._executor: Executor | None = None
+
+    def _pool(self) -> Executor | None:
+        if self.workers > 0 and self._executor is None:
+            # forkserver: never fork a process that has an event loop and database threads.
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+        return self._executor
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def process(self, file_id: int, *, force: bool = False) -> Outcome:
+        """Bring one file's stored numbers up to date with its content; never raises for a bad file."""
+        try:
+            outcome = await self._process(file_id, force)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the worker
+            logger.warning("processing failed: %s", exc, extra={"file_id": file_id}, exc_info=True)
+            quarantined = await store.record_failure(
+                self.db, file_id, f"{type(exc).__name__}: {exc}", self.clock(),
+                max_failures=self.max_failures, backoff=RETRY_BACKOFF)
+            outcome = Outcome(file_id, "quarantined" if quarantined else "failed", error=str(exc))
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        return outcome
+
+    async def _process(self, file_id: int, force: bool) -> Outcome:
+        state = await store.get_file(self.db, file_id)
+        if state is None:
+            return Outcome(file_id, "gone")
+        st = os.stat(state.path)
+        version = ingest.USAGE_PROCESSOR_VERSION
+        if (not force and state.content_hash and state.processor_version >= version
+                and (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns)):
+            # Touched but maybe not changed: a hash is much cheaper than a parse and a rewrite.
+            if await self._run(hash_job, state.path) == state.content_hash:
+                await store.mark_unchanged(self.db, file_id, st.st_size, st.st_mtime_ns, self.clock())
+                return Outcome(file_id, "unchanged", bytes=st.st_size)
+        received_at = from_store(state.received_at)
+        result: ParseResult = await self._run(parse_job, state.path, str(file_id), received_at)
+        await store.write_result(self.db, file_id, state.user_id, result, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                 version=version, now=self.clock())
+        logger.debug("processed", extra={"file_id": file_id, "file": state.path, "lines": result.lines})
+        return Outcome(file_id, "processed", lines=result.lines, skipped=result.summary.skipped_lines,
+                       bytes=result.bytes_read)

@@ -1,0 +1,83 @@
+"""Result types of the transcript parser: plain msgspec Structs, picklable across processes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+__all__ = ["EventRow", "MessageRow", "ParseResult", "PromptRow", "Summary"]
+
+
+class Summary(msgspec.Struct):
+    """Per-file counters, with the meaning FORMAT.md gives each of them."""
+
+    session_id: str
+    started_at: datetime | None  # aware UTC
+    ended_at: datetime | None
+    active_seconds: int
+    wall_seconds: int
+    user_messages: int
+    assistant_messages: int
+    tool_calls: int
+    tool_errors: int
+    skill_invocations: int
+    subagent_dispatches: int
+    mcp_calls: int
+    slash_commands: int
+    distinct_tools: int
+    distinct_skills: int
+    primary_model: str | None
+    prompts: int
+    project: str | None
+    skipped_lines: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+
+
+class MessageRow(msgspec.Struct, array_like=True):
+    """One distinct assistant message of the file, with its largest usage per counter."""
+
+    key: str  # message.id, "uuid:<line uuid>", or "line:<file_key>:<lineno>"
+    session_id: str
+    ts: str  # storage format; the first line of this message in the file
+    input: int
+    output: int
+    cache_read: int
+    cache_creation: int
+
+
+class PromptRow(msgspec.Struct, array_like=True):
+    """One prompt typed by the person (FORMAT.md "prompt")."""
+
+    key: str  # line uuid, or "line:<file_key>:<lineno>"
+    session_id: str
+    ts: str
+
+
+class EventRow(msgspec.Struct, array_like=True):
+    """One usage event: a tool use, a subagent dispatch, an MCP call or a slash command."""
+
+    event_id: str  # stable across parses and file names (never includes file_key)
+    event_type: str  # "tool_use" | "subagent" | "mcp_call" | "slash_command"
+    session_id: str
+    ts: str
+    tool_name: str | None
+    skill_name: str | None
+    subagent_type: str | None
+    command_name: str | None
+    is_error: bool
+
+
+class ParseResult(msgspec.Struct):
+    """Everything one parse of one file yields."""
+
+    summary: Summary
+    messages: list[MessageRow]
+    prompts: list[PromptRow]
+    events: list[EventRow]
+    lines: int  # non-blank lines seen, skipped ones included
+    bytes_read: int  # bytes of (decompressed) content consumed
+    content_hash: str  # hex sha256 of the raw bytes as stored (compressed if gzip)

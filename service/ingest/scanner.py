@@ -1,0 +1,41 @@
+"""The watched directory: ``<session_dir>/<owner>/**/*.jsonl``, owner = user id or email local part."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+@dataclass(frozen=True)
+class Found:
+    owner: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def scan(root: str) -> list[Found]:
+    """Every transcript under root, with its stat; blocking, so callers run it in a thread."""
+    found: list[Found] = []
+    base = Path(root)
+    if not base.is_dir():
+        return found
+    for owner_dir in sorted(base.iterdir()):
+        if not owner_dir.is_dir() or owner_dir.name.startswith("."):
+            continue
+        for dirpath, dirnames, filenames in os.walk(owner_dir, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not name.endswith(SUFFIXES) or name.startswith("."):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    continue
+                if os.path.isfile(path) and not os.path.islink(path):
+                    found.append(Found(owner_dir.name, os.path.abspath(path), st.st_size, st.st_mtime_ns))
+    return found

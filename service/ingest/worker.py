@@ -1,0 +1,168 @@
+"""The background ingest worker: a queue of files, retries, the reprocess loop, a heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Callable
+
+from .. import ingest
+from ..config import Settings
+from ..db import Database
+from ..store import ingest as store
+from ..store import users
+from . import scanner
+from .processor import Outcome, Processor
+
+logger = logging.getLogger(__name__)
+
+UPLOAD, WATCH, RETRY, REPROCESS = 0, 1, 2, 3  # queue priorities: lower first
+PRUNE_EVERY = timedelta(hours=1)
+
+
+class IngestWorker:
+    """Processes queued files with bounded concurrency; ticks every ``scan_interval`` seconds.
+
+    Each tick: heartbeat, scan the watched directory, queue due retries and a batch of files
+    below the current processor version (oldest first), rebuild dirty rollup days, prune.
+    """
+
+    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime],
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.processor = Processor(db, workers=settings.parse_workers, clock=clock,
+                                   max_failures=settings.max_failures, on_outcome=on_outcome)
+        self.concurrency = max(1, settings.parse_workers)
+        self.queue: asyncio.PriorityQueue[tuple[int, int, int]] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._pending: set[int] = set()   # queued or in flight
+        self._again: set[int] = set()     # changed again while in flight
+        self._tasks: list[asyncio.Task] = []
+        self._owners: dict[str, int] = {}
+        self.unknown_owners: set[str] = set()
+        self.last_beat = time.monotonic()
+        self._last_prune: datetime | None = None
+        self.ticks = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._consume(), name=f"ingest-consumer-{i}")
+                       for i in range(self.concurrency)]
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="ingest-tick"))
+
+    async def stop(self) -> None:
+        """Cancel and await every task: a file mid-transaction is rolled back, never half-written."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self.processor.close()
+
+    def health(self) -> str:
+        if not self._tasks:
+            return "not running"
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            return f"stopped tasks: {', '.join(dead)}"
+        age = time.monotonic() - self.last_beat
+        limit = max(60.0, 3 * self.settings.scan_interval)
+        return "ok" if age <= limit else f"no heartbeat for {age:.0f}s"
+
+    # -- queue -------------------------------------------------------------------------
+
+    def enqueue(self, file_id: int, priority: int = UPLOAD) -> None:
+        """Queue a file; a file already queued or in flight is processed again afterwards."""
+        if file_id in self._pending:
+            self._again.add(file_id)
+            return
+        self._pending.add(file_id)
+        self.queue.put_nowait((priority, next(self._seq), file_id))
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been processed (tests, the CLI)."""
+        await self.queue.join()
+
+    async def _consume(self) -> None:
+        while True:
+            priority, _, file_id = await self.queue.get()
+            try:
+                await self.processor.process(file_id)
+            finally:
+                self._pending.discard(file_id)
+                self.last_beat = time.monotonic()
+                if file_id in self._again:
+                    self._again.discard(file_id)
+                    self.enqueue(file_id, priority)
+                self.queue.task_done()
+
+    # -- ticks -------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failing tick is logged and retried next time
+                logger.exception("ingest tick failed")
+            await asyncio.sleep(self.settings.scan_interval)
+
+    async def tick(self) -> None:
+        self.last_beat = time.monotonic()
+        self.ticks += 1
+        now = self.clock()
+        if self.settings.session_dir:
+            await self.scan()
+        for file_id in await store.due_retries(self.db, now, self.settings.reprocess_batch):
+            self.enqueue(file_id, RETRY)
+        if self.depth < self.settings.reprocess_batch:
+            for file_id in await store.stale_files(self.db, ingest.USAGE_PROCESSOR_VERSION,
+                                                   self.settings.reprocess_batch):
+                self.enqueue(file_id, REPROCESS)
+        await store.rebuild_rollups(self.db)
+        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            counts = await store.prune(self.db, now - timedelta(days=self.settings.retention_days))
+            if any(counts.values()):
+                logger.info("pruned old activity", extra=counts)
+        self.last_beat = time.monotonic()
+
+    async def _owner(self, name: str) -> int | None:
+        if name in self._owners:
+            return self._owners[name]
+        user = await users.find_owner(self.db, name)
+        if user is None:
+            if name not in self.unknown_owners:
+                logger.warning("watched directory owner %r matches no user; its files are skipped", name)
+            self.unknown_owners.add(name)
+            return None
+        self.unknown_owners.discard(name)
+        self._owners[name] = user.id
+        return user.id
+
+    async def scan(self) -> int:
+        """Queue new and changed files of the watched directory; returns how many."""
+        found = await asyncio.to_thread(scanner.scan, self.settings.session_dir)
+        known = await store.files_by_origin(self.db, "watch")
+        queued = 0
+        for item in found:
+            seen = known.get(item.path)
+            if seen is not None and (seen[3] or (seen[1], seen[2]) == (item.size, item.mtime_ns)):
+                continue
+            user_id = await self._owner(item.owner)
+            if user_id is None:
+                continue
+            file_id = seen[0] if seen else await store.register_file(self.db, user_id, item.path, "watch", self.clock())
+            self.enqueue(file_id, WATCH)
+            queued += 1
+        return queued

@@ -1,0 +1,279 @@
+"""Processor state, session summaries, activity and usage events: the ingest side of the data layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Iterable
+
+from ..db import Database
+from ..ingest.records import EventRow, ParseResult
+from ..timeutil import to_store
+
+
+@dataclass(frozen=True)
+class FileState:
+    id: int
+    user_id: int
+    path: str
+    origin: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    processor_version: int
+    failure_count: int
+    received_at: str
+    quarantined_at: str | None
+    last_error: str | None
+
+
+_FILE_COLS = ("id, user_id, path, origin, size, mtime_ns, content_hash, processor_version, failure_count, "
+              "received_at, quarantined_at, last_error")
+
+
+def _state(row) -> FileState | None:
+    return None if row is None else FileState(*tuple(row))
+
+
+async def register_file(db: Database, user_id: int, path: str, origin: str, now: datetime) -> int:
+    """Insert or refresh the processor-state row of a file; returns its id.
+
+    A known file keeps its id (so its activity is replaced, not duplicated); a new
+    upload of it clears quarantine and failures, since its content is new.
+    """
+    stamp = to_store(now)
+    async with db.transaction() as conn:
+        async with conn.execute(
+                "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET received_at = excluded.received_at, failure_count = 0, "
+                "quarantined_at = NULL, next_attempt_at = NULL, last_error = NULL "
+                "RETURNING id", (user_id, path, origin, stamp)) as cur:
+            return (await cur.fetchone())[0]
+
+
+async def register_files(db: Database, user_id: int, paths: Iterable[str], origin: str,
+                         now: datetime) -> list[int]:
+    """register_file for many paths in one transaction (bulk ingest)."""
+    stamp = to_store(now)
+    ids = []
+    async with db.transaction() as conn:
+        for path in paths:
+            async with conn.execute(
+                    "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (path) DO UPDATE SET failure_count = 0, quarantined_at = NULL, "
+                    "next_attempt_at = NULL, last_error = NULL RETURNING id",
+                    (user_id, path, origin, stamp)) as cur:
+                ids.append((await cur.fetchone())[0])
+    return ids
+
+
+async def get_file(db: Database, file_id: int) -> FileState | None:
+    return _state(await db.fetchone(f"SELECT {_FILE_COLS} FROM session_files WHERE id = ?", (file_id,)))
+
+
+async def files_by_origin(db: Database, origin: str) -> dict[str, tuple[int, int, int, bool]]:
+    """path -> (id, size, mtime_ns, failing) of every file from one origin (the watched-directory scan).
+
+    ``failing`` files wait for their retry (or an operator) instead of being re-queued by every scan.
+    """
+    rows = await db.fetchall(
+        "SELECT path, id, size, mtime_ns, (next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL) AS failing "
+        "FROM session_files WHERE origin = ?", (origin,))
+    return {r["path"]: (r["id"], r["size"], r["mtime_ns"], bool(r["failing"])) for r in rows}
+
+
+async def mark_unchanged(db: Database, file_id: int, size: int, mtime_ns: int, now: datetime) -> None:
+    """Size or mtime moved but the content hash did not: remember the new stat, rewrite nothing."""
+    await db.execute_write(
+        "UPDATE session_files SET size = ?, mtime_ns = ?, processed_at = ?, failure_count = 0, "
+        "last_error = NULL, next_attempt_at = NULL WHERE id = ?", (size, mtime_ns, to_store(now), file_id))
+
+
+async def record_failure(db: Database, file_id: int, error: str, now: datetime, *, max_failures: int,
+                         backoff: timedelta) -> bool:
+    """Count a failure; schedule a retry with backoff, or quarantine. Returns True when quarantined."""
+    async with db.transaction() as conn:
+        async with conn.execute("SELECT failure_count FROM session_files WHERE id = ?", (file_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        failures = row[0] + 1
+        quarantined = failures >= max_failures
+        await conn.execute(
+            "UPDATE session_files SET failure_count = ?, last_error = ?, next_attempt_at = ?, quarantined_at = ? "
+            "WHERE id = ?",
+            (failures, error[:2000], None if quarantined else to_store(now + backoff * (2 ** (failures - 1))),
+             to_store(now) if quarantined else None, file_id))
+    return quarantined
+
+
+async def due_retries(db: Database, now: datetime, limit: int) -> list[int]:
+    rows = await db.fetchall(
+        "SELECT id FROM session_files WHERE quarantined_at IS NULL AND next_attempt_at IS NOT NULL "
+        "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?", (to_store(now), limit))
+    return [r[0] for r in rows]
+
+
+async def stale_files(db: Database, version: int, limit: int) -> list[int]:
+    """Files processed by an older processor version, oldest first (the reprocess loop's batch)."""
+    rows = await db.fetchall(
+        "SELECT id FROM session_files WHERE processor_version < ? AND quarantined_at IS NULL "
+        "AND next_attempt_at IS NULL ORDER BY processed_at IS NOT NULL, processed_at, id LIMIT ?",
+        (version, limit))
+    return [r[0] for r in rows]
+
+
+async def reset_versions(db: Database, user_id: int | None = None) -> int:
+    """Force a full reprocess: every (or one user's) file goes back to version 0."""
+    sql = "UPDATE session_files SET processor_version = 0, next_attempt_at = NULL"
+    if user_id is None:
+        return await db.execute_write(sql)
+    return await db.execute_write(sql + " WHERE user_id = ?", (user_id,))
+
+
+async def quarantined(db: Database) -> list[dict]:
+    rows = await db.fetchall(
+        "SELECT f.id, u.email, f.path, f.failure_count, f.last_error, f.quarantined_at FROM session_files f "
+        "JOIN users u ON u.id = f.user_id WHERE f.quarantined_at IS NOT NULL ORDER BY f.quarantined_at")
+    return [dict(r) for r in rows]
+
+
+async def release_quarantine(db: Database, file_id: int | None = None) -> list[int]:
+    """Put quarantined files (one, or all) back in line with a clean failure count."""
+    where, params = ("AND id = ?", (file_id,)) if file_id is not None else ("", ())
+    async with db.transaction() as conn:
+        async with conn.execute(
+                f"UPDATE session_files SET quarantined_at = NULL, failure_count = 0, next_attempt_at = NULL, "
+                f"processor_version = 0 WHERE quarantined_at IS NOT NULL {where} RETURNING id", params) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
+
+async def _attribution(conn) -> dict[str, dict[str, tuple[str, str]]]:
+    """name -> (source, ref_id) per kind; 'curated' wins over 'flea' when both list a name."""
+    maps: dict[str, dict[str, tuple[str, str]]] = {}
+    for kind, table in (("skill", "skill_attribution"), ("agent", "agent_attribution"),
+                        ("command", "command_attribution")):
+        found: dict[str, tuple[str, str]] = {}
+        async with conn.execute(f"SELECT name, source, ref_id FROM {table} ORDER BY source = 'curated'") as cur:
+            for name, source, ref_id in await cur.fetchall():
+                found[name] = (source, ref_id)
+        maps[kind] = found
+    return maps
+
+
+def _attribute(event: EventRow, maps: dict[str, dict[str, tuple[str, str]]]) -> tuple[str, str | None]:
+    if event.skill_name:
+        hit = maps["skill"].get(event.skill_name)
+    elif event.event_type == "subagent" and event.subagent_type:
+        hit = maps["agent"].get(event.subagent_type)
+    elif event.event_type == "slash_command" and event.command_name:
+        hit = maps["command"].get(event.command_name)
+    else:
+        hit = None
+    return hit if hit else ("builtin", None)
+
+
+_SUMMARY_COLS = ("session_id", "started_at", "ended_at", "active_seconds", "wall_seconds", "user_messages",
+                 "assistant_messages", "tool_calls", "tool_errors", "skill_invocations", "subagent_dispatches",
+                 "mcp_calls", "slash_commands", "distinct_tools", "distinct_skills", "primary_model", "prompts",
+                 "project", "skipped_lines", "input_tokens", "output_tokens", "cache_read_tokens",
+                 "cache_creation_tokens")
+_SUMMARY_SQL = (
+    f"INSERT OR REPLACE INTO session_summaries (file_id, user_id, {', '.join(_SUMMARY_COLS)}, processor_version, "
+    f"extracted_at) VALUES ({', '.join('?' * (len(_SUMMARY_COLS) + 4))})")
+
+
+async def _insert_activity(conn, file_id: int, user_id: int, result: ParseResult) -> None:
+    await conn.executemany(
+        "INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, "
+        "output_tokens, cache_read_tokens, cache_creation_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(file_id, m.key, user_id, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation)
+         for m in result.messages])
+    await conn.executemany(
+        "INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts) VALUES (?, ?, ?, ?, ?)",
+        [(file_id, p.key, user_id, p.session_id, p.ts) for p in result.prompts])
+
+
+async def _insert_events(conn, file_id: int, user_id: int, result: ParseResult) -> set[str]:
+    maps = await _attribution(conn)
+    rows = []
+    days = set()
+    for e in result.events:
+        source, ref_id = _attribute(e, maps)
+        rows.append((e.event_id, file_id, user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
+                     e.subagent_type, e.command_name, source, ref_id, int(e.is_error), e.ts))
+        days.add(e.ts[:10])
+    # A copy of the same session in another file yields the same event ids: the latest
+    # processing owns them, and they exist once.
+    await conn.executemany(
+        "INSERT OR REPLACE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, "
+        "skill_name, subagent_type, command_name, source, ref_id, is_error, ts) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return days
+
+
+async def write_result(db: Database, file_id: int, user_id: int, result: ParseResult, *, size: int,
+                       mtime_ns: int, version: int, now: datetime) -> None:
+    """Replace everything one file contributes, in one transaction: all of it, or none of it."""
+    stamp = to_store(now)
+    s = result.summary
+    async with db.transaction() as conn:
+        async with conn.execute("SELECT DISTINCT substr(ts, 1, 10) FROM usage_events WHERE file_id = ?",
+                                (file_id,)) as cur:
+            days = {r[0] for r in await cur.fetchall()}
+        for table in ("activity_messages", "activity_prompts", "usage_events"):
+            await conn.execute(f"DELETE FROM {table} WHERE file_id = ?", (file_id,))
+        await _insert_activity(conn, file_id, user_id, result)
+        days |= await _insert_events(conn, file_id, user_id, result)
+        values = [getattr(s, c) for c in _SUMMARY_COLS]
+        values[1] = to_store(s.started_at) if s.started_at else None
+        values[2] = to_store(s.ended_at) if s.ended_at else None
+        await conn.execute(_SUMMARY_SQL, (file_id, user_id, *values, version, stamp))
+        await conn.executemany("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", [(d,) for d in days])
+        await conn.execute(
+            "UPDATE session_files SET size = ?, mtime_ns = ?, content_hash = ?, processor_version = ?, items = ?, "
+            "last_error = NULL, failure_count = 0, next_attempt_at = NULL, quarantined_at = NULL, processed_at = ? "
+            "WHERE id = ?", (size, mtime_ns, result.content_hash, version, result.lines, stamp, file_id))
+
+
+async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
+    """Recompute the daily tool and plugin rollups of the days marked dirty, in one transaction."""
+    async with db.transaction() as conn:
+        async with conn.execute("SELECT day FROM rollup_dirty_days ORDER BY day DESC LIMIT ?", (limit,)) as cur:
+            days = [r[0] for r in await cur.fetchall()]
+        for day in days:
+            lo, hi = f"{day}T", f"{day}U"  # every stored timestamp of that day sorts between these
+            await conn.execute("DELETE FROM usage_tool_daily WHERE day = ?", (day,))
+            await conn.execute("DELETE FROM usage_plugin_daily WHERE day = ?", (day,))
+            await conn.execute(
+                "INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_users, "
+                "distinct_sessions) SELECT ?, COALESCE(tool_name, '/' || command_name), source, COUNT(*), "
+                "SUM(is_error), COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id) "
+                "FROM usage_events WHERE ts >= ? AND ts < ? GROUP BY 2, source", (day, lo, hi))
+            await conn.execute(
+                "INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, "
+                "distinct_sessions) SELECT ?, source, ref_id, COUNT(*), COUNT(DISTINCT user_id), "
+                "COUNT(DISTINCT user_id || ':' || session_id) FROM usage_events "
+                "WHERE ts >= ? AND ts < ? AND ref_id IS NOT NULL GROUP BY source, ref_id", (day, lo, hi))
+            await conn.execute("DELETE FROM rollup_dirty_days WHERE day = ?", (day,))
+    return days
+
+
+async def prune(db: Database, before: datetime) -> dict[str, int]:
+    """Delete usage events and activity older than ``before`` (retention)."""
+    cutoff = to_store(before)
+    counts = {}
+    async with db.transaction() as conn:
+        for table in ("usage_events", "activity_messages", "activity_prompts"):
+            cur = await conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))
+            counts[table] = cur.rowcount
+        await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
+        await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
+    return counts
+
+
+async def summaries_for_user(db: Database, user_id: int) -> list[dict]:
+    rows = await db.fetchall(
+        f"SELECT f.path, {', '.join('s.' + c for c in _SUMMARY_COLS)}, s.processor_version FROM session_summaries s "
+        "JOIN session_files f ON f.id = s.file_id WHERE s.user_id = ? ORDER BY f.path", (user_id,))
+    return [dict(r) for r in rows]

@@ -1,0 +1,135 @@
+"""POST /api/upload/sessions: stream a transcript to disk with size caps, store it atomically, process it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import zlib
+from pathlib import Path
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from . import keys
+from .api import json
+from .errors import AppError
+from .store import ingest as store
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 256 * 1024
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def valid_file_name(name: str | None) -> bool:
+    """The SPEC's name rule, minus the names that mean a directory."""
+    return bool(name) and FILE_NAME.fullmatch(name) is not None and name not in (".", "..") \
+        and not name.startswith(".")
+
+
+def user_dir(data_dir: str, user_id: int) -> Path:
+    return Path(data_dir) / "sessions" / str(user_id)
+
+
+class _Sink:
+    """Writes the upload to a temporary file, gunzipping on the fly; both sizes are capped."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.path = path
+        self.cap = cap
+        self.raw = 0
+        self.size = 0
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed in finish/abort
+        self._inflate: zlib._Decompress | None = None
+        self._first = True
+
+    def write(self, chunk: bytes) -> None:
+        self.raw += len(chunk)
+        if self.raw > self.cap:
+            raise AppError(413, f"Upload exceeds the {self.cap // (1024 * 1024)} MB limit.", "payload_too_large")
+        if self._first:
+            self._first = False
+            if chunk.startswith(GZIP_MAGIC):
+                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self._inflate is None:
+            self._emit(chunk)
+            return
+        data = chunk
+        while data:
+            # max_length bounds each step, so a gzip bomb never inflates past the cap in memory.
+            out = self._inflate.decompress(data, CHUNK)
+            self._emit(out)
+            data = self._inflate.unconsumed_tail
+            if self._inflate.eof:
+                break
+
+    def _emit(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.cap:
+            raise AppError(413, f"Upload exceeds the {self.cap // (1024 * 1024)} MB limit once decompressed.",
+                           "payload_too_large")
+        self._fh.write(data)
+
+    def finish(self) -> None:
+        if self._inflate is not None and not self._inflate.eof:
+            raise AppError(400, "The gzip upload is truncated or corrupt.", "bad_gzip")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def abort(self) -> None:
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+async def upload_session(request: web.Request) -> web.Response:
+    """Store one transcript as <data_dir>/sessions/<user id>/<file name>; a re-upload replaces it."""
+    settings = request.app[keys.SETTINGS]
+    user = request[keys.USER]
+    cap = settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > cap + MULTIPART_OVERHEAD:
+        raise AppError(413, f"Upload exceeds the {settings.max_upload_mb} MB limit.", "payload_too_large")
+    if request.content_type != "multipart/form-data":
+        raise AppError(400, "Send the transcript as multipart/form-data with a part named 'file'.",
+                       "bad_content_type")
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+        while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
+            await part.release()
+            part = await reader.next()
+    except (ValueError, HttpProcessingError) as exc:
+        raise AppError(400, f"Malformed multipart body: {type(exc).__name__}", "bad_multipart") from None
+    if part is None:
+        raise AppError(400, "The multipart body has no part named 'file'.", "missing_file")
+    name = part.filename
+    if not valid_file_name(name):
+        raise AppError(400, "File name must match ^[A-Za-z0-9._-]{1,200}$ (no leading dot).", "bad_file_name")
+    if name.endswith(".gz"):
+        name = name[:-3]
+        if not valid_file_name(name):
+            raise AppError(400, "File name must match ^[A-Za-z0-9._-]{1,200}$ (no leading dot).", "bad_file_name")
+
+    target_dir = user_dir(settings.data_dir, user.id)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target_dir / f".upload-{secrets.token_hex(8)}.tmp"
+    sink = _Sink(tmp, cap)
+    try:
+        while chunk := await part.read_chunk(CHUNK):
+            sink.write(chunk)
+        sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    final = target_dir / name
+    os.replace(tmp, final)  # atomic: readers see the old file or the new one, never a mix
+    worker = request.app.get(keys.WORKER)
+    file_id = await store.register_file(request.app[keys.DB], user.id, str(final), "upload", request.app[keys.CLOCK]())
+    if worker is not None:
+        worker.enqueue(file_id)
+    logger.info("stored upload", extra={"file": name, "bytes": sink.size, "file_id": file_id})
+    return json({"status": "ok", "filename": name, "size": sink.size})

@@ -1,0 +1,290 @@
+"""The ingest pipeline on a real database: samples' numbers, dedup across files, growth, atomicity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from datetime import datetime
+
+import pytest
+
+from service import ingest, keys
+from service.ingest import bulk
+from service.ingest.processor import Processor
+from service.store import ingest as store
+from service.store import stats
+from service.timeutil import from_store
+from tests.conftest import SAMPLES, make_caller
+
+EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
+NOW = from_store(EXPECTED["now"])
+SAMPLE_USERS = ("alice", "bob")
+
+
+def sample_files(user: str) -> list[str]:
+    return sorted(str(p) for p in (SAMPLES / user).glob("*.jsonl"))
+
+
+def expected_stats(user: str, window: str) -> dict:
+    return {**EXPECTED["users"][user][window], "last_pull_at": None}
+
+
+async def stats_of(db, user_id: int, window: str) -> dict:
+    import msgspec
+
+    return msgspec.to_builtins(await stats.home_stats(db, user_id, window, NOW))
+
+
+async def ingest_files(db, user_id: int, paths: list[str]) -> bulk.Report:
+    return await bulk.ingest_paths(db, user_id, paths, workers=0, clock=lambda: NOW)
+
+
+@pytest.fixture
+async def people(db):
+    return {name: await make_caller(db, f"{name}@example.com") for name in SAMPLE_USERS}
+
+
+@pytest.fixture
+async def ingested(db, people):
+    for name, caller in people.items():
+        report = await ingest_files(db, caller.user.id, sample_files(name))
+        assert report.failed == 0, report.errors
+    return people
+
+
+def normalise_summary(row: dict) -> dict:
+    out = dict(row)
+    for key in ("started_at", "ended_at"):
+        out[key] = from_store(out[key])
+    return out
+
+
+async def test_every_sample_summary_matches_expected_field_by_field(db, ingested):
+    seen = set()
+    for name, caller in ingested.items():
+        for row in await store.summaries_for_user(db, caller.user.id):
+            key = f"{name}/{os.path.basename(row['path'])}"
+            expected = EXPECTED["files"][key]
+            got = normalise_summary(row)
+            for field, value in expected.items():
+                want = from_store(value) if field in ("started_at", "ended_at") else value
+                assert got[field] == want, f"{key}: {field}"
+            assert got["processor_version"] == ingest.USAGE_PROCESSOR_VERSION
+            seen.add(key)
+    assert seen == set(EXPECTED["files"])
+
+
+@pytest.mark.parametrize("user", SAMPLE_USERS)
+@pytest.mark.parametrize("window", ["24h", "7d"])
+async def test_windowed_stats_match_expected(db, ingested, user, window):
+    assert await stats_of(db, ingested[user].user.id, window) == expected_stats(user, window)
+
+
+async def test_stats_for_user_without_data_or_row_are_zeros(db, people):
+    zero = {"window": "24h", "last_pull_at": None, "sessions": 0, "prompts": 0, "projects": 0,
+            "tokens": {"input": 0, "output": 0, "cache_read": 0, "cache_creation": 0, "total": 0}}
+    assert await stats_of(db, people["alice"].user.id, "24h") == zero
+    assert await stats_of(db, 999_999, "bogus") == zero
+
+
+async def test_reingesting_renamed_and_split_copies_changes_nothing(db, ingested, tmp_path):
+    alice = ingested["alice"].user.id
+    before = {w: await stats_of(db, alice, w) for w in ("24h", "7d")}
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for src in sample_files("alice"):
+        shutil.copy(src, copies / ("renamed-" + os.path.basename(src)))
+    # The subagent file again, alone, under yet another name.
+    shutil.copy(SAMPLES / "alice" / "agent-a1b2c3.jsonl", copies / "agent-again.jsonl")
+    report = await ingest_files(db, alice, bulk.expand([str(copies)]))
+    assert report.processed == 7
+    report = await ingest_files(db, alice, sample_files("alice"))  # and the originals once more
+    assert report.failed == 0
+    assert {w: await stats_of(db, alice, w) for w in ("24h", "7d")} == before
+
+
+async def test_growing_file_ends_with_the_numbers_of_one_ingest(db, people, tmp_path):
+    source = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    alice = people["alice"].user.id
+    target = tmp_path / "growing.jsonl"
+    cuts = [len(source) // 5, len(source) // 2 + 7, source.index(b"\n", len(source) // 2) + 1, len(source) - 3]
+    for cut in cuts:
+        target.write_bytes(source[:cut])
+        await ingest_files(db, alice, [str(target)])
+    partial = (await store.summaries_for_user(db, alice))[0]
+    assert partial["skipped_lines"] == 1  # the half-written last line, for now
+    target.write_bytes(source)
+    await ingest_files(db, alice, [str(target)])
+    grown = {w: await stats_of(db, alice, w) for w in ("24h", "7d")}
+    summary = normalise_summary((await store.summaries_for_user(db, alice))[0])
+
+    other = await make_caller(db, "fresh@example.com")
+    once = tmp_path / "once" / "growing.jsonl"
+    once.parent.mkdir()
+    once.write_bytes(source)
+    await ingest_files(db, other.user.id, [str(once)])
+    assert grown == {w: await stats_of(db, other.user.id, w) for w in ("24h", "7d")}
+    fresh = normalise_summary((await store.summaries_for_user(db, other.user.id))[0])
+    for field in ("prompts", "input_tokens", "output_tokens", "skipped_lines", "slash_commands", "user_messages"):
+        assert summary[field] == fresh[field], field
+    assert summary["skipped_lines"] == 0 and summary["prompts"] == 5
+
+
+async def test_error_mid_transaction_leaves_previous_state(db, ingested, monkeypatch, tmp_path):
+    alice = ingested["alice"].user.id
+    before_stats = await stats_of(db, alice, "7d")
+    before_rows = await store.summaries_for_user(db, alice)
+    file_id = (await db.fetchone("SELECT id FROM session_files WHERE path LIKE '%8d1e4b2a%'"))[0]
+    events_before = await db.fetchval("SELECT COUNT(*) FROM usage_events WHERE file_id = ?", (file_id,))
+    assert events_before == 7
+
+    async def explode(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    # Activity is already deleted and re-inserted when events blow up: all of it must roll back.
+    monkeypatch.setattr(store, "_insert_events", explode)
+    processor = Processor(db, workers=0, clock=lambda: NOW)
+    outcome = await processor.process(file_id, force=True)
+    assert outcome.status == "failed" and "disk on fire" in outcome.error
+    assert await stats_of(db, alice, "7d") == before_stats
+    assert await store.summaries_for_user(db, alice) == before_rows
+    assert await db.fetchval("SELECT COUNT(*) FROM usage_events WHERE file_id = ?", (file_id,)) == events_before
+    state = await store.get_file(db, file_id)
+    assert state.failure_count == 1 and "disk on fire" in state.last_error
+
+
+async def test_bad_file_does_not_affect_others(db, people, tmp_path):
+    bob = people["bob"].user.id
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\xfe garbage \x00\n{not json}\n" * 100)
+    gone = tmp_path / "gone.jsonl"
+    gone.write_text("{}\n")
+    paths = sample_files("bob") + [str(bad), str(gone)]
+    gone_id = (await store.register_files(db, bob, [str(gone)], "cli", NOW))[0]
+    gone.unlink()
+    processor = Processor(db, workers=0, clock=lambda: NOW)
+    assert (await processor.process(gone_id)).status == "failed"
+    report = await ingest_files(db, bob, [p for p in paths if p != str(gone)])
+    assert report.failed == 0
+    assert await stats_of(db, bob, "7d") == expected_stats("bob", "7d")
+    bad_row = [r for r in await store.summaries_for_user(db, bob) if r["path"].endswith("bad.jsonl")][0]
+    assert bad_row["skipped_lines"] == 200 and bad_row["prompts"] == 0
+
+
+async def test_failures_back_off_then_quarantine(db, people, tmp_path):
+    ghost = tmp_path / "ghost.jsonl"
+    file_id = (await store.register_files(db, people["bob"].user.id, [str(ghost)], "cli", NOW))[0]
+    processor = Processor(db, workers=0, clock=lambda: NOW, max_failures=3)
+    statuses = [(await processor.process(file_id)).status for _ in range(3)]
+    assert statuses == ["failed", "failed", "quarantined"]
+    listed = await store.quarantined(db)
+    assert [(q["id"], q["failure_count"]) for q in listed] == [(file_id, 3)]
+    assert "FileNotFoundError" in listed[0]["last_error"]
+    assert await store.due_retries(db, datetime(2100, 1, 1, tzinfo=NOW.tzinfo), 10) == []
+    ghost.write_text("")
+    assert await store.release_quarantine(db, file_id) == [file_id]
+    assert (await processor.process(file_id)).status == "processed"
+    assert await store.quarantined(db) == []
+
+
+async def test_retry_is_scheduled_with_growing_backoff(db, people, tmp_path):
+    file_id = (await store.register_files(db, people["bob"].user.id, [str(tmp_path / "nope.jsonl")], "cli", NOW))[0]
+    processor = Processor(db, workers=0, clock=lambda: NOW, max_failures=10)
+    delays = []
+    for _ in range(3):
+        await processor.process(file_id)
+        due = (await db.fetchone("SELECT next_attempt_at FROM session_files WHERE id = ?", (file_id,)))[0]
+        delays.append((from_store(due) - NOW).total_seconds())
+    assert delays == [30, 60, 120]
+    assert await store.due_retries(db, NOW, 10) == []
+
+
+async def test_version_bump_makes_the_worker_refill_old_rows(client, db, people, monkeypatch):
+    alice = people["alice"].user.id
+    await ingest_files(db, alice, sample_files("alice"))
+    await db.execute_write("UPDATE session_summaries SET input_tokens = 0, prompts = 0")
+    monkeypatch.setattr(ingest, "USAGE_PROCESSOR_VERSION", ingest.USAGE_PROCESSOR_VERSION + 1)
+    worker = client.app[keys.WORKER]
+    client.app[keys.CLOCK].fixed = NOW
+    await worker.tick()
+    await worker.drain()
+    rows = await store.summaries_for_user(db, alice)
+    assert {r["processor_version"] for r in rows} == {ingest.USAGE_PROCESSOR_VERSION}
+    by_name = {os.path.basename(r["path"]): r for r in rows}
+    assert by_name["3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl"]["input_tokens"] == 21
+    assert by_name["c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl"]["prompts"] == 5
+
+
+async def test_reprocess_goes_oldest_first_in_bounded_batches(db, people):
+    await ingest_files(db, people["alice"].user.id, sample_files("alice"))
+    await db.execute_write("UPDATE session_files SET processor_version = 1")
+    batch = await store.stale_files(db, ingest.USAGE_PROCESSOR_VERSION, 4)
+    assert len(batch) == 4
+    order = await db.fetchall("SELECT id FROM session_files ORDER BY processed_at, id LIMIT 4")
+    assert batch == [r[0] for r in order]
+
+
+async def test_unchanged_content_is_not_rewritten(db, people, tmp_path):
+    path = tmp_path / "touched.jsonl"
+    shutil.copy(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl", path)
+    alice = people["alice"].user.id
+    first = await ingest_files(db, alice, [str(path)])
+    assert first.processed == 1
+    extracted = (await db.fetchone("SELECT extracted_at FROM session_summaries"))[0]
+    os.utime(path, ns=(1, 1))
+    second = await ingest_files(db, alice, [str(path)])
+    assert (second.processed, second.unchanged) == (0, 1)
+    assert (await db.fetchone("SELECT extracted_at FROM session_summaries"))[0] == extracted
+    assert (await db.fetchone("SELECT mtime_ns FROM session_files"))[0] == 1
+
+
+async def test_events_are_attributed_curated_over_flea_over_builtin(db, people):
+    await db.executemany_write("INSERT INTO skill_attribution (name, source, ref_id) VALUES (?, ?, ?)",
+                               [("data-quality-check", "flea", "flea-dq"), ("data-quality-check", "curated", "cur-dq")])
+    await db.executemany_write("INSERT INTO agent_attribution (name, source, ref_id) VALUES (?, ?, ?)",
+                               [("schema-differ", "flea", "flea-sd")])
+    await db.executemany_write("INSERT INTO command_attribution (name, source, ref_id) VALUES (?, ?, ?)",
+                               [("agnes:explore", "curated", "cur-explore")])
+    await ingest_files(db, people["alice"].user.id, sample_files("alice"))
+    rows = await db.fetchall("SELECT event_type, tool_name, skill_name, subagent_type, command_name, source, ref_id "
+                             "FROM usage_events WHERE source != 'builtin' ORDER BY ref_id")
+    assert [tuple(r) for r in rows] == [
+        ("tool_use", "Skill", "data-quality-check", None, None, "curated", "cur-dq"),
+        ("slash_command", None, None, None, "agnes:explore", "curated", "cur-explore"),
+        ("subagent", "Task", None, "schema-differ", None, "flea", "flea-sd"),
+    ]
+    total = await db.fetchval("SELECT COUNT(*) FROM usage_events")
+    # 8d1e: 7 tool uses; agent file: 1; c7b6: 1 tool use + 2 slash commands; the copy adds nothing.
+    assert total == 11
+
+
+async def test_rollups_count_distinct_users_and_sessions(db, people):
+    await ingest_files(db, people["alice"].user.id, sample_files("alice"))
+    await ingest_files(db, people["bob"].user.id, sample_files("bob"))
+    await store.rebuild_rollups(db)
+    rows = await db.fetchall("SELECT day, tool, source, invocations, errors, distinct_users, distinct_sessions "
+                             "FROM usage_tool_daily ORDER BY day, tool")
+    table = {(r["day"], r["tool"]): tuple(r)[2:] for r in rows}
+    assert table[("2026-11-20", "Bash")] == ("builtin", 2, 2, 1, 1)
+    assert table[("2026-11-20", "Grep")] == ("builtin", 1, 0, 1, 1)
+    assert table[("2026-11-19", "Task")] == ("builtin", 1, 0, 1, 1)
+    assert table[("2026-11-21", "/clear")] == ("builtin", 1, 0, 1, 1)
+    assert await db.fetchval("SELECT COUNT(*) FROM rollup_dirty_days") == 0
+
+
+async def test_prune_drops_old_activity_only(db, people):
+    bob = people["bob"].user.id
+    await ingest_files(db, bob, sample_files("bob"))
+    counts = await store.prune(db, from_store("2026-11-01T00:00:00Z"))
+    assert counts["activity_prompts"] == 1 and counts["activity_messages"] == 1
+    assert await stats_of(db, bob, "7d") == expected_stats("bob", "7d")
+    assert await db.fetchval("SELECT COUNT(*) FROM session_summaries WHERE user_id = ?", (bob,)) == 5
+
+
+async def test_parsing_in_a_worker_process_gives_the_same_numbers(db, people):
+    alice = people["alice"].user.id
+    report = await bulk.ingest_paths(db, alice, sample_files("alice"), workers=2, clock=lambda: NOW)
+    assert report.processed == 6 and report.failed == 0
+    assert await stats_of(db, alice, "24h") == expected_stats("alice", "24h")

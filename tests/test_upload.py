@@ -1,0 +1,165 @@
+"""POST /api/upload/sessions over real HTTP: the client's exact request, limits, gzip, processing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import gzip
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from service import keys
+from service.config import load_settings
+from service.app import create_app
+from tests.conftest import SAMPLES, make_caller
+
+EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
+NOW_TEXT = EXPECTED["now"]
+
+
+def form(name: str, data: bytes, field: str = "file") -> aiohttp.FormData:
+    fd = aiohttp.FormData()
+    fd.add_field(field, io.BytesIO(data), filename=name, content_type="application/octet-stream")
+    return fd
+
+
+async def upload(client, caller, name: str, data: bytes, **kw):
+    return await client.post("/api/upload/sessions", data=form(name, data, **kw), headers=caller.headers)
+
+
+async def settle(client):
+    await client.app[keys.WORKER].drain()
+
+
+@pytest.fixture
+def pinned(client):
+    from service.timeutil import from_store
+
+    client.app[keys.CLOCK].fixed = from_store(NOW_TEXT)
+    return client
+
+
+async def stats(client, caller, window="24h"):
+    resp = await client.get(f"/api/me/home-stats?window={window}", headers=caller.headers)
+    assert resp.status == 200
+    return await resp.json()
+
+
+async def test_upload_answers_exactly_200_and_is_processed(pinned, alice, settings):
+    client = pinned
+    for path in sorted((SAMPLES / "alice").glob("*.jsonl")):
+        resp = await upload(client, alice, path.name, path.read_bytes())
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok", "filename": path.name, "size": path.stat().st_size}
+    stored = os.path.join(settings.data_dir, "sessions", str(alice.user.id), "agent-a1b2c3.jsonl")
+    assert Path(stored).read_bytes() == (SAMPLES / "alice" / "agent-a1b2c3.jsonl").read_bytes()
+    await settle(client)
+    for window in ("24h", "7d"):
+        assert await stats(client, alice, window) == {**EXPECTED["users"]["alice"][window], "last_pull_at": None}
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "a/b.jsonl", "..", ".", ".hidden.jsonl", "x" * 201,
+                                  "sp ace.jsonl", "naïve.jsonl", "nul\x00.jsonl", "semi;colon.jsonl", ""])
+async def test_bad_file_names_are_400_and_store_nothing(client, alice, settings, name):
+    # Built by hand: aiohttp's client refuses to send some of these names at all.
+    boundary = "agnesboundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f'Content-Type: application/octet-stream\r\n\r\n{{"type":"user"}}\n\r\n--{boundary}--\r\n').encode()
+    resp = await client.post("/api/upload/sessions", data=body, headers={
+        **alice.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["code"] in ("bad_file_name", "missing_file", "bad_multipart")
+    assert not any(os.scandir(settings.data_dir + "/sessions")) if os.path.isdir(settings.data_dir + "/sessions") \
+        else True
+    assert await client.app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == 0
+
+
+async def test_missing_part_and_wrong_content_type_are_400(client, alice):
+    resp = await upload(client, alice, "a.jsonl", b"{}\n", field="upload")
+    assert resp.status == 400 and (await resp.json())["code"] == "missing_file"
+    resp = await client.post("/api/upload/sessions", data=b"{}", headers={**alice.headers,
+                                                                          "Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["code"] == "bad_content_type"
+
+
+@pytest.fixture
+async def small_cap_client(aiohttp_client, tmp_path):
+    settings = load_settings(environ={}, db_path=str(tmp_path / "cap.db"), data_dir=str(tmp_path / "capdata"),
+                             secret_key="s", parse_workers=0, max_upload_mb=1)
+    return await aiohttp_client(create_app(settings))
+
+
+async def test_oversize_upload_is_413_and_leaves_nothing(small_cap_client, tmp_path):
+    client = small_cap_client
+    caller = await make_caller(client.app[keys.DB], "big@example.com")
+    line = b'{"type":"user","message":{"role":"user","content":"' + b"x" * 1000 + b'"}}\n'
+    resp = await upload(client, caller, "big.jsonl", line * 1200)
+    assert resp.status == 413 and (await resp.json())["code"] == "payload_too_large"
+    bomb = gzip.compress(line * 3000)  # ~3 MB inflated from a few KB
+    assert len(bomb) < 100_000
+    resp = await upload(client, caller, "bomb.jsonl.gz", bomb)
+    assert resp.status == 413 and "decompressed" in (await resp.json())["detail"]
+    sessions = tmp_path / "capdata" / "sessions"
+    assert not sessions.exists() or not any(p.is_file() for p in sessions.rglob("*"))
+    assert await client.app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == 0
+
+
+async def test_gzip_upload_is_stored_decompressed(pinned, alice, settings):
+    raw = (SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl").read_bytes()
+    resp = await upload(pinned, alice, "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl.gz", gzip.compress(raw))
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok", "filename": "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl",
+                                 "size": len(raw)}
+    await settle(pinned)
+    assert (await stats(pinned, alice))["prompts"] == 2
+    bad = await upload(pinned, alice, "cut.jsonl.gz", gzip.compress(raw)[:-20])
+    assert bad.status == 400 and (await bad.json())["code"] == "bad_gzip"
+
+
+async def test_regrown_upload_replaces_the_file(pinned, alice, settings):
+    raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    name = "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl"
+    cut = raw.index(b"\n", len(raw) // 2) + 30  # mid-line
+    assert (await upload(pinned, alice, name, raw[:cut])).status == 200
+    await settle(pinned)
+    partial = await stats(pinned, alice)
+    assert (await upload(pinned, alice, name, raw)).status == 200
+    await settle(pinned)
+    full = await stats(pinned, alice)
+    assert partial["prompts"] < full["prompts"] == 5
+    assert await pinned.app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == 1
+    stored = os.path.join(settings.data_dir, "sessions", str(alice.user.id), name)
+    assert Path(stored).read_bytes() == raw
+    assert not [n for n in os.listdir(os.path.dirname(stored)) if n.endswith(".tmp")]
+
+
+async def test_ten_concurrent_uploads_all_land(pinned, alice):
+    raw = (SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl").read_bytes()
+    bodies = []
+    for i in range(10):
+        text = raw.decode().replace("3f2a9c1e-", f"{i:08x}-").replace("msg_01Chat", f"msg_{i:02d}Chat")
+        bodies.append((f"session-{i}.jsonl", text.encode()))
+    responses = await asyncio.gather(*(upload(pinned, alice, n, b) for n, b in bodies))
+    assert [r.status for r in responses] == [200] * 10
+    await settle(pinned)
+    result = await stats(pinned, alice)
+    assert (result["sessions"], result["prompts"]) == (10, 20)
+    assert result["tokens"]["input"] == 21 * 10
+
+
+async def test_uploads_are_per_user(pinned, alice, bob):
+    raw = (SAMPLES / "bob" / "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d.jsonl").read_bytes()
+    assert (await upload(pinned, bob, "s.jsonl", raw)).status == 200
+    await settle(pinned)
+    assert (await stats(pinned, bob))["prompts"] == 2
+    assert (await stats(pinned, alice))["prompts"] == 0
+
+
+async def test_upload_requires_a_token(client):
+    resp = await client.post("/api/upload/sessions", data=form("a.jsonl", b"{}\n"))
+    assert resp.status == 401

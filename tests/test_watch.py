@@ -1,0 +1,103 @@
+"""The watched directory: owners by id or email local part, change detection, unknown owners."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from service import keys
+from service.app import create_app
+from service.config import load_settings
+from service.timeutil import from_store
+from tests.conftest import SAMPLES, make_caller
+
+EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
+NOW = from_store(EXPECTED["now"])
+
+
+@pytest.fixture
+async def watched(aiohttp_client, tmp_path):
+    root = tmp_path / "watched"
+    root.mkdir()
+    settings = load_settings(environ={}, db_path=str(tmp_path / "w.db"), data_dir=str(tmp_path / "data"),
+                             secret_key="s", parse_workers=0, session_dir=str(root), scan_interval=3600)
+    client = await aiohttp_client(create_app(settings))
+    client.app[keys.CLOCK].fixed = NOW
+    return client, root
+
+
+async def stats(client, caller, window):
+    resp = await client.get(f"/api/me/home-stats?window={window}", headers=caller.headers)
+    return await resp.json()
+
+
+async def tick(client):
+    worker = client.app[keys.WORKER]
+    await worker.tick()
+    await worker.drain()
+    return worker
+
+
+async def test_owner_by_local_part_and_by_id_with_nested_dirs(watched):
+    client, root = watched
+    db = client.app[keys.DB]
+    alice = await make_caller(db, "alice@example.com")
+    bob = await make_caller(db, "bob@example.com")
+    # alice by email local part, with subagent files nested as newer clients write them
+    nested = root / "alice" / "-home-alice-work" / "8d1e4b2a-0c3f-4a5b-8e9d-7f6a5b4c3d2e" / "subagents"
+    nested.mkdir(parents=True)
+    for path in (SAMPLES / "alice").glob("*.jsonl"):
+        target = nested / path.name if path.name.startswith("agent-") else root / "alice" / path.name
+        shutil.copy(path, target)
+    shutil.copytree(SAMPLES / "bob", root / str(bob.user.id))  # bob by numeric user id
+    await tick(client)
+    for name, caller in (("alice", alice), ("bob", bob)):
+        for window in ("24h", "7d"):
+            assert await stats(client, caller, window) == {**EXPECTED["users"][name][window], "last_pull_at": None}
+
+
+async def test_unknown_owner_is_reported_not_dropped_silently(watched, caplog):
+    client, root = watched
+    (root / "mallory").mkdir()
+    shutil.copy(SAMPLES / "bob" / "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d.jsonl", root / "mallory" / "x.jsonl")
+    worker = await tick(client)
+    assert worker.unknown_owners == {"mallory"}
+    assert "mallory" in caplog.text
+    assert await client.app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == 0
+    # Once the user exists, the next scan picks the files up.
+    caller = await make_caller(client.app[keys.DB], "mallory@example.com")
+    await tick(client)
+    assert worker.unknown_owners == set()
+    assert (await stats(client, caller, "24h"))["prompts"] == 2
+
+
+async def test_only_changed_files_are_reprocessed(watched):
+    client, root = watched
+    db = client.app[keys.DB]
+    caller = await make_caller(db, "carol@example.com")
+    (root / "carol").mkdir()
+    src = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    path = root / "carol" / "s.jsonl"
+    cut = src.index(b"\n", len(src) // 2) + 40
+    path.write_bytes(src[:cut])
+    await tick(client)
+    first = await db.fetchone("SELECT extracted_at, content_hash FROM session_summaries s JOIN session_files f "
+                              "ON f.id = s.file_id")
+    partial = (await stats(client, caller, "24h"))["prompts"]
+
+    await tick(client)  # nothing changed: not even queued
+    assert client.app[keys.WORKER].depth == 0
+    assert tuple(await db.fetchone("SELECT extracted_at, content_hash FROM session_summaries s JOIN session_files f "
+                                   "ON f.id = s.file_id")) == tuple(first)
+
+    os.utime(path, ns=(10**18, 10**18))  # touched, same content: hash says unchanged, nothing rewritten
+    await tick(client)
+    assert (await db.fetchone("SELECT extracted_at FROM session_summaries"))[0] == first[0]
+    assert (await db.fetchone("SELECT mtime_ns FROM session_files"))[0] == 10**18
+
+    path.write_bytes(src)  # grown: reprocessed
+    await tick(client)
+    assert (await stats(client, caller, "24h"))["prompts"] == 5 > partial
