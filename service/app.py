@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import AsyncIterator
@@ -12,12 +13,13 @@ from aiohttp import web
 
 from . import keys
 from .auth import load_secret, make_signer
-from .config import Settings
+from .config import ConfigError, Settings
 from .db import Database
 from .ingest.worker import IngestWorker
 from .middlewares import auth_middleware, error_middleware, request_id_middleware
 from .migrations import migrate
 from .routes import setup_routes
+from .sync import load_memory
 from .timeutil import Clock
 from .views import template_filters
 
@@ -33,6 +35,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     await db.open()
     app[keys.DB] = db
     yield
+    # Writes started by requests (the last-pull stamp) finish before the database closes.
+    await asyncio.gather(*app[keys.BACKGROUND], return_exceptions=True)
     await db.close()
 
 
@@ -70,6 +74,11 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
     secret = load_secret(settings)
     app[keys.SECRET] = secret
     app[keys.SIGNER] = make_signer(secret)
+    try:
+        app[keys.MEMORY] = load_memory(settings.memory_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"instance.memory_file ({settings.memory_file}): {exc}") from None
+    app[keys.BACKGROUND] = set()
     setup_templates(app)
     setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(database_ctx)

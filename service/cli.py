@@ -226,6 +226,71 @@ async def cmd_quarantine(args, settings, db) -> int:
     return 0 if released else 1
 
 
+# -- tables ---------------------------------------------------------------------------
+
+def _count_rows(path: str) -> int | None:
+    """Data rows of a CSV (lines minus the header) or JSONL file; None for other formats."""
+    suffix = path.lower().rsplit(".", 1)[-1]
+    if suffix not in ("csv", "tsv", "jsonl", "ndjson"):
+        return None
+    lines = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            lines += chunk.count(b"\n")
+    return max(0, lines - 1) if suffix in ("csv", "tsv") else lines
+
+
+@with_db
+async def cmd_tables_register(args, settings, db) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from .store import tables  # noqa: PLC0415
+
+    if not tables.valid_table_id(args.id):
+        raise CliError(f"invalid table id {args.id!r}: use ^[A-Za-z0-9_.-]{{1,128}}$ without a leading dot")
+    base = Path(settings.data_dir).resolve()
+    path = Path(args.path)
+    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    if not path.is_relative_to(base):
+        raise CliError(f"{args.path} is not under the data directory {base}; copy it there first")
+    if not path.is_file():
+        raise CliError(f"{args.path} is not a file")
+    rows = args.rows if args.rows is not None else _count_rows(str(path))
+    table = await tables.register(db, args.id, str(path.relative_to(base)), rows=rows, query_mode=args.query_mode,
+                                  source_type=args.source_type, public=args.public)
+    print(f"registered table {table.id} -> {table.path} ({table.rows if table.rows is not None else '?'} rows, "
+          f"{'everyone' if table.public else 'granted users only'})")
+    return 0
+
+
+@with_db
+async def cmd_tables_grant(args, settings, db) -> int:
+    from .store import tables  # noqa: PLC0415
+
+    if await tables.get(db, args.id) is None:
+        raise CliError(f"no table {args.id!r}")
+    user = await _user_or_fail(db, args.email)
+    await tables.grant(db, args.id, user.id)
+    print(f"granted {args.id} to {user.email}")
+    return 0
+
+
+@with_db
+async def cmd_tables_list(args, settings, db) -> int:
+    from .store import tables  # noqa: PLC0415
+
+    found = await tables.list_all(db)
+    if args.json:
+        _print_json([{"id": t.id, "path": t.path, "rows": t.rows, "query_mode": t.query_mode,
+                      "source_type": t.source_type, "public": t.public, "granted": granted}
+                     for t, granted in found])
+        return 0
+    for t, granted in found:
+        who = "everyone" if t.public else (", ".join(granted) or "nobody")
+        print(f"{t.id}\t{t.path}\t{t.rows if t.rows is not None else '?'} rows\t{t.query_mode}\t{who}")
+    return 0
+
+
 # -- config ---------------------------------------------------------------------------
 
 async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -311,6 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=int, help="retry only this file id")
     p.add_argument("--json", action="store_true")
 
+    p_tables = sub.add_parser("tables", help="Manage the data tables the sync manifest distributes.",
+                              description="Manage the data tables the sync manifest distributes.")
+    tables_sub = p_tables.add_subparsers(dest="tables_command", required=True, metavar="ACTION")
+    p = add("register", cmd_tables_register, "Register (or update) a table: a file under the data directory.",
+            tables_sub)
+    p.add_argument("id")
+    p.add_argument("path")
+    p.add_argument("--rows", type=int, help="row count (default: counted for CSV/JSONL files)")
+    p.add_argument("--query-mode", choices=["local", "remote"], default="local")
+    p.add_argument("--source-type", default="")
+    p.add_argument("--public", action="store_true", help="readable by every user (default: granted users only)")
+    p = add("grant", cmd_tables_grant, "Let one user read a table.", tables_sub)
+    p.add_argument("id")
+    p.add_argument("email")
+    p = add("list", cmd_tables_list, "List tables and who may read them.", tables_sub)
+    p.add_argument("--json", action="store_true")
+
     p = add("config", cmd_config, "Print the resolved settings, the YAML example or the README table.")
     p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show")
 
@@ -329,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     try:
         return asyncio.run(args.fn(args, settings))
+    except ConfigError as exc:
+        print(f"agnes-home: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     except CliError as exc:
         print(f"agnes-home: {exc}", file=sys.stderr)
         return 1

@@ -39,6 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Show the auto-mode card on /home."),
     Setting("public_url", "AGNES_PUBLIC_URL", "instance.public_url", str, "",
             "Base URL analysts use to reach this server (shown in `agnes init`); defaults to the request's host."),
+    Setting("memory_file", "AGNES_MEMORY_FILE", "instance.memory_file", str, "",
+            "YAML/JSON file of memory rules `agnes pull` fetches ({mandatory: [...], approved: [...]}); empty: none."),
     Setting("db_path", "AGNES_DB_PATH", "database.path", str, "var/agnes.db",
             "SQLite database file."),
     Setting("data_dir", "AGNES_DATA_DIR", "storage.data_dir", str, "var/data",
@@ -87,6 +89,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     show_status_frame: bool = True
     show_automode: bool = True
     public_url: str = ""
+    memory_file: str = ""
     db_path: str = "var/agnes.db"
     data_dir: str = "var/data"
     session_dir: str = ""

@@ -20,6 +20,10 @@ SIGNER = web.AppKey("signer", "URLSafeTimedSerializer")
 SECRET = web.AppKey("secret", bytes)
 WORKER = web.AppKey("worker", "IngestWorker")
 METRICS = web.AppKey("metrics", "Metrics")
+# Fire-and-forget tasks (e.g. the last-pull stamp) kept referenced until done.
+BACKGROUND = web.AppKey("background", set)
+# Memory rules served to `agnes pull` (operator-configured, validated at start-up).
+MEMORY = web.AppKey("memory", "MemoryBundle")
 # Clock used for windows and stamps; tests replace it to pin "now".
 CLOCK = web.AppKey("clock", "Clock")
 

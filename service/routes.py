@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, health, upload, views
+from . import api, health, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -23,7 +23,18 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get("/api/me", api.me)
     r.add_get("/api/me/profile", api.me)
     r.add_get("/api/me/home-stats", api.home_stats)
+    r.add_post("/api/me/onboarded", views.onboarded)  # handler lives in service/onboarding.py
     r.add_post("/api/upload/sessions", upload.upload_session)
+
+    # What the `agnes` client calls (SPEC.md "Wire compatibility").
+    r.add_get("/api/sync/manifest", sync.manifest)
+    r.add_get("/api/data/{table_id}/download", sync.download)  # add_get also answers HEAD
+    r.add_get("/api/catalog/tables", sync.catalog)
+    r.add_get("/api/memory/bundle", sync.memory_bundle)
+    r.add_get("/api/initial-workspace", sync.initial_workspace)
+    r.add_get("/api/welcome", sync.welcome)
+    r.add_post("/api/upload/local-md", sync.upload_local_md)
+    r.add_get("/cli/latest", sync.cli_latest)
 
     if static_dir.is_dir():
         r.add_static("/static", static_dir, append_version=True)

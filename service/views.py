@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, Callable
 
 import aiohttp_jinja2
@@ -10,13 +11,72 @@ from aiohttp import web
 
 from . import keys
 from .auth import clear_session_cookie, public, request_csrf_token, set_session_cookie
-from .store import users
+from .onboarding import onboarded  # noqa: F401  (routed from routes.py as views.onboarded)
+from .store import stats, users
+from .timeutil import from_store, to_api
 
 logger = logging.getLogger(__name__)
 
+WINDOW_LABELS = {"24h": "Last 24 hours", "7d": "Last 7 days"}
+
+# Number formatting and relative time are mirrored in static/home.js, which redraws
+# the cards after a toggle; both sides use integer arithmetic so they agree digit
+# for digit (tests/test_browser.py runs the JS against the same cases).
+_UNITS = ((10**3, "k"), (10**6, "M"), (10**9, "B"), (10**12, "T"))
+
+
+def abbreviate(value: int) -> str:
+    """12.3k, 4.5M: one decimal below 100 of a unit, none above; rounds half up; exact below 1000."""
+    n = int(value)
+    if n < 0:
+        return "-" + abbreviate(-n)
+    if n < 1000:
+        return str(n)
+    for unit, suffix in _UNITS:
+        tenths = (n * 10 + unit // 2) // unit
+        if tenths < 1000:
+            whole, frac = divmod(tenths, 10)
+            return f"{whole}.{frac}{suffix}" if frac else f"{whole}{suffix}"
+        whole = (n + unit // 2) // unit
+        if whole < 1000 or suffix == "T":
+            return f"{whole}{suffix}"
+    raise AssertionError("unreachable")
+
+
+def grouped(value: int) -> str:
+    """The exact value with thousands separators (64,504), for titles and the token split."""
+    return f"{int(value):,}"
+
+
+def reltime(value: str | datetime | None, now: datetime) -> str:
+    """Relative time: "just now" under a minute, then "3m ago", "5h ago", "2d ago"; "never" without a value."""
+    when = from_store(value) if isinstance(value, str) else value
+    if when is None:
+        return "never"
+    seconds = int((now - when).total_seconds())
+    if seconds < 60:
+        return "just now"  # also a stamp slightly in the future (clock skew between writers)
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def utc_label(value: str | datetime | None) -> str:
+    """An exact moment for a title attribute: 2026-11-21 11:57:00 UTC."""
+    when = from_store(value) if isinstance(value, str) else value
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when is not None else "No agnes pull yet"
+
 
 def template_filters() -> dict[str, Callable[..., Any]]:
-    return {}
+    return {"abbreviate": abbreviate, "grouped": grouped, "reltime": reltime, "utc_label": utc_label}
+
+
+def server_url(request: web.Request) -> str:
+    """What analysts pass to `agnes init --server-url`: the configured public URL, else this request's origin."""
+    configured = request.app[keys.SETTINGS].public_url
+    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
 
 
 def _safe_next(value: str | None) -> str:
@@ -62,6 +122,29 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def home(request: web.Request) -> web.Response:
+    """/home: the status frame behind two gates (operator switch, onboarded), else the install hero.
+
+    When either gate is closed the stats query is not run at all: the page of someone
+    who has not set up the client must not cost a database scan.
+    """
+    app = request.app
+    settings = app[keys.SETTINGS]
     user = request[keys.USER]
-    context = {"user": user, "csrf_token": request_csrf_token(request)}
+    now = app[keys.CLOCK]()
+    window = stats.clamp_window(request.query.get("window"))
+    show_frame = settings.show_status_frame and user.onboarded
+    frame = await stats.home_stats(app[keys.DB], user.id, window, now) if show_frame else None
+    context = {
+        "user": user,
+        "csrf_token": request_csrf_token(request),
+        "show_frame": show_frame,
+        "frame_switch_on": settings.show_status_frame,
+        "show_automode": settings.show_automode,
+        "stats": frame,
+        "window": window,
+        "windows": WINDOW_LABELS,
+        "now": now,
+        "now_iso": to_api(now),
+        "server_url": server_url(request),
+    }
     return aiohttp_jinja2.render_template("home.html", request, context)

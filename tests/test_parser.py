@@ -19,7 +19,7 @@ from service.ingest.records import EventRow, MessageRow, ParseResult, PromptRow,
 from service.timeutil import to_store
 
 UTC = timezone.utc
-SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 RECEIVED = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 SESSION = "s-1"
@@ -399,16 +399,18 @@ def test_overlong_line_is_skipped_and_later_lines_parsed(monkeypatch: pytest.Mon
     long_line = user("u2", "x" * 5000)
     just_fits = user("u4", "y" * (1000 - len(json.dumps(user("u4", "")))))
     assert len(json.dumps(just_fits)) == 1000
-    data = jsonl(user("u1", "First."), long_line, user("u3", "Third."), just_fits)
+    data = jsonl(user("u1", "First."), long_line, user("u3", "Third."), just_fits, user(None, "5th"))
+    keys = ["u1", "u3", "u4", "line:u/f.jsonl:5"]  # the skipped line still has its number
     result = parse_bytes(data)
-    assert (result.lines, result.summary.skipped_lines) == (4, 1)
-    assert [p.key for p in result.prompts] == ["u1", "u3", "u4"]
+    assert (result.lines, result.summary.skipped_lines) == (5, 1)
+    assert [p.key for p in result.prompts] == keys
     # An overlong last line without its newline, and one inside a single big chunk.
     result = parse_bytes(data + json.dumps(long_line).encode())
-    assert (result.lines, result.summary.skipped_lines) == (5, 2)
+    assert (result.lines, result.summary.skipped_lines) == (6, 2)
     monkeypatch.setattr(parser, "READ_CHUNK", 1 << 20)
     result = parse_bytes(data)
-    assert (result.lines, result.summary.skipped_lines) == (4, 1)
+    assert (result.lines, result.summary.skipped_lines) == (5, 1)
+    assert [p.key for p in result.prompts] == keys
 
 
 def test_overlong_line_is_never_held_whole(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,6 +53,7 @@ _HARNESS_MARKERS = (
 _COMMAND_TAG = "<command-name>"
 _COMMAND_RE = re.compile(r"<command-name>/([A-Za-z][\w:-]*)</command-name>")
 _EVENT_SEP = "\x1f"
+_BLANK = object()  # a line of only white space: not a line at all
 
 
 # --- Views: only the fields FORMAT.md uses, so msgspec skips the rest (tool output is most of the
@@ -197,7 +198,7 @@ def _gunzip(raw: Iterable[bytes]) -> Iterator[bytes]:
     try:
         for data in raw:
             while True:
-                if False:
+                if d.eof:
                     # Concatenated members are one valid gzip stream.
                     d = zlib.decompressobj(_GZIP_WBITS)
                 # max_length bounds memory even for a decompression bomb.
@@ -367,7 +368,7 @@ class _FileState:
         self.error_ids: set[str] = set()
 
     def read(self, chunks: Iterator[bytes]) -> None:
-        """Cut the content into lines without copying them; hold at most max_line of one line."""
+        """Cut the content into lines (slices of the chunks, not copies); hold at most ~max_line."""
         max_line = self.max_line
         carry = bytearray()  # the start of a line that continues in the next chunk
         dropping = False  # inside an overlong line: discard up to its newline
@@ -425,26 +426,19 @@ class _FileState:
                 nl = end
             if nl > pos:
                 line = view[pos:nl]
-                rec: _Line | None = None
-                if nl - pos > max_line:
-                    pass
-                elif check_lines and not _valid_utf8(line):
-                    pass
+                rec: Any
+                if nl - pos > max_line or (check_lines and not _valid_utf8(line)):
+                    rec = None
                 else:
                     try:
                         rec = decode(line)
                     except msgspec.DecodeError:  # ValidationError included
-                        if bytes(line).isspace():
-                            lineno += 1
-                            pos = nl + 1
-                            if nl >= end:
-                                break
-                            continue
-                        rec = _loose_line(line)
-                lines += 1
+                        rec = _BLANK if bytes(line).isspace() else _loose_line(line)
                 if rec is None:
+                    lines += 1
                     skipped += 1
-                else:
+                elif rec is not _BLANK:
+                    lines += 1
                     records.append((lineno, rec))
             lineno += 1
             if nl >= end:

@@ -1,0 +1,207 @@
+"""What the `agnes` client pulls: the per-user manifest, table downloads, memory rules, welcome text."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+import msgspec
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import keys
+from .api import json
+from .auth import public
+from .errors import AppError
+from .store import tables, users
+from .timeutil import to_api, utcnow
+
+logger = logging.getLogger(__name__)
+
+STAMP_WAIT = 1.0  # seconds the manifest waits for the last-pull stamp before answering anyway
+MAX_LOCAL_MD = 1024 * 1024
+
+
+class ManifestTable(msgspec.Struct):
+    hash: str
+    updated: str
+    size_bytes: int
+    rows: int
+    query_mode: str
+    source_type: str
+
+
+class Manifest(msgspec.Struct):
+    tables: dict[str, ManifestTable]
+    assets: dict[str, str]
+    server_time: str
+
+
+class MemoryItem(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    title: str
+    content: str
+    domain: str | None = None
+    category: str | None = None
+
+
+class MemoryBundle(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
+    mandatory: list[MemoryItem] = []
+    approved: list[MemoryItem] = []
+
+
+class LocalMd(msgspec.Struct, forbid_unknown_fields=True):
+    content: str
+
+
+def load_memory(path: str) -> MemoryBundle:
+    """The operator's memory rules (YAML or JSON); ValueError with msgspec's $.path on a bad file."""
+    if not path:
+        return MemoryBundle()
+    data = Path(path).read_bytes()
+    try:
+        return msgspec.yaml.decode(data, type=MemoryBundle)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def table_file(data_dir: str, relative: str) -> Path | None:
+    """The table's file, or None when the stored path would leave the data directory."""
+    base = Path(data_dir).resolve()
+    path = (base / relative).resolve()
+    return path if path.is_relative_to(base) and path != base else None
+
+
+def md5_file(path: Path) -> str:
+    """Lowercase md5 hex of a whole file, read in bounded chunks (the client checks exactly this)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _manifest_entry(request: web.Request, table: tables.Table) -> ManifestTable | None:
+    settings = request.app[keys.SETTINGS]
+    path = table_file(settings.data_dir, table.path)
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        st = None
+    if st is None:
+        logger.warning("table %s: file %s is missing; left out of the manifest", table.id, table.path)
+        return None
+    md5 = table.md5
+    if md5 is None or (table.hash_size, table.hash_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        # Only a new or changed file is read; the hash is cached by (path, size, mtime).
+        md5 = await asyncio.to_thread(md5_file, path)
+        await tables.cache_hash(request.app[keys.DB], table.id, md5, st.st_size, st.st_mtime_ns)
+    updated = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+    return ManifestTable(hash=md5, updated=to_api(updated), size_bytes=st.st_size, rows=table.rows or 0,
+                         query_mode=table.query_mode, source_type=table.source_type)
+
+
+async def _stamp_pull(app: web.Application, user_id: int) -> None:
+    try:
+        await users.stamp_pull(app[keys.DB], user_id, app[keys.CLOCK]())
+    except Exception:  # noqa: BLE001 - the manifest is served whatever happens to the stamp
+        logger.exception("could not stamp last_pull_at", extra={"stamp_user": user_id})
+
+
+async def manifest(request: web.Request) -> web.Response:
+    """GET /api/sync/manifest: the caller's readable tables; stamps users.last_pull_at."""
+    user = request[keys.USER]
+    app = request.app
+    stamp = asyncio.create_task(_stamp_pull(app, user.id))
+    app[keys.BACKGROUND].add(stamp)
+    stamp.add_done_callback(app[keys.BACKGROUND].discard)
+    entries: dict[str, ManifestTable] = {}
+    for table in await tables.readable(app[keys.DB], user.id):
+        entry = await _manifest_entry(request, table)
+        if entry is not None:
+            entries[table.id] = entry
+    # A locked database must not hold the pull up: wait briefly, then answer regardless.
+    await asyncio.wait({stamp}, timeout=STAMP_WAIT)
+    return json(Manifest(tables=entries, assets={}, server_time=to_api(utcnow())))
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """GET/HEAD /api/data/{table_id}/download: the file, with single Range requests, ETag, no encoding."""
+    table_id = request.match_info["table_id"]
+    not_found = AppError(404, f"No table {table_id!r} is available to you.", "table_not_found")
+    if not tables.valid_table_id(table_id):
+        raise not_found
+    table = await tables.readable_one(request.app[keys.DB], table_id, request[keys.USER].id)
+    if table is None:
+        raise not_found
+    path = table_file(request.app[keys.SETTINGS].data_dir, table.path)
+    if path is None or not path.is_file():
+        raise not_found
+    response = web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
+                                               "Content-Disposition": f'attachment; filename="{path.name}"',
+                                               "X-Request-Id": request[keys.REQUEST_ID]})
+    # The client md5-checks the raw bytes: never let a pre-compressed sibling be served.
+    headers = CIMultiDict(request.headers)
+    headers.popall("Accept-Encoding", None)
+    await response.prepare(request.clone(headers=headers))
+    return response
+
+
+async def catalog(request: web.Request) -> web.Response:
+    """GET /api/catalog/tables: the caller's tables (`agnes init` uses it to prove the token)."""
+    found = await tables.readable(request.app[keys.DB], request[keys.USER].id)
+    return json({"tables": [{"id": t.id, "rows": t.rows or 0, "query_mode": t.query_mode,
+                             "source_type": t.source_type} for t in found]})
+
+
+async def memory_bundle(request: web.Request) -> web.Response:
+    return json(request.app[keys.MEMORY])
+
+
+async def initial_workspace(request: web.Request) -> web.Response:
+    raise AppError(404, "No initial workspace is configured.", "not_found")
+
+
+_welcome_env = jinja2.Environment(  # plain text (Markdown) returned inside JSON: nothing to HTML-escape
+    loader=jinja2.FileSystemLoader(str(Path(__file__).resolve().parent.parent / "templates")),
+    autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def server_url(request: web.Request) -> str:
+    configured = request.app[keys.SETTINGS].public_url
+    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+
+
+async def welcome(request: web.Request) -> web.Response:
+    """GET /api/welcome?server_url=: the CLAUDE.md for the analyst's new workspace."""
+    url = request.query.get("server_url", "").strip()
+    if not url.startswith(("http://", "https://")) or len(url) > 2048 or any(c in url for c in "\r\n\x00"):
+        url = server_url(request)
+    user = request[keys.USER]
+    text = _welcome_env.get_template("welcome.md").render(server_url=url, user=user)
+    return json({"content": text})
+
+
+async def upload_local_md(request: web.Request) -> web.Response:
+    """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md."""
+    body = await request.read() if (request.content_length or 0) <= MAX_LOCAL_MD else None
+    if body is None or len(body) > MAX_LOCAL_MD:
+        raise AppError(413, "local-md content is limited to 1 MB.", "payload_too_large")
+    try:
+        doc = msgspec.json.decode(body, type=LocalMd)
+    except msgspec.ValidationError as exc:
+        raise AppError(400, f"Invalid body: {exc}", "invalid_body") from None
+    except msgspec.DecodeError:
+        raise AppError(400, "Body must be JSON: {\"content\": \"<text>\"}.", "invalid_json") from None
+    await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, doc.content)
+    return json({"status": "ok", "size": len(doc.content.encode())})
+
+
+@public
+async def cli_latest(request: web.Request) -> web.Response:
+    """GET /cli/latest: no published client version (the client treats null as "nothing newer")."""
+    return json({"version": None})
