@@ -129,6 +129,20 @@ async def manifest(request: web.Request) -> web.Response:
     return json(Manifest(tables=entries, assets={}, server_time=to_api(utcnow())))
 
 
+class RawFileResponse(web.FileResponse):
+    """aiohttp's FileResponse (Range, ETag, HEAD, sendfile) that always sends the file's own bytes.
+
+    FileResponse would serve a pre-compressed ``<file>.gz`` sibling with Content-Encoding to a
+    client that accepts gzip; the agnes client md5-checks the raw bytes, so the request it
+    sees has no Accept-Encoding.
+    """
+
+    async def prepare(self, request: web.BaseRequest):
+        headers = CIMultiDict(request.headers)
+        headers.popall("Accept-Encoding", None)
+        return await super().prepare(request.clone(headers=headers))
+
+
 async def download(request: web.Request) -> web.StreamResponse:
     """GET/HEAD /api/data/{table_id}/download: the file, with single Range requests, ETag, no encoding."""
     table_id = request.match_info["table_id"]
@@ -141,14 +155,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = table_file(request.app[keys.SETTINGS].data_dir, table.path)
     if path is None or not path.is_file():
         raise not_found
-    response = web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
-                                               "Content-Disposition": f'attachment; filename="{path.name}"',
-                                               "X-Request-Id": request[keys.REQUEST_ID]})
-    # The client md5-checks the raw bytes: never let a pre-compressed sibling be served.
-    headers = CIMultiDict(request.headers)
-    headers.popall("Accept-Encoding", None)
-    await response.prepare(request.clone(headers=headers))
-    return response
+    return RawFileResponse(path, headers={"Content-Type": "application/octet-stream",
+                                          "Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
 async def catalog(request: web.Request) -> web.Response:
