@@ -17,6 +17,7 @@ from .config import ConfigError, Settings
 from .db import Database
 from .ingest.worker import IngestWorker
 from .middlewares import auth_middleware, error_middleware, request_id_middleware
+from .metrics import Metrics
 from .migrations import migrate
 from .routes import setup_routes
 from .sync import load_memory
@@ -48,7 +49,9 @@ async def migrations_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    worker = IngestWorker(app[keys.DB], app[keys.SETTINGS], app[keys.CLOCK])
+    metrics = app[keys.METRICS]
+    worker = IngestWorker(app[keys.DB], app[keys.SETTINGS], app[keys.CLOCK], on_outcome=metrics.observe_outcome)
+    metrics.bind_worker(worker)
     app[keys.WORKER] = worker
     worker.start()
     yield
@@ -79,6 +82,7 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"instance.memory_file ({settings.memory_file}): {exc}") from None
     app[keys.BACKGROUND] = set()
+    app[keys.METRICS] = Metrics()
     setup_templates(app)
     setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(database_ctx)

@@ -226,6 +226,38 @@ async def cmd_quarantine(args, settings, db) -> int:
     return 0 if released else 1
 
 
+# -- maintenance ----------------------------------------------------------------------
+
+@with_db
+async def cmd_prune(args, settings, db) -> int:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from .store.ingest import prune  # noqa: PLC0415
+    from .timeutil import utcnow  # noqa: PLC0415
+
+    days = args.days if args.days is not None else settings.retention_days
+    counts = await prune(db, utcnow() - timedelta(days=days))
+    if args.json:
+        _print_json(counts)
+    else:
+        print(f"pruned activity older than {days} days: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+@with_db
+async def cmd_backup(args, settings, db) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    target = Path(args.path)
+    if target.exists():
+        raise CliError(f"{target} exists; choose a new file name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # VACUUM INTO writes a consistent, compacted copy while the service keeps running.
+    await db.writer.execute("VACUUM INTO ?", (str(target),))
+    print(f"backed up {settings.db_path} to {target} ({target.stat().st_size} bytes)")
+    return 0
+
+
 # -- tables ---------------------------------------------------------------------------
 
 def _count_rows(path: str) -> int | None:
@@ -375,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "retry"])
     p.add_argument("--id", type=int, help="retry only this file id")
     p.add_argument("--json", action="store_true")
+
+    p = add("prune", cmd_prune, "Delete usage events and activity older than the retention period.")
+    p.add_argument("--days", type=int, help="override AGNES_RETENTION_DAYS")
+    p.add_argument("--json", action="store_true")
+
+    p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
+    p.add_argument("path")
 
     p_tables = sub.add_parser("tables", help="Manage the data tables the sync manifest distributes.",
                               description="Manage the data tables the sync manifest distributes.")

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, health, sync, upload, views
+from . import api, health, metrics, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
     r = app.router
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", metrics.metrics_handler)
 
     r.add_get("/", views.index)
     r.add_get("/login", views.login_page)

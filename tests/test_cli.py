@@ -152,3 +152,22 @@ def test_reprocess_and_quarantine_commands(tmp_path):
     assert [(q["failure_count"], q["last_error"], q["email"]) for q in listed] == [(5, "boom", "alice@example.com")]
     assert "released 1 file(s)" in run(tmp_path, "quarantine", "retry").stdout
     assert run(tmp_path, "quarantine", "list").stdout.strip() == "no quarantined files"
+
+
+def test_prune_and_backup(tmp_path):
+    import sqlite3
+
+    run(tmp_path, "users", "add", "bob@example.com")
+    run(tmp_path, "ingest", str(SAMPLES / "bob"), "--user", "bob@example.com")
+    counts = json.loads(run(tmp_path, "prune", "--days", "0", "--json").stdout)
+    # Every sample activity row is older than "now" (the real clock), so --days 0 removes them all.
+    assert counts == {"usage_events": 1, "activity_messages": 6, "activity_prompts": 4}
+    backup = tmp_path / "backups" / "copy.db"
+    out = run(tmp_path, "backup", str(backup)).stdout
+    assert "backed up" in out
+    with sqlite3.connect(backup) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT COUNT(*) FROM session_summaries").fetchone() == (5,)
+        assert conn.execute("SELECT email FROM users").fetchall() == [("bob@example.com",)]
+    again = run(tmp_path, "backup", str(backup), check=False)
+    assert again.returncode == 1 and "exists" in again.stderr

@@ -40,7 +40,7 @@ class IngestWorker:
         self.concurrency = max(1, settings.parse_workers)
         self.queue: asyncio.PriorityQueue[tuple[int, int, int]] = asyncio.PriorityQueue()
         self._seq = itertools.count()
-        self._pending: set[int] = set()   # queued or in flight
+        self._pending: dict[int, float] = {}  # queued or in flight -> when it was queued (monotonic)
         self._again: set[int] = set()     # changed again while in flight
         self._tasks: list[asyncio.Task] = []
         self._owners: dict[str, int] = {}
@@ -48,6 +48,7 @@ class IngestWorker:
         self.last_beat = time.monotonic()
         self._last_prune: datetime | None = None
         self.ticks = 0
+        self.quarantined_count = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -81,12 +82,16 @@ class IngestWorker:
         if file_id in self._pending:
             self._again.add(file_id)
             return
-        self._pending.add(file_id)
+        self._pending[file_id] = time.monotonic()
         self.queue.put_nowait((priority, next(self._seq), file_id))
 
     @property
     def depth(self) -> int:
         return self.queue.qsize()
+
+    def lag(self) -> float:
+        """Seconds the oldest queued or in-flight change has been waiting."""
+        return time.monotonic() - min(self._pending.values()) if self._pending else 0.0
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been processed (tests, the CLI)."""
@@ -98,7 +103,7 @@ class IngestWorker:
             try:
                 await self.processor.process(file_id)
             finally:
-                self._pending.discard(file_id)
+                self._pending.pop(file_id, None)
                 self.last_beat = time.monotonic()
                 if file_id in self._again:
                     self._again.discard(file_id)
@@ -130,6 +135,7 @@ class IngestWorker:
                                                    self.settings.reprocess_batch):
                 self.enqueue(file_id, REPROCESS)
         await store.rebuild_rollups(self.db)
+        self.quarantined_count = await store.quarantined_count(self.db)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             counts = await store.prune(self.db, now - timedelta(days=self.settings.retention_days))

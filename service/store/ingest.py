@@ -138,6 +138,10 @@ async def quarantined(db: Database) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+async def quarantined_count(db: Database) -> int:
+    return await db.fetchval("SELECT COUNT(*) FROM session_files WHERE quarantined_at IS NOT NULL")
+
+
 async def release_quarantine(db: Database, file_id: int | None = None) -> list[int]:
     """Put quarantined files (one, or all) back in line with a clean failure count."""
     where, params = ("AND id = ?", (file_id,)) if file_id is not None else ("", ())
