@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, health, metrics, sync, upload, views
+from . import api, health, metrics, onboarding, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -24,7 +24,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get("/api/me", api.me)
     r.add_get("/api/me/profile", api.me)
     r.add_get("/api/me/home-stats", api.home_stats)
-    r.add_post("/api/me/onboarded", views.onboarded)  # handler lives in service/onboarding.py
+    r.add_post("/api/me/onboarded", onboarding.onboarded)
     r.add_post("/api/upload/sessions", upload.upload_session)
 
     # What the `agnes` client calls (SPEC.md "Wire compatibility").

@@ -11,7 +11,6 @@ from aiohttp import web
 
 from . import keys
 from .auth import clear_session_cookie, public, request_csrf_token, set_session_cookie
-from .onboarding import onboarded  # noqa: F401  (routed from routes.py as views.onboarded)
 from .store import stats, users
 from .timeutil import from_store, to_api
 

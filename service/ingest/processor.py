@@ -74,9 +74,20 @@ class Processor:
         return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        """Stop the parser processes now: a parse in flight is abandoned (nothing was written for it)."""
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        # ProcessPoolExecutor has no public way to stop a running task; without this, interpreter
+        # exit would wait for a long parse to finish and overrun the shutdown timeout.
+        processes = list(getattr(executor, "_processes", {}).values()) if isinstance(
+            executor, ProcessPoolExecutor) else []
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
 
     async def process(self, file_id: int, *, force: bool = False) -> Outcome:
         """Bring one file's stored numbers up to date with its content; never raises for a bad file."""

@@ -1,0 +1,233 @@
+"""/home in a real headless Chromium: sign-in, server-rendered cards, the 7d toggle, failures, layout.
+
+Uses Debian's /usr/bin/chromium (``make test`` installs it when it can) driven by
+Playwright's Python package; no browser is ever downloaded. Without either, the test
+is skipped with a reason that says so, never passed silently.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from service import keys
+from service.app import create_app
+from service.store import users
+from service.views import abbreviate, grouped, reltime
+from tests.conftest import ROOT, make_caller
+from tests.test_home_page import ABBREVIATIONS, RELATIVE
+from tests.test_ingest import EXPECTED, NOW, ingest_files, sample_files
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / "test-artifacts"
+CARDS = ("sessions", "prompts", "projects")
+
+
+def require_browser():
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.skip("BROWSER TEST SKIPPED: the `playwright` Python package is not installed "
+                    "(run `make install`); /home's JavaScript was NOT tested")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"BROWSER TEST SKIPPED: {CHROMIUM} is missing (`make test` installs Debian's chromium "
+                    "when run as root with apt-get); /home's JavaScript was NOT tested")
+    return async_playwright
+
+
+@pytest.fixture
+async def browser():
+    async_playwright = require_browser()
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def site(aiohttp_server, settings):
+    """A real server on a socket, the samples ingested for alice, her last pull 3 minutes before now."""
+    app = create_app(settings)
+    server = await aiohttp_server(app)
+    app[keys.CLOCK].fixed = NOW
+    db = app[keys.DB]
+    alice = await make_caller(db, "alice@example.com", name="Alice")
+    report = await ingest_files(db, alice.user.id, sample_files("alice"))
+    assert report.failed == 0, report.errors
+    await users.stamp_pull(db, alice.user.id, NOW - timedelta(minutes=3))
+    return server, alice
+
+
+async def api_stats(page, window: str) -> dict:
+    """The API's answer, fetched by the signed-in page itself (cookie session)."""
+    return await page.evaluate(
+        "w => fetch('/api/me/home-stats?window=' + w).then(r => r.json())", window)
+
+
+async def card(page, field: str) -> tuple[str, str | None]:
+    locator = page.locator(f'[data-field="{field}"]')
+    return (await locator.inner_text()).strip(), await locator.get_attribute("title")
+
+
+async def assert_cards_show(page, data: dict) -> None:
+    for name in CARDS:
+        assert await card(page, name) == (abbreviate(data[name]), grouped(data[name])), name
+    assert await card(page, "tokens.total") == (abbreviate(data["tokens"]["total"]),
+                                                grouped(data["tokens"]["total"]))
+    for key in ("input", "output", "cache_read", "cache_creation"):
+        text = (await page.locator(f'[data-field="tokens.{key}"]').text_content()).strip()
+        assert text == grouped(data["tokens"][key]), key
+
+
+async def selected_tab(page) -> str:
+    return await page.locator('[role=tab][aria-selected="true"]').inner_text()
+
+
+async def sign_in(page, base: str, token: str) -> None:
+    await page.goto(f"{base}/login")
+    await page.fill("#token", token)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/home")
+
+
+async def test_home_in_a_real_browser(browser, site):
+    server, alice = site
+    base = str(server.make_url("")).rstrip("/")
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = await browser.new_context(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
+    page = await context.new_page()
+    # A controllable clock (Date and timers) starting at the samples' "now", so ticking can be tested.
+    await page.clock.install(time=NOW)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("response", lambda resp: errors.append(f"{resp.status} {resp.url}") if resp.status >= 400 else None)
+
+    await sign_in(page, base, alice.token)
+
+    # First paint: 24h, rendered by the server, equal to the API and to expected.json.
+    day = await api_stats(page, "24h")
+    assert day == {**EXPECTED["users"]["alice"]["24h"], "last_pull_at": "2026-11-21T11:57:00Z"}
+    await assert_cards_show(page, day)
+    assert await selected_tab(page) == "24h"
+    assert await card(page, "tokens.total") == ("64.5k", "64,504")
+    assert await card(page, "last_pull_at") == ("3m ago", "2026-11-21 11:57:00 UTC")
+
+    # The token split opens on hover.
+    split = page.locator("#token-split")
+    assert not await split.is_visible()
+    await page.hover(".stat-tokens")
+    await split.wait_for(state="visible")
+    assert "Cache read" in await split.inner_text() and "56,800" in await split.inner_text()
+    await page.wait_for_function("getComputedStyle(document.getElementById('token-split')).opacity === '1'")
+    await page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+
+    # The toggle: fetch 7d, redraw in place (no navigation), move aria-selected, keep the URL honest.
+    await page.mouse.move(0, 0)
+    before = page.url
+    await page.click("#tab-7d")
+    await page.wait_for_selector('#tab-7d[aria-selected="true"]')
+    week = await api_stats(page, "7d")
+    assert week == {**EXPECTED["users"]["alice"]["7d"], "last_pull_at": "2026-11-21T11:57:00Z"}
+    await assert_cards_show(page, week)
+    assert await card(page, "tokens.total") == ("169k", "169,027")
+    assert await page.get_attribute("#tab-24h", "aria-selected") == "false"
+    assert await page.locator("[data-window-label]").inner_text() == "Last 7 days"
+    assert page.url == f"{base}/home?window=7d" and before == f"{base}/home"
+    await page.screenshot(path=str(ARTIFACTS / "home-7d.png"), full_page=True)
+
+    # Keyboard: the focused card shows its split; arrows move between pills and load the window.
+    await page.focus(".stat-tokens")
+    await split.wait_for(state="visible")
+    await page.focus("#tab-7d")
+    await page.keyboard.press("ArrowLeft")
+    await page.wait_for_selector('#tab-24h[aria-selected="true"]')
+    await assert_cards_show(page, day)
+    assert await page.evaluate("document.activeElement.id") == "tab-24h"
+
+    # A failed fetch keeps the previous numbers and selection, and says so quietly.
+    await page.route("**/api/me/home-stats*", lambda route: route.abort())
+    await page.click("#tab-7d")
+    status = page.locator("[data-frame-status]")
+    await page.wait_for_function("document.querySelector('[data-frame-status]').textContent.length > 0")
+    assert await status.inner_text() == "Could not update just now; showing the previous numbers."
+    assert await selected_tab(page) == "24h"
+    await assert_cards_show(page, day)
+    await page.unroute("**/api/me/home-stats*")
+    await page.click("#tab-7d")
+    await page.wait_for_selector('#tab-7d[aria-selected="true"]')
+    assert await status.inner_text() == ""
+    await assert_cards_show(page, week)
+
+    # Reloading ?window=7d renders 7d on the server.
+    await page.reload()
+    assert await selected_tab(page) == "7d"
+    await assert_cards_show(page, week)
+
+    # The browser's rules are the server's rules.
+    numbers = [value for value, _ in ABBREVIATIONS]
+    assert await page.evaluate("ns => ns.map(window.AgnesHome.abbreviate)", numbers) == \
+        [abbreviate(n) for n in numbers]
+    assert await page.evaluate("ns => ns.map(window.AgnesHome.grouped)", numbers) == [grouped(n) for n in numbers]
+    now_ms = int(NOW.timestamp() * 1000)
+    stamps = [None if ago is None else (NOW - ago).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+              for ago, _ in RELATIVE]
+    got = await page.evaluate("([xs, now]) => xs.map(x => window.AgnesHome.relative(x, now))", [stamps, now_ms])
+    assert got == [reltime(s, NOW) for s in stamps] == [text for _, text in RELATIVE]
+
+    # "Last sync" keeps ticking: a minute later (on the page's fake clock) it reads 4m ago.
+    assert await card(page, "last_pull_at") == ("3m ago", "2026-11-21 11:57:00 UTC")
+    await page.clock.fast_forward(61_000)
+    await page.wait_for_function("document.querySelector('[data-field=last_pull_at]').textContent === '4m ago'")
+
+    # Narrow screen: two columns, Last sync across the top.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    boxes = {}
+    for name in ("last_pull_at", "sessions", "prompts", "tokens.total", "projects"):
+        boxes[name] = await page.locator(f'[data-field="{name}"]').evaluate(
+            "el => { const r = el.closest('.stat').getBoundingClientRect(); return [r.x, r.y, r.width]; }")
+    assert boxes["sessions"][1] == boxes["prompts"][1] > boxes["last_pull_at"][1]
+    assert boxes["tokens.total"][1] == boxes["projects"][1] > boxes["sessions"][1]
+    assert boxes["sessions"][0] < boxes["prompts"][0]
+    assert abs(boxes["last_pull_at"][2] - 2 * boxes["sessions"][2]) < 20
+    await page.screenshot(path=str(ARTIFACTS / "home-narrow.png"), full_page=True)
+
+    # Only the fetch this test aborted on purpose may have complained.
+    assert errors == ["Failed to load resource: net::ERR_FAILED"]
+    await context.close()
+    assert Path(ARTIFACTS / "home.png").stat().st_size > 10_000
+
+
+async def test_install_hero_and_acknowledge_in_a_real_browser(browser, site):
+    server, _ = site
+    base = str(server.make_url("")).rstrip("/")
+    dana = await make_caller(server.app[keys.DB], "dana@example.com", onboarded=False, name="Dana")
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1,
+                                        java_script_enabled=False)
+    page = await context.new_page()
+    await sign_in(page, base, dana.token)
+
+    hero = page.locator(".hero")
+    assert await page.locator("[data-status-frame]").count() == 0
+    assert f"agnes init --server-url {base} --token <your-token>" in await hero.inner_text()
+    assert dana.token not in await page.content()
+    await page.screenshot(path=str(ARTIFACTS / "home-hero.png"), full_page=True)
+
+    # JavaScript is off in this context: the button is a plain form, answered with a 303 to /home.
+    await page.click("text=I've already set this up")
+    await page.wait_for_url(f"{base}/home")
+    await page.locator("[data-status-frame]").wait_for()
+    assert await card(page, "sessions") == ("0", "0")
+    assert await card(page, "last_pull_at") == ("never", "No agnes pull yet")
+    assert await page.locator("text=Mark me as offboarded").is_visible()
+    assert [(r["action"], r["source"]) for r in await users.audit_rows(server.app[keys.DB], dana.user.id)
+            if r["action"] == "onboarded"] == [("onboarded", "self_acknowledged")]
+    await context.close()

@@ -1,0 +1,124 @@
+"""SIGTERM during a bulk ingest by the real server: it stops in time, and nothing is half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.test_cli import ROOT, cli_env, free_port, run
+
+SAMPLES = ROOT.parent / "shared" / "samples"
+COPIES = 120
+PREFIX = re.compile(rb"\b([0-9a-f]{8})-")
+
+
+def make_corpus(root: Path) -> None:
+    """COPIES distinct variants of alice's samples (new session ids, uuids and message ids)."""
+    owner = root / "alice"
+    owner.mkdir(parents=True)
+    sources = sorted((SAMPLES / "alice").glob("*.jsonl"))
+    for i in range(COPIES):
+        for src in sources:
+            data = PREFIX.sub(lambda m: b"%08x-" % (int(m.group(1), 16) ^ (i + 1)), src.read_bytes())
+            data = data.replace(b'"msg_', b'"msg_c%d_' % i).replace(b'"att-1"', b'"att-%d"' % i)
+            # Padding the tool output makes each file slow enough to catch mid-ingest.
+            data += b'{"type":"progress","data":"' + b"p" * 200_000 + b'"}\n'
+            (owner / f"{i:04d}-{src.name}").write_bytes(data)
+
+
+def totals(db: Path) -> dict:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        summary = conn.execute(
+            "SELECT COUNT(*), SUM(prompts), SUM(input_tokens), SUM(output_tokens), SUM(user_messages) "
+            "FROM session_summaries").fetchone()
+        return {
+            "summaries": summary,
+            "messages": conn.execute("SELECT COUNT(DISTINCT message_key), SUM(output_tokens) FROM activity_messages")
+            .fetchone(),
+            "prompts": conn.execute("SELECT COUNT(DISTINCT prompt_key) FROM activity_prompts").fetchone(),
+            "events": conn.execute("SELECT COUNT(*) FROM usage_events").fetchone(),
+        }
+
+
+def half_written(db: Path) -> list:
+    """Files whose state says processed but whose summary or activity is missing, or the reverse."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT f.id FROM session_files f LEFT JOIN session_summaries s ON s.file_id = f.id "
+            "WHERE (f.processor_version > 0) != (s.file_id IS NOT NULL) "
+            "OR (s.file_id IS NOT NULL AND s.processor_version != f.processor_version) "
+            "OR (f.processor_version = 0 AND EXISTS (SELECT 1 FROM activity_messages a WHERE a.file_id = f.id))"
+        ).fetchall()
+
+
+def processed(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM session_files WHERE processor_version > 0").fetchone()[0]
+
+
+def serve(tmp_path: Path, watched: Path, port: int) -> subprocess.Popen:
+    env = cli_env(tmp_path, AGNES_SESSION_DIR=str(watched), AGNES_PORT=str(port), AGNES_SCAN_INTERVAL="0.5",
+                  AGNES_PARSE_WORKERS="1", AGNES_SHUTDOWN_TIMEOUT="5")
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_mid_ingest_then_restart_gives_the_clean_numbers(tmp_path):
+    watched = tmp_path / "watched"
+    make_corpus(watched)
+    files = COPIES * 6
+    run(tmp_path, "users", "add", "alice@example.com")
+    db = tmp_path / "cli.db"
+
+    proc = serve(tmp_path, watched, free_port())
+    try:
+        deadline = time.monotonic() + 60
+        while not (0 < processed(db) < files * 0.8):
+            assert time.monotonic() < deadline, "ingest never got under way"
+            assert proc.poll() is None
+            time.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert stopped_in < 5 + 2, f"shutdown took {stopped_in:.1f}s"
+    done = processed(db)
+    assert 0 < done < files, "the stop must land mid-ingest for this test to mean anything"
+    assert half_written(db) == []
+
+    port = free_port()
+    proc = serve(tmp_path, watched, port)
+    try:
+        deadline = time.monotonic() + 120
+        while processed(db) < files:
+            assert time.monotonic() < deadline, f"restart processed only {processed(db)} of {files}"
+            assert proc.poll() is None
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            assert json.load(resp)["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    after_restart = totals(db)
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    run(clean, "users", "add", "alice@example.com")
+    report = json.loads(run(clean, "ingest", str(watched), "--user", "alice@example.com", "--json").stdout)
+    assert report["processed"] == files
+    assert after_restart == totals(clean / "cli.db")
+    assert after_restart["summaries"][0] == files and after_restart["prompts"][0] == COPIES * 12
