@@ -66,6 +66,8 @@ def setup_templates(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
     )
     app[aiohttp_jinja2.static_root_key] = "/static"
+    # Versioned asset URLs (?v=<content hash>), so a deploy never leaves browsers on a stale script.
+    env.globals["static"] = lambda path: str(app.router["static"].url_for(filename=path))
     env.filters.update(template_filters())
 
 

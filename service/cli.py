@@ -343,10 +343,11 @@ async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_demo(args, settings, db) -> int:
     from .demo import load_demo  # noqa: PLC0415
 
-    token = await load_demo(db, settings)
+    token, reports = await load_demo(db, settings)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    loaded = ", ".join(f"{email}: {r.processed} sessions" for email, r in reports.items())
     print(f"""
-Demo data loaded into {settings.db_path}.
+Demo data loaded into {settings.db_path} ({loaded}; table demo_customers).
   Sign in:  open {url}/login and paste the token below
   API:      curl -H "Authorization: Bearer <token>" {url}/api/me
 Token for the demo analyst (shown once):

@@ -96,7 +96,8 @@ def _render_error(request: web.Request, status: int, detail: str, code: str,
 async def auth_middleware(request: web.Request, handler):
     """Every route but the public ones identifies a user; pages without a credential go to sign-in."""
     info = request.match_info
-    if info.http_exception is not None or getattr(info.handler, "agnes_public", False):
+    if (info.http_exception is not None or getattr(info.handler, "agnes_public", False)
+            or isinstance(info.route.resource, web.StaticResource)):  # the sign-in page needs its CSS
         return await handler(request)
     identity = await identify(request)
     if identity is None:

@@ -38,4 +38,4 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get("/cli/latest", sync.cli_latest)
 
     if static_dir.is_dir():
-        r.add_static("/static", static_dir, append_version=True)
+        r.add_static("/static", static_dir, name="static", append_version=True)

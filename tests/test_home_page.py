@@ -18,7 +18,7 @@ from tests.test_ingest import NOW, ingest_files, sample_files
 CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
 OFFBOARD = '<button type="submit" class="link">Mark me as offboarded</button>'
 ACK = "I've already set this up"
-SCRIPT = re.compile(r'<script src="/static/home\.js" defer></script>')
+SCRIPT = re.compile(r'<script src="/static/home\.js\?v=[^"]+" defer></script>')
 
 
 @pytest.fixture
@@ -270,3 +270,13 @@ def test_reltime(ago, text):
 
 def test_reltime_uses_the_given_now():
     assert reltime("2026-11-21T11:00:00Z", datetime.fromisoformat("2026-11-21T12:30:00+00:00")) == "1h ago"
+
+
+async def test_assets_are_versioned_by_content(client, alice):
+    import re
+
+    page = await (await client.get("/home", headers=alice.headers)).text()
+    css = re.search(r'href="(/static/app\.css\?v=[^"]+)"', page)
+    assert css, "stylesheet URL carries a content version"
+    resp = await client.get(css.group(1))
+    assert resp.status == 200 and "text/css" in resp.headers["Content-Type"]
