@@ -171,3 +171,33 @@ def test_prune_and_backup(tmp_path):
         assert conn.execute("SELECT email FROM users").fetchall() == [("bob@example.com",)]
     again = run(tmp_path, "backup", str(backup), check=False)
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_tables_register_grant_list(tmp_path):
+    data = tmp_path / "data" / "tables"
+    data.mkdir(parents=True)
+    (data / "orders.csv").write_text("id,total\n1,10\n2,20\n")
+    outside = tmp_path / "outside.csv"
+    outside.write_text("x\n")
+    run(tmp_path, "users", "add", "ana@example.com")
+    out = run(tmp_path, "tables", "register", "orders", str(data / "orders.csv")).stdout
+    assert "registered table orders -> tables/orders.csv (2 rows, granted users only)" in out
+    run(tmp_path, "tables", "register", "events.v2", str(data / "orders.csv"), "--rows", "7", "--public",
+        "--query-mode", "remote")
+    for bad_id in (".hidden", "a/b", "x" * 129, "semi;colon", ""):
+        proc = run(tmp_path, "tables", "register", bad_id, str(data / "orders.csv"), check=False)
+        assert proc.returncode == 1 and "invalid table id" in proc.stderr, bad_id
+    proc = run(tmp_path, "tables", "register", "escape", str(outside), check=False)
+    assert proc.returncode == 1 and "not under the data directory" in proc.stderr
+    proc = run(tmp_path, "tables", "register", "dots", str(data / ".." / ".." / "outside.csv"), check=False)
+    assert proc.returncode == 1 and "not under the data directory" in proc.stderr
+    assert run(tmp_path, "tables", "grant", "orders", "ana@example.com").stdout.strip() == \
+        "granted orders to ana@example.com"
+    assert run(tmp_path, "tables", "grant", "nope", "ana@example.com", check=False).returncode == 1
+    listed = json.loads(run(tmp_path, "tables", "list", "--json").stdout)
+    assert listed == [
+        {"id": "events.v2", "path": "tables/orders.csv", "rows": 7, "query_mode": "remote", "source_type": "",
+         "public": True, "granted": []},
+        {"id": "orders", "path": "tables/orders.csv", "rows": 2, "query_mode": "local", "source_type": "",
+         "public": False, "granted": ["ana@example.com"]},
+    ]
