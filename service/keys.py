@@ -9,25 +9,29 @@ from aiohttp import web
 if TYPE_CHECKING:
     from itsdangerous import URLSafeTimedSerializer
 
+    from .auth import Identity
     from .config import Settings
     from .db import Database
     from .ingest.worker import IngestWorker
     from .metrics import Metrics
+    from .store.users import User
+    from .sync import MemoryBundle
+    from .timeutil import Clock
 
-SETTINGS = web.AppKey("settings", "Settings")
-DB = web.AppKey("db", "Database")
-SIGNER = web.AppKey("signer", "URLSafeTimedSerializer")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+DB: web.AppKey[Database] = web.AppKey("db")
+SIGNER: web.AppKey[URLSafeTimedSerializer] = web.AppKey("signer")
 SECRET = web.AppKey("secret", bytes)
-WORKER = web.AppKey("worker", "IngestWorker")
-METRICS = web.AppKey("metrics", "Metrics")
+WORKER: web.AppKey[IngestWorker] = web.AppKey("worker")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Fire-and-forget tasks (e.g. the last-pull stamp) kept referenced until done.
 BACKGROUND = web.AppKey("background", set)
 # Memory rules served to `agnes pull` (operator-configured, validated at start-up).
-MEMORY = web.AppKey("memory", "MemoryBundle")
+MEMORY: web.AppKey[MemoryBundle] = web.AppKey("memory")
 # Clock used for windows and stamps; tests replace it to pin "now".
-CLOCK = web.AppKey("clock", "Clock")
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 # Per-request state set by the middlewares.
 REQUEST_ID = web.RequestKey("request_id", str)
-IDENTITY = web.RequestKey("identity", "Identity")
-USER = web.RequestKey("user", "User")
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
+USER: web.RequestKey[User] = web.RequestKey("user")

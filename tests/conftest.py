@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import msgspec
@@ -10,11 +11,29 @@ import pytest
 from service import keys
 from service.app import create_app
 from service.config import load_settings
+from service.ingest import bulk
 from service.store import users
+from service.timeutil import from_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 SAMPLES = SHARED / "samples"
+EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
+NOW = from_store(EXPECTED["now"])  # the moment expected.json's windows are computed at
+SAMPLE_USERS = ("alice", "bob")
+
+
+def sample_files(user: str) -> list[str]:
+    return sorted(str(p) for p in (SAMPLES / user).glob("*.jsonl"))
+
+
+def expected_stats(user: str, window: str) -> dict:
+    return {**EXPECTED["users"][user][window], "last_pull_at": None}
+
+
+async def ingest_files(db, user_id: int, paths: list[str]) -> bulk.Report:
+    """Ingest files for one user through the real pipeline (parse in a thread), as of NOW."""
+    return await bulk.ingest_paths(db, user_id, paths, workers=0, clock=lambda: NOW)
 
 
 class Caller(msgspec.Struct):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 
 import aiohttp
 import pytest
 
-from service import keys
 from service.store import tables, users
 from tests.agnes_client import CHUNK_THRESHOLD, AgnesClient, ClientFailure
 from tests.conftest import SAMPLES, make_caller

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 from datetime import datetime
@@ -16,29 +14,14 @@ from service.ingest.processor import Processor
 from service.store import ingest as store
 from service.store import stats
 from service.timeutil import from_store
-from tests.conftest import SAMPLES, make_caller
-
-EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
-NOW = from_store(EXPECTED["now"])
-SAMPLE_USERS = ("alice", "bob")
-
-
-def sample_files(user: str) -> list[str]:
-    return sorted(str(p) for p in (SAMPLES / user).glob("*.jsonl"))
-
-
-def expected_stats(user: str, window: str) -> dict:
-    return {**EXPECTED["users"][user][window], "last_pull_at": None}
+from tests.conftest import (EXPECTED, NOW, SAMPLE_USERS, SAMPLES, expected_stats, ingest_files, make_caller,
+                            sample_files)
 
 
 async def stats_of(db, user_id: int, window: str) -> dict:
     import msgspec
 
     return msgspec.to_builtins(await stats.home_stats(db, user_id, window, NOW))
-
-
-async def ingest_files(db, user_id: int, paths: list[str]) -> bulk.Report:
-    return await bulk.ingest_paths(db, user_id, paths, workers=0, clock=lambda: NOW)
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ from service.ingest import parser
 from service.ingest.parser import parse_file, parse_stream
 from service.ingest.records import EventRow, MessageRow, ParseResult, PromptRow, Summary
 from service.timeutil import to_store
+from tests.conftest import EXPECTED, SAMPLES
 
 UTC = timezone.utc
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
-EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 RECEIVED = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 SESSION = "s-1"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import gzip
-import json
 import os
 from pathlib import Path
 
@@ -15,10 +14,7 @@ import pytest
 from service import keys
 from service.config import load_settings
 from service.app import create_app
-from tests.conftest import SAMPLES, make_caller
-
-EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
-NOW_TEXT = EXPECTED["now"]
+from tests.conftest import EXPECTED, NOW, SAMPLES, make_caller
 
 
 def form(name: str, data: bytes, field: str = "file") -> aiohttp.FormData:
@@ -37,9 +33,7 @@ async def settle(client):
 
 @pytest.fixture
 def pinned(client):
-    from service.timeutil import from_store
-
-    client.app[keys.CLOCK].fixed = from_store(NOW_TEXT)
+    client.app[keys.CLOCK].fixed = NOW
     return client
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -11,11 +10,7 @@ import pytest
 from service import keys
 from service.app import create_app
 from service.config import load_settings
-from service.timeutil import from_store
-from tests.conftest import SAMPLES, make_caller
-
-EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
-NOW = from_store(EXPECTED["now"])
+from tests.conftest import EXPECTED, NOW, SAMPLES, make_caller
 
 
 @pytest.fixture
