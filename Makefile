@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean chromium
+.PHONY: run test install clean chromium bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,18 @@ test: install chromium
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# Benchmarks (bench/, results in bench/results/, written up in BENCHMARKS.md). Needs wrk
+# (apt-get, when root) or falls back to bench/loadgen.py's asyncio client; ccusage is
+# installed with npm under /tmp when npm is present, else that comparison is reported blocked.
+BENCH_ARGS ?= --mb 20 200 --big-mb 1000
+
+bench: install
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1; } || \
+		echo "wrk not installed: using the asyncio load client" >&2
+	@[ -x /tmp/ccusage/node_modules/.bin/ccusage ] || { command -v npm >/dev/null 2>&1 && \
+		mkdir -p /tmp/ccusage && cd /tmp/ccusage && npm install --silent ccusage@20.0.24 >/dev/null 2>&1; } || \
+		echo "ccusage not installed: that comparison will be reported as blocked" >&2
+	$(BIN)/python bench/ingest_bench.py $(BENCH_ARGS) --ccusage /tmp/ccusage
+	$(BIN)/python bench/serve_bench.py

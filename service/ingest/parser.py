@@ -163,14 +163,29 @@ def parse_stream(
 
 
 def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
-    read = fileobj.read
+    """The stored bytes in READ_CHUNK pieces, each hashed; a full piece is one reused buffer.
+
+    Reading into one buffer instead of a new 1 MB object per read saves the page faults of
+    fresh memory (a tenth of a parse in a new worker process). Consumers must be done with a
+    piece before they ask for the next one (the line cutter copies what it carries over).
+    """
     size = READ_CHUNK
+    readinto = getattr(fileobj, "readinto", None)
+    if readinto is None:
+        read = fileobj.read
+        while data := read(size):
+            hasher.update(data)
+            yield data
+        return
+    buf = bytearray(size)
+    view = memoryview(buf)
     while True:
-        data = read(size)
-        if not data:
+        n = readinto(buf)
+        if not n:
             return
+        data = buf if n == size else bytes(view[:n])
         hasher.update(data)
-        yield data
+        yield data  # type: ignore[misc]
 
 
 def _content_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
