@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import AsyncIterator
@@ -67,7 +68,8 @@ def setup_templates(app: web.Application) -> None:
     )
     app[aiohttp_jinja2.static_root_key] = "/static"
     # Versioned asset URLs (?v=<content hash>), so a deploy never leaves browsers on a stale script.
-    env.globals["static"] = lambda path: str(app.router["static"].url_for(filename=path))
+    # aiohttp hashes the file on every url_for call; assets only change with a deploy, so once is enough.
+    env.globals["static"] = functools.cache(lambda path: str(app.router["static"].url_for(filename=path)))
     env.filters.update(template_filters())
 
 
