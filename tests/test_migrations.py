@@ -110,3 +110,33 @@ def test_gap_in_numbering_is_refused(tmp_path):
     (tmp_path / "0003_c.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="0003_c.sql"):
         scripts(tmp_path)
+
+
+async def test_window_tables_are_backfilled_from_existing_activity(conn):
+    await migrate(conn, target=4)
+    await conn.executescript("""
+        INSERT INTO users (id, email, created_at) VALUES (1, 'a@example.com', '2026-01-01T00:00:00.000000Z');
+        INSERT INTO session_files (id, user_id, path, origin, received_at) VALUES
+            (1, 1, '/a.jsonl', 'upload', '2026-01-01T00:00:00.000000Z'),
+            (2, 1, '/copy.jsonl', 'upload', '2026-01-01T00:00:00.000000Z');
+        INSERT INTO session_summaries (file_id, user_id, session_id, started_at, project, processor_version,
+                                       extracted_at) VALUES
+            (1, 1, 'S', '2026-11-20T10:00:00.000000Z', '/work/late', 2, 'x'),
+            (2, 1, 'S', '2026-11-20T09:00:00.000000Z', '/work/early', 2, 'x');
+        INSERT INTO activity_messages VALUES
+            (1, 'msg_1', 1, 'S', '2026-11-20T10:00:05.000000Z', 10, 50, 100, 7),
+            (2, 'msg_1', 1, 'S', '2026-11-20T10:00:04.000000Z', 10, 80, 90, 7),
+            (2, 'msg_2', 1, 'S', '2026-11-20T10:05:00.000000Z', 1, 2, 3, 4);
+        INSERT INTO activity_prompts VALUES
+            (1, 'p1', 1, 'S', '2026-11-20T10:00:00.000000Z'),
+            (2, 'p1', 1, 'S', '2026-11-20T10:00:00.000000Z');
+    """)
+    await migrate(conn)
+    rows = await conn.execute_fetchall("SELECT * FROM user_messages ORDER BY message_key")
+    assert [tuple(r) for r in rows] == [
+        (1, "msg_1", "S", "2026-11-20T10:00:04.000000Z", 10, 80, 100, 7),
+        (1, "msg_2", "S", "2026-11-20T10:05:00.000000Z", 1, 2, 3, 4)]
+    assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_prompts")] == [
+        (1, "p1", "S", "2026-11-20T10:00:00.000000Z")]
+    assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_sessions")] == [
+        (1, "S", "2026-11-20T10:05:00.000000Z", "/work/early")]

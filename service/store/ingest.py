@@ -152,29 +152,15 @@ async def release_quarantine(db: Database, file_id: int | None = None) -> list[i
             return [r[0] for r in await cur.fetchall()]
 
 
-async def _attribution(conn) -> dict[str, dict[str, tuple[str, str]]]:
-    """name -> (source, ref_id) per kind; 'curated' wins over 'flea' when both list a name."""
-    maps: dict[str, dict[str, tuple[str, str]]] = {}
-    for kind, table in (("skill", "skill_attribution"), ("agent", "agent_attribution"),
-                        ("command", "command_attribution")):
-        found: dict[str, tuple[str, str]] = {}
-        async with conn.execute(f"SELECT name, source, ref_id FROM {table} ORDER BY source = 'curated'") as cur:
-            for name, source, ref_id in await cur.fetchall():
-                found[name] = (source, ref_id)
-        maps[kind] = found
-    return maps
-
-
-def _attribute(event: EventRow, maps: dict[str, dict[str, tuple[str, str]]]) -> tuple[str, str | None]:
+def _attribution_key(event: EventRow) -> tuple[str | None, str | None]:
+    """Which attribution list names this event: skills by skill name, subagents by type, commands by name."""
     if event.skill_name:
-        hit = maps["skill"].get(event.skill_name)
-    elif event.event_type == "subagent" and event.subagent_type:
-        hit = maps["agent"].get(event.subagent_type)
-    elif event.event_type == "slash_command" and event.command_name:
-        hit = maps["command"].get(event.command_name)
-    else:
-        hit = None
-    return hit if hit else ("builtin", None)
+        return "skill", event.skill_name
+    if event.event_type == "subagent" and event.subagent_type:
+        return "agent", event.subagent_type
+    if event.event_type == "slash_command" and event.command_name:
+        return "command", event.command_name
+    return None, None
 
 
 _SUMMARY_COLS = ("session_id", "started_at", "ended_at", "active_seconds", "wall_seconds", "user_messages",
@@ -198,22 +184,63 @@ async def _insert_activity(conn, file_id: int, user_id: int, result: ParseResult
         [(file_id, p.key, user_id, p.session_id, p.ts) for p in result.prompts])
 
 
+# The source is looked up inside the insert ('curated' wins over 'flea', otherwise 'builtin').
+# A copy of the same session in another file yields the same event ids: the latest
+# processing owns them, and they exist once.
+_INSERT_EVENT_SQL = """
+INSERT OR REPLACE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
+                                     subagent_type, command_name, source, ref_id, is_error, ts)
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(a.source, 'builtin'), a.ref_id, ?, ?
+FROM (SELECT 1) LEFT JOIN plugin_attribution a ON a.kind = ? AND a.name = ?
+ORDER BY a.source = 'curated' DESC LIMIT 1
+"""
+
+
 async def _insert_events(conn, file_id: int, user_id: int, result: ParseResult) -> set[str]:
-    maps = await _attribution(conn)
-    rows = []
-    days = set()
-    for e in result.events:
-        source, ref_id = _attribute(e, maps)
-        rows.append((e.event_id, file_id, user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
-                     e.subagent_type, e.command_name, source, ref_id, int(e.is_error), e.ts))
-        days.add(e.ts[:10])
-    # A copy of the same session in another file yields the same event ids: the latest
-    # processing owns them, and they exist once.
-    await conn.executemany(
-        "INSERT OR REPLACE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, "
-        "skill_name, subagent_type, command_name, source, ref_id, is_error, ts) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    return days
+    await conn.executemany(_INSERT_EVENT_SQL, [
+        (e.event_id, file_id, user_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
+         e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for e in result.events])
+    return {e.ts[:10] for e in result.events}
+
+
+# Keys a file's rewrite touches (before and after), per kind: m(essage), p(rompt), s(ession).
+_TOUCHED_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS ingest_touched "
+                  "(kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID")
+_TOUCH_SQL = """
+INSERT OR IGNORE INTO temp.ingest_touched (kind, key)
+    SELECT 'm', message_key FROM activity_messages WHERE file_id = :file
+    UNION ALL SELECT 'p', prompt_key FROM activity_prompts WHERE file_id = :file
+    UNION ALL SELECT 's', session_id FROM activity_messages WHERE file_id = :file
+    UNION ALL SELECT 's', session_id FROM activity_prompts WHERE file_id = :file
+    UNION ALL SELECT 's', session_id FROM session_summaries WHERE file_id = :file
+"""
+# Recompute the per-user deduplicated rows of every touched key from all of the user's files.
+_REFRESH_SQL = (
+    "DELETE FROM user_messages WHERE user_id = :user AND message_key IN "
+    "(SELECT key FROM temp.ingest_touched WHERE kind = 'm')",
+    "INSERT INTO user_messages SELECT user_id, message_key, MIN(session_id), MIN(ts), MAX(input_tokens), "
+    "MAX(output_tokens), MAX(cache_read_tokens), MAX(cache_creation_tokens) FROM activity_messages "
+    "WHERE user_id = :user AND message_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'm') "
+    "GROUP BY message_key",
+    "DELETE FROM user_prompts WHERE user_id = :user AND prompt_key IN "
+    "(SELECT key FROM temp.ingest_touched WHERE kind = 'p')",
+    "INSERT INTO user_prompts SELECT user_id, prompt_key, MIN(session_id), MIN(ts) FROM activity_prompts "
+    "WHERE user_id = :user AND prompt_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'p') "
+    "GROUP BY prompt_key",
+    "DELETE FROM user_sessions WHERE user_id = :user AND session_id IN "
+    "(SELECT key FROM temp.ingest_touched WHERE kind = 's')",
+    """INSERT INTO user_sessions
+    SELECT :user, t.key, last_ts,
+           (SELECT s.project FROM session_summaries s
+            WHERE s.user_id = :user AND s.session_id = t.key AND s.project IS NOT NULL
+            ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
+    FROM (SELECT key, NULLIF(MAX(
+              COALESCE((SELECT MAX(ts) FROM user_messages WHERE user_id = :user AND session_id = key), ''),
+              COALESCE((SELECT MAX(ts) FROM user_prompts WHERE user_id = :user AND session_id = key), '')), '')
+              AS last_ts
+          FROM temp.ingest_touched WHERE kind = 's') t
+    WHERE last_ts IS NOT NULL""",
+)
 
 
 async def write_result(db: Database, file_id: int, user_id: int, result: ParseResult, *, size: int,
@@ -222,9 +249,11 @@ async def write_result(db: Database, file_id: int, user_id: int, result: ParseRe
     stamp = to_store(now)
     s = result.summary
     async with db.transaction() as conn:
-        async with conn.execute("SELECT DISTINCT substr(ts, 1, 10) FROM usage_events WHERE file_id = ?",
-                                (file_id,)) as cur:
-            days = {r[0] for r in await cur.fetchall()}
+        days = {r[0] for r in await conn.execute_fetchall(
+            "SELECT DISTINCT substr(ts, 1, 10) FROM usage_events WHERE file_id = ?", (file_id,))}
+        await conn.execute(_TOUCHED_TABLE)
+        await conn.execute("DELETE FROM temp.ingest_touched")
+        await conn.execute(_TOUCH_SQL, {"file": file_id})  # what the file contributed before
         for table in ("activity_messages", "activity_prompts", "usage_events"):
             await conn.execute(f"DELETE FROM {table} WHERE file_id = ?", (file_id,))
         await _insert_activity(conn, file_id, user_id, result)
@@ -233,6 +262,9 @@ async def write_result(db: Database, file_id: int, user_id: int, result: ParseRe
         values[1] = to_store(s.started_at) if s.started_at else None
         values[2] = to_store(s.ended_at) if s.ended_at else None
         await conn.execute(_SUMMARY_SQL, (file_id, user_id, *values, version, stamp))
+        await conn.execute(_TOUCH_SQL, {"file": file_id})  # and what it contributes now
+        for sql in _REFRESH_SQL:
+            await conn.execute(sql, {"user": user_id})
         await conn.executemany("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", [(d,) for d in days])
         await conn.execute(
             "UPDATE session_files SET size = ?, mtime_ns = ?, content_hash = ?, processor_version = ?, items = ?, "
@@ -271,6 +303,10 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         for table in ("usage_events", "activity_messages", "activity_prompts"):
             cur = await conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))
             counts[table] = cur.rowcount
+        # The deduplicated windows forget the same activity (their rows are derived from it).
+        await conn.execute("DELETE FROM user_messages WHERE ts < ?", (cutoff,))
+        await conn.execute("DELETE FROM user_prompts WHERE ts < ?", (cutoff,))
+        await conn.execute("DELETE FROM user_sessions WHERE last_ts < ?", (cutoff,))
         await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
     return counts

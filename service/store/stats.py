@@ -11,6 +11,7 @@ from ..timeutil import to_api, to_store
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 DEFAULT_WINDOW = "24h"
+_INT64_MAX = 2**63 - 1
 
 
 class Tokens(msgspec.Struct):
@@ -35,40 +36,25 @@ def clamp_window(value: str | None) -> str:
     return value if value in WINDOWS else DEFAULT_WINDOW
 
 
-# One statement: messages are deduplicated per user by message key (largest value per
-# counter), prompts by prompt key; sessions are those with a prompt or a message in the
-# window; a session's project comes from its earliest-starting file that has one.
-# Every activity read uses the covering (user_id, ts, ...) indexes, so the cost follows
-# this user's activity in the window, not the size of the database.
+# One statement over the per-user deduplicated tables that ingest maintains (schema 0005):
+# a message counts once per user with its largest counters and earliest timestamp, a prompt
+# once by its key, and a session is in the window when its latest activity is. Each part is
+# a range scan of a (user_id, ts) index, so the cost follows this user's activity in the
+# window, not the size of the database, and no GROUP BY or temporary B-tree is needed.
 _HOME_STATS_SQL = """
-WITH msg AS (
-    SELECT message_key, MIN(session_id) AS session_id,
-           MAX(input_tokens) AS i, MAX(output_tokens) AS o,
-           MAX(cache_read_tokens) AS cr, MAX(cache_creation_tokens) AS cc
-    FROM activity_messages WHERE user_id = :user AND ts >= :since
-    GROUP BY message_key
-),
-prm AS (
-    SELECT prompt_key, MIN(session_id) AS session_id
-    FROM activity_prompts WHERE user_id = :user AND ts >= :since
-    GROUP BY prompt_key
-),
-ses AS (
-    SELECT session_id FROM msg UNION SELECT session_id FROM prm
-)
 SELECT
     (SELECT last_pull_at FROM users WHERE id = :user) AS last_pull_at,
-    (SELECT COUNT(*) FROM ses) AS sessions,
-    (SELECT COUNT(*) FROM prm) AS prompts,
-    (SELECT COALESCE(SUM(i), 0) FROM msg) AS input,
-    (SELECT COALESCE(SUM(o), 0) FROM msg) AS output,
-    (SELECT COALESCE(SUM(cr), 0) FROM msg) AS cache_read,
-    (SELECT COALESCE(SUM(cc), 0) FROM msg) AS cache_creation,
-    (SELECT COUNT(DISTINCT (
-        SELECT s.project FROM session_summaries s
-        WHERE s.user_id = :user AND s.session_id = ses.session_id AND s.project IS NOT NULL
-        ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)) FROM ses) AS projects
+    (SELECT COUNT(*) FROM user_sessions WHERE user_id = :user AND last_ts >= :since) AS sessions,
+    (SELECT COUNT(DISTINCT project) FROM user_sessions WHERE user_id = :user AND last_ts >= :since) AS projects,
+    (SELECT COUNT(*) FROM user_prompts WHERE user_id = :user AND ts >= :since) AS prompts,
+    t.input, t.output, t.cache_read, t.cache_creation
+FROM (SELECT CAST(TOTAL(input_tokens) AS INTEGER) AS input, CAST(TOTAL(output_tokens) AS INTEGER) AS output,
+             CAST(TOTAL(cache_read_tokens) AS INTEGER) AS cache_read,
+             CAST(TOTAL(cache_creation_tokens) AS INTEGER) AS cache_creation
+      FROM user_messages WHERE user_id = :user AND ts >= :since) AS t
 """
+# TOTAL, not SUM: SUM raises "integer overflow" on absurd (but int64) counters in a transcript;
+# TOTAL is exact below 2**53 and the CAST saturates at the int64 maximum.
 
 
 async def home_stats(db: Database, user_id: int, window: str | None, now: datetime) -> HomeStats:
@@ -77,6 +63,6 @@ async def home_stats(db: Database, user_id: int, window: str | None, now: dateti
     since = to_store(now - WINDOWS[window])
     row = await db.fetchone(_HOME_STATS_SQL, {"user": user_id, "since": since})
     tokens = Tokens(row["input"], row["output"], row["cache_read"], row["cache_creation"])
-    tokens.total = tokens.input + tokens.output + tokens.cache_read + tokens.cache_creation
+    tokens.total = min(tokens.input + tokens.output + tokens.cache_read + tokens.cache_creation, _INT64_MAX)
     return HomeStats(window=window, last_pull_at=to_api(row["last_pull_at"]), sessions=row["sessions"],
                      prompts=row["prompts"], tokens=tokens, projects=row["projects"])
