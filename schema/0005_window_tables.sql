@@ -68,3 +68,10 @@ INSERT INTO user_sessions
     FROM (SELECT user_id, session_id, ts FROM user_messages
           UNION ALL SELECT user_id, session_id, ts FROM user_prompts) a
     GROUP BY a.user_id, a.session_id;
+
+-- Reads of the windows now use the tables above; these indexes only cost writes.
+DROP INDEX activity_messages_window;
+DROP INDEX activity_prompts_window;
+DROP INDEX usage_events_user_ts;
+CREATE INDEX activity_messages_ts ON activity_messages(ts);
+CREATE INDEX activity_prompts_ts ON activity_prompts(ts);

@@ -99,6 +99,12 @@ class Database:
         return None if row is None else row[0]
 
     @asynccontextmanager
+    async def writing(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer connection, held exclusively; the caller manages its own transaction."""
+        async with self._write_lock:
+            yield self.writer
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction on the writer: committed whole, or rolled back whole."""
         async with self._write_lock:

@@ -123,19 +123,20 @@ async def test_error_mid_transaction_leaves_previous_state(db, ingested, monkeyp
     events_before = await db.fetchval("SELECT COUNT(*) FROM usage_events WHERE file_id = ?", (file_id,))
     assert events_before == 7
 
-    async def explode(*args, **kwargs):
-        raise RuntimeError("disk on fire")
-
-    # Activity is already deleted and re-inserted when events blow up: all of it must roll back.
-    monkeypatch.setattr(store, "_insert_events", explode)
+    # Fail inside the transaction after the old rows are deleted and the new activity inserted:
+    # all of it must roll back.
+    script = store._WRITE_SCRIPT
+    marker = "INSERT OR REPLACE INTO usage_events"
+    assert marker in script
+    monkeypatch.setattr(store, "_WRITE_SCRIPT", script.replace(marker, "SELECT disk_on_fire();\n" + marker, 1))
     processor = Processor(db, workers=0, clock=lambda: NOW)
     outcome = await processor.process(file_id, force=True)
-    assert outcome.status == "failed" and "disk on fire" in outcome.error
+    assert outcome.status == "failed" and "disk_on_fire" in outcome.error
     assert await stats_of(db, alice, "7d") == before_stats
     assert await store.summaries_for_user(db, alice) == before_rows
     assert await db.fetchval("SELECT COUNT(*) FROM usage_events WHERE file_id = ?", (file_id,)) == events_before
     state = await store.get_file(db, file_id)
-    assert state.failure_count == 1 and "disk on fire" in state.last_error
+    assert state.failure_count == 1 and "disk_on_fire" in state.last_error
 
 
 async def test_bad_file_does_not_affect_others(db, people, tmp_path):

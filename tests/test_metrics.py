@@ -65,6 +65,7 @@ async def test_readyz_names_a_stopped_worker(client):
 
 async def test_readyz_names_a_stale_heartbeat(client):
     worker = client.app[keys.WORKER]
+    await worker.ticked.wait()  # the start-up tick is done; the next is scan_interval away
     worker.last_beat -= 3600
     body = await (await client.get("/readyz")).json()
     assert body["failed"] == ["worker"]

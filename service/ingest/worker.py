@@ -48,6 +48,7 @@ class IngestWorker:
         self.last_beat = time.monotonic()
         self._last_prune: datetime | None = None
         self.ticks = 0
+        self.ticked = asyncio.Event()  # set after each completed tick (tests and start-up waits)
         self.quarantined_count = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -142,6 +143,7 @@ class IngestWorker:
             if any(counts.values()):
                 logger.info("pruned old activity", extra=counts)
         self.last_beat = time.monotonic()
+        self.ticked.set()
 
     async def _owner(self, name: str) -> int | None:
         if name in self._owners:

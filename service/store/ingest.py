@@ -168,108 +168,140 @@ _SUMMARY_COLS = ("session_id", "started_at", "ended_at", "active_seconds", "wall
                  "mcp_calls", "slash_commands", "distinct_tools", "distinct_skills", "primary_model", "prompts",
                  "project", "skipped_lines", "input_tokens", "output_tokens", "cache_read_tokens",
                  "cache_creation_tokens")
-_SUMMARY_SQL = (
-    f"INSERT OR REPLACE INTO session_summaries (file_id, user_id, {', '.join(_SUMMARY_COLS)}, processor_version, "
-    f"extracted_at) VALUES ({', '.join('?' * (len(_SUMMARY_COLS) + 4))})")
 
+# A file is written in two steps on the writer connection: its rows go into TEMP staging
+# tables (private to the connection, cleared first), then one constant script applies
+# everything in a single transaction. That is a handful of round trips to the database
+# thread per file instead of one per statement, and the transaction is all-or-nothing.
+_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS stage_file (
+    file_id INTEGER, user_id INTEGER, size INTEGER, mtime_ns INTEGER, content_hash TEXT, version INTEGER,
+    items INTEGER, stamp TEXT, {", ".join(_SUMMARY_COLS)});
+CREATE TEMP TABLE IF NOT EXISTS stage_messages (
+    message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER);
+CREATE TEMP TABLE IF NOT EXISTS stage_prompts (prompt_key TEXT, session_id TEXT, ts TEXT);
+CREATE TEMP TABLE IF NOT EXISTS stage_events (
+    event_id TEXT, session_id TEXT, event_type TEXT, tool_name TEXT, skill_name TEXT, subagent_type TEXT,
+    command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
+CREATE TEMP TABLE IF NOT EXISTS ingest_touched (kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (kind, key));
+DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
+DELETE FROM temp.stage_events; DELETE FROM temp.ingest_touched;
+"""
+_STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
+_STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+_STAGE_PROMPTS_SQL = "INSERT INTO temp.stage_prompts VALUES (?, ?, ?)"
+_STAGE_EVENTS_SQL = "INSERT INTO temp.stage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
-async def _insert_activity(conn, file_id: int, user_id: int, result: ParseResult) -> None:
-    await conn.executemany(
-        "INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, "
-        "output_tokens, cache_read_tokens, cache_creation_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(file_id, m.key, user_id, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation)
-         for m in result.messages])
-    await conn.executemany(
-        "INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts) VALUES (?, ?, ?, ?, ?)",
-        [(file_id, p.key, user_id, p.session_id, p.ts) for p in result.prompts])
-
-
-# The source is looked up inside the insert ('curated' wins over 'flea', otherwise 'builtin').
-# A copy of the same session in another file yields the same event ids: the latest
-# processing owns them, and they exist once.
-_INSERT_EVENT_SQL = """
+_FILE = "(SELECT file_id FROM temp.stage_file)"
+_USER = "(SELECT user_id FROM temp.stage_file)"
+# Keys the file contributes (run before the old rows go and after the new ones land), per kind:
+# m(essage), p(rompt), s(ession); their per-user deduplicated rows are then recomputed.
+_TOUCH = f"""
+INSERT OR IGNORE INTO temp.ingest_touched (kind, key)
+    SELECT 'm', message_key FROM activity_messages WHERE file_id = {_FILE}
+    UNION ALL SELECT 'p', prompt_key FROM activity_prompts WHERE file_id = {_FILE}
+    UNION ALL SELECT 's', session_id FROM activity_messages WHERE file_id = {_FILE}
+    UNION ALL SELECT 's', session_id FROM activity_prompts WHERE file_id = {_FILE}
+    UNION ALL SELECT 's', session_id FROM session_summaries WHERE file_id = {_FILE};
+"""
+_DIRTY_DAYS = f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events " \
+              f"WHERE file_id = {_FILE};"
+_WRITE_SCRIPT = f"""
+BEGIN IMMEDIATE;
+{_DIRTY_DAYS}
+{_TOUCH}
+DELETE FROM activity_messages WHERE file_id = {_FILE};
+DELETE FROM activity_prompts WHERE file_id = {_FILE};
+DELETE FROM usage_events WHERE file_id = {_FILE};
+INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, output_tokens,
+                               cache_read_tokens, cache_creation_tokens)
+    SELECT f.file_id, m.message_key, f.user_id, m.session_id, m.ts, m.i, m.o, m.cr, m.cc
+    FROM temp.stage_messages m, temp.stage_file f;
+INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts)
+    SELECT f.file_id, p.prompt_key, f.user_id, p.session_id, p.ts FROM temp.stage_prompts p, temp.stage_file f;
+-- A copy of the same session in another file yields the same event ids: the latest processing
+-- owns them, and they exist once. 'curated' attribution wins over 'flea'; unlisted is 'builtin'.
 INSERT OR REPLACE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
                                      subagent_type, command_name, source, ref_id, is_error, ts)
-SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(a.source, 'builtin'), a.ref_id, ?, ?
-FROM (SELECT 1) LEFT JOIN plugin_attribution a ON a.kind = ? AND a.name = ?
-ORDER BY a.source = 'curated' DESC LIMIT 1
-"""
-
-
-async def _insert_events(conn, file_id: int, user_id: int, result: ParseResult) -> set[str]:
-    await conn.executemany(_INSERT_EVENT_SQL, [
-        (e.event_id, file_id, user_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
-         e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for e in result.events])
-    return {e.ts[:10] for e in result.events}
-
-
-# Keys a file's rewrite touches (before and after), per kind: m(essage), p(rompt), s(ession).
-_TOUCHED_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS ingest_touched "
-                  "(kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID")
-_TOUCH_SQL = """
-INSERT OR IGNORE INTO temp.ingest_touched (kind, key)
-    SELECT 'm', message_key FROM activity_messages WHERE file_id = :file
-    UNION ALL SELECT 'p', prompt_key FROM activity_prompts WHERE file_id = :file
-    UNION ALL SELECT 's', session_id FROM activity_messages WHERE file_id = :file
-    UNION ALL SELECT 's', session_id FROM activity_prompts WHERE file_id = :file
-    UNION ALL SELECT 's', session_id FROM session_summaries WHERE file_id = :file
-"""
-# Recompute the per-user deduplicated rows of every touched key from all of the user's files.
-_REFRESH_SQL = (
-    "DELETE FROM user_messages WHERE user_id = :user AND message_key IN "
-    "(SELECT key FROM temp.ingest_touched WHERE kind = 'm')",
-    "INSERT INTO user_messages SELECT user_id, message_key, MIN(session_id), MIN(ts), MAX(input_tokens), "
-    "MAX(output_tokens), MAX(cache_read_tokens), MAX(cache_creation_tokens) FROM activity_messages "
-    "WHERE user_id = :user AND message_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'm') "
-    "GROUP BY message_key",
-    "DELETE FROM user_prompts WHERE user_id = :user AND prompt_key IN "
-    "(SELECT key FROM temp.ingest_touched WHERE kind = 'p')",
-    "INSERT INTO user_prompts SELECT user_id, prompt_key, MIN(session_id), MIN(ts) FROM activity_prompts "
-    "WHERE user_id = :user AND prompt_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'p') "
-    "GROUP BY prompt_key",
-    "DELETE FROM user_sessions WHERE user_id = :user AND session_id IN "
-    "(SELECT key FROM temp.ingest_touched WHERE kind = 's')",
-    """INSERT INTO user_sessions
-    SELECT :user, t.key, last_ts,
+    SELECT e.event_id, f.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
+           e.subagent_type, e.command_name,
+           COALESCE((SELECT a.source FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
+                     ORDER BY a.source = 'curated' DESC LIMIT 1), 'builtin'),
+           (SELECT a.ref_id FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
+            ORDER BY a.source = 'curated' DESC LIMIT 1),
+           e.is_error, e.ts
+    FROM temp.stage_events e, temp.stage_file f;
+INSERT OR REPLACE INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_COLS)}, processor_version,
+                                          extracted_at)
+    SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file;
+{_DIRTY_DAYS}
+{_TOUCH}
+DELETE FROM user_messages WHERE user_id = {_USER}
+    AND message_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'm');
+INSERT INTO user_messages
+    SELECT user_id, message_key, MIN(session_id), MIN(ts), MAX(input_tokens), MAX(output_tokens),
+           MAX(cache_read_tokens), MAX(cache_creation_tokens)
+    FROM activity_messages
+    WHERE user_id = {_USER} AND message_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'm')
+    GROUP BY message_key;
+DELETE FROM user_prompts WHERE user_id = {_USER}
+    AND prompt_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'p');
+INSERT INTO user_prompts
+    SELECT user_id, prompt_key, MIN(session_id), MIN(ts) FROM activity_prompts
+    WHERE user_id = {_USER} AND prompt_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'p')
+    GROUP BY prompt_key;
+DELETE FROM user_sessions WHERE user_id = {_USER}
+    AND session_id IN (SELECT key FROM temp.ingest_touched WHERE kind = 's');
+INSERT INTO user_sessions
+    SELECT {_USER}, t.key, t.last_ts,
            (SELECT s.project FROM session_summaries s
-            WHERE s.user_id = :user AND s.session_id = t.key AND s.project IS NOT NULL
+            WHERE s.user_id = {_USER} AND s.session_id = t.key AND s.project IS NOT NULL
             ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
     FROM (SELECT key, NULLIF(MAX(
-              COALESCE((SELECT MAX(ts) FROM user_messages WHERE user_id = :user AND session_id = key), ''),
-              COALESCE((SELECT MAX(ts) FROM user_prompts WHERE user_id = :user AND session_id = key), '')), '')
+              COALESCE((SELECT MAX(ts) FROM user_messages WHERE user_id = {_USER} AND session_id = key), ''),
+              COALESCE((SELECT MAX(ts) FROM user_prompts WHERE user_id = {_USER} AND session_id = key), '')), '')
               AS last_ts
           FROM temp.ingest_touched WHERE kind = 's') t
-    WHERE last_ts IS NOT NULL""",
-)
+    WHERE t.last_ts IS NOT NULL;
+UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
+       processor_version = f.version, items = f.items, last_error = NULL, failure_count = 0,
+       next_attempt_at = NULL, quarantined_at = NULL, processed_at = f.stamp
+    FROM temp.stage_file f WHERE session_files.id = f.file_id;
+COMMIT;
+"""
+
+
+def _summary_values(result: ParseResult) -> list:
+    s = result.summary
+    values = [getattr(s, c) for c in _SUMMARY_COLS]
+    values[1] = to_store(s.started_at) if s.started_at else None
+    values[2] = to_store(s.ended_at) if s.ended_at else None
+    return values
 
 
 async def write_result(db: Database, file_id: int, user_id: int, result: ParseResult, *, size: int,
                        mtime_ns: int, version: int, now: datetime) -> None:
-    """Replace everything one file contributes, in one transaction: all of it, or none of it."""
-    stamp = to_store(now)
-    s = result.summary
-    async with db.transaction() as conn:
-        days = {r[0] for r in await conn.execute_fetchall(
-            "SELECT DISTINCT substr(ts, 1, 10) FROM usage_events WHERE file_id = ?", (file_id,))}
-        await conn.execute(_TOUCHED_TABLE)
-        await conn.execute("DELETE FROM temp.ingest_touched")
-        await conn.execute(_TOUCH_SQL, {"file": file_id})  # what the file contributed before
-        for table in ("activity_messages", "activity_prompts", "usage_events"):
-            await conn.execute(f"DELETE FROM {table} WHERE file_id = ?", (file_id,))
-        await _insert_activity(conn, file_id, user_id, result)
-        days |= await _insert_events(conn, file_id, user_id, result)
-        values = [getattr(s, c) for c in _SUMMARY_COLS]
-        values[1] = to_store(s.started_at) if s.started_at else None
-        values[2] = to_store(s.ended_at) if s.ended_at else None
-        await conn.execute(_SUMMARY_SQL, (file_id, user_id, *values, version, stamp))
-        await conn.execute(_TOUCH_SQL, {"file": file_id})  # and what it contributes now
-        for sql in _REFRESH_SQL:
-            await conn.execute(sql, {"user": user_id})
-        await conn.executemany("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", [(d,) for d in days])
-        await conn.execute(
-            "UPDATE session_files SET size = ?, mtime_ns = ?, content_hash = ?, processor_version = ?, items = ?, "
-            "last_error = NULL, failure_count = 0, next_attempt_at = NULL, quarantined_at = NULL, processed_at = ? "
-            "WHERE id = ?", (size, mtime_ns, result.content_hash, version, result.lines, stamp, file_id))
+    """Replace everything one file contributes, in one transaction: all of it, or none of it.
+
+    That is its summary, activity and usage events, the per-user deduplicated rows of every
+    message, prompt and session it touches, the rollup days to rebuild, and its processor state.
+    """
+    async with db.writing() as conn:
+        await conn.executescript(_STAGING)
+        await conn.execute(_STAGE_FILE_SQL, (file_id, user_id, size, mtime_ns, result.content_hash, version,
+                                             result.lines, to_store(now), *_summary_values(result)))
+        await conn.executemany(_STAGE_MESSAGES_SQL, [
+            (m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation) for m in result.messages])
+        await conn.executemany(_STAGE_PROMPTS_SQL, [(p.key, p.session_id, p.ts) for p in result.prompts])
+        await conn.executemany(_STAGE_EVENTS_SQL, [
+            (e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type, e.command_name,
+             int(e.is_error), e.ts, *_attribution_key(e)) for e in result.events])
+        try:
+            await conn.executescript(_WRITE_SCRIPT)
+        except BaseException:
+            if conn.in_transaction:
+                await conn.rollback()
+            raise
 
 
 async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
