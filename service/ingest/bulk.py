@@ -15,6 +15,10 @@ from ..store import ingest as store
 from .processor import Outcome, Processor
 from .scanner import SUFFIXES
 
+# Files per write transaction in a bulk ingest: enough to share the commit's cost, small enough
+# that progress is visible and a failed batch is cheap to redo file by file.
+MAX_BATCH = 32
+
 
 @dataclass
 class Report:
@@ -63,25 +67,49 @@ def expand(paths: Iterable[str]) -> list[str]:
 async def ingest_paths(db: Database, user_id: int, paths: list[str], *, workers: int,
                        clock: Callable[[], datetime], max_failures: int = 5, force: bool = False,
                        progress: Callable[[Outcome], None] | None = None) -> Report:
-    """Register and process every file; parsing runs in ``workers`` processes, writes are serialised."""
+    """Register and process every file: parsing runs in ``workers`` processes while one writer
+    stores whatever has been parsed so far, many files to a transaction."""
     report = Report(files=len(paths))
     started = time.perf_counter()
-    processor = Processor(db, workers=workers, clock=clock, max_failures=max_failures)
-    ids = await store.register_files(db, user_id, paths, "cli", clock())
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for file_id in ids:
-        queue.put_nowait(file_id)
 
-    async def run() -> None:
-        while not queue.empty():
-            outcome = await processor.process(queue.get_nowait(), force=force)
-            report.add(outcome)
-            if progress is not None:
-                progress(outcome)
+    def done(outcome: Outcome) -> None:
+        report.add(outcome)
+        if progress is not None:
+            progress(outcome)
+
+    processor = Processor(db, workers=workers, clock=clock, max_failures=max_failures, on_outcome=done)
+    ids = await store.register_files(db, user_id, paths, "cli", clock())
+    todo: asyncio.Queue[int] = asyncio.Queue()
+    for file_id in ids:
+        todo.put_nowait(file_id)
+    parsed: asyncio.Queue[store.Parsed | None] = asyncio.Queue(maxsize=4 * MAX_BATCH)
+    parsers = max(1, workers) + 1  # one more than processes keeps every process busy
+
+    async def parse() -> None:
+        while not todo.empty():
+            item = await processor.prepare(todo.get_nowait(), force=force)
+            if isinstance(item, store.Parsed):
+                await parsed.put(item)
+        await parsed.put(None)
+
+    async def write() -> None:
+        finished = 0
+        while finished < parsers:
+            batch: list[store.Parsed] = []
+            item = await parsed.get()
+            while True:
+                if item is None:
+                    finished += 1
+                else:
+                    batch.append(item)
+                if parsed.empty() or len(batch) >= MAX_BATCH:
+                    break
+                item = parsed.get_nowait()
+            if batch:
+                await processor.commit(batch)
 
     try:
-        # One more task than processes keeps every process busy while a write is committing.
-        await asyncio.gather(*(run() for _ in range(max(1, workers) + 1)))
+        await asyncio.gather(write(), *(parse() for _ in range(parsers)))
     finally:
         processor.close()
     report.seconds = time.perf_counter() - started

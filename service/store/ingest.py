@@ -169,99 +169,101 @@ _SUMMARY_COLS = ("session_id", "started_at", "ended_at", "active_seconds", "wall
                  "project", "skipped_lines", "input_tokens", "output_tokens", "cache_read_tokens",
                  "cache_creation_tokens")
 
-# A file is written in two steps on the writer connection: its rows go into TEMP staging
+# Files are written in two steps on the writer connection: their rows go into TEMP staging
 # tables (private to the connection, cleared first), then one constant script applies
 # everything in a single transaction. That is a handful of round trips to the database
-# thread per file instead of one per statement, and the transaction is all-or-nothing.
+# thread per batch instead of one per statement, the transaction is all-or-nothing, and a
+# bulk ingest shares one commit among many files (the commit is the largest cost per file).
 _STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS stage_file (
-    file_id INTEGER, user_id INTEGER, size INTEGER, mtime_ns INTEGER, content_hash TEXT, version INTEGER,
-    items INTEGER, stamp TEXT, {", ".join(_SUMMARY_COLS)});
+    file_id INTEGER PRIMARY KEY, user_id INTEGER, size INTEGER, mtime_ns INTEGER, content_hash TEXT,
+    version INTEGER, items INTEGER, stamp TEXT, {", ".join(_SUMMARY_COLS)});
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
-    message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER);
-CREATE TEMP TABLE IF NOT EXISTS stage_prompts (prompt_key TEXT, session_id TEXT, ts TEXT);
+    file_id INTEGER, message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER);
+CREATE TEMP TABLE IF NOT EXISTS stage_prompts (file_id INTEGER, prompt_key TEXT, session_id TEXT, ts TEXT);
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
-    event_id TEXT, session_id TEXT, event_type TEXT, tool_name TEXT, skill_name TEXT, subagent_type TEXT,
-    command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
-CREATE TEMP TABLE IF NOT EXISTS ingest_touched (kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (kind, key));
+    file_id INTEGER, event_id TEXT, session_id TEXT, event_type TEXT, tool_name TEXT, skill_name TEXT,
+    subagent_type TEXT, command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
+CREATE TEMP TABLE IF NOT EXISTS ingest_touched (
+    user_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key));
 DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
 DELETE FROM temp.stage_events; DELETE FROM temp.ingest_touched;
 """
 _STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
-_STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?)"
-_STAGE_PROMPTS_SQL = "INSERT INTO temp.stage_prompts VALUES (?, ?, ?)"
-_STAGE_EVENTS_SQL = "INSERT INTO temp.stage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_STAGE_PROMPTS_SQL = "INSERT INTO temp.stage_prompts VALUES (?, ?, ?, ?)"
+_STAGE_EVENTS_SQL = "INSERT INTO temp.stage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
-_FILE = "(SELECT file_id FROM temp.stage_file)"
-_USER = "(SELECT user_id FROM temp.stage_file)"
-# Keys the file contributes (run before the old rows go and after the new ones land), per kind:
-# m(essage), p(rompt), s(ession); their per-user deduplicated rows are then recomputed.
+_FILES = "(SELECT file_id FROM temp.stage_file)"
+# Keys the files contribute (run before the old rows go and after the new ones land), per user
+# and kind: m(essage), p(rompt), s(ession); their per-user deduplicated rows are then recomputed.
 _TOUCH = f"""
-INSERT OR IGNORE INTO temp.ingest_touched (kind, key)
-    SELECT 'm', message_key FROM activity_messages WHERE file_id = {_FILE}
-    UNION ALL SELECT 'p', prompt_key FROM activity_prompts WHERE file_id = {_FILE}
-    UNION ALL SELECT 's', session_id FROM activity_messages WHERE file_id = {_FILE}
-    UNION ALL SELECT 's', session_id FROM activity_prompts WHERE file_id = {_FILE}
-    UNION ALL SELECT 's', session_id FROM session_summaries WHERE file_id = {_FILE};
+INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+    SELECT user_id, 'm', message_key FROM activity_messages WHERE file_id IN {_FILES}
+    UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts WHERE file_id IN {_FILES}
+    UNION ALL SELECT user_id, 's', session_id FROM activity_messages WHERE file_id IN {_FILES}
+    UNION ALL SELECT user_id, 's', session_id FROM activity_prompts WHERE file_id IN {_FILES}
+    UNION ALL SELECT user_id, 's', session_id FROM session_summaries WHERE file_id IN {_FILES};
 """
-_DIRTY_DAYS = f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events " \
-              f"WHERE file_id = {_FILE};"
+_DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
+               f"WHERE file_id IN {_FILES};")
 _WRITE_SCRIPT = f"""
 BEGIN IMMEDIATE;
 {_DIRTY_DAYS}
 {_TOUCH}
-DELETE FROM activity_messages WHERE file_id = {_FILE};
-DELETE FROM activity_prompts WHERE file_id = {_FILE};
-DELETE FROM usage_events WHERE file_id = {_FILE};
+DELETE FROM activity_messages WHERE file_id IN {_FILES};
+DELETE FROM activity_prompts WHERE file_id IN {_FILES};
+DELETE FROM usage_events WHERE file_id IN {_FILES};
 INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, output_tokens,
                                cache_read_tokens, cache_creation_tokens)
-    SELECT f.file_id, m.message_key, f.user_id, m.session_id, m.ts, m.i, m.o, m.cr, m.cc
-    FROM temp.stage_messages m, temp.stage_file f;
+    SELECT m.file_id, m.message_key, f.user_id, m.session_id, m.ts, m.i, m.o, m.cr, m.cc
+    FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id;
 INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts)
-    SELECT f.file_id, p.prompt_key, f.user_id, p.session_id, p.ts FROM temp.stage_prompts p, temp.stage_file f;
+    SELECT p.file_id, p.prompt_key, f.user_id, p.session_id, p.ts
+    FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id;
 -- A copy of the same session in another file yields the same event ids: the latest processing
 -- owns them, and they exist once. 'curated' attribution wins over 'flea'; unlisted is 'builtin'.
 INSERT OR REPLACE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
                                      subagent_type, command_name, source, ref_id, is_error, ts)
-    SELECT e.event_id, f.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
+    SELECT e.event_id, e.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
            e.subagent_type, e.command_name,
            COALESCE((SELECT a.source FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
                      ORDER BY a.source = 'curated' DESC LIMIT 1), 'builtin'),
            (SELECT a.ref_id FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
             ORDER BY a.source = 'curated' DESC LIMIT 1),
            e.is_error, e.ts
-    FROM temp.stage_events e, temp.stage_file f;
+    FROM temp.stage_events e JOIN temp.stage_file f ON f.file_id = e.file_id;
 INSERT OR REPLACE INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_COLS)}, processor_version,
                                           extracted_at)
     SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file;
 {_DIRTY_DAYS}
 {_TOUCH}
-DELETE FROM user_messages WHERE user_id = {_USER}
-    AND message_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'm');
+DELETE FROM user_messages
+    WHERE (user_id, message_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'm');
 INSERT INTO user_messages
     SELECT user_id, message_key, MIN(session_id), MIN(ts), MAX(input_tokens), MAX(output_tokens),
            MAX(cache_read_tokens), MAX(cache_creation_tokens)
     FROM activity_messages
-    WHERE user_id = {_USER} AND message_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'm')
-    GROUP BY message_key;
-DELETE FROM user_prompts WHERE user_id = {_USER}
-    AND prompt_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'p');
+    WHERE (user_id, message_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'm')
+    GROUP BY user_id, message_key;
+DELETE FROM user_prompts
+    WHERE (user_id, prompt_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'p');
 INSERT INTO user_prompts
     SELECT user_id, prompt_key, MIN(session_id), MIN(ts) FROM activity_prompts
-    WHERE user_id = {_USER} AND prompt_key IN (SELECT key FROM temp.ingest_touched WHERE kind = 'p')
-    GROUP BY prompt_key;
-DELETE FROM user_sessions WHERE user_id = {_USER}
-    AND session_id IN (SELECT key FROM temp.ingest_touched WHERE kind = 's');
+    WHERE (user_id, prompt_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'p')
+    GROUP BY user_id, prompt_key;
+DELETE FROM user_sessions
+    WHERE (user_id, session_id) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 's');
 INSERT INTO user_sessions
-    SELECT {_USER}, t.key, t.last_ts,
+    SELECT t.user_id, t.key, t.last_ts,
            (SELECT s.project FROM session_summaries s
-            WHERE s.user_id = {_USER} AND s.session_id = t.key AND s.project IS NOT NULL
+            WHERE s.user_id = t.user_id AND s.session_id = t.key AND s.project IS NOT NULL
             ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
-    FROM (SELECT key, NULLIF(MAX(
-              COALESCE((SELECT MAX(ts) FROM user_messages WHERE user_id = {_USER} AND session_id = key), ''),
-              COALESCE((SELECT MAX(ts) FROM user_prompts WHERE user_id = {_USER} AND session_id = key), '')), '')
-              AS last_ts
-          FROM temp.ingest_touched WHERE kind = 's') t
+    FROM (SELECT x.user_id, x.key, NULLIF(MAX(
+              COALESCE((SELECT MAX(ts) FROM user_messages m WHERE m.user_id = x.user_id AND m.session_id = x.key), ''),
+              COALESCE((SELECT MAX(ts) FROM user_prompts p WHERE p.user_id = x.user_id AND p.session_id = x.key), '')),
+              '') AS last_ts
+          FROM temp.ingest_touched x WHERE x.kind = 's') t
     WHERE t.last_ts IS NOT NULL;
 UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
        processor_version = f.version, items = f.items, last_error = NULL, failure_count = 0,
@@ -279,29 +281,51 @@ def _summary_values(result: ParseResult) -> list:
     return values
 
 
-async def write_result(db: Database, file_id: int, user_id: int, result: ParseResult, *, size: int,
-                       mtime_ns: int, version: int, now: datetime) -> None:
-    """Replace everything one file contributes, in one transaction: all of it, or none of it.
+@dataclass(frozen=True)
+class Parsed:
+    """One parsed file ready to be stored: which file, whose, its stat and its parse result."""
 
-    That is its summary, activity and usage events, the per-user deduplicated rows of every
-    message, prompt and session it touches, the rollup days to rebuild, and its processor state.
+    file_id: int
+    user_id: int
+    result: ParseResult
+    size: int
+    mtime_ns: int
+    version: int
+
+
+async def write_results(db: Database, batch: list[Parsed], now: datetime) -> None:
+    """Replace everything the files contribute, in one transaction: all of it, or none of it.
+
+    That is their summaries, activity and usage events, the per-user deduplicated rows of
+    every message, prompt and session they touch, the rollup days to rebuild, and their
+    processor state. A file may appear once per batch.
     """
+    stamp = to_store(now)
     async with db.writing() as conn:
         await conn.executescript(_STAGING)
-        await conn.execute(_STAGE_FILE_SQL, (file_id, user_id, size, mtime_ns, result.content_hash, version,
-                                             result.lines, to_store(now), *_summary_values(result)))
+        await conn.executemany(_STAGE_FILE_SQL, [
+            (p.file_id, p.user_id, p.size, p.mtime_ns, p.result.content_hash, p.version, p.result.lines, stamp,
+             *_summary_values(p.result)) for p in batch])
         await conn.executemany(_STAGE_MESSAGES_SQL, [
-            (m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation) for m in result.messages])
-        await conn.executemany(_STAGE_PROMPTS_SQL, [(p.key, p.session_id, p.ts) for p in result.prompts])
+            (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation)
+            for p in batch for m in p.result.messages])
+        await conn.executemany(_STAGE_PROMPTS_SQL, [
+            (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
         await conn.executemany(_STAGE_EVENTS_SQL, [
-            (e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type, e.command_name,
-             int(e.is_error), e.ts, *_attribution_key(e)) for e in result.events])
+            (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
+             e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
         try:
             await conn.executescript(_WRITE_SCRIPT)
         except BaseException:
             if conn.in_transaction:
                 await conn.rollback()
             raise
+
+
+async def write_result(db: Database, file_id: int, user_id: int, result: ParseResult, *, size: int,
+                       mtime_ns: int, version: int, now: datetime) -> None:
+    """write_results for one file."""
+    await write_results(db, [Parsed(file_id, user_id, result, size, mtime_ns, version)], now)
 
 
 async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
