@@ -7,6 +7,8 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,11 +24,30 @@ from .records import ParseResult
 logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF = timedelta(seconds=30)
+PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still runs
 
 
 def parse_job(path: str, file_key: str, received_at: datetime) -> ParseResult:
     """Runs in a worker process (or thread): the CPU-heavy part of processing."""
     return parse_file(path, file_key=file_key, received_at=received_at)
+
+
+def exit_with_service(service_pid: int) -> None:
+    """Pool initializer: the parse process exits soon after the service process is gone.
+
+    A parse process is a child of the forkserver, which a SIGKILLed service leaves behind,
+    and nothing in the pool notices the loss: without this watch the parse process, the
+    forkserver and the resource tracker would all live on, idle, forever.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            try:
+                os.kill(service_pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone (PermissionError: the pid was reused)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-service", daemon=True).start()
 
 
 def hash_job(path: str) -> str:
@@ -67,7 +88,8 @@ class Processor:
     def _pool(self) -> Executor | None:
         if self.workers > 0 and self._executor is None:
             # forkserver: never fork a process that has an event loop and database threads.
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
+                                                 initializer=exit_with_service, initargs=(os.getpid(),))
         return self._executor
 
     async def _run(self, fn, *args):
@@ -91,24 +113,56 @@ class Processor:
 
     async def process(self, file_id: int, *, force: bool = False) -> Outcome:
         """Bring one file's stored numbers up to date with its content; never raises for a bad file."""
+        prepared = await self.prepare(file_id, force=force)
+        if isinstance(prepared, Outcome):
+            return prepared
+        return (await self.commit([prepared]))[0]
+
+    async def prepare(self, file_id: int, *, force: bool = False) -> store.Parsed | Outcome:
+        """Parse a file off the event loop, or say why there is nothing to write (never raises for a bad file)."""
         try:
-            outcome = await self._process(file_id, force)
+            return await self._prepare(file_id, force)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the worker
-            logger.warning("processing failed: %s", exc, extra={"file_id": file_id}, exc_info=True)
-            quarantined = await store.record_failure(
-                self.db, file_id, f"{type(exc).__name__}: {exc}", self.clock(),
-                max_failures=self.max_failures, backoff=RETRY_BACKOFF)
-            outcome = Outcome(file_id, "quarantined" if quarantined else "failed", error=str(exc))
+            return await self._failed(file_id, exc)
+
+    async def commit(self, batch: list[store.Parsed]) -> list[Outcome]:
+        """Store parsed files in one transaction; if that fails, store them one by one so a bad
+        file fails alone."""
+        try:
+            await store.write_results(self.db, batch, self.clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate the file that broke the batch
+            if len(batch) == 1:
+                return [await self._failed(batch[0].file_id, exc)]
+            return [outcome for p in batch for outcome in await self.commit([p])]
+        outcomes = [Outcome(p.file_id, "processed", lines=p.result.lines, skipped=p.result.summary.skipped_lines,
+                            bytes=p.result.bytes_read) for p in batch]
+        for outcome in outcomes:
+            self._report(outcome)
+        return outcomes
+
+    def _report(self, outcome: Outcome) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+
+    async def _failed(self, file_id: int, exc: Exception) -> Outcome:
+        logger.warning("processing failed: %s", exc, extra={"file_id": file_id}, exc_info=True)
+        quarantined = await store.record_failure(
+            self.db, file_id, f"{type(exc).__name__}: {exc}", self.clock(),
+            max_failures=self.max_failures, backoff=RETRY_BACKOFF)
+        outcome = Outcome(file_id, "quarantined" if quarantined else "failed", error=str(exc))
+        self._report(outcome)
         return outcome
 
-    async def _process(self, file_id: int, force: bool) -> Outcome:
+    async def _prepare(self, file_id: int, force: bool) -> store.Parsed | Outcome:
         state = await store.get_file(self.db, file_id)
         if state is None:
-            return Outcome(file_id, "gone")
+            outcome = Outcome(file_id, "gone")
+            self._report(outcome)
+            return outcome
         st = os.stat(state.path)
         version = ingest.USAGE_PROCESSOR_VERSION
         if (not force and state.content_hash and state.processor_version >= version
@@ -116,11 +170,10 @@ class Processor:
             # Touched but maybe not changed: a hash is much cheaper than a parse and a rewrite.
             if await self._run(hash_job, state.path) == state.content_hash:
                 await store.mark_unchanged(self.db, file_id, st.st_size, st.st_mtime_ns, self.clock())
-                return Outcome(file_id, "unchanged", bytes=st.st_size)
+                outcome = Outcome(file_id, "unchanged", bytes=st.st_size)
+                self._report(outcome)
+                return outcome
         received_at = from_store(state.received_at)
         result: ParseResult = await self._run(parse_job, state.path, str(file_id), received_at)
-        await store.write_result(self.db, file_id, state.user_id, result, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                 version=version, now=self.clock())
-        logger.debug("processed", extra={"file_id": file_id, "file": state.path, "lines": result.lines})
-        return Outcome(file_id, "processed", lines=result.lines, skipped=result.summary.skipped_lines,
-                       bytes=result.bytes_read)
+        logger.debug("parsed", extra={"file_id": file_id, "file": state.path, "lines": result.lines})
+        return store.Parsed(file_id, state.user_id, result, st.st_size, st.st_mtime_ns, version)
