@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from . import keys
+from .errors import AppError
 from .store import stats
 from .store.users import User
 from .timeutil import to_api
@@ -18,6 +19,19 @@ _encoder = msgspec.json.Encoder()
 def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=_encoder.encode(data), status=status, content_type="application/json",
                         headers=headers)
+
+
+def require_json(request: web.Request) -> None:
+    """A JSON endpoint refuses a body declared as another type (415).
+
+    No Content-Type, or application/octet-stream (what HTTP clients send for "no type"),
+    is fine. text/plain is what a cross-site form or sendBeacon can send without a CORS
+    preflight: such a body is never taken for JSON, whatever the cookie and CSRF checks say.
+    """
+    ctype = request.content_type  # application/octet-stream when the header is missing
+    if ctype in ("application/json", "application/octet-stream") or ctype.endswith("+json"):
+        return
+    raise AppError(415, f"Send the body as application/json, not {ctype}.", "unsupported_media_type")
 
 
 class Profile(msgspec.Struct):

@@ -16,6 +16,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from . import keys
 from .config import Settings
+from .errors import AppError
 from .store import users
 from .store.users import User
 
@@ -77,7 +78,9 @@ def _bearer(request: web.Request) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer":
         return ""
-    return value.strip()
+    value = value.strip()
+    # Tokens are ASCII; other bytes arrive as surrogate escapes that would not even hash.
+    return value if value.isascii() else ""
 
 
 def _from_trusted_proxy(request: web.Request, settings: Settings) -> bool:
@@ -117,6 +120,8 @@ async def identify(request: web.Request) -> Identity | None:
     settings = app[keys.SETTINGS]
     if _from_trusted_proxy(request, settings):
         email = request.headers.get(settings.proxy_header, "").strip()
+        if email and not _is_text(email):
+            return None
         if email:
             user = await users.get_user_by_email(db, email)
             return Identity(user, "proxy", "proxy") if user else None
@@ -135,7 +140,18 @@ async def identify(request: web.Request) -> Identity | None:
     return None
 
 
+def _is_text(value: str) -> bool:
+    """False for a header value carrying bytes that are not UTF-8 (aiohttp keeps them as surrogate escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _load_cookie(signer: URLSafeTimedSerializer, raw: str, max_age: int) -> dict[str, Any] | None:
+    if not raw.isascii():  # a signed value is ASCII; anything else is not ours
+        return None
     try:
         data = signer.loads(raw, max_age=max_age)
     except BadSignature:
@@ -155,10 +171,19 @@ async def check_csrf(request: web.Request, identity: Identity) -> bool:
     expected = csrf_token(request.app[keys.SECRET], identity.user.id, identity.nonce)
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
+        form = await read_form(request)
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
-    return sent is not None and hmac.compare_digest(sent, expected)
+    # compare_digest raises TypeError on non-ASCII text; a real token is hex.
+    return sent is not None and sent.isascii() and hmac.compare_digest(sent, expected)
+
+
+async def read_form(request: web.Request):
+    """request.post(), with a body that is not form data in UTF-8 answered 400 rather than 500."""
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise AppError(400, "The form body is malformed or not UTF-8.", "bad_form") from None
 
 
 def request_csrf_token(request: web.Request) -> str:

@@ -9,8 +9,8 @@ import msgspec
 from aiohttp import web
 
 from . import keys
-from .api import json
-from .auth import CSRF_FIELD
+from .api import json, require_json
+from .auth import CSRF_FIELD, read_form
 from .errors import AppError
 from .store import users
 
@@ -46,6 +46,7 @@ def _invalid(exc: msgspec.ValidationError) -> AppError:
 
 
 async def _decode_json(request: web.Request) -> OnboardedBody:
+    require_json(request)
     raw = await request.read()
     if not raw.strip():
         return OnboardedBody()
@@ -53,14 +54,14 @@ async def _decode_json(request: web.Request) -> OnboardedBody:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 in a string: UnicodeDecodeError
         raise AppError(400, f"Invalid JSON body: {exc}", "invalid_json") from None
 
 
 async def _decode_form(request: web.Request) -> OnboardedBody:
     # The /home buttons are plain forms so they work without JavaScript; the CSRF field
     # was already checked by the auth middleware and is not part of the body's schema.
-    form = await request.post()
+    form = await read_form(request)
     fields = {key: form[key] for key in form if key != CSRF_FIELD}
     if not all(isinstance(value, str) for value in fields.values()):
         raise AppError(400, "Invalid request body: file fields are not accepted", "invalid_body")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, health, metrics, onboarding, sync, upload, views
+from . import api, health, metrics, onboarding, openapi, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -36,6 +36,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get("/api/welcome", sync.welcome)
     r.add_post("/api/upload/local-md", sync.upload_local_md)
     r.add_get("/cli/latest", sync.cli_latest)
+    r.add_get("/api/openapi.json", openapi.openapi_json)
 
     if static_dir.is_dir():
         r.add_static("/static", static_dir, name="static", append_version=True)

@@ -14,11 +14,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import keys
-from .api import json
+from .api import json, require_json
 from .auth import public
 from .errors import AppError
 from .store import tables, users
 from .timeutil import to_api, utcnow
+from .views import server_url
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +180,6 @@ _welcome_env = jinja2.Environment(  # plain text (Markdown) returned inside JSON
     autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
-def server_url(request: web.Request) -> str:
-    configured = request.app[keys.SETTINGS].public_url
-    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
-
-
 async def welcome(request: web.Request) -> web.Response:
     """GET /api/welcome?server_url=: the CLAUDE.md for the analyst's new workspace."""
     url = request.query.get("server_url", "").strip()
@@ -196,6 +192,7 @@ async def welcome(request: web.Request) -> web.Response:
 
 async def upload_local_md(request: web.Request) -> web.Response:
     """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md."""
+    require_json(request)
     body = await request.read() if (request.content_length or 0) <= MAX_LOCAL_MD else None
     if body is None or len(body) > MAX_LOCAL_MD:
         raise AppError(413, "local-md content is limited to 1 MB.", "payload_too_large")
@@ -203,7 +200,7 @@ async def upload_local_md(request: web.Request) -> web.Response:
         doc = msgspec.json.decode(body, type=LocalMd)
     except msgspec.ValidationError as exc:
         raise AppError(400, f"Invalid body: {exc}", "invalid_body") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # invalid UTF-8 inside a string is not a DecodeError
         raise AppError(400, "Body must be JSON: {\"content\": \"<text>\"}.", "invalid_json") from None
     await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, doc.content)
     return json({"status": "ok", "size": len(doc.content.encode())})

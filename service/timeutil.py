@@ -22,7 +22,10 @@ def to_store(dt: datetime) -> str:
     """Format an aware (or naive, taken as UTC) datetime in the storage format."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime(_STORE_FMT)
+    dt = dt.astimezone(UTC)
+    # strftime's %Y does not pad years below 1000 on glibc ("999-01-01..."), which would break
+    # the fixed width that text ordering relies on; format the year by hand.
+    return f"{dt.year:04d}" + dt.strftime(_STORE_FMT.removeprefix("%Y"))
 
 
 def from_store(value: str | None) -> datetime | None:

@@ -46,6 +46,7 @@ class _Sink:
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in finish/abort
         self._inflate: zlib._Decompress | None = None
         self._first = True
+        self._head = b""  # the first decompressed bytes, to refuse a gzip inside the gzip
 
     def write(self, chunk: bytes) -> None:
         self.raw += len(chunk)
@@ -58,16 +59,35 @@ class _Sink:
         if self._inflate is None:
             self._emit(chunk)
             return
-        data = chunk
-        while data:
+        try:
+            self._gunzip(chunk)
+        except zlib.error:
+            raise AppError(400, "The gzip upload is corrupt.", "bad_gzip") from None
+
+    def _gunzip(self, data: bytes) -> None:
+        """Inflate in bounded steps; concatenated members are one stream, as `gzip -d` reads them."""
+        inflate = self._inflate
+        assert inflate is not None
+        while True:
+            if inflate.eof:
+                if not data:
+                    return
+                inflate = self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
             # max_length bounds each step, so a gzip bomb never inflates past the cap in memory.
-            out = self._inflate.decompress(data, CHUNK)
+            out = inflate.decompress(data, CHUNK)
             self._emit(out)
-            data = self._inflate.unconsumed_tail
-            if self._inflate.eof:
-                break
+            data = inflate.unused_data if inflate.eof else inflate.unconsumed_tail
+            # A full step may leave output inside zlib even when the input is used up.
+            if not data and (inflate.eof or len(out) < CHUNK):
+                return
 
     def _emit(self, data: bytes) -> None:
+        if self._inflate is not None and len(self._head) < len(GZIP_MAGIC):
+            self._head += data[: len(GZIP_MAGIC) - len(self._head)]
+            if self._head == GZIP_MAGIC:
+                # The parser would inflate the stored file again, past every size cap: a few KB
+                # of nested gzip would keep the ingest worker busy for minutes.
+                raise AppError(400, "A gzip upload must hold a transcript, not another gzip file.", "nested_gzip")
         self.size += len(data)
         if self.size > self.cap:
             raise AppError(413, f"Upload exceeds the {self.cap // (1024 * 1024)} MB limit once decompressed.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from typing import Any, Callable
 
@@ -10,7 +11,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from . import keys
-from .auth import clear_session_cookie, public, request_csrf_token, set_session_cookie
+from .auth import clear_session_cookie, public, read_form, request_csrf_token, set_session_cookie
 from .store import stats, users
 from .timeutil import from_store, to_api
 
@@ -72,10 +73,22 @@ def template_filters() -> dict[str, Callable[..., Any]]:
     return {"abbreviate": abbreviate, "grouped": grouped, "reltime": reltime, "utc_label": utc_label}
 
 
+_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
 def server_url(request: web.Request) -> str:
-    """What analysts pass to `agnes init --server-url`: the configured public URL, else this request's origin."""
-    configured = request.app[keys.SETTINGS].public_url
-    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+    """What analysts pass to `agnes init --server-url`: the configured public URL, else this request's origin.
+
+    The Host header is the client's to choose: one that is not a host name (markup, bytes that are
+    not UTF-8) is not echoed into pages or JSON; the configured listen address stands in.
+    """
+    settings = request.app[keys.SETTINGS]
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = request.host
+    if not _HOST.fullmatch(host):
+        host = f"{settings.host}:{settings.port}"
+    return f"{request.scheme}://{host}"
 
 
 def _safe_next(value: str | None) -> str:
@@ -98,7 +111,7 @@ async def login_page(request: web.Request) -> web.Response:
 
 @public
 async def login_submit(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await read_form(request)
     token = str(form.get("token", "")).strip()
     target = _safe_next(str(form.get("next", "")) or None)
     found = await users.authenticate(request.app[keys.DB], token) if token else None

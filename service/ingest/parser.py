@@ -291,8 +291,8 @@ def _loose_line(line: memoryview) -> _Line | None:
     """Tolerant decode for lines the strict view rejects; None when the line must be skipped."""
     try:
         loose = _decode_loose(line)
-    except msgspec.ValidationError:
-        return None  # not a JSON object
+    except (msgspec.ValidationError, RecursionError):
+        return None  # not a JSON object, or nested too deep to read
     except (msgspec.DecodeError, UnicodeDecodeError):
         # msgspec refuses lone surrogate escapes ("\ud83d"), which RFC 8259 allows and Node
         # writes when it cuts a string between the halves of a pair: ask Python's json.
@@ -305,7 +305,10 @@ def _loose_line(line: memoryview) -> _Line | None:
             return None
         if not isinstance(obj, dict):
             return None
-        loose = msgspec.convert(obj, _LooseLine)
+        try:
+            loose = msgspec.convert(obj, _LooseLine)
+        except RecursionError:
+            return None
     raw_msg = loose.message
     message: _Message | UnsetType
     if raw_msg is UNSET:
@@ -449,6 +452,8 @@ class _FileState:
                         rec = decode(line)
                     except msgspec.DecodeError:  # ValidationError included
                         rec = _BLANK if bytes(line).isspace() else _loose_line(line)
+                    except RecursionError:  # nested deeper than the decoder follows: a bad line
+                        rec = None
                 if rec is None:
                     lines += 1
                     skipped += 1
@@ -691,10 +696,11 @@ class _FileState:
             prompts=len(prompt_rows),
             project=self.project,
             skipped_lines=self.skipped,
-            input_tokens=totals[0],
-            output_tokens=totals[1],
-            cache_read_tokens=totals[2],
-            cache_creation_tokens=totals[3],
+            # Saturating: two absurd (but int64) counters must not overflow the summary row.
+            input_tokens=min(totals[0], _INT64_MAX),
+            output_tokens=min(totals[1], _INT64_MAX),
+            cache_read_tokens=min(totals[2], _INT64_MAX),
+            cache_creation_tokens=min(totals[3], _INT64_MAX),
         )
         return ParseResult(
             summary=summary,

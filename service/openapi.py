@@ -1,0 +1,258 @@
+"""The OpenAPI 3.1 description of the JSON API, served at GET /api/openapi.json.
+
+Written as data, by hand, so it states the contract precisely (enums, bounds, the
+error shape) rather than whatever the code happens to emit; tests/test_openapi.py
+checks it against the registered routes, the response Structs and real responses,
+and fuzzes the live server with it (schemathesis).
+
+It is public: it describes the contract, holds no user data, and a client or tool
+needs it before it has a token (like /cli/latest).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .auth import public
+from .store.tables import TABLE_ID
+from .upload import FILE_NAME
+
+# ISO 8601 UTC as timeutil.to_api writes it: 2026-11-21T12:00:00Z or ...12:00:00.400Z.
+TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$"}
+COUNT = {"type": "integer", "minimum": 0}
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _error(description: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{description}"}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None, *, closed: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties,
+                              "required": list(properties) if required is None else required}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {**_obj({"detail": {"type": "string",
+                                 "description": "A message for a person (the agnes client prints it)."},
+                      "code": {"type": "string", "pattern": "^[a-z_]+$", "description": "A machine code."}}),
+              "description": "The one error body of every /api route."},
+    "Profile": _obj({"id": {"type": "integer", "minimum": 1}, "email": {"type": "string"}, "name": {"type": "string"},
+                     "onboarded": {"type": "boolean"},
+                     "last_pull_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}}),
+    "Tokens": _obj({"input": COUNT, "output": COUNT, "cache_read": COUNT, "cache_creation": COUNT, "total": COUNT}),
+    "HomeStats": _obj({"window": {"enum": ["24h", "7d"]},
+                       "last_pull_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+                       "sessions": COUNT, "prompts": COUNT, "tokens": _ref("Tokens"), "projects": COUNT}),
+    "OnboardedBody": {**_obj({"source": {"enum": ["agnes_init", "self_acknowledged", "self_unmark"],
+                                         "default": "agnes_init"},
+                              "onboarded": {"type": "boolean", "default": True}}, []),
+                      "description": "Both fields optional: `{}` or no body at all means agnes_init, true."},
+    "OnboardedResult": _obj({"status": {"const": "ok"}, "onboarded": {"type": "boolean"}}),
+    "UploadResult": _obj({"status": {"const": "ok"}, "filename": {"type": "string", "pattern": FILE_NAME.pattern},
+                          "size": COUNT}),
+    "ManifestTable": _obj({"hash": {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "md5 of the file"},
+                           "updated": TIMESTAMP, "size_bytes": COUNT, "rows": COUNT,
+                           "query_mode": {"enum": ["local", "remote"]}, "source_type": {"type": "string"}}),
+    "Manifest": _obj({"tables": {"type": "object", "additionalProperties": _ref("ManifestTable"),
+                                 "propertyNames": {"pattern": TABLE_ID.pattern}},
+                      "assets": {"type": "object", "additionalProperties": {"type": "string"}},
+                      "server_time": TIMESTAMP}),
+    "CatalogTable": _obj({"id": {"type": "string", "pattern": TABLE_ID.pattern}, "rows": COUNT,
+                          "query_mode": {"enum": ["local", "remote"]}, "source_type": {"type": "string"}}),
+    "Catalog": _obj({"tables": {"type": "array", "items": _ref("CatalogTable")}}),
+    "MemoryItem": _obj({"id": {"type": "string"}, "title": {"type": "string"}, "content": {"type": "string"},
+                        "domain": {"type": ["string", "null"]}, "category": {"type": ["string", "null"]}},
+                       ["id", "title", "content"]),
+    "MemoryBundle": _obj({"mandatory": {"type": "array", "items": _ref("MemoryItem")},
+                          "approved": {"type": "array", "items": _ref("MemoryItem")}}),
+    "Welcome": _obj({"content": {"type": "string", "description": "CLAUDE.md text for the analyst's workspace."}}),
+    "LocalMd": _obj({"content": {"type": "string"}}),
+    "LocalMdResult": _obj({"status": {"const": "ok"}, "size": COUNT}),
+    "CliLatest": _obj({"version": {"type": ["string", "null"]}}),
+    "Health": _obj({"status": {"const": "ok"}}),
+    "Ready": _obj({"status": {"const": "ok"},
+                   "checks": {"type": "object", "additionalProperties": {"const": "ok"}}}),
+    "NotReady": _obj({"status": {"const": "unavailable"}, "detail": {"type": "string"}, "code": {"const": "not_ready"},
+                      "failed": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                      "checks": {"type": "object", "additionalProperties": {"type": "string"}}}),
+}
+
+_ERROR = {JSON: {"schema": _ref("Error")}}
+RESPONSES: dict[str, Any] = {
+    "BadRequest": {"description": "Invalid input; `detail` says what and where.", "content": _ERROR},
+    "Unauthorized": {"description": "Missing, malformed, unknown or revoked credential.", "content": _ERROR,
+                     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}},
+    "Forbidden": {"description": "A cookie-authenticated state change without the page's CSRF token or from "
+                                 "another origin.", "content": _ERROR},
+    "NotFound": {"description": "Nothing here for this caller.", "content": _ERROR},
+    "TooLarge": {"description": "The body exceeds the limit.", "content": _ERROR},
+    "UnsupportedMediaType": {"description": "The body is not JSON.", "content": _ERROR},
+}
+
+_AUTH_ERRORS = {"401": _error("Unauthorized")}
+_WRITE_ERRORS = {"401": _error("Unauthorized"), "403": _error("Forbidden")}
+_RANGE = {"Content-Length": {"schema": {"type": "integer", "minimum": 0}},
+          "Accept-Ranges": {"schema": {"const": "bytes"}},
+          "ETag": {"schema": {"type": "string"}}}
+
+
+def _get(operation_id: str, summary: str, responses: dict[str, Any], *, tag: str = "me",
+         parameters: list | None = None, public_route: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": [tag], "responses": responses}
+    if parameters:
+        op["parameters"] = parameters
+    if public_route:
+        op["security"] = []
+    else:
+        op["responses"] = {**responses, **_AUTH_ERRORS}
+    return op
+
+
+_profile = _get("getProfile", "The caller's profile.", {"200": _json(_ref("Profile"), "The profile.")})
+_download_params = [
+    {"name": "table_id", "in": "path", "required": True, "schema": {"type": "string"},
+     "description": f"A table id ({TABLE_ID.pattern}); any other value is a 404."},
+    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "One byte range, e.g. bytes=0-0."},
+]
+_download_responses = {
+    "200": {"description": "The whole file (no Content-Encoding).", "headers": _RANGE,
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                "contentMediaType": "application/octet-stream"}}}},
+    "206": {"description": "The requested range.",
+            "headers": {**_RANGE, "Content-Range": {"schema": {"type": "string"}}},
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                "contentMediaType": "application/octet-stream"}}}},
+    "404": _error("NotFound"),
+    "416": {"description": "The range is outside the file (empty body, Content-Range: bytes */size)."},
+}
+
+PATHS: dict[str, Any] = {
+    "/api/me": {"get": _profile},
+    "/api/me/profile": {"get": {**_profile, "operationId": "getProfileAlias",
+                                "summary": "The caller's profile (what `agnes onboarded status` reads)."}},
+    "/api/me/home-stats": {"get": _get(
+        "getHomeStats", "The status frame numbers for a window.",
+        {"200": _json(_ref("HomeStats"), "Activity inside the window; zeros and null for a user without data.")},
+        parameters=[{"name": "window", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "24h or 7d; anything else (or nothing) means 24h, not an error."}])},
+    "/api/me/onboarded": {"post": {
+        "operationId": "setOnboarded", "summary": "Mark the caller onboarded or offboarded (idempotent, audited).",
+        "tags": ["me"],
+        "requestBody": {"required": False, "content": {
+            JSON: {"schema": _ref("OnboardedBody")},
+            "application/x-www-form-urlencoded": {"schema": {
+                **_obj({"source": {"enum": ["agnes_init", "self_acknowledged", "self_unmark"]},
+                        "onboarded": {"enum": ["true", "false"]}, "csrf_token": {"type": "string"}}, [])},
+                "description": "The /home buttons; answered with 303 to /home. A cookie sign-in must send the "
+                               "page's csrf_token (a bearer token needs none)."}}},
+        "responses": {"200": _json(_ref("OnboardedResult"), "The new state."),
+                      "303": {"description": "Form posts from /home go back to /home."},
+                      "400": _error("BadRequest"), "404": _error("NotFound"), "413": _error("TooLarge"),
+                      "415": _error("UnsupportedMediaType"), **_WRITE_ERRORS}}},
+    "/api/upload/sessions": {"post": {
+        "operationId": "uploadSession", "summary": "Upload one transcript (plain or gzip); processed right away.",
+        "tags": ["ingest"],
+        "requestBody": {"required": True, "content": {"multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+                "file": {"type": "string", "contentMediaType": "application/octet-stream",
+                         "description": f"A transcript, plain or gzip. File name must match {FILE_NAME.pattern} "
+                                        "and not start with a dot; a .gz name or gzip content is stored "
+                                        "decompressed (a gzip inside the gzip is refused)."}}}}}},
+        "responses": {"200": _json(_ref("UploadResult"), "Stored; a re-upload of a grown file replaces it."),
+                      "400": _error("BadRequest"), "413": _error("TooLarge"), **_WRITE_ERRORS}}},
+    "/api/upload/local-md": {"post": {
+        "operationId": "uploadLocalMd", "summary": "Keep the analyst's local CLAUDE.md (at most 1 MB).",
+        "tags": ["sync"],
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("LocalMd")}}},
+        "responses": {"200": _json(_ref("LocalMdResult"), "Stored."), "400": _error("BadRequest"),
+                      "413": _error("TooLarge"), "415": _error("UnsupportedMediaType"), **_WRITE_ERRORS}}},
+    "/api/sync/manifest": {"get": _get(
+        "getManifest", "The tables the caller may read; stamps the caller's last pull.",
+        {"200": _json(_ref("Manifest"), "The manifest.")}, tag="sync")},
+    "/api/data/{table_id}/download": {
+        "get": _get("downloadTable", "A table's file, with single Range requests and an ETag.",
+                    _download_responses, tag="sync", parameters=_download_params),
+        "head": _get("probeTable", "Content-Length and Accept-Ranges of a table's file (no body).",
+                     {"200": {"description": "The file's headers.", "headers": _RANGE},
+                      "206": {"description": "The range's headers.", "headers": _RANGE},
+                      "404": {"description": "Not a table this caller may read."},
+                      "416": {"description": "The range is outside the file."}},
+                     tag="sync", parameters=_download_params),
+    },
+    "/api/catalog/tables": {"get": _get("getCatalog", "The caller's tables (`agnes init` proves its token here).",
+                                        {"200": _json(_ref("Catalog"), "The tables.")}, tag="sync")},
+    "/api/memory/bundle": {"get": _get("getMemoryBundle", "Memory rules `agnes pull` fetches (lists may be empty).",
+                                       {"200": _json(_ref("MemoryBundle"), "The rules.")}, tag="sync")},
+    "/api/initial-workspace": {"get": _get("getInitialWorkspace", "No initial workspace is configured: always 404.",
+                                           {"404": _error("NotFound")}, tag="sync")},
+    "/api/welcome": {"get": _get(
+        "getWelcome", "The CLAUDE.md text for the analyst's new workspace.",
+        {"200": _json(_ref("Welcome"), "The text.")}, tag="sync",
+        parameters=[{"name": "server_url", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "The URL `agnes init` was given; anything not http(s) is replaced by this "
+                                    "server's public URL."}])},
+    "/api/openapi.json": {"get": _get("getOpenApi", "This document.",
+                                      {"200": _json({"type": "object", "required": ["openapi", "paths"]},
+                                                    "The OpenAPI document.")}, tag="meta", public_route=True)},
+    "/cli/latest": {"get": _get("getCliLatest", "The newest published client version (none: null).",
+                                {"200": _json(_ref("CliLatest"), "No version is published.")}, tag="meta",
+                                public_route=True)},
+    "/healthz": {"get": _get("healthz", "Liveness: the process answers; no database work.",
+                             {"200": _json(_ref("Health"), "Alive.")}, tag="ops", public_route=True)},
+    "/readyz": {"get": _get("readyz", "Readiness: database, schema version and ingest worker.",
+                            {"200": _json(_ref("Ready"), "Ready."),
+                             "503": _json(_ref("NotReady"), "Not ready; `failed` names the checks.")},
+                            tag="ops", public_route=True)},
+    "/metrics": {"get": _get("metrics", "Prometheus text exposition (no user data).",
+                             {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {
+                                 "type": "string"}}}}}, tag="ops", public_route=True)},
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Agnes Home",
+        "version": "1",
+        "description": "The JSON API of Agnes Home: the /home status frame, the `agnes` client's sync and upload "
+                       "calls, and health checks. Every /api error has the body {\"detail\", \"code\"}; every "
+                       "response carries X-Request-Id. Browsers signed in at /login may call the same routes with "
+                       "their session cookie (state changes then need the page's X-CSRF-Token).",
+    },
+    "security": [{"bearer": []}],
+    "tags": [{"name": n} for n in ("me", "ingest", "sync", "meta", "ops")],
+    "paths": PATHS,
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "A personal access token: agnes_pat_... "
+                                                      "(`agnes-home tokens issue EMAIL`)."}},
+        "schemas": SCHEMAS,
+        "responses": RESPONSES,
+    },
+}
+
+_BODY = msgspec.json.encode(DOCUMENT)
+
+
+@public
+async def openapi_json(request: web.Request) -> web.Response:
+    """GET /api/openapi.json: this service's API description (public: no user data in it)."""
+    return web.Response(body=_BODY, content_type="application/json")
