@@ -176,8 +176,14 @@ async def cmd_ingest(args, settings, db) -> int:
         bar.update(outcome.bytes)
 
     workers = settings.parse_workers if args.workers is None else args.workers
-    report = await ingest_paths(db, user.id, paths, workers=workers, clock=utcnow,
-                                max_failures=settings.max_failures, force=args.force, progress=progress)
+    from .store.ingest import FileOwnedElsewhere  # noqa: PLC0415
+
+    try:
+        report = await ingest_paths(db, user.id, paths, workers=workers, clock=utcnow,
+                                    max_failures=settings.max_failures, force=args.force, progress=progress)
+    except FileOwnedElsewhere as exc:
+        raise CliError(f"{exc} was already ingested for another user; a file has one owner "
+                       "(copy it to ingest it for someone else)") from None
     bar.close()
     from .store.ingest import rebuild_rollups  # noqa: PLC0415
 

@@ -272,3 +272,20 @@ async def test_parsing_in_a_worker_process_gives_the_same_numbers(db, people):
     report = await bulk.ingest_paths(db, alice, sample_files("alice"), workers=2, clock=lambda: NOW)
     assert report.processed == 6 and report.failed == 0
     assert await stats_of(db, alice, "24h") == expected_stats("alice", "24h")
+
+
+async def test_two_users_uploading_the_same_session_keep_their_own_events(db, people, tmp_path):
+    """Event ids are stable per session, so two analysts with one transcript share ids: each keeps theirs."""
+    path = [p for p in sample_files("alice") if "8d1e4b2a" in p]
+    await ingest_files(db, people["alice"].user.id, path)
+    copy = tmp_path / "bob-copy.jsonl"
+    shutil.copy(path[0], copy)
+    await ingest_files(db, people["bob"].user.id, [str(copy)])
+    with pytest.raises(store.FileOwnedElsewhere):  # the same path cannot change owner
+        await ingest_files(db, people["bob"].user.id, path)
+    counts = await db.fetchall("SELECT user_id, COUNT(*) FROM usage_events GROUP BY user_id ORDER BY user_id")
+    assert [tuple(r) for r in counts] == [(people["alice"].user.id, 7), (people["bob"].user.id, 7)]
+    await store.rebuild_rollups(db)
+    bash = await db.fetchone("SELECT invocations, distinct_users FROM usage_tool_daily "
+                             "WHERE day = '2026-11-20' AND tool = 'Bash'")
+    assert tuple(bash) == (4, 2)

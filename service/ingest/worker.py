@@ -170,7 +170,12 @@ class IngestWorker:
             user_id = await self._owner(item.owner)
             if user_id is None:
                 continue
-            file_id = seen[0] if seen else await store.register_file(self.db, user_id, item.path, "watch", self.clock())
+            try:
+                file_id = seen[0] if seen else await store.register_file(self.db, user_id, item.path, "watch",
+                                                                         self.clock())
+            except store.FileOwnedElsewhere:
+                logger.warning("watched file already belongs to another user; skipped", extra={"file": item.path})
+                continue
             self.enqueue(file_id, WATCH)
             queued += 1
         return queued

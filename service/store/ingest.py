@@ -35,6 +35,10 @@ def _state(row) -> FileState | None:
     return None if row is None else FileState(*tuple(row))
 
 
+class FileOwnedElsewhere(Exception):
+    """The path is already registered to another user; a file has one owner."""
+
+
 async def register_file(db: Database, user_id: int, path: str, origin: str, now: datetime) -> int:
     """Insert or refresh the processor-state row of a file; returns its id.
 
@@ -47,8 +51,11 @@ async def register_file(db: Database, user_id: int, path: str, origin: str, now:
                 "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET received_at = excluded.received_at, failure_count = 0, "
                 "quarantined_at = NULL, next_attempt_at = NULL, last_error = NULL "
-                "RETURNING id", (user_id, path, origin, stamp)) as cur:
-            return (await cur.fetchone())[0]
+                "WHERE session_files.user_id = excluded.user_id RETURNING id", (user_id, path, origin, stamp)) as cur:
+            row = await cur.fetchone()
+    if row is None:
+        raise FileOwnedElsewhere(path)
+    return row[0]
 
 
 async def register_files(db: Database, user_id: int, paths: Iterable[str], origin: str,
@@ -61,9 +68,13 @@ async def register_files(db: Database, user_id: int, paths: Iterable[str], origi
             async with conn.execute(
                     "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (path) DO UPDATE SET failure_count = 0, quarantined_at = NULL, "
-                    "next_attempt_at = NULL, last_error = NULL RETURNING id",
+                    "next_attempt_at = NULL, last_error = NULL "
+                    "WHERE session_files.user_id = excluded.user_id RETURNING id",
                     (user_id, path, origin, stamp)) as cur:
-                ids.append((await cur.fetchone())[0])
+                row = await cur.fetchone()
+            if row is None:  # rolls the whole registration back
+                raise FileOwnedElsewhere(path)
+            ids.append(row[0])
     return ids
 
 
