@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import msgspec
@@ -29,6 +30,23 @@ def sample_files(user: str) -> list[str]:
 
 def expected_stats(user: str, window: str) -> dict:
     return {**EXPECTED["users"][user][window], "last_pull_at": None}
+
+
+_ID_PREFIX = re.compile(rb"\b([0-9a-f]{8})-")
+
+
+def make_corpus(owner_dir: Path, copies: int, pad: int) -> int:
+    """`copies` distinct variants of alice's samples (new session, line and message ids); returns the file count."""
+    owner_dir.mkdir(parents=True)
+    sources = sorted((SAMPLES / "alice").glob("*.jsonl"))
+    for i in range(copies):
+        for src in sources:
+            data = _ID_PREFIX.sub(lambda m: b"%08x-" % (int(m.group(1), 16) ^ (i + 1)), src.read_bytes())
+            data = data.replace(b'"msg_', b'"msg_k%d_' % i).replace(b'"att-1"', b'"att-k%d"' % i)
+            # Tool output padding: parse time, so that kills find the worker busy.
+            data += b'{"type":"progress","data":"' + b"p" * pad + b'"}\n'
+            (owner_dir / f"{i:04d}-{src.name}").write_bytes(data)
+    return copies * len(sources)
 
 
 async def ingest_files(db, user_id: int, paths: list[str]) -> bulk.Report:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import sqlite3
 import subprocess
@@ -24,25 +23,10 @@ from pathlib import Path
 from service.db import Database
 from service.migrations import migrate
 from service.store import tables, users
-from tests.conftest import SAMPLES
+from tests.conftest import make_corpus
 from tests.test_cli import ROOT, cli_env, free_port, run
 from tests.test_shutdown import half_written
 
-PREFIX = re.compile(rb"\b([0-9a-f]{8})-")
-
-
-def make_corpus(owner_dir: Path, copies: int, pad: int) -> int:
-    """`copies` distinct variants of alice's samples (new session, line and message ids); returns the file count."""
-    owner_dir.mkdir(parents=True)
-    sources = sorted((SAMPLES / "alice").glob("*.jsonl"))
-    for i in range(copies):
-        for src in sources:
-            data = PREFIX.sub(lambda m: b"%08x-" % (int(m.group(1), 16) ^ (i + 1)), src.read_bytes())
-            data = data.replace(b'"msg_', b'"msg_k%d_' % i).replace(b'"att-1"', b'"att-k%d"' % i)
-            # Tool output padding: parse time, so that kills find the worker busy.
-            data += b'{"type":"progress","data":"' + b"p" * pad + b'"}\n'
-            (owner_dir / f"{i:04d}-{src.name}").write_bytes(data)
-    return copies * len(sources)
 
 
 def seed(home: Path, emails: list[str], *, onboarded: bool = True) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sqlite3
 import subprocess
@@ -12,25 +11,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import make_corpus
 from tests.test_cli import ROOT, cli_env, free_port, run
 
-SAMPLES = ROOT.parent / "shared" / "samples"
 COPIES = 120
-PREFIX = re.compile(rb"\b([0-9a-f]{8})-")
-
-
-def make_corpus(root: Path) -> None:
-    """COPIES distinct variants of alice's samples (new session ids, uuids and message ids)."""
-    owner = root / "alice"
-    owner.mkdir(parents=True)
-    sources = sorted((SAMPLES / "alice").glob("*.jsonl"))
-    for i in range(COPIES):
-        for src in sources:
-            data = PREFIX.sub(lambda m: b"%08x-" % (int(m.group(1), 16) ^ (i + 1)), src.read_bytes())
-            data = data.replace(b'"msg_', b'"msg_c%d_' % i).replace(b'"att-1"', b'"att-%d"' % i)
-            # Padding the tool output makes each file slow enough to catch mid-ingest.
-            data += b'{"type":"progress","data":"' + b"p" * 200_000 + b'"}\n'
-            (owner / f"{i:04d}-{src.name}").write_bytes(data)
 
 
 def totals(db: Path) -> dict:
@@ -73,8 +57,7 @@ def serve(tmp_path: Path, watched: Path, port: int) -> subprocess.Popen:
 
 def test_sigterm_mid_ingest_then_restart_gives_the_clean_numbers(tmp_path):
     watched = tmp_path / "watched"
-    make_corpus(watched)
-    files = COPIES * 6
+    files = make_corpus(watched / "alice", COPIES, 200_000)  # padding: slow enough to stop mid-ingest
     run(tmp_path, "users", "add", "alice@example.com")
     db = tmp_path / "cli.db"
 
