@@ -23,6 +23,7 @@ from .migrations import migrate
 from .routes import setup_routes
 from .sync import load_memory
 from .timeutil import Clock
+from .upload import remove_stale_uploads
 from .views import template_filters
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ async def migrations_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    await asyncio.to_thread(remove_stale_uploads, app[keys.SETTINGS].data_dir)
     metrics = app[keys.METRICS]
     worker = IngestWorker(app[keys.DB], app[keys.SETTINGS], app[keys.CLOCK], on_outcome=metrics.observe_outcome)
     metrics.bind_worker(worker)

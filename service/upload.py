@@ -31,6 +31,17 @@ def valid_file_name(name: str | None) -> bool:
         and not name.startswith(".")
 
 
+def remove_stale_uploads(data_dir: str) -> int:
+    """Delete temporary upload files a killed process left behind; run before serving (none is in flight)."""
+    removed = 0
+    for tmp in (Path(data_dir) / "sessions").glob("*/.upload-*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        logger.info("removed %d stale temporary upload file(s)", removed)
+    return removed
+
+
 def user_dir(data_dir: str, user_id: int) -> Path:
     return Path(data_dir) / "sessions" / str(user_id)
 

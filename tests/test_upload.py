@@ -157,3 +157,15 @@ async def test_uploads_are_per_user(pinned, alice, bob):
 async def test_upload_requires_a_token(client):
     resp = await client.post("/api/upload/sessions", data=form("a.jsonl", b"{}\n"))
     assert resp.status == 401
+
+
+async def test_stale_temporary_uploads_are_removed_at_start(aiohttp_client, settings):
+    """A process killed mid-upload leaves a .upload-*.tmp behind; the next start removes it."""
+    from service.app import create_app
+
+    folder = Path(settings.data_dir) / "sessions" / "7"
+    folder.mkdir(parents=True)
+    (folder / ".upload-0123456789abcdef.tmp").write_bytes(b"half an upload")
+    (folder / "kept.jsonl").write_bytes(b"{}\n")
+    await aiohttp_client(create_app(settings))
+    assert sorted(p.name for p in folder.iterdir()) == ["kept.jsonl"]
