@@ -715,3 +715,12 @@ def test_result_pickles() -> None:
     result = parse_file(SAMPLES / name, file_key=name, received_at=RECEIVED)
     assert pickle.loads(pickle.dumps(result)) == result
     assert isinstance(result.events[0], EventRow)
+
+
+def test_runs_of_empty_lines_keep_line_numbers_and_cost_nothing():
+    """Empty lines are skipped in bulk; the lines after them keep their numbers (1-based)."""
+    data = (b"\n" * 3 + jsonl(user(None, "first")) + b"\n" * 100_000 + jsonl(user(None, "second"))
+            + b"\n\n" + jsonl(user("u9", "third")))
+    result = parse_bytes(data, file_key="k")
+    assert [p.key for p in result.prompts] == ["line:k:4", "line:k:100005", "u9"]
+    assert (result.lines, result.summary.skipped_lines, result.summary.prompts) == (3, 0, 3)
