@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 import re
 from datetime import datetime
 from typing import Any, Callable
@@ -92,10 +93,16 @@ def server_url(request: web.Request) -> str:
 
 
 def _safe_next(value: str | None) -> str:
-    """Only local paths are allowed as a post-sign-in target (no open redirects)."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/home"
+    """Only local paths are allowed as a post-sign-in target (no open redirects).
+
+    Control characters and white space are refused outright: URL libraries drop some of them
+    (``/\t/evil.example`` becomes ``//evil.example``), which would turn a path into a host.
+    """
+    if (not value or not value.startswith("/") or value.startswith("//") or "\\" in value
+            or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value)):
+        return "/home"
+    parts = urlsplit(value)
+    return value if not parts.scheme and not parts.netloc else "/home"
 
 
 @public

@@ -96,3 +96,44 @@ async def test_only_changed_files_are_reprocessed(watched):
     path.write_bytes(src)  # grown: reprocessed
     await tick(client)
     assert (await stats(client, caller, "24h"))["prompts"] == 5 > partial
+
+
+async def test_files_already_known_under_another_origin_are_not_reprocessed_by_scans(watched):
+    """A bulk `agnes-home ingest` of the watched directory must not make every scan redo those files."""
+    from service.ingest import bulk
+
+    client, root = watched
+    db = client.app[keys.DB]
+    caller = await make_caller(db, "dora@example.com")
+    (root / "dora").mkdir()
+    shutil.copy(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl", root / "dora" / "a.jsonl")
+    await bulk.ingest_paths(db, caller.user.id, bulk.expand([str(root / "dora")]), workers=0, clock=lambda: NOW)
+    before = tuple(await db.fetchone("SELECT id, origin, received_at, processed_at FROM session_files"))
+    await tick(client)
+    await tick(client)
+    assert tuple(await db.fetchone("SELECT id, origin, received_at, processed_at FROM session_files")) == before
+    assert await db.fetchval("SELECT COUNT(*) FROM session_files") == 1
+
+
+async def test_worker_keeps_going_when_even_recording_a_failure_fails(watched, monkeypatch, tmp_path):
+    from service.store import ingest as store
+
+    client, root = watched
+    db = client.app[keys.DB]
+    caller = await make_caller(db, "erin@example.com")
+    worker = client.app[keys.WORKER]
+
+    async def locked(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    missing = await store.register_file(db, caller.user.id, str(tmp_path / "gone.jsonl"), "upload", NOW)
+    monkeypatch.setattr(store, "record_failure", locked)
+    worker.enqueue(missing)
+    await worker.drain()
+    assert worker.health() == "ok"
+    monkeypatch.undo()
+    good = tmp_path / "good.jsonl"
+    shutil.copy(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl", good)
+    worker.enqueue(await store.register_file(db, caller.user.id, str(good), "upload", NOW))
+    await worker.drain()
+    assert (await stats(client, caller, "24h"))["prompts"] == 2

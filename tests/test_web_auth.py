@@ -122,7 +122,8 @@ async def test_sign_in_with_wrong_token_is_refused(client):
 
 
 async def test_sign_in_never_redirects_off_site(client, alice):
-    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "/\t/evil.example",
+                   "/\n/evil.example", "/ /evil.example", "/\x7f/evil.example"):
         resp = await sign_in(client, alice.token, target)
         assert resp.headers["Location"] == "/home", target
 

@@ -150,9 +150,13 @@ class Processor:
 
     async def _failed(self, file_id: int, exc: Exception) -> Outcome:
         logger.warning("processing failed: %s", exc, extra={"file_id": file_id}, exc_info=True)
-        quarantined = await store.record_failure(
-            self.db, file_id, f"{type(exc).__name__}: {exc}", self.clock(),
-            max_failures=self.max_failures, backoff=RETRY_BACKOFF)
+        try:
+            quarantined = await store.record_failure(
+                self.db, file_id, f"{type(exc).__name__}: {exc}", self.clock(),
+                max_failures=self.max_failures, backoff=RETRY_BACKOFF)
+        except Exception:  # noqa: BLE001 - e.g. the database is locked too: the next tick retries
+            logger.exception("could not record the failure", extra={"file_id": file_id})
+            quarantined = False
         outcome = Outcome(file_id, "quarantined" if quarantined else "failed", error=str(exc))
         self._report(outcome)
         return outcome

@@ -103,6 +103,10 @@ class IngestWorker:
             priority, _, file_id = await self.queue.get()
             try:
                 await self.processor.process(file_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. a locked database: log, keep consuming
+                logger.exception("could not process file", extra={"file_id": file_id})
             finally:
                 self._pending.pop(file_id, None)
                 self.last_beat = time.monotonic()
@@ -161,7 +165,7 @@ class IngestWorker:
     async def scan(self) -> int:
         """Queue new and changed files of the watched directory; returns how many."""
         found = await asyncio.to_thread(scanner.scan, self.settings.session_dir)
-        known = await store.files_by_origin(self.db, "watch")
+        known = await store.files_under(self.db, self.settings.session_dir)
         queued = 0
         for item in found:
             seen = known.get(item.path)
