@@ -1,7 +1,8 @@
--- 0006: usage events are unique per user, not globally.
--- The same session uploaded by two analysts yields the same stable event ids; with a
--- global key the later upload took the events over from the first user. The key is now
--- (user_id, event_id); copies within one user still count once. SQLite cannot change a
+-- 0006: usage events are stored per file, like activity, and deduplicated at read time.
+-- With a global key on the stable event id, the same session uploaded by two analysts
+-- (or twice by one) let the later file take the events over, and rewriting that file
+-- then lost events the other file still holds. The key is now (file_id, event_id);
+-- rollups count an event once per user by (user_id, event_id). SQLite cannot change a
 -- primary key in place, so the table is rebuilt with its rows.
 CREATE TABLE usage_events_new (
     event_id      TEXT    NOT NULL,
@@ -17,11 +18,10 @@ CREATE TABLE usage_events_new (
     ref_id        TEXT,
     is_error      INTEGER NOT NULL DEFAULT 0,
     ts            TEXT    NOT NULL,
-    PRIMARY KEY (user_id, event_id)
+    PRIMARY KEY (file_id, event_id)
 );
 INSERT INTO usage_events_new SELECT event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
     subagent_type, command_name, source, ref_id, is_error, ts FROM usage_events;
 DROP TABLE usage_events;
 ALTER TABLE usage_events_new RENAME TO usage_events;
-CREATE INDEX usage_events_file ON usage_events(file_id);
 CREATE INDEX usage_events_ts ON usage_events(ts);

@@ -126,7 +126,7 @@ async def test_error_mid_transaction_leaves_previous_state(db, ingested, monkeyp
     # Fail inside the transaction after the old rows are deleted and the new activity inserted:
     # all of it must roll back.
     script = store._WRITE_SCRIPT
-    marker = "INSERT OR REPLACE INTO usage_events"
+    marker = "INSERT OR IGNORE INTO usage_events"
     assert marker in script
     monkeypatch.setattr(store, "_WRITE_SCRIPT", script.replace(marker, "SELECT disk_on_fire();\n" + marker, 1))
     processor = Processor(db, workers=0, clock=lambda: NOW)
@@ -289,3 +289,20 @@ async def test_two_users_uploading_the_same_session_keep_their_own_events(db, pe
     bash = await db.fetchone("SELECT invocations, distinct_users FROM usage_tool_daily "
                              "WHERE day = '2026-11-20' AND tool = 'Bash'")
     assert tuple(bash) == (4, 2)
+
+
+async def test_rewriting_a_copy_keeps_the_events_the_original_still_holds(db, people, tmp_path):
+    alice = people["alice"].user.id
+    original = tmp_path / "a.jsonl"
+    copy = tmp_path / "b.jsonl"
+    source = SAMPLES / "alice" / "8d1e4b2a-0c3f-4a5b-8e9d-7f6a5b4c3d2e.jsonl"
+    shutil.copy(source, original)
+    shutil.copy(source, copy)
+    await ingest_files(db, alice, [str(original), str(copy)])
+    await store.rebuild_rollups(db)
+    bash = "SELECT invocations, errors FROM usage_tool_daily WHERE day = '2026-11-20' AND tool = 'Bash'"
+    assert tuple(await db.fetchone(bash)) == (2, 2)  # the copy counts once
+    shutil.copy(SAMPLES / "bob" / "6f5e4d3c-2b1a-4098-8f7e-6d5c4b3a2918.jsonl", copy)  # b.jsonl becomes another session
+    await ingest_files(db, alice, [str(copy)])
+    await store.rebuild_rollups(db)
+    assert tuple(await db.fetchone(bash)) == (2, 2)  # a.jsonl still holds its events

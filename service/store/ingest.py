@@ -234,9 +234,9 @@ INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, in
 INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts)
     SELECT p.file_id, p.prompt_key, f.user_id, p.session_id, p.ts
     FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id;
--- A copy of the same session in another file yields the same event ids: the latest processing
--- owns them, and they exist once. 'curated' attribution wins over 'flea'; unlisted is 'builtin'.
-INSERT OR REPLACE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
+-- Events are kept per file (a copy of a session in another file has the same event ids; the
+-- rollups count each once per user). 'curated' attribution wins over 'flea'; unlisted is 'builtin'.
+INSERT OR IGNORE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
                                      subagent_type, command_name, source, ref_id, is_error, ts)
     SELECT e.event_id, e.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
            e.subagent_type, e.command_name,
@@ -341,6 +341,13 @@ async def write_result(db: Database, file_id: int, user_id: int, result: ParseRe
     await write_results(db, [Parsed(file_id, user_id, result, size, mtime_ns, version)], now)
 
 
+# A day's usage events, each once per user (files holding copies of a session share event ids).
+_EVENTS_ONCE = """(SELECT user_id, event_id, MIN(session_id) AS session_id, MIN(tool_name) AS tool_name,
+        MIN(command_name) AS command_name, MIN(source) AS source, MIN(ref_id) AS ref_id,
+        MAX(is_error) AS is_error
+    FROM usage_events WHERE ts >= ? AND ts < ? GROUP BY user_id, event_id)"""
+
+
 async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
     """Recompute the daily tool and plugin rollups of the days marked dirty, in one transaction."""
     async with db.transaction() as conn:
@@ -354,12 +361,12 @@ async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
                 "INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_users, "
                 "distinct_sessions) SELECT ?, COALESCE(tool_name, '/' || command_name), source, COUNT(*), "
                 "SUM(is_error), COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id) "
-                "FROM usage_events WHERE ts >= ? AND ts < ? GROUP BY 2, source", (day, lo, hi))
+                f"FROM {_EVENTS_ONCE} GROUP BY 2, source", (day, lo, hi))
             await conn.execute(
                 "INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, "
                 "distinct_sessions) SELECT ?, source, ref_id, COUNT(*), COUNT(DISTINCT user_id), "
-                "COUNT(DISTINCT user_id || ':' || session_id) FROM usage_events "
-                "WHERE ts >= ? AND ts < ? AND ref_id IS NOT NULL GROUP BY source, ref_id", (day, lo, hi))
+                f"COUNT(DISTINCT user_id || ':' || session_id) FROM {_EVENTS_ONCE} "
+                "WHERE ref_id IS NOT NULL GROUP BY source, ref_id", (day, lo, hi))
             await conn.execute("DELETE FROM rollup_dirty_days WHERE day = ?", (day,))
     return days
 
