@@ -45,6 +45,7 @@ class Database:
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._write_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -56,7 +57,30 @@ class Database:
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
 
+    def write_later(self, sql: str, params: Sequence[Any] | dict = ()) -> None:
+        """A best-effort write that nobody waits for (bookkeeping such as last-used stamps).
+
+        It queues behind other writes without holding up the caller; a failure is logged.
+        close() waits for what is still pending.
+        """
+        async def run() -> None:
+            try:
+                await self.execute_write(sql, params)
+            except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
+                logger.exception("background write failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def settle(self) -> None:
+        """Wait for the background writes queued so far (tests, shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()

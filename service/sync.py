@@ -100,7 +100,7 @@ async def _manifest_entry(request: web.Request, table: tables.Table) -> Manifest
     if md5 is None or (table.hash_size, table.hash_mtime_ns) != (st.st_size, st.st_mtime_ns):
         # Only a new or changed file is read; the hash is cached by (path, size, mtime).
         md5 = await asyncio.to_thread(md5_file, path)
-        await tables.cache_hash(request.app[keys.DB], table.id, md5, st.st_size, st.st_mtime_ns)
+        tables.cache_hash(request.app[keys.DB], table.id, md5, st.st_size, st.st_mtime_ns)
     updated = datetime.fromtimestamp(st.st_mtime, timezone.utc)
     return ManifestTable(hash=md5, updated=to_api(updated), size_bytes=st.st_size, rows=table.rows or 0,
                          query_mode=table.query_mode, source_type=table.source_type)

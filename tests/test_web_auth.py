@@ -48,6 +48,7 @@ async def test_tokens_are_stored_only_as_hashes(db, alice):
 async def test_last_used_at_is_recorded(client, db, alice):
     assert (await users.list_tokens(db, alice.user.id))[0].last_used_at is None
     await client.get("/api/me", headers=alice.headers)
+    await db.settle()
     assert (await users.list_tokens(db, alice.user.id))[0].last_used_at is not None
 
 
@@ -198,3 +199,18 @@ async def test_server_error_has_no_traceback(client, alice, monkeypatch):
     body = await resp.json()
     assert body["code"] == "internal_error"
     assert "secret internals" not in body["detail"] and "Traceback" not in await resp.text()
+
+
+async def test_requests_never_wait_for_the_database_writer(client, db, alice):
+    """Authentication only reads; its last-used stamp is written later, so a busy writer
+    (a long ingest transaction, another process's lock) never holds a request up."""
+    import asyncio
+
+    await db.execute_write("UPDATE api_tokens SET last_used_at = NULL")
+    async with db.writing():
+        resp = await asyncio.wait_for(client.get("/api/me", headers=alice.headers), timeout=2)
+        assert resp.status == 200
+        manifest = await asyncio.wait_for(client.get("/api/sync/manifest", headers=alice.headers), timeout=3)
+        assert manifest.status == 200 and (await manifest.json())["tables"] == {}
+    await db.settle()
+    assert (await users.list_tokens(db, alice.user.id))[0].last_used_at is not None

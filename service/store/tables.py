@@ -88,9 +88,10 @@ async def readable_one(db: Database, table_id: str, user_id: int) -> Table | Non
     return None if row is None else _table(row)
 
 
-async def cache_hash(db: Database, table_id: str, md5: str, size: int, mtime_ns: int) -> None:
-    await db.execute_write("UPDATE data_tables SET md5 = ?, hash_size = ?, hash_mtime_ns = ? WHERE id = ?",
-                           (md5, size, mtime_ns, table_id))
+def cache_hash(db: Database, table_id: str, md5: str, size: int, mtime_ns: int) -> None:
+    """Remember a file's md5 for its (size, mtime); best effort, never waited for by a request."""
+    db.write_later("UPDATE data_tables SET md5 = ?, hash_size = ?, hash_mtime_ns = ? WHERE id = ?",
+                   (md5, size, mtime_ns, table_id))
 
 
 async def save_local_md(db: Database, user_id: int, content: str) -> None:

@@ -166,8 +166,9 @@ async def authenticate(db: Database, token: str) -> tuple[User, int] | None:
     last_used = from_store(row["last_used_at"])
     now = utcnow()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
-        await db.execute_write("UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
-                               (to_store(now), row["token_id"]))
+        # Not awaited: authentication stays a read even while ingest (or a locked database)
+        # holds the writer.
+        db.write_later("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (to_store(now), row["token_id"]))
     return _user(row), row["token_id"]
 
 
