@@ -41,6 +41,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Base URL analysts use to reach this server (shown in `agnes init`); defaults to the request's host."),
     Setting("memory_file", "AGNES_MEMORY_FILE", "instance.memory_file", str, "",
             "YAML/JSON file of memory rules `agnes pull` fetches ({mandatory: [...], approved: [...]}); empty: none."),
+    Setting("admin_emails", "AGNES_ADMIN_EMAILS", "auth.admin_emails", list, [],
+            "Users (by email; comma-separated in the environment) allowed to call /api/admin/*."),
     Setting("db_path", "AGNES_DB_PATH", "database.path", str, "var/agnes.db",
             "SQLite database file."),
     Setting("data_dir", "AGNES_DATA_DIR", "storage.data_dir", str, "var/data",
@@ -101,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     session_max_age: int = 14 * 24 * 3600
     proxy_header: str = ""
     trusted_proxies: list[str] = []
+    admin_emails: list[str] = []
     max_upload_mb: int = 50
     scan_interval: float = 30.0
     parse_workers: int = 1

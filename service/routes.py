@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import api, health, metrics, onboarding, openapi, sync, upload, views
+from . import admin, api, health, metrics, onboarding, openapi, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -26,6 +26,10 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get("/api/me/home-stats", api.home_stats)
     r.add_post("/api/me/onboarded", onboarding.onboarded)
     r.add_post("/api/upload/sessions", upload.upload_session)
+
+    r.add_post("/api/admin/reprocess", admin.reprocess)
+    r.add_get("/api/admin/quarantine", admin.quarantine)
+    r.add_post("/api/admin/quarantine/retry", admin.quarantine_retry)
 
     # What the `agnes` client calls (SPEC.md "Wire compatibility").
     r.add_get("/api/sync/manifest", sync.manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -150,9 +151,10 @@ async def upload_session(request: web.Request) -> web.Response:
     tmp = target_dir / f".upload-{secrets.token_hex(8)}.tmp"
     sink = _Sink(tmp, cap)
     try:
+        # Inflating, writing and the final fsync are blocking work: off the event loop.
         while chunk := await part.read_chunk(CHUNK):
-            sink.write(chunk)
-        sink.finish()
+            await asyncio.to_thread(sink.write, chunk)
+        await asyncio.to_thread(sink.finish)
     except BaseException:
         sink.abort()
         raise

@@ -66,7 +66,7 @@ class Caller(msgspec.Struct):
 @pytest.fixture
 def settings(tmp_path):
     return load_settings(environ={}, db_path=str(tmp_path / "agnes.db"), data_dir=str(tmp_path / "data"),
-                         secret_key="test-secret", parse_workers=0)
+                         secret_key="test-secret", parse_workers=0, admin_emails=["ops@example.com"])
 
 
 @pytest.fixture

@@ -192,6 +192,19 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     await r.call("POST", "/api/upload/local-md", data=b"{}")
     await client.app[keys.WORKER].drain()
 
+    ops = await make_caller(db, "ops@example.com")  # an operator (conftest's admin_emails)
+    ops_json = {**ops.headers, "Content-Type": "application/json"}
+    for path, bad in (("/api/admin/reprocess", b'{"users": 1}'), ("/api/admin/quarantine/retry", b'{"id": "x"}')):
+        await r.call("POST", path, headers=ops_json, data=b"{}")
+        await r.call("POST", path, headers=ops_json, data=bad)
+        await r.call("POST", path, headers={**ops.headers, "Content-Type": "text/plain"}, data=b"x")
+        await r.call("POST", path, headers=ops_json, data=io.BytesIO(b"x" * 100_000))
+        await r.call("POST", path, headers=json_h, data=b"{}")  # not an operator: 403
+        await r.call("POST", path, data=b"{}")
+    await r.call("POST", "/api/admin/reprocess", headers=ops_json, data=b'{"user": "nobody@example.com"}')
+    for headers in (ops.headers, auth, {}):
+        await r.call("GET", "/api/admin/quarantine", headers=headers)
+
     download = "/api/data/{table_id}/download"
     for method in ("GET", "HEAD"):
         await r.call(method, "/api/data/orders/download", download, headers=auth)
