@@ -27,9 +27,11 @@ async def decode_json_body(request: web.Request, type_: type, *, empty: Any = No
     require_json(request)
     if (request.content_length or 0) > limit:
         raise AppError(413, f"The body is limited to {limit} bytes.", "payload_too_large")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise AppError(413, f"The body is limited to {limit} bytes.", "payload_too_large")
+    raw = bytearray()
+    while chunk := await request.content.read(64 * 1024):  # read() returns what has arrived, not all
+        raw += chunk
+        if len(raw) > limit:
+            raise AppError(413, f"The body is limited to {limit} bytes.", "payload_too_large")
     if not raw.strip() and empty is not None:
         return empty
     try:

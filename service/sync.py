@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import keys
-from .api import json, require_json
+from .api import decode_json_body, json
 from .auth import public
 from .errors import AppError
 from .store import tables, users
@@ -192,16 +192,7 @@ async def welcome(request: web.Request) -> web.Response:
 
 async def upload_local_md(request: web.Request) -> web.Response:
     """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md."""
-    require_json(request)
-    body = await request.read() if (request.content_length or 0) <= MAX_LOCAL_MD else None
-    if body is None or len(body) > MAX_LOCAL_MD:
-        raise AppError(413, "local-md content is limited to 1 MB.", "payload_too_large")
-    try:
-        doc = msgspec.json.decode(body, type=LocalMd)
-    except msgspec.ValidationError as exc:
-        raise AppError(400, f"Invalid body: {exc}", "invalid_body") from None
-    except (msgspec.DecodeError, UnicodeDecodeError):  # invalid UTF-8 inside a string is not a DecodeError
-        raise AppError(400, "Body must be JSON: {\"content\": \"<text>\"}.", "invalid_json") from None
+    doc = await decode_json_body(request, LocalMd, limit=MAX_LOCAL_MD)
     await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, doc.content)
     return json({"status": "ok", "size": len(doc.content.encode())})
 
