@@ -37,15 +37,19 @@ def parse_bytes(
     )
 
 
-def user(uuid: str | None, content: object, ts: str | None = "2026-11-21T10:00:00.000Z", **extra):
-    message = {"role": "user", "content": content}
-    line: dict = {"type": "user", "sessionId": SESSION, "message": message}
+def _line(kind: str, message: dict, uuid: str | None, ts: str | None, extra: dict) -> dict:
+    """A transcript line of one type; uuid and timestamp left out when None."""
+    line: dict = {"type": kind, "sessionId": SESSION, "message": message}
     if uuid is not None:
         line["uuid"] = uuid
     if ts is not None:
         line["timestamp"] = ts
     line.update(extra)
     return line
+
+
+def user(uuid: str | None, content: object, ts: str | None = "2026-11-21T10:00:00.000Z", **extra):
+    return _line("user", {"role": "user", "content": content}, uuid, ts, extra)
 
 
 def assistant(
@@ -63,13 +67,7 @@ def assistant(
         message["id"] = msg_id
     if usage is not None:
         message["usage"] = usage
-    line: dict = {"type": "assistant", "sessionId": SESSION, "message": message}
-    if uuid is not None:
-        line["uuid"] = uuid
-    if ts is not None:
-        line["timestamp"] = ts
-    line.update(extra)
-    return line
+    return _line("assistant", message, uuid, ts, extra)
 
 
 def usage(i: object, o: object, cr: object = 0, cc: object = 0) -> dict:
