@@ -137,3 +137,24 @@ async def test_worker_keeps_going_when_even_recording_a_failure_fails(watched, m
     worker.enqueue(await store.register_file(db, caller.user.id, str(good), "upload", NOW))
     await worker.drain()
     assert (await stats(client, caller, "24h"))["prompts"] == 2
+
+
+def test_priorities_are_head_starts_so_uploads_cannot_starve_other_work(monkeypatch):
+    """An upload goes before a watched file queued at the same moment, but not before one that
+    has waited longer than the watched kind's delay."""
+    from service.ingest import worker as worker_module
+    from service.ingest.worker import REPROCESS, UPLOAD, WATCH, IngestWorker
+
+    clock = [1000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    w = IngestWorker.__new__(IngestWorker)  # only the queue is exercised here
+    w.queue = worker_module.asyncio.PriorityQueue()
+    w._seq = worker_module.itertools.count()
+    w._pending, w._again = {}, set()
+    w.enqueue(1, WATCH)
+    w.enqueue(2, UPLOAD)          # same moment: the upload first
+    clock[0] += 6
+    w.enqueue(3, UPLOAD)          # the watched file has waited 6 s > 5 s: it beats this upload
+    w.enqueue(4, REPROCESS)
+    order = [w.queue.get_nowait()[3] for _ in range(4)]
+    assert order == [2, 1, 3, 4]

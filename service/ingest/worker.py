@@ -20,6 +20,10 @@ from .processor import Outcome, Processor
 logger = logging.getLogger(__name__)
 
 UPLOAD, WATCH, RETRY, REPROCESS = 0, 1, 2, 3  # queue priorities: lower first
+# Priorities are head starts, not absolute: a file is served by the time it was queued plus its
+# kind's delay, so a steady stream of uploads cannot starve the watched directory or the
+# reprocess loop (a watched file queued 5 s before an upload goes first).
+PRIORITY_DELAY = {UPLOAD: 0.0, WATCH: 5.0, RETRY: 10.0, REPROCESS: 30.0}
 PRUNE_EVERY = timedelta(hours=1)
 
 
@@ -38,7 +42,7 @@ class IngestWorker:
         self.processor = Processor(db, workers=settings.parse_workers, clock=clock,
                                    max_failures=settings.max_failures, on_outcome=on_outcome)
         self.concurrency = max(1, settings.parse_workers)
-        self.queue: asyncio.PriorityQueue[tuple[int, int, int]] = asyncio.PriorityQueue()
+        self.queue: asyncio.PriorityQueue[tuple[float, int, int, int]] = asyncio.PriorityQueue()
         self._seq = itertools.count()
         self._pending: dict[int, float] = {}  # queued or in flight -> when it was queued (monotonic)
         self._again: set[int] = set()     # changed again while in flight
@@ -83,8 +87,9 @@ class IngestWorker:
         if file_id in self._pending:
             self._again.add(file_id)
             return
-        self._pending[file_id] = time.monotonic()
-        self.queue.put_nowait((priority, next(self._seq), file_id))
+        now = time.monotonic()
+        self._pending[file_id] = now
+        self.queue.put_nowait((now + PRIORITY_DELAY[priority], next(self._seq), priority, file_id))
 
     @property
     def depth(self) -> int:
@@ -100,7 +105,7 @@ class IngestWorker:
 
     async def _consume(self) -> None:
         while True:
-            priority, _, file_id = await self.queue.get()
+            _, _, priority, file_id = await self.queue.get()
             try:
                 await self.processor.process(file_id)
             except asyncio.CancelledError:
