@@ -38,9 +38,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     await db.open()
     app[keys.DB] = db
     yield
-    # Writes started by requests (the last-pull stamp) finish before the database closes.
-    await asyncio.gather(*app[keys.BACKGROUND], return_exceptions=True)
-    await db.close()
+    await db.close()  # waits for background writes (last-pull and last-use stamps) first
 
 
 async def migrations_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -87,7 +85,6 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
         app[keys.MEMORY] = load_memory(settings.memory_file)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"instance.memory_file ({settings.memory_file}): {exc}") from None
-    app[keys.BACKGROUND] = set()
     app[keys.METRICS] = Metrics()
     setup_templates(app)
     setup_routes(app, STATIC_DIR)

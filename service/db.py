@@ -57,21 +57,24 @@ class Database:
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
 
-    def write_later(self, sql: str, params: Sequence[Any] | dict = ()) -> None:
-        """A best-effort write that nobody waits for (bookkeeping such as last-used stamps).
+    def write_later(self, sql: str, params: Sequence[Any] | dict = (), *, what: str = "background write"
+                    ) -> asyncio.Task:
+        """A best-effort write that the caller need not wait for (stamps, caches).
 
-        It queues behind other writes without holding up the caller; a failure is logged.
+        It queues behind other writes without holding up the caller; a failure is logged as
+        "could not <what>". The caller may wait on the returned task (with a timeout);
         close() waits for what is still pending.
         """
         async def run() -> None:
             try:
                 await self.execute_write(sql, params)
             except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
-                logger.exception("background write failed")
+                logger.exception("could not %s", what)
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def settle(self) -> None:
         """Wait for the background writes queued so far (tests, shutdown)."""

@@ -24,8 +24,6 @@ SIGNER: web.AppKey[URLSafeTimedSerializer] = web.AppKey("signer")
 SECRET = web.AppKey("secret", bytes)
 WORKER: web.AppKey[IngestWorker] = web.AppKey("worker")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-# Fire-and-forget tasks (e.g. the last-pull stamp) kept referenced until done.
-BACKGROUND = web.AppKey("background", set)
 # Memory rules served to `agnes pull` (operator-configured, validated at start-up).
 MEMORY: web.AppKey[MemoryBundle] = web.AppKey("memory")
 # Clock used for windows and stamps; tests replace it to pin "now".

@@ -106,20 +106,11 @@ async def _manifest_entry(request: web.Request, table: tables.Table) -> Manifest
                          query_mode=table.query_mode, source_type=table.source_type)
 
 
-async def _stamp_pull(app: web.Application, user_id: int) -> None:
-    try:
-        await users.stamp_pull(app[keys.DB], user_id, app[keys.CLOCK]())
-    except Exception:  # noqa: BLE001 - the manifest is served whatever happens to the stamp
-        logger.exception("could not stamp last_pull_at", extra={"stamp_user": user_id})
-
-
 async def manifest(request: web.Request) -> web.Response:
     """GET /api/sync/manifest: the caller's readable tables; stamps users.last_pull_at."""
     user = request[keys.USER]
     app = request.app
-    stamp = asyncio.create_task(_stamp_pull(app, user.id))
-    app[keys.BACKGROUND].add(stamp)
-    stamp.add_done_callback(app[keys.BACKGROUND].discard)
+    stamp = users.stamp_pull_later(app[keys.DB], user.id, app[keys.CLOCK]())
     entries: dict[str, ManifestTable] = {}
     for table in await tables.readable(app[keys.DB], user.id):
         entry = await _manifest_entry(request, table)

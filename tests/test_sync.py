@@ -81,7 +81,7 @@ async def test_manifest_is_served_when_the_stamp_fails(client, alice, registered
     async def locked(*args, **kwargs):
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(users, "stamp_pull", locked)
+    monkeypatch.setattr(client.app[keys.DB], "execute_write", locked)  # every write fails, as when locked
     with caplog.at_level(logging.ERROR):
         resp = await client.get("/api/sync/manifest", headers=alice.headers)
     assert resp.status == 200

@@ -91,7 +91,7 @@ async def readable_one(db: Database, table_id: str, user_id: int) -> Table | Non
 def cache_hash(db: Database, table_id: str, md5: str, size: int, mtime_ns: int) -> None:
     """Remember a file's md5 for its (size, mtime); best effort, never waited for by a request."""
     db.write_later("UPDATE data_tables SET md5 = ?, hash_size = ?, hash_mtime_ns = ? WHERE id = ?",
-                   (md5, size, mtime_ns, table_id))
+                   (md5, size, mtime_ns, table_id), what="cache a table's hash")
 
 
 async def save_local_md(db: Database, user_id: int, content: str) -> None:

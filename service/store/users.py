@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -168,7 +169,8 @@ async def authenticate(db: Database, token: str) -> tuple[User, int] | None:
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         # Not awaited: authentication stays a read even while ingest (or a locked database)
         # holds the writer.
-        db.write_later("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (to_store(now), row["token_id"]))
+        db.write_later("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (to_store(now), row["token_id"]),
+                       what="stamp a token's last use")
     return _user(row), row["token_id"]
 
 
@@ -192,6 +194,12 @@ async def set_onboarded(db: Database, user_id: int, onboarded: bool, source: str
 async def stamp_pull(db: Database, user_id: int, when=None) -> None:
     await db.execute_write("UPDATE users SET last_pull_at = ? WHERE id = ?",
                            (to_store(when or utcnow()), user_id))
+
+
+def stamp_pull_later(db: Database, user_id: int, when) -> asyncio.Task:
+    """Stamp the last pull without holding the caller; a failure (a locked database) is logged."""
+    return db.write_later("UPDATE users SET last_pull_at = ? WHERE id = ?", (to_store(when), user_id),
+                          what="stamp last_pull_at")
 
 
 async def audit_rows(db: Database, user_id: int) -> list[dict]:
