@@ -264,6 +264,33 @@ async def cmd_backup(args, settings, db) -> int:
     return 0
 
 
+# -- attribution ----------------------------------------------------------------------
+
+@with_db
+async def cmd_attribution(args, settings, db) -> int:
+    from .store import ingest as ingest_store  # noqa: PLC0415
+
+    if args.action == "list":
+        rows = await ingest_store.list_attribution(db)
+        if args.json:
+            _print_json(rows)
+        for r in rows if not args.json else ():
+            print(f"{r['kind']}\t{r['name']}\t{r['source']}\t{r['ref_id']}")
+        return 0
+    if not (args.kind and args.name and args.source):
+        raise CliError(f"attribution {args.action} needs KIND NAME SOURCE")
+    if args.action == "set":
+        if not args.ref_id:
+            raise CliError("attribution set needs REF_ID (the plugin's id in its catalogue)")
+        await ingest_store.set_attribution(db, args.kind, args.name, args.source, args.ref_id)
+        print(f"{args.kind} {args.name!r} -> {args.source} {args.ref_id}; run `agnes-home reprocess` to "
+              "re-attribute events already stored")
+        return 0
+    removed = await ingest_store.remove_attribution(db, args.kind, args.name, args.source)
+    print(f"removed {removed} attribution(s)")
+    return 0 if removed else 1
+
+
 # -- tables ---------------------------------------------------------------------------
 
 def _count_rows(path: str) -> int | None:
@@ -421,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
     p.add_argument("path")
+
+    p = add("attribution", cmd_attribution,
+            "Map skills, subagent types and commands to plugin sources (curated wins over flea).")
+    p.add_argument("action", choices=["list", "set", "remove"])
+    p.add_argument("kind", nargs="?", choices=["skill", "agent", "command"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("source", nargs="?", choices=["curated", "flea"])
+    p.add_argument("ref_id", nargs="?")
+    p.add_argument("--json", action="store_true")
 
     p_tables = sub.add_parser("tables", help="Manage the data tables the sync manifest distributes.",
                               description="Manage the data tables the sync manifest distributes.")

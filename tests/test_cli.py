@@ -201,3 +201,27 @@ def test_tables_register_grant_list(tmp_path):
         {"id": "orders", "path": "tables/orders.csv", "rows": 2, "query_mode": "local", "source_type": "",
          "public": False, "granted": ["ana@example.com"]},
     ]
+
+
+def test_attribution_set_list_remove_and_reprocess(tmp_path):
+    import sqlite3
+
+    run(tmp_path, "users", "add", "alice@example.com")
+    run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com")
+    out = run(tmp_path, "attribution", "set", "skill", "data-quality-check", "flea", "flea-dq").stdout
+    assert "skill 'data-quality-check' -> flea flea-dq" in out
+    run(tmp_path, "attribution", "set", "skill", "data-quality-check", "curated", "cur-dq")
+    run(tmp_path, "attribution", "set", "command", "agnes:explore", "curated", "cur-explore")
+    assert json.loads(run(tmp_path, "attribution", "list", "--json").stdout) == [
+        {"kind": "command", "name": "agnes:explore", "source": "curated", "ref_id": "cur-explore"},
+        {"kind": "skill", "name": "data-quality-check", "source": "curated", "ref_id": "cur-dq"},
+        {"kind": "skill", "name": "data-quality-check", "source": "flea", "ref_id": "flea-dq"}]
+    bad = run(tmp_path, "attribution", "set", "skill", "x", "official", "y", check=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    # Stored events keep their attribution until their files are reprocessed.
+    run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com", "--force")
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        rows = conn.execute("SELECT source, ref_id FROM usage_events WHERE ref_id IS NOT NULL ORDER BY ref_id").fetchall()
+    assert rows == [("curated", "cur-dq"), ("curated", "cur-explore")]
+    assert "removed 1" in run(tmp_path, "attribution", "remove", "skill", "data-quality-check", "curated").stdout
+    assert run(tmp_path, "attribution", "remove", "skill", "data-quality-check", "curated", check=False).returncode == 1

@@ -165,6 +165,30 @@ async def release_quarantine(db: Database, file_id: int | None = None) -> list[i
             return [r[0] for r in await cur.fetchall()]
 
 
+ATTRIBUTION_TABLES = {"skill": "skill_attribution", "agent": "agent_attribution", "command": "command_attribution"}
+
+
+async def set_attribution(db: Database, kind: str, name: str, source: str, ref_id: str) -> None:
+    """List a skill, subagent type or command under a plugin source ('curated' or 'flea').
+
+    New events are attributed at once; already stored events keep theirs until their file is
+    reprocessed (``agnes-home reprocess``).
+    """
+    table = ATTRIBUTION_TABLES[kind]  # a fixed table name chosen from the dict, never from input
+    await db.execute_write(f"INSERT OR REPLACE INTO {table} (name, source, ref_id) VALUES (?, ?, ?)",
+                           (name, source, ref_id))
+
+
+async def remove_attribution(db: Database, kind: str, name: str, source: str) -> int:
+    table = ATTRIBUTION_TABLES[kind]
+    return await db.execute_write(f"DELETE FROM {table} WHERE name = ? AND source = ?", (name, source))
+
+
+async def list_attribution(db: Database) -> list[dict]:
+    rows = await db.fetchall("SELECT kind, name, source, ref_id FROM plugin_attribution ORDER BY kind, name, source")
+    return [dict(r) for r in rows]
+
+
 def _attribution_key(event: EventRow) -> tuple[str | None, str | None]:
     """Which attribution list names this event: skills by skill name, subagents by type, commands by name."""
     if event.skill_name:
