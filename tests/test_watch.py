@@ -102,12 +102,15 @@ async def test_files_already_known_under_another_origin_are_not_reprocessed_by_s
     """A bulk `agnes-home ingest` of the watched directory must not make every scan redo those files."""
     from service.ingest import bulk
 
+    from service.timeutil import utcnow
+
     client, root = watched
+    client.app[keys.CLOCK].fixed = None  # real clock: a re-registration would move received_at
     db = client.app[keys.DB]
     caller = await make_caller(db, "dora@example.com")
     (root / "dora").mkdir()
     shutil.copy(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl", root / "dora" / "a.jsonl")
-    await bulk.ingest_paths(db, caller.user.id, bulk.expand([str(root / "dora")]), workers=0, clock=lambda: NOW)
+    await bulk.ingest_paths(db, caller.user.id, bulk.expand([str(root / "dora")]), workers=0, clock=utcnow)
     before = tuple(await db.fetchone("SELECT id, origin, received_at, processed_at FROM session_files"))
     await tick(client)
     await tick(client)
@@ -158,3 +161,21 @@ def test_priorities_are_head_starts_so_uploads_cannot_starve_other_work(monkeypa
     w.enqueue(4, REPROCESS)
     order = [w.queue.get_nowait()[3] for _ in range(4)]
     assert order == [2, 1, 3, 4]
+
+
+async def test_a_relative_session_dir_still_recognises_known_files(aiohttp_client, tmp_path, monkeypatch):
+    """AGNES_SESSION_DIR=sessions (relative): unchanged files are not re-registered on every scan."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sessions" / "fay").mkdir(parents=True)
+    shutil.copy(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl", tmp_path / "sessions" / "fay" / "a.jsonl")
+    settings = load_settings(environ={}, db_path=str(tmp_path / "r.db"), data_dir=str(tmp_path / "data"),
+                             secret_key="s", parse_workers=0, session_dir="sessions", scan_interval=3600)
+    client = await aiohttp_client(create_app(settings))  # real clock: a re-registration would move received_at
+    db = client.app[keys.DB]
+    await make_caller(db, "fay@example.com")
+    await tick(client)
+    first = tuple(await db.fetchone("SELECT id, received_at, processed_at FROM session_files"))
+    assert first[2] is not None
+    worker = await tick(client)
+    assert worker.depth == 0
+    assert tuple(await db.fetchone("SELECT id, received_at, processed_at FROM session_files")) == first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from datetime import datetime, timedelta
 from typing import Callable
@@ -170,7 +171,8 @@ class IngestWorker:
     async def scan(self) -> int:
         """Queue new and changed files of the watched directory; returns how many."""
         found = await asyncio.to_thread(scanner.scan, self.settings.session_dir)
-        known = await store.files_under(self.db, self.settings.session_dir)
+        # The scanner reports absolute paths, so the lookup must use the absolute root too.
+        known = await store.files_under(self.db, os.path.abspath(self.settings.session_dir))
         queued = 0
         for item in found:
             seen = known.get(item.path)
