@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 from aiohttp import web
@@ -21,7 +21,8 @@ def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) ->
                         headers=headers)
 
 
-async def decode_json_body(request: web.Request, type_: type, *, empty: Any = None, limit: int = 64 * 1024):
+async def decode_json_body(request: web.Request, type_: type, *, empty: Any = None, limit: int = 64 * 1024,
+                           invalid: Callable[[msgspec.ValidationError], AppError] | None = None):
     """The request's JSON body as a msgspec Struct: 415 for other media types, 413 past ``limit``,
     400 naming the bad field (msgspec's ``$.path``); an empty body gives ``empty`` when that is set."""
     require_json(request)
@@ -37,7 +38,7 @@ async def decode_json_body(request: web.Request, type_: type, *, empty: Any = No
     try:
         return msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
-        raise AppError(400, f"Invalid request body: {exc}", "invalid_body") from None
+        raise (invalid(exc) if invalid else AppError(400, f"Invalid request body: {exc}", "invalid_body")) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 in a string: UnicodeDecodeError
         raise AppError(400, f"Invalid JSON body: {exc}", "invalid_json") from None
 
