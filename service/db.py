@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Sequence
@@ -18,6 +19,11 @@ import aiosqlite
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+# A read runs on the event loop's own connection for at most this long; one that would take
+# longer (or finds the database locked) is interrupted and redone on a reader thread.
+INLINE_READ_BUDGET_S = 0.001
+_PROGRESS_EVERY = 1000  # SQLite VM steps between budget checks (~10-20 us of work)
+_RETRY_ON_THREAD = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 async def prepare(conn: aiosqlite.Connection) -> None:
@@ -36,7 +42,15 @@ async def connect(path: str) -> aiosqlite.Connection:
 
 
 class Database:
-    """SQLite in WAL mode: all writes go through one writer connection, reads use a pool."""
+    """SQLite in WAL mode: all writes go through one writer connection, reads use a pool.
+
+    Small reads (an indexed lookup, the status frame's range sums: tens of microseconds) run
+    inline on a read-only connection owned by the event loop's thread, because handing them to
+    a thread costs more than the read itself (two thread switches and a GIL hand-off each way).
+    A progress handler bounds each inline read to INLINE_READ_BUDGET_S and the connection never
+    waits for a lock, so a slow or blocked read costs the loop at most that budget before it is
+    redone on a reader thread.
+    """
 
     def __init__(self, path: str, readers: int = 3) -> None:
         self.path = path
@@ -46,6 +60,10 @@ class Database:
         self._all_readers: list[aiosqlite.Connection] = []
         self._write_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
+        self._inline: sqlite3.Connection | None = None
+        self._deadline = 0.0
+        self.inline_reads = 0
+        self.thread_reads = 0
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -56,6 +74,33 @@ class Database:
             conn = await connect(self.path)
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
+        if self.path != ":memory:":
+            self._inline = self._open_inline()
+
+    def _open_inline(self) -> sqlite3.Connection:
+        # check_same_thread=False only so close() may run from wherever the loop is torn down;
+        # the connection is used by the loop's thread alone.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.executescript("PRAGMA busy_timeout = 0; PRAGMA query_only = 1;")
+        conn.set_progress_handler(self._over_budget, _PROGRESS_EVERY)
+        return conn
+
+    def _over_budget(self) -> bool:
+        return time.perf_counter() > self._deadline
+
+    def _read_inline(self, sql: str, params: Sequence[Any] | dict) -> list[sqlite3.Row] | None:
+        """The rows, or None when the read ran over budget or met a lock (redo it on a thread)."""
+        assert self._inline is not None
+        self._deadline = time.perf_counter() + INLINE_READ_BUDGET_S
+        try:
+            rows = self._inline.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _RETRY_ON_THREAD:  # primary code of an extended one
+                raise
+            return None
+        self.inline_reads += 1
+        return rows
 
     def write_later(self, sql: str, params: Sequence[Any] | dict = (), *, what: str = "background write"
                     ) -> asyncio.Task:
@@ -84,6 +129,9 @@ class Database:
     async def close(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()
@@ -109,6 +157,11 @@ class Database:
             self._readers.put_nowait(conn)
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict = ()) -> list[sqlite3.Row]:
+        if self._inline is not None:
+            rows = self._read_inline(sql, params)
+            if rows is not None:
+                return rows
+        self.thread_reads += 1
         # execute_fetchall is one hop to the connection's thread (execute, fetch and close
         # would be three), which is most of a small read's cost.
         conn = self._readers.get_nowait() if not self._readers.empty() else await self._readers.get()
