@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,6 +22,9 @@ class Metrics:
     """Request and ingest metrics of one application."""
 
     def __init__(self) -> None:
+        # (method, route, status) -> that request counter's and latency histogram's children:
+        # labels() takes a lock and builds a key on every call, a dict lookup does not.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("agnes_http_requests", "HTTP requests by route pattern and status.",
@@ -44,8 +47,13 @@ class Metrics:
                                registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_outcome(self, outcome: Outcome) -> None:
         self.files.labels(outcome.status).inc()
