@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
 
 _INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-# Generated ids: a random prefix per process and a counter, unique without a syscall per request
-# (uuid4 reads the kernel's random source each time).
-_ID_PREFIX = secrets.token_hex(6)
+# Generated ids (32 hex digits, like a uuid4 hex): a random prefix per process and a counter,
+# unique without a syscall per request (uuid4 reads the kernel's random source each time).
+_ID_PREFIX = secrets.token_hex(8)
 _id_counter = itertools.count(1)
 
 
@@ -44,7 +44,7 @@ def route_name(request: web.Request) -> str:
 async def request_id_middleware(request: web.Request, handler):
     """Give every request an id (or keep a sane incoming one), put it in the logs and the response."""
     incoming = request.headers.get("X-Request-Id", "")
-    rid = incoming if incoming and _INCOMING_ID.match(incoming) else f"{_ID_PREFIX}{next(_id_counter):08x}"
+    rid = incoming if incoming and _INCOMING_ID.match(incoming) else f"{_ID_PREFIX}{next(_id_counter):016x}"
     request[keys.REQUEST_ID] = rid
     request_id_var.set(rid)
     user_id_var.set("-")
