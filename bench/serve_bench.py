@@ -3,7 +3,8 @@
     python bench/serve_bench.py [--users 200] [--days 60] [--scales 0.01 0.1 1] [--seconds 10]
 
 Builds the dataset straight into SQLite with the store's schema (`agnes-home migrate`, then
-bulk inserts of sessions and activity rows: ~167 assistant messages and ~30 prompts per
+bulk inserts of sessions and activity rows, then the per-user window tables derived by
+ingest's own statements: ~167 assistant messages and ~30 prompts per
 analyst per day, i.e. two million messages for 200 x 60), runs a real `agnes-home serve`
 process and bench/hello.py, and loads them over loopback at 32 connections (wrk when
 installed, else bench/loadgen.py's asyncio client). Also: home-stats while a bulk upload
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import corpus  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from service.store.ingest import REBUILD_WINDOWS_SCRIPT  # noqa: E402
 import loadgen  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -92,6 +95,8 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
         messages += len(msg_rows)
         prompts += len(prm_rows)
     conn.execute("COMMIT")
+    # The per-user window tables that ingest keeps, derived by ingest's own statements.
+    conn.executescript(REBUILD_WINDOWS_SCRIPT)
     conn.execute("ANALYZE")
     conn.close()
     return {"users": len(ids), "days": days, "messages": messages, "prompts": prompts}

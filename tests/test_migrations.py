@@ -138,5 +138,8 @@ async def test_window_tables_are_backfilled_from_existing_activity(conn):
         (1, "msg_2", "S", "2026-11-20T10:05:00.000000Z", 1, 2, 3, 4)]
     assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_prompts")] == [
         (1, "p1", "S", "2026-11-20T10:00:00.000000Z")]
+    # 0007: the hourly totals of the same rows (hand-summed: msg_1 at its largest counters + msg_2).
+    assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_hours")] == [
+        (1, "2026-11-20T10", 11, 82, 103, 11, 1)]
     assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_sessions")] == [
         (1, "S", "2026-11-20T10:05:00.000000Z", "/work/early")]

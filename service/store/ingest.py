@@ -211,6 +211,37 @@ _SUMMARY_COLS = ("session_id", "started_at", "ended_at", "active_seconds", "wall
 # everything in a single transaction. That is a handful of round trips to the database
 # thread per batch instead of one per statement, the transaction is all-or-nothing, and a
 # bulk ingest shares one commit among many files (the commit is the largest cost per file).
+# Hourly totals (schema 0007) are recomputed for the hours listed in temp.touched_hours: the
+# hours of every per-user message and prompt row that is replaced, before and after.
+_HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_hours "
+                "(user_id INTEGER NOT NULL, hour TEXT NOT NULL, PRIMARY KEY (user_id, hour))")
+_TOUCH_HOURS = """
+INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
+    SELECT user_id, substr(ts, 1, 13) FROM user_messages
+    WHERE (user_id, message_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'm')
+    UNION ALL SELECT user_id, substr(ts, 1, 13) FROM user_prompts
+    WHERE (user_id, prompt_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'p');
+"""
+# Separate statements (not a script) so that retention can run them inside its transaction.
+# Every timestamp of hour 'YYYY-MM-DDTHH' sorts in [hour, hour || ';'): ':' follows the hour.
+_RECOMPUTE_HOURS = (
+    "DELETE FROM user_hours WHERE (user_id, hour) IN (SELECT user_id, hour FROM temp.touched_hours)",
+    """INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
+    SELECT h.user_id, h.hour, TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
+           TOTAL(m.cache_creation_tokens)
+    FROM temp.touched_hours h
+    JOIN user_messages m ON m.user_id = h.user_id AND m.ts >= h.hour AND m.ts < h.hour || ';'
+    GROUP BY h.user_id, h.hour""",
+    """INSERT INTO user_hours (user_id, hour, prompts)
+    SELECT h.user_id, h.hour, COUNT(*)
+    FROM temp.touched_hours h
+    JOIN user_prompts p ON p.user_id = h.user_id AND p.ts >= h.hour AND p.ts < h.hour || ';'
+    WHERE true GROUP BY h.user_id, h.hour
+    ON CONFLICT (user_id, hour) DO UPDATE SET prompts = excluded.prompts""",
+    "DELETE FROM temp.touched_hours",
+)
+_RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in _RECOMPUTE_HOURS)
+
 _STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS stage_file (
     file_id INTEGER PRIMARY KEY, user_id INTEGER, size INTEGER, mtime_ns INTEGER, content_hash TEXT,
@@ -223,8 +254,9 @@ CREATE TEMP TABLE IF NOT EXISTS stage_events (
     subagent_type TEXT, command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
 CREATE TEMP TABLE IF NOT EXISTS ingest_touched (
     user_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key));
+{_HOURS_TABLE};
 DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
-DELETE FROM temp.stage_events; DELETE FROM temp.ingest_touched;
+DELETE FROM temp.stage_events; DELETE FROM temp.ingest_touched; DELETE FROM temp.touched_hours;
 """
 _STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
 _STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -244,6 +276,39 @@ INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
 """
 _DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
                f"WHERE file_id IN {_FILES};")
+# The per-user rows of every touched key, recomputed from the per-file rows (and their hours).
+_DERIVE_WINDOWS = f"""
+{_TOUCH_HOURS}
+DELETE FROM user_messages
+    WHERE (user_id, message_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'm');
+INSERT INTO user_messages
+    SELECT user_id, message_key, MIN(session_id), MIN(ts), MAX(input_tokens), MAX(output_tokens),
+           MAX(cache_read_tokens), MAX(cache_creation_tokens)
+    FROM activity_messages
+    WHERE (user_id, message_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'm')
+    GROUP BY user_id, message_key;
+DELETE FROM user_prompts
+    WHERE (user_id, prompt_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'p');
+INSERT INTO user_prompts
+    SELECT user_id, prompt_key, MIN(session_id), MIN(ts) FROM activity_prompts
+    WHERE (user_id, prompt_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'p')
+    GROUP BY user_id, prompt_key;
+{_TOUCH_HOURS}
+{_RECOMPUTE_HOURS_SCRIPT}
+DELETE FROM user_sessions
+    WHERE (user_id, session_id) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 's');
+INSERT INTO user_sessions
+    SELECT t.user_id, t.key, t.last_ts,
+           (SELECT s.project FROM session_summaries s
+            WHERE s.user_id = t.user_id AND s.session_id = t.key AND s.project IS NOT NULL
+            ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
+    FROM (SELECT x.user_id, x.key, NULLIF(MAX(
+              COALESCE((SELECT MAX(ts) FROM user_messages m WHERE m.user_id = x.user_id AND m.session_id = x.key), ''),
+              COALESCE((SELECT MAX(ts) FROM user_prompts p WHERE p.user_id = x.user_id AND p.session_id = x.key), '')),
+              '') AS last_ts
+          FROM temp.ingest_touched x WHERE x.kind = 's') t
+    WHERE t.last_ts IS NOT NULL;
+"""
 _WRITE_SCRIPT = f"""
 BEGIN IMMEDIATE;
 {_DIRTY_DAYS}
@@ -275,34 +340,7 @@ INSERT OR REPLACE INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_
     SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file;
 {_DIRTY_DAYS}
 {_TOUCH}
-DELETE FROM user_messages
-    WHERE (user_id, message_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'm');
-INSERT INTO user_messages
-    SELECT user_id, message_key, MIN(session_id), MIN(ts), MAX(input_tokens), MAX(output_tokens),
-           MAX(cache_read_tokens), MAX(cache_creation_tokens)
-    FROM activity_messages
-    WHERE (user_id, message_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'm')
-    GROUP BY user_id, message_key;
-DELETE FROM user_prompts
-    WHERE (user_id, prompt_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'p');
-INSERT INTO user_prompts
-    SELECT user_id, prompt_key, MIN(session_id), MIN(ts) FROM activity_prompts
-    WHERE (user_id, prompt_key) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 'p')
-    GROUP BY user_id, prompt_key;
-DELETE FROM user_sessions
-    WHERE (user_id, session_id) IN (SELECT user_id, key FROM temp.ingest_touched WHERE kind = 's');
-INSERT INTO user_sessions
-    SELECT t.user_id, t.key, t.last_ts,
-           (SELECT s.project FROM session_summaries s
-            WHERE s.user_id = t.user_id AND s.session_id = t.key AND s.project IS NOT NULL
-            ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
-    FROM (SELECT x.user_id, x.key, NULLIF(MAX(
-              COALESCE((SELECT MAX(ts) FROM user_messages m WHERE m.user_id = x.user_id AND m.session_id = x.key), ''),
-              COALESCE((SELECT MAX(ts) FROM user_prompts p WHERE p.user_id = x.user_id AND p.session_id = x.key), '')),
-              '') AS last_ts
-          FROM temp.ingest_touched x WHERE x.kind = 's') t
-    WHERE t.last_ts IS NOT NULL;
-UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
+{_DERIVE_WINDOWS}UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
        processor_version = f.version, items = f.items, last_error = NULL, failure_count = 0,
        next_attempt_at = NULL, quarantined_at = NULL, processed_at = f.stamp
     FROM temp.stage_file f WHERE session_files.id = f.file_id;
@@ -359,6 +397,22 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime) -> Non
             raise
 
 
+# Every per-user window table derived anew from the per-file rows, by the same statements as
+# ingest: for data loaded around ingest (bench/serve_bench.py's dataset) and for repairs.
+REBUILD_WINDOWS_SCRIPT = f"""
+{_STAGING}
+BEGIN IMMEDIATE;
+DELETE FROM user_messages; DELETE FROM user_prompts; DELETE FROM user_sessions; DELETE FROM user_hours;
+INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+    SELECT user_id, 'm', message_key FROM activity_messages
+    UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts
+    UNION ALL SELECT user_id, 's', session_id FROM activity_messages
+    UNION ALL SELECT user_id, 's', session_id FROM activity_prompts;
+{_DERIVE_WINDOWS}
+COMMIT;
+"""
+
+
 async def write_result(db: Database, file_id: int, user_id: int, result: ParseResult, *, size: int,
                        mtime_ns: int, version: int, now: datetime) -> None:
     """write_results for one file."""
@@ -407,6 +461,13 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         await conn.execute("DELETE FROM user_messages WHERE ts < ?", (cutoff,))
         await conn.execute("DELETE FROM user_prompts WHERE ts < ?", (cutoff,))
         await conn.execute("DELETE FROM user_sessions WHERE last_ts < ?", (cutoff,))
+        # Hours wholly before the cutoff go; the hour it cuts through is recomputed.
+        await conn.execute("DELETE FROM user_hours WHERE hour < ?", (cutoff[:13],))
+        await conn.execute(_HOURS_TABLE)
+        await conn.execute("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
+                           "SELECT user_id, hour FROM user_hours WHERE hour = ?", (cutoff[:13],))
+        for statement in _RECOMPUTE_HOURS:
+            await conn.execute(statement)
         await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
     return counts

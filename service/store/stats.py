@@ -36,32 +36,47 @@ def clamp_window(value: str | None) -> str:
     return value if value in WINDOWS else DEFAULT_WINDOW
 
 
-# One statement over the per-user deduplicated tables that ingest maintains (schema 0005):
-# a message counts once per user with its largest counters and earliest timestamp, a prompt
-# once by its key, and a session is in the window when its latest activity is. Each part is
-# a range scan of a (user_id, ts) index, so the cost follows this user's activity in the
-# window, not the size of the database, and no GROUP BY or temporary B-tree is needed.
+# One statement over the per-user tables that ingest maintains (schemas 0005 and 0007): whole
+# hours of the window come from user_hours (a row per active hour), the window's first,
+# partial hour [since, edge) from the deduplicated rows themselves, and sessions (in the
+# window when their latest activity is) from user_sessions. Every part is a range of a
+# (user_id, time) key, so the cost is bounded by the hours in the window, not by the size
+# of the database or how busy the analyst was.
 _HOME_STATS_SQL = """
 SELECT
     (SELECT last_pull_at FROM users WHERE id = :user) AS last_pull_at,
-    (SELECT COUNT(*) FROM user_sessions WHERE user_id = :user AND last_ts >= :since) AS sessions,
-    (SELECT COUNT(DISTINCT project) FROM user_sessions WHERE user_id = :user AND last_ts >= :since) AS projects,
-    (SELECT COUNT(*) FROM user_prompts WHERE user_id = :user AND ts >= :since) AS prompts,
-    t.input, t.output, t.cache_read, t.cache_creation
-FROM (SELECT CAST(TOTAL(input_tokens) AS INTEGER) AS input, CAST(TOTAL(output_tokens) AS INTEGER) AS output,
-             CAST(TOTAL(cache_read_tokens) AS INTEGER) AS cache_read,
-             CAST(TOTAL(cache_creation_tokens) AS INTEGER) AS cache_creation
-      FROM user_messages WHERE user_id = :user AND ts >= :since) AS t
+    s.sessions, s.projects,
+    CAST(h.prompts AS INTEGER)
+        + (SELECT COUNT(*) FROM user_prompts WHERE user_id = :user AND ts >= :since AND ts < :edge) AS prompts,
+    CAST(h.input + m.input AS INTEGER) AS input, CAST(h.output + m.output AS INTEGER) AS output,
+    CAST(h.cache_read + m.cache_read AS INTEGER) AS cache_read,
+    CAST(h.cache_creation + m.cache_creation AS INTEGER) AS cache_creation
+FROM (SELECT COUNT(*) AS sessions, COUNT(DISTINCT project) AS projects
+      FROM user_sessions WHERE user_id = :user AND last_ts >= :since) AS s,
+     (SELECT TOTAL(input_tokens) AS input, TOTAL(output_tokens) AS output, TOTAL(cache_read_tokens) AS cache_read,
+             TOTAL(cache_creation_tokens) AS cache_creation, TOTAL(prompts) AS prompts
+      FROM user_hours WHERE user_id = :user AND hour >= :hour) AS h,
+     (SELECT TOTAL(input_tokens) AS input, TOTAL(output_tokens) AS output, TOTAL(cache_read_tokens) AS cache_read,
+             TOTAL(cache_creation_tokens) AS cache_creation
+      FROM user_messages WHERE user_id = :user AND ts >= :since AND ts < :edge) AS m
 """
 # TOTAL, not SUM: SUM raises "integer overflow" on absurd (but int64) counters in a transcript;
 # TOTAL is exact below 2**53 and the CAST saturates at the int64 maximum.
 
 
+def window_bounds(now: datetime, window: str) -> dict[str, str]:
+    """The window's start, the first whole hour at or after it, and that hour's user_hours key."""
+    since = now - WINDOWS[window]
+    floor = since.replace(minute=0, second=0, microsecond=0)
+    edge = floor if floor == since else floor + timedelta(hours=1)
+    edge_text = to_store(edge)
+    return {"since": to_store(since), "edge": edge_text, "hour": edge_text[:13]}
+
+
 async def home_stats(db: Database, user_id: int, window: str | None, now: datetime) -> HomeStats:
     """The status frame for one user at ``now``; zeros and no last pull for a user without data or row."""
     window = clamp_window(window)
-    since = to_store(now - WINDOWS[window])
-    row = await db.fetchone(_HOME_STATS_SQL, {"user": user_id, "since": since})
+    row = await db.fetchone(_HOME_STATS_SQL, {"user": user_id, **window_bounds(now, window)})
     tokens = Tokens(row["input"], row["output"], row["cache_read"], row["cache_creation"])
     tokens.total = min(tokens.input + tokens.output + tokens.cache_read + tokens.cache_creation, _INT64_MAX)
     return HomeStats(window=window, last_pull_at=to_api(row["last_pull_at"]), sessions=row["sessions"],

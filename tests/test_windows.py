@@ -1,0 +1,169 @@
+"""Window edges and the hourly totals (schema 0007) the status frame reads.
+
+A window starting mid-hour takes that hour's first part from the deduplicated rows and the
+rest from user_hours; ingest, rewrites, copies and retention keep user_hours equal to what
+it sums. Numbers below are hand-checked from the transcripts written here.
+"""
+
+from __future__ import annotations
+
+import collections
+from datetime import timedelta
+
+import msgspec
+import pytest
+
+from service.store import ingest as store
+from service.store import stats
+from service.timeutil import from_store
+from tests.conftest import ingest_files, make_caller, sample_files
+from tests.test_parser import assistant, jsonl, usage, user
+
+T = from_store
+
+
+def transcript(*lines) -> bytes:
+    return jsonl(*lines)
+
+
+# One session: messages at 11:20, 11:40, 12:10 (day 1) and 09:00 (day 2); prompts at 11:45, 11:50.
+SESSION_A = transcript(
+    assistant("a1", "m1", ts="2026-11-20T11:20:00.000Z", usage=usage(1, 10)),
+    assistant("a2", "m2", ts="2026-11-20T11:40:00.000Z", usage=usage(2, 20)),
+    user("p2", "second question", ts="2026-11-20T11:45:00.000Z"),
+    user("p1", "first question", ts="2026-11-20T11:50:00.000Z"),
+    assistant("a3", "m3", ts="2026-11-20T12:10:00.000Z", usage=usage(4, 40)),
+    assistant("a4", "m4", ts="2026-11-21T09:00:00.000Z", usage=usage(8, 80)),
+)
+
+
+@pytest.fixture
+async def alice_id(db):
+    return (await make_caller(db, "alice@example.com")).user.id
+
+
+async def write(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+async def frame(db, user_id: int, now: str, window: str = "24h") -> dict:
+    return msgspec.to_builtins(await stats.home_stats(db, user_id, window, T(now)))
+
+
+async def reference_frame(db, user_id: int, now: str, window: str) -> tuple:
+    """The same numbers straight from the deduplicated rows (the read before schema 0007)."""
+    since = stats.window_bounds(T(now), window)["since"]
+    row = await db.fetchone(
+        "SELECT (SELECT COUNT(*) FROM user_sessions WHERE user_id = :u AND last_ts >= :s), "
+        "(SELECT COUNT(DISTINCT project) FROM user_sessions WHERE user_id = :u AND last_ts >= :s), "
+        "(SELECT COUNT(*) FROM user_prompts WHERE user_id = :u AND ts >= :s), "
+        "(SELECT CAST(TOTAL(input_tokens) AS INTEGER) FROM user_messages WHERE user_id = :u AND ts >= :s), "
+        "(SELECT CAST(TOTAL(output_tokens) AS INTEGER) FROM user_messages WHERE user_id = :u AND ts >= :s), "
+        "(SELECT CAST(TOTAL(cache_read_tokens) AS INTEGER) FROM user_messages WHERE user_id = :u AND ts >= :s), "
+        "(SELECT CAST(TOTAL(cache_creation_tokens) AS INTEGER) FROM user_messages WHERE user_id = :u AND ts >= :s)",
+        {"u": user_id, "s": since})
+    return tuple(row)
+
+
+def as_tuple(f: dict) -> tuple:
+    t = f["tokens"]
+    return (f["sessions"], f["projects"], f["prompts"], t["input"], t["output"], t["cache_read"], t["cache_creation"])
+
+
+async def assert_hours_consistent(db) -> None:
+    """user_hours holds exactly the per-hour sums of user_messages and counts of user_prompts."""
+    want: dict = collections.defaultdict(lambda: [0, 0, 0, 0, 0])
+    for r in await db.fetchall("SELECT user_id, ts, input_tokens, output_tokens, cache_read_tokens, "
+                               "cache_creation_tokens FROM user_messages"):
+        acc = want[(r[0], r[1][:13])]
+        for i in range(4):
+            acc[i] += r[2 + i]
+    for r in await db.fetchall("SELECT user_id, ts FROM user_prompts"):
+        want[(r[0], r[1][:13])][4] += 1
+    got = {(r[0], r[1]): list(r[2:]) for r in await db.fetchall(
+        "SELECT user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, prompts "
+        "FROM user_hours")}
+    assert got == dict(want)
+
+
+async def test_a_window_starting_mid_hour_counts_exactly_what_is_inside_it(db, alice_id, tmp_path):
+    await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])
+    await assert_hours_consistent(db)
+    # since 11:30 on day 1: m2 (11:40), both prompts (raw part of the 11 o'clock hour), m3, m4.
+    f = await frame(db, alice_id, "2026-11-21T11:30:00Z")
+    assert (f["prompts"], f["tokens"]["input"], f["tokens"]["output"], f["tokens"]["total"]) == (2, 14, 140, 154)
+    # since 11:47: p1 (11:50) only, then m3 and m4.
+    f = await frame(db, alice_id, "2026-11-21T11:47:00Z")
+    assert (f["prompts"], f["tokens"]["input"], f["tokens"]["output"]) == (1, 12, 120)
+    # since 12:00 sharp: no partial hour at all.
+    f = await frame(db, alice_id, "2026-11-21T12:00:00Z")
+    assert (f["prompts"], f["tokens"]["input"], f["tokens"]["output"]) == (0, 12, 120)
+    # since 11:20 exactly: m1's timestamp is inside (the window's start is inclusive).
+    f = await frame(db, alice_id, "2026-11-21T11:20:00Z")
+    assert (f["prompts"], f["tokens"]["input"]) == (2, 15)
+    assert (f["sessions"], f["projects"]) == (1, 0)
+
+
+async def test_every_minute_of_three_hours_agrees_with_a_sum_of_the_rows(db, alice_id, tmp_path):
+    await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])
+    await ingest_files(db, alice_id, sample_files("alice"))
+    start = T("2026-11-21T10:00:00Z")
+    for minute in range(0, 180, 7):
+        for window in ("24h", "7d"):
+            now = (start + timedelta(minutes=minute, seconds=minute % 11)).isoformat()
+            assert as_tuple(await frame(db, alice_id, now, window)) == \
+                await reference_frame(db, alice_id, now, window), (now, window)
+
+
+async def test_an_earlier_copy_moves_a_message_to_its_hour(db, alice_id, tmp_path):
+    await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])
+    # The same message m3 in another file, stamped 11:35: its earliest timestamp now counts.
+    copy = transcript(assistant("b3", "m3", ts="2026-11-20T11:35:00.000Z", usage=usage(4, 40)))
+    await ingest_files(db, alice_id, [await write(tmp_path, "b.jsonl", copy)])
+    await assert_hours_consistent(db)
+    hours = {r[0]: r[1] for r in await db.fetchall(
+        "SELECT hour, input_tokens FROM user_hours WHERE user_id = ?", (alice_id,))}
+    assert hours == {"2026-11-20T11": 1 + 2 + 4, "2026-11-21T09": 8}
+    f = await frame(db, alice_id, "2026-11-21T11:38:00Z")  # m3 (11:35) is now before the window
+    assert (f["tokens"]["input"], f["tokens"]["output"]) == (10, 100)
+    # Rewriting the copy without it gives m3 back its own hour.
+    await ingest_files(db, alice_id, [await write(tmp_path, "b.jsonl", transcript(
+        user("q1", "unrelated", ts="2026-11-20T15:00:00.000Z")))])
+    await assert_hours_consistent(db)
+    f = await frame(db, alice_id, "2026-11-21T11:38:00Z")
+    assert (f["prompts"], f["tokens"]["input"], f["tokens"]["output"]) == (3, 14, 140)  # + q1 at 15:00
+
+
+async def test_retention_recomputes_the_hour_it_cuts_through(db, alice_id, tmp_path):
+    await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])
+    await store.prune(db, T("2026-11-20T11:45:00Z"))  # m1 and m2 go; p2 at 11:45 stays
+    await assert_hours_consistent(db)
+    hours = {r[0]: (r[1], r[2]) for r in await db.fetchall(
+        "SELECT hour, input_tokens, prompts FROM user_hours WHERE user_id = ?", (alice_id,))}
+    assert hours == {"2026-11-20T11": (0, 2), "2026-11-20T12": (4, 0), "2026-11-21T09": (8, 0)}
+
+
+async def test_samples_of_two_users_keep_their_hours_apart(db, tmp_path):
+    ids = {name: (await make_caller(db, f"{name}@example.com")).user.id for name in ("alice", "bob")}
+    for name, uid in ids.items():
+        await ingest_files(db, uid, sample_files(name))
+    await assert_hours_consistent(db)
+    users_with_hours = {r[0] for r in await db.fetchall("SELECT DISTINCT user_id FROM user_hours")}
+    assert users_with_hours == set(ids.values())
+
+
+async def test_rebuilding_the_window_tables_gives_what_ingest_kept(db, alice_id, tmp_path):
+    await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])
+    await ingest_files(db, alice_id, sample_files("alice"))
+    tables = ("user_messages", "user_prompts", "user_sessions", "user_hours")
+
+    async def snapshot() -> dict:
+        return {t: sorted(tuple(r) for r in await db.fetchall(f"SELECT * FROM {t}")) for t in tables}
+
+    kept = await snapshot()
+    assert all(kept.values())
+    async with db.writing() as conn:
+        await conn.executescript(store.REBUILD_WINDOWS_SCRIPT)
+    assert await snapshot() == kept
