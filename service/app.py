@@ -65,6 +65,8 @@ def setup_templates(app: web.Application) -> None:
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,
+        # Templates change with a deploy only; checking their mtimes cost three stat() calls a page.
+        auto_reload=False,
     )
     app[aiohttp_jinja2.static_root_key] = "/static"
     # Versioned asset URLs (?v=<content hash>), so a deploy never leaves browsers on a stale script.
