@@ -125,10 +125,10 @@ async def test_error_mid_transaction_leaves_previous_state(db, ingested, monkeyp
 
     # Fail inside the transaction after the old rows are deleted and the new activity inserted:
     # all of it must roll back.
-    script = store._WRITE_SCRIPT
-    marker = "INSERT OR IGNORE INTO usage_events"
-    assert marker in script
-    monkeypatch.setattr(store, "_WRITE_SCRIPT", script.replace(marker, "SELECT disk_on_fire();\n" + marker, 1))
+    steps = list(store._WRITE_STATEMENTS)
+    at = next(i for i, s in enumerate(steps) if "INSERT OR IGNORE INTO usage_events" in s)
+    assert any(s.startswith("INSERT INTO activity_messages") for s in steps[:at])
+    monkeypatch.setattr(store, "_WRITE_STATEMENTS", (*steps[:at], "SELECT disk_on_fire()", *steps[at:]))
     processor = Processor(db, workers=0, clock=lambda: NOW)
     outcome = await processor.process(file_id, force=True)
     assert outcome.status == "failed" and "disk_on_fire" in outcome.error
