@@ -159,8 +159,6 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
 
 @with_db
 async def cmd_ingest(args, settings, db) -> int:
-    from tqdm import tqdm  # noqa: PLC0415
-
     from .ingest.bulk import expand, ingest_paths  # noqa: PLC0415
     from .timeutil import utcnow  # noqa: PLC0415
 
@@ -170,10 +168,14 @@ async def cmd_ingest(args, settings, db) -> int:
     except FileNotFoundError as exc:
         raise CliError(f"no such file or directory: {exc}") from None
     total = sum(os.path.getsize(p) for p in paths)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=args.json or not sys.stderr.isatty(),
-               file=sys.stderr)
-    def progress(outcome) -> None:
-        bar.update(outcome.bytes)
+    progress = bar = None
+    if not args.json and sys.stderr.isatty():  # tqdm costs 20 ms of imports: only for a terminal
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", file=sys.stderr)
+
+        def progress(outcome) -> None:
+            bar.update(outcome.bytes)
 
     workers = settings.parse_workers if args.workers is None else args.workers
     from .store.ingest import FileOwnedElsewhere  # noqa: PLC0415
@@ -184,7 +186,8 @@ async def cmd_ingest(args, settings, db) -> int:
     except FileOwnedElsewhere as exc:
         raise CliError(f"{exc} was already ingested for another user; a file has one owner "
                        "(copy it to ingest it for someone else)") from None
-    bar.close()
+    if bar is not None:
+        bar.close()
     from .store.ingest import rebuild_rollups  # noqa: PLC0415
 
     while await rebuild_rollups(db):
