@@ -283,6 +283,11 @@ async def test_two_users_uploading_the_same_session_keep_their_own_events(db, pe
     await ingest_files(db, people["bob"].user.id, [str(copy)])
     with pytest.raises(store.FileOwnedElsewhere):  # the same path cannot change owner
         await ingest_files(db, people["bob"].user.id, path)
+    fresh = tmp_path / "bob-new.jsonl"
+    shutil.copy(path[0], fresh)
+    with pytest.raises(store.FileOwnedElsewhere, match="8d1e4b2a"):  # ... nor registers the rest of the batch
+        await ingest_files(db, people["bob"].user.id, [str(fresh), *path])
+    assert await db.fetchval("SELECT COUNT(*) FROM session_files WHERE path = ?", (str(fresh),)) == 0
     counts = await db.fetchall("SELECT user_id, COUNT(*) FROM usage_events GROUP BY user_id ORDER BY user_id")
     assert [tuple(r) for r in counts] == [(people["alice"].user.id, 7), (people["bob"].user.id, 7)]
     await store.rebuild_rollups(db)

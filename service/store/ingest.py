@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
+import msgspec
+
 from ..db import Database
 from ..ingest.records import EventRow, ParseResult
 from ..timeutil import to_store
@@ -61,22 +63,24 @@ async def register_file(db: Database, user_id: int, path: str, origin: str, now:
 
 async def register_files(db: Database, user_id: int, paths: Iterable[str], origin: str,
                          now: datetime) -> list[int]:
-    """register_file for many paths in one transaction (bulk ingest)."""
+    """register_file for many paths in one transaction (bulk ingest): ids in the order of paths."""
     stamp = to_store(now)
-    ids = []
+    paths = list(paths)
     async with db.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET failure_count = 0, quarantined_at = NULL, "
+            "next_attempt_at = NULL, last_error = NULL WHERE session_files.user_id = excluded.user_id",
+            [(user_id, path, origin, stamp) for path in paths])
+        # One read for all of them (the paths travel as one JSON array, whatever their number).
+        rows = await conn.execute_fetchall(
+            "SELECT f.path, f.id, f.user_id FROM json_each(?) AS j JOIN session_files f ON f.path = j.value",
+            (msgspec.json.encode(paths).decode(),))
+        found = {path: (file_id, owner) for path, file_id, owner in rows}
         for path in paths:
-            async with conn.execute(
-                    "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (path) DO UPDATE SET failure_count = 0, quarantined_at = NULL, "
-                    "next_attempt_at = NULL, last_error = NULL "
-                    "WHERE session_files.user_id = excluded.user_id RETURNING id",
-                    (user_id, path, origin, stamp)) as cur:
-                row = await cur.fetchone()
-            if row is None:  # rolls the whole registration back
+            if found[path][1] != user_id:  # rolls the whole registration back
                 raise FileOwnedElsewhere(path)
-            ids.append(row[0])
-    return ids
+    return [found[path][0] for path in paths]
 
 
 async def get_file(db: Database, file_id: int) -> FileState | None:
