@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import common  # noqa: E402
 import corpus  # noqa: E402
 
 from service.ingest.parser import parse_file  # noqa: E402
@@ -218,6 +219,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    common.compile_service()
     results: dict = {"sizes": []}
     for mb in args.mb:
         r = bench_size(work, mb, args.seed, args.workers, args.ccusage)

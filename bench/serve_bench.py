@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import common  # noqa: E402
 import corpus  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from service.store.ingest import REBUILD_WINDOWS_SCRIPT  # noqa: E402
@@ -174,6 +175,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve.json"))
     args = ap.parse_args()
     work = Path(args.work)
+    common.compile_service()
     res: dict = {}
     load = lambda url, hdr: loadgen.run(url, args.connections, args.seconds, hdr)  # noqa: E731
 
