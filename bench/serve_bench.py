@@ -206,9 +206,13 @@ def main() -> None:
             files = sorted(Path(args.ingest_corpus).rglob("*.jsonl"))
         uploaded: list[int] = []
 
+        upload_span: list[float] = []
+
         def uploader() -> None:
+            t0 = time.perf_counter()
             for f in files:
                 uploaded.append(_upload(srv.base, token, f))
+            upload_span.append(time.perf_counter() - t0)
 
         th = threading.Thread(target=uploader)
         th.start()
@@ -218,6 +222,9 @@ def main() -> None:
         res["home_stats_during_ingest"]["uploads"] = len(uploaded)
         res["home_stats_during_ingest"]["upload_statuses"] = sorted(set(uploaded))
         res["home_stats_during_ingest"]["upload_mb"] = round(sum(f.stat().st_size for f in files) / 1e6, 1)
+        # Uploads are processed as they arrive, so this is (nearly) the span of the ingest
+        # inside the load window.
+        res["home_stats_during_ingest"]["uploads_s"] = round(upload_span[0], 2) if upload_span else None
 
         # A 5 MB session with fresh timestamps: how long until home-stats shows its tokens.
         fresh = work / "fresh"
