@@ -20,7 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGNES_")}
-    env.update(AGNES_DB_PATH=str(tmp_path / "cli.db"), AGNES_DATA_DIR=str(tmp_path / "data"), **extra)
+    # Temporary files of the process (multiprocessing's pymp-* directories, which a SIGKILLed
+    # server cannot remove) stay inside the test's own directory.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env.update(AGNES_DB_PATH=str(tmp_path / "cli.db"), AGNES_DATA_DIR=str(tmp_path / "data"), TMPDIR=str(scratch),
+               **extra)
     return env
 
 
