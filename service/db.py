@@ -189,8 +189,11 @@ class Database:
         """One write transaction on the writer: committed whole, or rolled back whole."""
         async with self._write_lock:
             conn = self.writer
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                # Inside the try: a task cancelled while waiting for BEGIN has still queued it on
+                # the connection's thread, and must roll it back (a no-op when nothing began), or
+                # every later write would fail inside a transaction nobody ends.
+                await conn.execute("BEGIN IMMEDIATE")
                 yield conn
             except BaseException:
                 await conn.rollback()

@@ -67,3 +67,22 @@ async def test_an_sql_error_is_raised_not_retried(database):
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         await database.fetchall("SELECT * FROM missing")
     assert database.thread_reads == before
+
+
+async def test_a_write_cancelled_while_beginning_leaves_no_transaction_behind(database):
+    started = asyncio.Event()
+
+    async def write() -> None:
+        async with database.transaction() as conn:
+            started.set()
+            await conn.execute("INSERT INTO t (k, v) VALUES (1, 'never')")
+
+    task = asyncio.create_task(write())
+    await asyncio.sleep(0)  # the task now waits for BEGIN IMMEDIATE (worker.stop() cancels there)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert not started.is_set()
+    await asyncio.sleep(0.05)
+    assert not database.writer.in_transaction
+    await database.execute_write("INSERT INTO t (k, v) VALUES (2, 'later')")
+    assert [tuple(r) for r in await database.fetchall("SELECT k, v FROM t")] == [(2, "later")]
