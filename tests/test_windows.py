@@ -169,16 +169,14 @@ async def test_rebuilding_the_window_tables_gives_what_ingest_kept(db, alice_id,
     assert await snapshot() == kept
 
 
-async def test_retention_keeps_a_later_copy_of_a_pruned_message(db, alice_id, tmp_path):
+async def test_retention_drops_a_message_whose_first_copy_is_past_the_cutoff(db, alice_id, tmp_path):
+    """A message is as old as its first line (FORMAT.md): pruning that line drops it from the
+    windows, even though a later copy is still kept in another file."""
     await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])  # m3 at 12:10
     copy = transcript(assistant("b3", "m3", ts="2026-11-20T11:35:00.000Z", usage=usage(4, 40)))
-    await ingest_files(db, alice_id, [await write(tmp_path, "b.jsonl", copy)])  # m3 also at 11:35
-    assert await db.fetchval("SELECT ts FROM user_messages WHERE message_key = 'm3'") == "2026-11-20T11:35:00.000000Z"
-    await store.prune(db, T("2026-11-20T11:45:00Z"))  # the 11:35 copy goes, the 12:10 one stays
-    assert await db.fetchval("SELECT ts FROM user_messages WHERE message_key = 'm3'") == "2026-11-20T12:10:00.000000Z"
+    await ingest_files(db, alice_id, [await write(tmp_path, "b.jsonl", copy)])  # m3 first at 11:35
+    await store.prune(db, T("2026-11-20T11:45:00Z"))
+    assert await db.fetchval("SELECT COUNT(*) FROM user_messages WHERE message_key = 'm3'") == 0
     await assert_hours_consistent(db)
-    hours = {r[0]: r[1] for r in await db.fetchall(
-        "SELECT hour, input_tokens FROM user_hours WHERE user_id = ?", (alice_id,))}
-    assert hours == {"2026-11-20T11": 0, "2026-11-20T12": 4, "2026-11-21T09": 8}
-    f = await frame(db, alice_id, "2026-11-21T11:50:00Z")  # since 11:50: p1, m3 (12:10), m4
-    assert (f["prompts"], f["tokens"]["input"], f["sessions"]) == (1, 12, 1)
+    f = await frame(db, alice_id, "2026-11-21T11:50:00Z")  # since 11:50: p1 and m4
+    assert (f["prompts"], f["tokens"]["input"]) == (1, 8)

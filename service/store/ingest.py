@@ -228,26 +228,28 @@ INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
     UNION ALL SELECT p.user_id, substr(p.ts, 1, 13) FROM temp.ingest_touched t
     CROSS JOIN user_prompts p ON p.user_id = t.user_id AND p.prompt_key = t.key WHERE t.kind = 'p';
 """
+# Separate statements (not a script) so that retention can run them inside its transaction.
 # Every timestamp of hour 'YYYY-MM-DDTHH' sorts in [hour, hour || ';'): ':' follows the hour.
-# The delete lists users, then hours, then the pairs (see _touched).
-_RECOMPUTE_HOURS = """
-DELETE FROM user_hours WHERE user_id IN (SELECT user_id FROM temp.touched_hours)
-    AND hour IN (SELECT hour FROM temp.touched_hours)
-    AND (user_id, hour) IN (SELECT user_id, hour FROM temp.touched_hours);
-INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
+_RECOMPUTE_HOURS = (
+    # (users, then hours, then the pairs: see _touched)
+    "DELETE FROM user_hours WHERE user_id IN (SELECT user_id FROM temp.touched_hours) "
+    "AND hour IN (SELECT hour FROM temp.touched_hours) "
+    "AND (user_id, hour) IN (SELECT user_id, hour FROM temp.touched_hours)",
+    """INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
     SELECT h.user_id, h.hour, TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
            TOTAL(m.cache_creation_tokens)
     FROM temp.touched_hours h
     JOIN user_messages m ON m.user_id = h.user_id AND m.ts >= h.hour AND m.ts < h.hour || ';'
-    GROUP BY h.user_id, h.hour;
-INSERT INTO user_hours (user_id, hour, prompts)
+    GROUP BY h.user_id, h.hour""",
+    """INSERT INTO user_hours (user_id, hour, prompts)
     SELECT h.user_id, h.hour, COUNT(*)
     FROM temp.touched_hours h
     JOIN user_prompts p ON p.user_id = h.user_id AND p.ts >= h.hour AND p.ts < h.hour || ';'
     WHERE true GROUP BY h.user_id, h.hour
-    ON CONFLICT (user_id, hour) DO UPDATE SET prompts = excluded.prompts;
-DELETE FROM temp.touched_hours;
-"""
+    ON CONFLICT (user_id, hour) DO UPDATE SET prompts = excluded.prompts""",
+    "DELETE FROM temp.touched_hours",
+)
+_RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in _RECOMPUTE_HOURS)
 
 _STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS stage_file (
@@ -313,7 +315,7 @@ INSERT INTO user_prompts
     CROSS JOIN activity_prompts a ON a.user_id = t.user_id AND a.prompt_key = t.key
     WHERE t.kind = 'p' GROUP BY t.user_id, t.key;
 {_TOUCH_HOURS}
-{_RECOMPUTE_HOURS}
+{_RECOMPUTE_HOURS_SCRIPT}
 DELETE FROM user_sessions WHERE {_touched("user_id", "session_id", "s")};
 INSERT INTO user_sessions
     SELECT t.user_id, t.key, t.last_ts,
@@ -380,7 +382,6 @@ def statements(script: str) -> tuple[str, ...]:
 
 _STAGING_STATEMENTS = statements(_STAGING)
 _WRITE_STATEMENTS = statements(_WRITE_SCRIPT)
-_DERIVE_STATEMENTS = statements(_DERIVE_WINDOWS)
 
 
 def _summary_values(result: ParseResult) -> list:
@@ -482,28 +483,23 @@ async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
 
 
 async def prune(db: Database, before: datetime) -> dict[str, int]:
-    """Delete usage events and activity older than ``before`` (retention).
-
-    The per-user window rows of every message, prompt and session that loses a per-file row
-    are then derived again, as ingest does: a message whose earliest copy is pruned keeps
-    counting from a later copy that is still within retention.
-    """
+    """Delete usage events and activity older than ``before`` (retention)."""
     cutoff = to_store(before)
     counts = {}
     async with db.transaction() as conn:
-        for statement in _STAGING_STATEMENTS:
-            await conn.execute(statement)
-        await conn.execute(
-            "INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key) "
-            "SELECT user_id, 'm', message_key FROM activity_messages WHERE ts < :cutoff "
-            "UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts WHERE ts < :cutoff "
-            "UNION ALL SELECT user_id, 's', session_id FROM activity_messages WHERE ts < :cutoff "
-            "UNION ALL SELECT user_id, 's', session_id FROM activity_prompts WHERE ts < :cutoff",
-            {"cutoff": cutoff})
         for table in ("usage_events", "activity_messages", "activity_prompts"):
             cur = await conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))
             counts[table] = cur.rowcount
-        for statement in _DERIVE_STATEMENTS:
+        # The deduplicated windows forget the same activity (their rows are derived from it).
+        await conn.execute("DELETE FROM user_messages WHERE ts < ?", (cutoff,))
+        await conn.execute("DELETE FROM user_prompts WHERE ts < ?", (cutoff,))
+        await conn.execute("DELETE FROM user_sessions WHERE last_ts < ?", (cutoff,))
+        # Hours wholly before the cutoff go; the hour it cuts through is recomputed.
+        await conn.execute("DELETE FROM user_hours WHERE hour < ?", (cutoff[:13],))
+        await conn.execute(_HOURS_TABLE)
+        await conn.execute("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
+                           "SELECT user_id, hour FROM user_hours WHERE hour = ?", (cutoff[:13],))
+        for statement in _RECOMPUTE_HOURS:
             await conn.execute(statement)
         await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
