@@ -180,3 +180,15 @@ async def test_retention_drops_a_message_whose_first_copy_is_past_the_cutoff(db,
     await assert_hours_consistent(db)
     f = await frame(db, alice_id, "2026-11-21T11:50:00Z")  # since 11:50: p1 and m4
     assert (f["prompts"], f["tokens"]["input"]) == (1, 8)
+
+
+async def test_a_clock_in_another_zone_gives_the_same_numbers(db, alice_id, tmp_path):
+    from datetime import timezone
+
+    await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])
+    utc = T("2026-11-21T11:30:00Z")
+    for offset in (timedelta(hours=5, minutes=30), timedelta(hours=-7), timedelta(minutes=45)):
+        local = utc.astimezone(timezone(offset))
+        got = msgspec.to_builtins(await stats.home_stats(db, alice_id, "24h", local))
+        assert as_tuple(got) == as_tuple(await frame(db, alice_id, "2026-11-21T11:30:00Z")), offset
+        assert got["tokens"]["input"] == 14  # m2 (11:40), m3 and m4: hand-counted above

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from ..db import Database
-from ..timeutil import to_api, to_store
+from ..timeutil import UTC, to_api, to_store
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 DEFAULT_WINDOW = "24h"
@@ -67,6 +67,9 @@ FROM (SELECT COUNT(*) AS sessions, COUNT(DISTINCT project) AS projects
 def window_bounds(now: datetime, window: str) -> dict[str, str]:
     """The window's start, the first whole hour at or after it, and that hour's user_hours key."""
     since = now - WINDOWS[window]
+    # Hours are UTC hours (user_hours keys are stored timestamps): floor in UTC, not in now's zone,
+    # or a +05:30 clock would count half an hour twice.
+    since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
     floor = since.replace(minute=0, second=0, microsecond=0)
     edge = floor if floor == since else floor + timedelta(hours=1)
     edge_text = to_store(edge)
