@@ -157,16 +157,8 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
 
 # -- ingest ---------------------------------------------------------------------------
 
-async def cmd_ingest(args, settings) -> int:
-    if (settings.parse_workers if args.workers is None else args.workers) > 0:
-        from .ingest.processor import start_parse_server  # noqa: PLC0415
-
-        start_parse_server()  # starts while the database opens and the files are registered
-    return await _ingest(args, settings)
-
-
 @with_db
-async def _ingest(args, settings, db) -> int:
+async def cmd_ingest(args, settings, db) -> int:
     from .ingest.bulk import expand, ingest_paths  # noqa: PLC0415
     from .timeutil import utcnow  # noqa: PLC0415
 

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import threading
 import time
@@ -26,21 +25,6 @@ logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF = timedelta(seconds=30)
 PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still runs
-
-
-# forkserver: never fork a process that has an event loop and database threads.
-_CONTEXT = multiprocessing.get_context("forkserver")
-
-
-def start_parse_server() -> None:
-    """Start the server that parse processes are forked from, ahead of the first parse.
-
-    It imports the entry module and this one once, while the caller goes on (opening the
-    database, registering files), so the parse processes are forked ready to run: left to the
-    first parse, that start-up took ~0.15 s before any file was parsed.
-    """
-    _CONTEXT.set_forkserver_preload(["__main__", __name__])
-    multiprocessing.forkserver.ensure_running()
 
 
 def parse_job(path: str, file_key: str, received_at: datetime) -> ParseResult:
@@ -103,7 +87,8 @@ class Processor:
 
     def _pool(self) -> Executor | None:
         if self.workers > 0 and self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=_CONTEXT,
+            # forkserver: never fork a process that has an event loop and database threads.
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
                                                  initializer=exit_with_service, initargs=(os.getpid(),))
         return self._executor
 

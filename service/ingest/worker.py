@@ -16,7 +16,7 @@ from ..db import Database
 from ..store import ingest as store
 from ..store import users
 from . import scanner
-from .processor import Outcome, Processor, start_parse_server
+from .processor import Outcome, Processor
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ class IngestWorker:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.settings.parse_workers > 0:
-            start_parse_server()  # so that the first upload does not wait for it
         self._tasks = [asyncio.create_task(self._consume(), name=f"ingest-consumer-{i}")
                        for i in range(self.concurrency)]
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="ingest-tick"))
