@@ -48,8 +48,11 @@ class Database:
     inline on a read-only connection owned by the event loop's thread, because handing them to
     a thread costs more than the read itself (two thread switches and a GIL hand-off each way).
     A progress handler bounds each inline read to INLINE_READ_BUDGET_S and the connection never
-    waits for a lock, so a slow or blocked read costs the loop at most that budget before it is
-    redone on a reader thread.
+    waits for a lock, so a slow or blocked read costs the loop about that budget before it is
+    redone on a reader thread. The budget is wall-clock and checked with the GIL: with a
+    CPU-bound Python thread in the same process (AGNES_PARSE_WORKERS=0 parses in a thread),
+    each GIL hand-off inside a read can take the interpreter's switch interval (5 ms), so reads
+    stretch past it there; the default parses in processes.
     """
 
     def __init__(self, path: str, readers: int = 3) -> None:
