@@ -53,6 +53,7 @@ async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[keys.METRICS]
     worker = IngestWorker(app[keys.DB], app[keys.SETTINGS], app[keys.CLOCK], on_outcome=metrics.observe_outcome)
     metrics.bind_worker(worker)
+    metrics.bind_database(app[keys.DB])
     app[keys.WORKER] = worker
     worker.start()
     yield

@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from . import ingest, keys
 from .auth import public
 
 if TYPE_CHECKING:
+    from .db import Database
     from .ingest.processor import Outcome
     from .ingest.worker import IngestWorker
 
@@ -70,9 +73,26 @@ class Metrics:
         self.quarantined.set_function(lambda: worker.quarantined_count)
         self.heartbeat.set_function(lambda: time.monotonic() - worker.last_beat)
 
+    def bind_database(self, db: Database) -> None:
+        """Reads by where they ran, read from the database's own counters at scrape time."""
+        self.registry.register(_DatabaseReads(db))
+
     def render(self) -> bytes:
         self.version.set(ingest.USAGE_PROCESSOR_VERSION)
         return generate_latest(self.registry)
+
+
+class _DatabaseReads(Collector):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "agnes_db_reads", "Reads by where they ran: inline on the event loop, or on a reader thread "
+            "(over the inline budget, or met a lock).", labels=["path"])
+        family.add_metric(["inline"], self.db.inline_reads)
+        family.add_metric(["thread"], self.db.thread_reads)
+        yield family
 
 
 @public

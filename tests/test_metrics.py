@@ -36,6 +36,9 @@ async def test_request_metrics_by_route_pattern_and_status(client, alice):
     assert m[key] == 1
     assert m[("agnes_http_request_duration_seconds_count", (("method", "GET"), ("route", "/api/me")))] == 3
     assert m[("agnes_usage_processor_version", ())] == ingest.USAGE_PROCESSOR_VERSION
+    db = client.app[keys.DB]  # (the worker may read between the scrape and these lines)
+    assert 3 <= m[("agnes_db_reads_total", (("path", "inline"),))] <= db.inline_reads  # each bearer request reads
+    assert m[("agnes_db_reads_total", (("path", "thread"),))] <= db.thread_reads
 
 
 async def test_ingest_metrics_after_an_upload(client, alice):
