@@ -168,14 +168,12 @@ async def cmd_ingest(args, settings, db) -> int:
     except FileNotFoundError as exc:
         raise CliError(f"no such file or directory: {exc}") from None
     total = sum(os.path.getsize(p) for p in paths)
-    progress = bar = None
+    bar = None
     if not args.json and sys.stderr.isatty():  # tqdm costs 20 ms of imports: only for a terminal
         from tqdm import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", file=sys.stderr)
-
-        def progress(outcome) -> None:
-            bar.update(outcome.bytes)
+    progress = (lambda outcome: bar.update(outcome.bytes)) if bar is not None else None
 
     workers = settings.parse_workers if args.workers is None else args.workers
     from .store.ingest import FileOwnedElsewhere  # noqa: PLC0415
