@@ -1,0 +1,48 @@
+"""What runs in a parse process. Kept lean: the forkserver imports this module once (and only it),
+so each parse process starts as a fork with the parser already loaded, without the event loop,
+database and store modules that the service process needs and a parse process never uses."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from datetime import datetime
+
+from .parser import parse_file
+from .records import ParseResult
+
+PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still runs
+
+
+def parse_job(path: str, file_key: str, received_at: datetime) -> ParseResult:
+    """Runs in a worker process (or thread): the CPU-heavy part of processing."""
+    return parse_file(path, file_key=file_key, received_at=received_at)
+
+
+def hash_job(path: str) -> str:
+    """sha256 of a file's bytes, read in bounded chunks (same digest as the parser's)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def exit_with_service(service_pid: int) -> None:
+    """Pool initializer: the parse process exits soon after the service process is gone.
+
+    A parse process is a child of the forkserver, which a SIGKILLed service leaves behind,
+    and nothing in the pool notices the loss: without this watch the parse process, the
+    forkserver and the resource tracker would all live on, idle, forever.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            try:
+                os.kill(service_pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone (PermissionError: the pid was reused)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-service", daemon=True).start()
