@@ -258,6 +258,29 @@ async def test_rollups_count_distinct_users_and_sessions(db, people):
     assert await db.fetchval("SELECT COUNT(*) FROM rollup_dirty_days") == 0
 
 
+async def test_rollups_rebuild_the_latest_dirty_days_first_and_the_same_in_any_slices(db, people):
+    await ingest_files(db, people["alice"].user.id, sample_files("alice"))
+    await ingest_files(db, people["bob"].user.id, sample_files("bob"))
+    dirty = [r[0] for r in await db.fetchall("SELECT day FROM rollup_dirty_days ORDER BY day DESC")]
+    assert len(dirty) >= 3
+    done = []
+    while days := await store.rebuild_rollups(db, limit=2):
+        assert days == dirty[len(done):len(done) + 2]  # the latest first, at most `limit` a call
+        done += days
+    assert done == dirty
+
+    async def tables():
+        return ([tuple(r) for r in await db.fetchall("SELECT * FROM usage_tool_daily ORDER BY 1, 2, 3")],
+                [tuple(r) for r in await db.fetchall("SELECT * FROM usage_plugin_daily ORDER BY 1, 2, 3")])
+
+    sliced = await tables()
+    assert sliced[0]
+    await db.executemany_write("INSERT INTO rollup_dirty_days (day) VALUES (?)", [(d,) for d in dirty])
+    await db.execute_write("UPDATE usage_tool_daily SET invocations = 999")  # stale numbers are replaced
+    assert await store.rebuild_rollups(db, limit=100) == dirty
+    assert await tables() == sliced
+
+
 async def test_prune_drops_old_activity_only(db, people):
     bob = people["bob"].user.id
     await ingest_files(db, bob, sample_files("bob"))

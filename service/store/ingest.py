@@ -452,34 +452,40 @@ async def write_result(db: Database, file_id: int, user_id: int, result: ParseRe
     await write_results(db, [Parsed(file_id, user_id, result, size, mtime_ns, version)], now)
 
 
-# A day's usage events, each once per user (files holding copies of a session share event ids).
-_EVENTS_ONCE = """(SELECT user_id, event_id, MIN(session_id) AS session_id, MIN(tool_name) AS tool_name,
-        MIN(command_name) AS command_name, MIN(source) AS source, MIN(ref_id) AS ref_id,
-        MAX(is_error) AS is_error
-    FROM usage_events WHERE ts >= ? AND ts < ? GROUP BY user_id, event_id)"""
+# The daily tool and plugin rollups of up to :limit dirty days (the latest first), set-based: a
+# statement per step for all the days at once, not five per day. Each day counts its usage events
+# once per user (files holding copies of a session share event ids).
+_EVENTS_ONCE = """(SELECT d.day, e.user_id, e.event_id, MIN(e.session_id) AS session_id,
+        MIN(e.tool_name) AS tool_name, MIN(e.command_name) AS command_name, MIN(e.source) AS source,
+        MIN(e.ref_id) AS ref_id, MAX(e.is_error) AS is_error
+    FROM temp.rollup_days d
+    CROSS JOIN usage_events e ON e.ts >= d.day || 'T' AND e.ts < d.day || 'U'
+    GROUP BY d.day, e.user_id, e.event_id)"""
+_REBUILD_ROLLUPS = statements(f"""
+CREATE TEMP TABLE IF NOT EXISTS rollup_days (day TEXT PRIMARY KEY);
+DELETE FROM temp.rollup_days;
+INSERT INTO temp.rollup_days SELECT day FROM rollup_dirty_days ORDER BY day DESC LIMIT :limit;
+DELETE FROM usage_tool_daily WHERE day IN (SELECT day FROM temp.rollup_days);
+DELETE FROM usage_plugin_daily WHERE day IN (SELECT day FROM temp.rollup_days);
+INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_users, distinct_sessions)
+    SELECT day, COALESCE(tool_name, '/' || command_name), source, COUNT(*), SUM(is_error),
+           COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id)
+    FROM {_EVENTS_ONCE} GROUP BY day, 2, source;
+INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, distinct_sessions)
+    SELECT day, source, ref_id, COUNT(*), COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id)
+    FROM {_EVENTS_ONCE} WHERE ref_id IS NOT NULL GROUP BY day, source, ref_id;
+DELETE FROM rollup_dirty_days WHERE day IN (SELECT day FROM temp.rollup_days);
+""")
 
 
 async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
-    """Recompute the daily tool and plugin rollups of the days marked dirty, in one transaction."""
+    """Recompute the daily tool and plugin rollups of the days marked dirty (at most ``limit``, the
+    latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
-        async with conn.execute("SELECT day FROM rollup_dirty_days ORDER BY day DESC LIMIT ?", (limit,)) as cur:
-            days = [r[0] for r in await cur.fetchall()]
-        for day in days:
-            lo, hi = f"{day}T", f"{day}U"  # every stored timestamp of that day sorts between these
-            await conn.execute("DELETE FROM usage_tool_daily WHERE day = ?", (day,))
-            await conn.execute("DELETE FROM usage_plugin_daily WHERE day = ?", (day,))
-            await conn.execute(
-                "INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_users, "
-                "distinct_sessions) SELECT ?, COALESCE(tool_name, '/' || command_name), source, COUNT(*), "
-                "SUM(is_error), COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id) "
-                f"FROM {_EVENTS_ONCE} GROUP BY 2, source", (day, lo, hi))
-            await conn.execute(
-                "INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, "
-                "distinct_sessions) SELECT ?, source, ref_id, COUNT(*), COUNT(DISTINCT user_id), "
-                f"COUNT(DISTINCT user_id || ':' || session_id) FROM {_EVENTS_ONCE} "
-                "WHERE ref_id IS NOT NULL GROUP BY source, ref_id", (day, lo, hi))
-            await conn.execute("DELETE FROM rollup_dirty_days WHERE day = ?", (day,))
-    return days
+        for statement in _REBUILD_ROLLUPS:
+            await conn.execute(statement, {"limit": limit} if ":limit" in statement else ())
+        async with conn.execute("SELECT day FROM temp.rollup_days ORDER BY day DESC") as cur:
+            return [r[0] for r in await cur.fetchall()]
 
 
 async def prune(db: Database, before: datetime) -> dict[str, int]:
