@@ -1,6 +1,6 @@
 """Serving benchmark: /api/me/home-stats and /home against a hello-world aiohttp handler.
 
-    python bench/serve_bench.py [--users 200] [--days 60] [--scales 0.01 0.1 1] [--seconds 10]
+    python bench/serve_bench.py [--users 200] [--days 60] [--scales 0.01 0.1 10] [--seconds 10] [--reuse]
 
 Builds the dataset straight into SQLite with the store's schema (`agnes-home migrate`, then
 bulk inserts of sessions and activity rows, then the per-user window tables derived by
@@ -145,16 +145,23 @@ def _upload(base: str, token: str, path: Path) -> int:
     return asyncio.run(go())
 
 
-def setup(work: Path, name: str, users: int, days: int, port: int) -> tuple[dict, dict, str]:
+def setup(work: Path, name: str, users: int, days: int, port: int, reuse: bool = False
+          ) -> tuple[dict, dict, str]:
+    """A dataset directory and a token for the measured user; with ``reuse``, a dataset an earlier
+    run built with the same users and days is kept (the 10x one takes ~10 minutes to build)."""
     d = work / name
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
+    marker = d / "dataset.json"
     env = dict(os.environ, AGNES_DB_PATH=str(d / "agnes.db"), AGNES_DATA_DIR=str(d / "data"),
                AGNES_PORT=str(port), AGNES_HOST="127.0.0.1", AGNES_LOG_LEVEL="WARNING",
                AGNES_SCAN_INTERVAL="1")
-    t = time.perf_counter()
-    info = build_dataset(str(d / "agnes.db"), env, users, days)
-    info["build_s"] = round(time.perf_counter() - t, 1)
+    info = json.loads(marker.read_text()) if reuse and marker.exists() else None
+    if info is None or (info["users"], info["days"]) != (users + 1, days):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        t = time.perf_counter()
+        info = build_dataset(str(d / "agnes.db"), env, users, days)
+        info["build_s"] = round(time.perf_counter() - t, 1)
+        marker.write_text(json.dumps(info))
     out = subprocess.run([str(BIN / "agnes-home"), "tokens", "issue", ME], env=env, check=True,
                          capture_output=True, text=True).stdout
     return env, info, out.strip().splitlines()[-1]
@@ -172,6 +179,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/agnes-bench/serve")
     ap.add_argument("--ingest-corpus", default="/tmp/agnes-bench/corpus-20mb/projects",
                     help="transcripts uploaded during the 'while ingesting' run (bench/corpus.py output)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep datasets an earlier run built with the same --users/--days (and scales)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve.json"))
     args = ap.parse_args()
     work = Path(args.work)
@@ -187,7 +196,7 @@ def main() -> None:
         hello.stop()
     print(json.dumps({"hello": res["hello"]}), flush=True)
 
-    env, info, token = setup(work, "main", args.users, args.days, args.port)
+    env, info, token = setup(work, "main", args.users, args.days, args.port, args.reuse)
     res["dataset"] = info
     auth = [f"Authorization: Bearer {token}"]
     srv = Server([str(BIN / "agnes-home"), "serve"], env, args.port, "/healthz")
@@ -254,7 +263,7 @@ def main() -> None:
                        "p99_ms": res["home_stats"]["p99_ms"], "rps": res["home_stats"]["rps"]}]
     for scale in args.scales:
         n = max(1, round(args.users * scale))
-        env_s, info_s, token_s = setup(work, f"scale-{scale:g}", n, args.days, args.port + 2)
+        env_s, info_s, token_s = setup(work, f"scale-{scale:g}", n, args.days, args.port + 2, args.reuse)
         srv = Server([str(BIN / "agnes-home"), "serve"], env_s, args.port + 2, "/healthz")
         try:
             r = load(f"{srv.base}/api/me/home-stats?window=24h", [f"Authorization: Bearer {token_s}"])
