@@ -259,6 +259,10 @@ async def test_rollups_count_distinct_users_and_sessions(db, people):
 
 
 async def test_rollups_rebuild_the_latest_dirty_days_first_and_the_same_in_any_slices(db, people):
+    await db.executemany_write("INSERT INTO skill_attribution (name, source, ref_id) VALUES (?, ?, ?)",
+                               [("data-quality-check", "curated", "cur-dq")])
+    await db.executemany_write("INSERT INTO command_attribution (name, source, ref_id) VALUES (?, ?, ?)",
+                               [("agnes:explore", "curated", "cur-explore")])
     await ingest_files(db, people["alice"].user.id, sample_files("alice"))
     await ingest_files(db, people["bob"].user.id, sample_files("bob"))
     dirty = [r[0] for r in await db.fetchall("SELECT day FROM rollup_dirty_days ORDER BY day DESC")]
@@ -274,9 +278,11 @@ async def test_rollups_rebuild_the_latest_dirty_days_first_and_the_same_in_any_s
                 [tuple(r) for r in await db.fetchall("SELECT * FROM usage_plugin_daily ORDER BY 1, 2, 3")])
 
     sliced = await tables()
-    assert sliced[0]
+    assert len(sliced[0]) >= 5
+    assert sliced[1] == [("2026-11-20", "curated", "cur-dq", 1, 1, 1), ("2026-11-21", "curated", "cur-explore", 1, 1, 1)]
     await db.executemany_write("INSERT INTO rollup_dirty_days (day) VALUES (?)", [(d,) for d in dirty])
     await db.execute_write("UPDATE usage_tool_daily SET invocations = 999")  # stale numbers are replaced
+    await db.execute_write("UPDATE usage_plugin_daily SET invocations = 999")
     assert await store.rebuild_rollups(db, limit=100) == dirty
     assert await tables() == sliced
 

@@ -1,6 +1,6 @@
-"""What runs in a parse process. Kept lean: the forkserver imports this module once (and only it),
-so each parse process starts as a fork with the parser already loaded, without the event loop,
-database and store modules that the service process needs and a parse process never uses."""
+"""What runs in a parse process: parsing and hashing, with nothing of the event loop or the
+database. The forkserver imports it once (see processor._forkserver_preload), so each parse
+process starts as a fork with the parser already loaded."""
 
 from __future__ import annotations
 

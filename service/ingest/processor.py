@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,18 +26,26 @@ logger = logging.getLogger(__name__)
 RETRY_BACKOFF = timedelta(seconds=30)
 
 
-# What the forkserver imports once, so each parse process starts as a fork with it loaded: the
-# job module, and the command line module. multiprocessing re-runs the parent's main script in
-# every child (as __mp_main__), and agnes-home's script imports service.cli: preloaded, that
-# import is free instead of ~0.08 s of CPU per parse process. (Preloading "__main__" itself is
-# a no-op on Python 3.11: the forkserver is never told the main script's path.)
-_FORKSERVER_PRELOAD = [jobs.__name__, "service.cli"]
+def _forkserver_preload() -> list[str]:
+    """What the forkserver imports once, so each parse process starts as a fork with it loaded.
+
+    The job module, and the command line module: multiprocessing re-runs the parent's main script
+    in every child (as __mp_main__), and agnes-home's script imports service.cli, ~0.08 s of CPU
+    per parse process unless the forkserver has it already. (Preloading "__main__" itself is a
+    no-op on Python 3.11: the forkserver is never told the main script's path.) Not when service.cli
+    is the main module itself (`python -m service.cli`): runpy re-runs it by name, and warns when
+    it was already imported.
+    """
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if main_spec is not None and main_spec.name == "service.cli":
+        return [jobs.__name__]
+    return [jobs.__name__, "service.cli"]
 
 
 def _parse_context() -> multiprocessing.context.BaseContext:
     """forkserver: never fork a process that has an event loop and database threads."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    ctx.set_forkserver_preload(_forkserver_preload())
     return ctx
 
 
