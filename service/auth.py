@@ -10,6 +10,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -84,7 +85,12 @@ def _bearer(request: web.Request) -> str | None:
 
 
 def _from_trusted_proxy(request: web.Request, settings: Settings) -> bool:
-    if not settings.proxy_header or not settings.trusted_proxies or request.remote is None:
+    return bool(settings.proxy_header) and _remote_is_trusted(request, settings)
+
+
+def _remote_is_trusted(request: web.Request, settings: Settings) -> bool:
+    """Whether the direct peer is one of the operator's trusted proxies (AGNES_TRUSTED_PROXIES)."""
+    if not settings.trusted_proxies or request.remote is None:
         return False
     try:
         remote = ipaddress.ip_address(request.remote)
@@ -161,13 +167,31 @@ def _load_cookie(signer: URLSafeTimedSerializer, raw: str, max_age: int) -> dict
     return data
 
 
-async def check_csrf(request: web.Request, identity: Identity) -> bool:
-    """Cookie- and proxy-authenticated state changes need the session's CSRF token and a same-origin Origin."""
+def _own_hosts(request: web.Request, settings: Settings) -> set[str]:
+    """The host[:port] values a same-origin browser request may carry in Origin.
+
+    The Host the request arrived with; the host of AGNES_PUBLIC_URL (a reverse proxy commonly
+    rewrites Host to the upstream address, nginx by default); and X-Forwarded-Host when the
+    direct peer is a trusted proxy.
+    """
+    hosts = {request.host}
+    if settings.public_url:
+        hosts.add(urlsplit(settings.public_url).netloc)
+    forwarded = request.headers.get("X-Forwarded-Host")
+    if forwarded and _remote_is_trusted(request, settings):
+        hosts.add(forwarded.split(",", 1)[0].strip())
+    return hosts
+
+
+async def check_csrf(request: web.Request, identity: Identity) -> AppError | None:
+    """Cookie- and proxy-authenticated state changes need a same-origin Origin (when the browser sends
+    one) and the session's CSRF token; the refusal, or None."""
     if request.method in SAFE_METHODS or identity.method == "bearer":
-        return True
+        return None
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.split("://", 1)[-1] != request.host:
-        return False
+    if origin and origin != "null" and origin.split("://", 1)[-1] not in _own_hosts(request, request.app[keys.SETTINGS]):
+        return AppError(403, f"Cross-site request refused: Origin {origin} is not this site "
+                             "(behind a proxy, set AGNES_PUBLIC_URL to the address browsers use).", "origin_mismatch")
     expected = csrf_token(request.app[keys.SECRET], identity.user.id, identity.nonce)
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
@@ -175,7 +199,9 @@ async def check_csrf(request: web.Request, identity: Identity) -> bool:
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     # compare_digest raises TypeError on non-ASCII text; a real token is hex.
-    return sent is not None and sent.isascii() and hmac.compare_digest(sent, expected)
+    if sent is not None and sent.isascii() and hmac.compare_digest(sent, expected):
+        return None
+    return AppError(403, "Cross-site request refused: missing or wrong CSRF token.", "csrf_failed")
 
 
 async def read_form(request: web.Request):

@@ -111,8 +111,9 @@ async def auth_middleware(request: web.Request, handler):
             raise web.HTTPFound(f"/login?next={quote(target, safe='/')}")
         raise AppError(401, "Missing or invalid credentials: send 'Authorization: Bearer <token>' or sign in.",
                        "unauthorized", {"WWW-Authenticate": 'Bearer realm="agnes"'})
-    if not await check_csrf(request, identity):
-        raise AppError(403, "Cross-site request refused: missing or wrong CSRF token.", "csrf_failed")
+    refused = await check_csrf(request, identity)
+    if refused is not None:
+        raise refused
     request[keys.IDENTITY] = identity
     request[keys.USER] = identity.user
     user_id_var.set(str(identity.user.id))

@@ -162,6 +162,33 @@ async def test_sign_out_requires_csrf_and_clears_cookie(client, alice):
     assert (await client.get("/api/me")).status == 401
 
 
+async def test_same_origin_posts_behind_a_proxy_that_rewrites_host(aiohttp_client, settings):
+    """nginx passes Host as the upstream address by default: the browser's Origin is the public one."""
+    from service.app import create_app
+    from service.config import load_settings
+
+    behind = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+                           public_url="https://agnes.corp.example", trusted_proxies=["127.0.0.0/8"])
+    client = await aiohttp_client(create_app(behind))
+    caller = await make_caller(client.app[keys.DB], "alice@example.com")
+
+    async def sign_out(origin: str, **headers: str) -> tuple[int, str | None]:
+        await sign_in(client, caller.token)
+        token = CSRF_RE.search(await (await client.get("/home")).text()).group(1)
+        resp = await client.post("/logout", data={"csrf_token": token}, allow_redirects=False,
+                                 headers={"Origin": origin, **headers})
+        return resp.status, (await resp.json())["code"] if resp.status == 403 else None
+
+    assert await sign_out("https://agnes.corp.example") == (303, None)  # AGNES_PUBLIC_URL's origin
+    assert await sign_out("https://alt.corp.example", **{"X-Forwarded-Host": "alt.corp.example"}) == (303, None)
+    assert await sign_out("https://evil.example") == (403, "origin_mismatch")
+    # X-Forwarded-Host counts only from a trusted proxy.
+    untrusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+                              trusted_proxies=["10.9.9.9"])
+    client = await aiohttp_client(create_app(untrusted))
+    assert await sign_out("https://evil.example", **{"X-Forwarded-Host": "evil.example"}) == (403, "origin_mismatch")
+
+
 async def test_bearer_posts_need_no_csrf(client, alice):
     resp = await client.post("/logout", headers=alice.headers, allow_redirects=False)
     assert resp.status == 303
