@@ -5,8 +5,7 @@ error shape) rather than whatever the code happens to emit; tests/test_openapi.p
 checks it against the registered routes, the response Structs and real responses,
 and fuzzes the live server with it (schemathesis).
 
-It is public: it describes the contract, holds no user data, and a client or tool
-needs it before it has a token (like /cli/latest).
+It needs a credential like every /api/* route (SPEC.md), though it holds no user data.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .auth import public
 from .store.tables import TABLE_ID
 from .upload import FILE_NAME
 
@@ -238,7 +236,7 @@ PATHS: dict[str, Any] = {
                                     "server's public URL."}])},
     "/api/openapi.json": {"get": _get("getOpenApi", "This document.",
                                       {"200": _json({"type": "object", "required": ["openapi", "paths"]},
-                                                    "The OpenAPI document.")}, tag="meta", public_route=True)},
+                                                    "The OpenAPI document.")}, tag="meta")},
     "/cli/latest": {"get": _get("getCliLatest", "The newest published client version (none: null).",
                                 {"200": _json(_ref("CliLatest"), "No version is published.")}, tag="meta",
                                 public_route=True)},
@@ -278,7 +276,7 @@ DOCUMENT: dict[str, Any] = {
 _BODY = msgspec.json.encode(DOCUMENT)
 
 
-@public
 async def openapi_json(request: web.Request) -> web.Response:
-    """GET /api/openapi.json: this service's API description (public: no user data in it)."""
+    """GET /api/openapi.json: this service's API description. It holds no user data, but SPEC.md has
+    every /api/* route identify a user, so it needs a credential like the rest."""
     return web.Response(body=_BODY, content_type="application/json")
