@@ -150,7 +150,8 @@ _download_responses = {
             "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                 "contentMediaType": "application/octet-stream"}}}},
     "404": _error("NotFound"),
-    "416": {"description": "The range is outside the file (empty body, Content-Range: bytes */size)."},
+    "416": {"description": "The range is outside the file, or not one byte range (Content-Range: bytes */size).",
+            "headers": {"Content-Range": {"schema": {"type": "string"}}}, "content": _ERROR},
 }
 
 PATHS: dict[str, Any] = {

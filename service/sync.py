@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -135,6 +136,28 @@ class RawFileResponse(web.FileResponse):
         return await super().prepare(request.clone(headers=headers))
 
 
+def _unsatisfiable_range(request: web.Request, st: os.stat_result) -> int | None:
+    """The file's size when FileResponse would answer the Range with 416, else None.
+
+    The same rule as aiohttp's FileResponse (an If-Range older than the file means the whole file;
+    a range starting at or past the end, or an unparsable one, cannot be satisfied), checked first
+    so the refusal has the JSON error shape of every other /api error, not an empty body.
+    """
+    if_range = request.if_range
+    if if_range is not None and st.st_mtime > if_range.timestamp():
+        return None
+    try:
+        rng = request.http_range
+    except ValueError:
+        return st.st_size
+    start = rng.start
+    if start is None:
+        return None
+    if start < 0 and rng.stop is None:  # a suffix: the last -start bytes
+        start = max(0, start + st.st_size)
+    return st.st_size if start >= st.st_size else None
+
+
 async def download(request: web.Request) -> web.StreamResponse:
     """GET/HEAD /api/data/{table_id}/download: the file, with single Range requests, ETag, no encoding."""
     table_id = request.match_info["table_id"]
@@ -147,6 +170,10 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = table_file(request.app[keys.SETTINGS].data_dir, table.path)
     if path is None or not path.is_file():
         raise not_found
+    size = _unsatisfiable_range(request, path.stat())
+    if size is not None:
+        raise AppError(416, f"The requested range is outside the file ({size} bytes) or not a single byte range.",
+                       "range_not_satisfiable", {"Content-Range": f"bytes */{size}"})
     return RawFileResponse(path, headers={"Content-Type": "application/octet-stream",
                                           "Content-Disposition": f'attachment; filename="{path.name}"'})
 

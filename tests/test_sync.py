@@ -121,8 +121,17 @@ async def test_range_requests(client, alice, registered, data_dir):
     assert middle.status == 206 and await middle.read() == content[5:13]
     tail = await client.get("/api/data/orders/download", headers={**alice.headers, "Range": "bytes=-4"})
     assert tail.status == 206 and await tail.read() == content[-4:]
-    beyond = await client.get("/api/data/orders/download", headers={**alice.headers, "Range": "bytes=999-1000"})
-    assert beyond.status == 416
+    for bad in ("bytes=999-1000", f"bytes={len(content)}-", "bytes=5-2", "items=0-1"):
+        beyond = await client.get("/api/data/orders/download", headers={**alice.headers, "Range": bad})
+        assert beyond.status == 416, bad
+        assert beyond.headers["Content-Range"] == f"bytes */{len(content)}"
+        assert (await beyond.json())["code"] == "range_not_satisfiable"  # the JSON error shape, not an empty body
+    last = await client.get("/api/data/orders/download", headers={**alice.headers, "Range": f"bytes={len(content) - 1}-"})
+    assert last.status == 206 and await last.read() == content[-1:]
+    # An If-Range older than the file: the range is ignored and the whole file sent (aiohttp's rule).
+    stale = await client.get("/api/data/orders/download", headers={
+        **alice.headers, "Range": "bytes=999-1000", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert stale.status == 200 and await stale.read() == content
 
 
 async def test_precompressed_sibling_is_never_served(client, alice, registered, data_dir):
