@@ -117,4 +117,7 @@ async def auth_middleware(request: web.Request, handler):
     request[keys.IDENTITY] = identity
     request[keys.USER] = identity.user
     user_id_var.set(str(identity.user.id))
-    return await handler(request)
+    response = await handler(request)
+    # Everything behind a credential is someone's own data: no shared or browser cache keeps it.
+    response.headers.setdefault("Cache-Control", "private, no-store")
+    return response

@@ -241,3 +241,11 @@ async def test_requests_never_wait_for_the_database_writer(client, db, alice):
         assert manifest.status == 200 and (await manifest.json())["tables"] == {}
     await db.settle()
     assert (await users.list_tokens(db, alice.user.id))[0].last_used_at is not None
+
+
+async def test_responses_behind_a_credential_are_never_cached(client, alice):
+    for path in ("/home", "/api/me", "/api/me/home-stats", "/api/sync/manifest"):
+        resp = await client.get(path, headers=alice.headers)
+        assert resp.status == 200 and resp.headers["Cache-Control"] == "private, no-store", path
+    public = await client.get("/healthz")
+    assert public.status == 200 and "Cache-Control" not in public.headers
