@@ -157,18 +157,8 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
 
 # -- ingest ---------------------------------------------------------------------------
 
-async def cmd_ingest(args, settings) -> int:
-    if args.workers is None:
-        args.workers = settings.parse_workers
-    if args.workers > 0:
-        from .ingest.processor import start_forkserver  # noqa: PLC0415
-
-        start_forkserver()  # before the database opens, so the two start-ups overlap
-    return await _ingest(args, settings)
-
-
 @with_db
-async def _ingest(args, settings, db) -> int:
+async def cmd_ingest(args, settings, db) -> int:
     from .ingest.bulk import expand, ingest_paths  # noqa: PLC0415
     from .timeutil import utcnow  # noqa: PLC0415
 
@@ -184,10 +174,12 @@ async def _ingest(args, settings, db) -> int:
 
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", file=sys.stderr)
     progress = (lambda outcome: bar.update(outcome.bytes)) if bar is not None else None
+
+    workers = settings.parse_workers if args.workers is None else args.workers
     from .store.ingest import FileOwnedElsewhere  # noqa: PLC0415
 
     try:
-        report = await ingest_paths(db, user.id, paths, workers=args.workers, clock=utcnow,
+        report = await ingest_paths(db, user.id, paths, workers=workers, clock=utcnow,
                                     max_failures=settings.max_failures, force=args.force, progress=progress)
     except FileOwnedElsewhere as exc:
         raise CliError(f"{exc} was already ingested for another user; a file has one owner "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -47,13 +46,6 @@ def _parse_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_forkserver_preload())
     return ctx
-
-
-def start_forkserver() -> None:
-    """Start the parse processes' forkserver now rather than at the first parse: its ~0.1 s of
-    imports then overlaps the caller's own start-up (a bulk ingest opening the database)."""
-    _parse_context()
-    multiprocessing.forkserver.ensure_running()
 
 
 @dataclass
