@@ -27,11 +27,18 @@ _RETRY_ON_THREAD = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY, sql
 
 
 async def prepare(conn: aiosqlite.Connection) -> None:
-    """Every connection gets the same pragmas and row factory."""
+    """Every connection gets the same pragmas and row factory.
+
+    temp_store = MEMORY: temporary tables (ingest stages one batch of files in them) and the sort
+    B-trees of GROUP BY live in memory; in temporary files they were ~10k of the ~22k write
+    syscalls of a 200 MB bulk ingest. The migration runner switches it off for schema scripts,
+    whose backfills may sort a whole table.
+    """
     conn.row_factory = sqlite3.Row
     # executescript runs each pragma to completion, so no statement is left holding a lock.
     await conn.executescript(
-        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; "
+        "PRAGMA temp_store = MEMORY;")
 
 
 async def connect(path: str) -> aiosqlite.Connection:

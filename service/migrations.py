@@ -57,7 +57,21 @@ async def current_version(conn: aiosqlite.Connection) -> int:
 
 async def migrate(conn: aiosqlite.Connection, schema_dir: Path = SCHEMA_DIR,
                   target: int | None = None) -> list[int]:
-    """Apply every pending script (up to ``target``); returns the versions applied."""
+    """Apply every pending script (up to ``target``); returns the versions applied.
+
+    Scripts run with temporary storage on disk: a backfill may sort a whole table, which must not
+    have to fit in memory (connections otherwise keep temporary data in memory, see db.prepare).
+    """
+    async with conn.execute("PRAGMA temp_store") as cur:
+        temp_store = (await cur.fetchone())[0]
+    await conn.execute("PRAGMA temp_store = FILE")
+    try:
+        return await _apply(conn, schema_dir, target)
+    finally:
+        await conn.execute(f"PRAGMA temp_store = {int(temp_store)}")
+
+
+async def _apply(conn: aiosqlite.Connection, schema_dir: Path, target: int | None) -> list[int]:
     applied = []
     for script in scripts(schema_dir):
         if target is not None and script.version > target:

@@ -143,3 +143,20 @@ async def test_window_tables_are_backfilled_from_existing_activity(conn):
         (1, "2026-11-20T10", 11, 82, 103, 11, 1)]
     assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_sessions")] == [
         (1, "S", "2026-11-20T10:05:00.000000Z", "/work/early")]
+
+
+async def test_scripts_sort_on_disk_and_connections_in_memory(tmp_path, conn):
+    """A backfill may sort a whole table: schema scripts get file-backed temporary storage."""
+    schema = tmp_path / "schema"
+    schema.mkdir()
+    (schema / "0001_probe.sql").write_text("CREATE TABLE probe AS SELECT temp_store FROM pragma_temp_store();\n")
+
+    async def temp_store() -> int:
+        async with conn.execute("PRAGMA temp_store") as cur:
+            return (await cur.fetchone())[0]
+
+    assert await temp_store() == 2  # MEMORY, from db.prepare
+    assert await migrate(conn, schema_dir=schema) == [1]
+    async with conn.execute("SELECT temp_store FROM probe") as cur:
+        assert (await cur.fetchone())[0] == 1  # FILE while the script ran
+    assert await temp_store() == 2
