@@ -287,6 +287,39 @@ async def test_rollups_rebuild_the_latest_dirty_days_first_and_the_same_in_any_s
     assert await tables() == sliced
 
 
+async def test_a_tool_use_without_a_name_does_not_stop_anyone_s_rollups(db, people, tmp_path, client):
+    """A hostile or truncated transcript must not break the rollups of every other user."""
+    nameless = tmp_path / "nameless.jsonl"
+    nameless.write_text(
+        '{"type":"assistant","sessionId":"s-nameless","uuid":"u1","timestamp":"2026-11-20T09:00:00Z",'
+        '"message":{"id":"m1","model":"claude","content":[{"type":"tool_use","id":"t-nameless","input":{}}],'
+        '"usage":{"input_tokens":1,"output_tokens":1}}}\n')
+    await ingest_files(db, people["bob"].user.id, [str(nameless)])
+    await ingest_files(db, people["alice"].user.id, sample_files("alice"))
+    assert await store.rebuild_rollups(db, limit=100)
+    rows = {r["tool"]: tuple(r)[1:] for r in await db.fetchall(
+        "SELECT tool, invocations, distinct_users FROM usage_tool_daily WHERE day = '2026-11-20'")}
+    assert rows["(unnamed)"] == (1, 1) and rows["Bash"] == (2, 1)
+    assert await db.fetchval("SELECT COUNT(*) FROM rollup_dirty_days") == 0
+
+
+async def test_a_failing_tick_step_does_not_skip_the_others(client, db, people, monkeypatch, caplog):
+    worker = client.app[keys.WORKER]
+    client.app[keys.CLOCK].fixed = NOW
+    await ingest_files(db, people["alice"].user.id, sample_files("alice"))
+    await db.execute_write("UPDATE session_files SET quarantined_at = ? WHERE id = (SELECT MIN(id) FROM session_files)",
+                           ("2026-11-21T00:00:00.000000Z",))
+
+    async def broken(_db, limit=31):
+        raise RuntimeError("rollup store unavailable")
+
+    monkeypatch.setattr(store, "rebuild_rollups", broken)  # fault injection: the step before the count
+    await worker.tick()
+    assert worker.quarantined_count == 1  # counted although the rollup step failed
+    assert "ingest tick step rollup_step failed" in caplog.text
+    assert worker.ticked.is_set()
+
+
 async def test_prune_drops_old_activity_only(db, people):
     bob = people["bob"].user.id
     await ingest_files(db, bob, sample_files("bob"))

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .. import ingest
 from ..config import Settings
@@ -134,26 +134,49 @@ class IngestWorker:
             await asyncio.sleep(self.settings.scan_interval)
 
     async def tick(self) -> None:
+        """One round of background work. Each step runs even when an earlier one failed: a rollup
+        that cannot be rebuilt must not also stop retries, retention and the quarantine count."""
         self.last_beat = time.monotonic()
         self.ticks += 1
         now = self.clock()
+        for step in (self._scan_step, self._queue_step, self._rollup_step, self._quarantine_step, self._prune_step):
+            await self._step(step, now)
+        self.last_beat = time.monotonic()
+        self.ticked.set()
+
+    @staticmethod
+    async def _step(step: Callable[[datetime], Awaitable[None]], now: datetime) -> None:
+        try:
+            await step(now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - logged and retried next tick; the other steps still run
+            logger.exception("ingest tick step %s failed", step.__name__.strip("_"))
+
+    async def _scan_step(self, now: datetime) -> None:
         if self.settings.session_dir:
             await self.scan()
+
+    async def _queue_step(self, now: datetime) -> None:
         for file_id in await store.due_retries(self.db, now, self.settings.reprocess_batch):
             self.enqueue(file_id, RETRY)
         if self.depth < self.settings.reprocess_batch:
             for file_id in await store.stale_files(self.db, ingest.USAGE_PROCESSOR_VERSION,
                                                    self.settings.reprocess_batch):
                 self.enqueue(file_id, REPROCESS)
+
+    async def _rollup_step(self, now: datetime) -> None:
         await store.rebuild_rollups(self.db)
+
+    async def _quarantine_step(self, now: datetime) -> None:
         self.quarantined_count = await store.quarantined_count(self.db)
+
+    async def _prune_step(self, now: datetime) -> None:
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             counts = await store.prune(self.db, now - timedelta(days=self.settings.retention_days))
             if any(counts.values()):
                 logger.info("pruned old activity", extra=counts)
-        self.last_beat = time.monotonic()
-        self.ticked.set()
 
     async def _owner(self, name: str) -> int | None:
         if name in self._owners:

@@ -468,7 +468,7 @@ INSERT INTO temp.rollup_days SELECT day FROM rollup_dirty_days ORDER BY day DESC
 DELETE FROM usage_tool_daily WHERE day IN (SELECT day FROM temp.rollup_days);
 DELETE FROM usage_plugin_daily WHERE day IN (SELECT day FROM temp.rollup_days);
 INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_users, distinct_sessions)
-    SELECT day, COALESCE(tool_name, '/' || command_name), source, COUNT(*), SUM(is_error),
+    SELECT day, COALESCE(tool_name, '/' || command_name, '(unnamed)'), source, COUNT(*), SUM(is_error),
            COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id)
     FROM {_EVENTS_ONCE} GROUP BY day, 2, source;
 INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, distinct_sessions)
