@@ -179,3 +179,47 @@ async def test_a_relative_session_dir_still_recognises_known_files(aiohttp_clien
     worker = await tick(client)
     assert worker.depth == 0
     assert tuple(await db.fetchone("SELECT id, received_at, processed_at FROM session_files")) == first
+
+
+async def test_symlinks_and_special_files_are_never_read(watched, tmp_path):
+    """The watched directory is writable by others: nothing in it may lead the parser elsewhere."""
+    import asyncio
+
+    client, root = watched
+    db = client.app[keys.DB]
+    gina = await make_caller(db, "gina@example.com")
+    (root / "gina").mkdir()
+    own = root / "gina" / "mine.jsonl"
+    shutil.copy(SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl", own)
+    await asyncio.wait_for(tick(client), 30)
+    before = await stats(client, gina, "7d")
+    assert before["prompts"] == 5
+
+    # Someone else's transcript outside the directory, reached by a symlinked owner directory...
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(SAMPLES / "bob" / "6f5e4d3c-2b1a-4098-8f7e-6d5c4b3a2918.jsonl", outside / "theirs.jsonl")
+    hank = await make_caller(db, "hank@example.com")
+    (root / "hank").symlink_to(outside, target_is_directory=True)
+    # ... and by a symlink put in place of a file already registered.
+    own.unlink()
+    own.symlink_to(outside / "theirs.jsonl")
+    await asyncio.wait_for(tick(client), 30)
+    assert await db.fetchval("SELECT COUNT(*) FROM session_files WHERE path LIKE ?", (f"%{os.sep}hank{os.sep}%",)) == 0
+    assert (await stats(client, hank, "7d"))["sessions"] == 0
+    worker = client.app[keys.WORKER]
+    await client.app[keys.DB].execute_write("UPDATE session_files SET processor_version = 0")  # force a re-read
+    await asyncio.wait_for(tick(client), 30)
+    failure = await db.fetchval("SELECT last_error FROM session_files WHERE path = ?", (str(own),))
+    assert failure and "Errno" in failure  # ELOOP: refused, not followed
+    assert await stats(client, gina, "7d") == before  # still her own numbers
+
+    # A FIFO where a transcript was: refused at once instead of blocking the parser for everyone.
+    own.unlink()
+    os.mkfifo(own)
+    await client.app[keys.DB].execute_write("UPDATE session_files SET processor_version = 0, failure_count = 0, "
+                                            "next_attempt_at = NULL")
+    await asyncio.wait_for(tick(client), 30)
+    failure = await db.fetchval("SELECT last_error FROM session_files WHERE path = ?", (str(own),))
+    assert "not a regular file" in failure
+    assert worker.depth == 0

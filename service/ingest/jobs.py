@@ -10,7 +10,7 @@ import threading
 import time
 from datetime import datetime
 
-from .parser import parse_file
+from .parser import open_regular, parse_file
 from .records import ParseResult
 
 PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still runs
@@ -24,7 +24,7 @@ def parse_job(path: str, file_key: str, received_at: datetime) -> ParseResult:
 def hash_job(path: str) -> str:
     """sha256 of a file's bytes, read in bounded chunks (same digest as the parser's)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()

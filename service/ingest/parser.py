@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import stat
 import zlib
 from bisect import bisect_left
 from collections import Counter
@@ -21,7 +22,7 @@ from msgspec import UNSET, UnsetType
 from ..timeutil import to_store
 from .records import EventRow, MessageRow, ParseResult, PromptRow, Summary
 
-__all__ = ["MAX_LINE_BYTES", "READ_CHUNK", "parse_file", "parse_stream"]
+__all__ = ["MAX_LINE_BYTES", "READ_CHUNK", "open_regular", "parse_file", "parse_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +145,28 @@ def parse_file(
         name = name[:-3]
     if name.endswith(".jsonl"):
         name = name[:-6]
-    with open(path, "rb", buffering=0) as fileobj:
+    with open_regular(path) as fileobj:
         return parse_stream(
             fileobj, file_key=file_key, fallback_session_id=name, received_at=received_at
         )
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a transcript for reading, unbuffered; only a regular file, never through a symlink.
+
+    A watched directory is writable by others: a symlink put in place of a registered file could
+    point at another user's upload, and a FIFO or device would block the parse process forever
+    (O_NONBLOCK makes opening a FIFO return at once, then fstat refuses it).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{os.fspath(path)} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def parse_stream(

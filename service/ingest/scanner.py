@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def scan(root: str) -> list[Found]:
     if not base.is_dir():
         return found
     for owner_dir in sorted(base.iterdir()):
-        if not owner_dir.is_dir() or owner_dir.name.startswith("."):
+        # A symlinked owner directory could point anywhere on the host: not followed, like
+        # symlinked subdirectories and files below.
+        if owner_dir.is_symlink() or not owner_dir.is_dir() or owner_dir.name.startswith("."):
             continue
         for dirpath, dirnames, filenames in os.walk(owner_dir, followlinks=False):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -36,6 +39,6 @@ def scan(root: str) -> list[Found]:
                     st = os.stat(path, follow_symlinks=False)
                 except OSError:
                     continue
-                if os.path.isfile(path) and not os.path.islink(path):
+                if stat.S_ISREG(st.st_mode):  # not a symlink, FIFO, socket or device
                     found.append(Found(owner_dir.name, os.path.abspath(path), st.st_size, st.st_mtime_ns))
     return found
