@@ -57,17 +57,26 @@ class _Sink:
         self.size = 0
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in finish/abort
         self._inflate: zlib._Decompress | None = None
-        self._first = True
+        # The first bytes until there are enough to tell gzip from plain text: the body may arrive
+        # a byte at a time, and a gzip taken for text would be stored past the decompressed cap.
+        self._start: bytes | None = b""
         self._head = b""  # the first decompressed bytes, to refuse a gzip inside the gzip
 
     def write(self, chunk: bytes) -> None:
         self.raw += len(chunk)
         if self.raw > self.cap:
             raise AppError(413, f"Upload exceeds the {self.cap // (1024 * 1024)} MB limit.", "payload_too_large")
-        if self._first:
-            self._first = False
+        if self._start is not None:
+            chunk = self._start + chunk
+            if len(chunk) < len(GZIP_MAGIC):
+                self._start = chunk
+                return
+            self._start = None
             if chunk.startswith(GZIP_MAGIC):
                 self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._consume(chunk)
+
+    def _consume(self, chunk: bytes) -> None:
         if self._inflate is None:
             self._emit(chunk)
             return
@@ -107,6 +116,9 @@ class _Sink:
         self._fh.write(data)
 
     def finish(self) -> None:
+        if self._start:  # a body shorter than the gzip magic: plain text
+            self._consume(self._start)
+        self._start = None
         if self._inflate is not None and not self._inflate.eof:
             raise AppError(400, "The gzip upload is truncated or corrupt.", "bad_gzip")
         self._fh.flush()
@@ -116,6 +128,20 @@ class _Sink:
     def abort(self) -> None:
         self._fh.close()
         self.path.unlink(missing_ok=True)
+
+
+async def _expect_closing_boundary(reader: MultipartReader) -> None:
+    """The body must end with the closing delimiter after the file: a body cut short (a dropped
+    connection under chunked encoding) ends the file part early, and storing that would replace a
+    good transcript with a truncated one."""
+    try:
+        while (part := await reader.next()) is not None:
+            await part.release()
+    except (ValueError, HttpProcessingError) as exc:
+        raise AppError(400, f"Malformed multipart body: {type(exc).__name__}", "bad_multipart") from None
+    if not reader.at_eof():
+        raise AppError(400, "The multipart body ends before its closing boundary: the upload was cut short.",
+                       "bad_multipart")
 
 
 async def upload_session(request: web.Request) -> web.Response:
@@ -154,6 +180,7 @@ async def upload_session(request: web.Request) -> web.Response:
         # Inflating, writing and the final fsync are blocking work: off the event loop.
         while chunk := await part.read_chunk(CHUNK):
             await asyncio.to_thread(sink.write, chunk)
+        await _expect_closing_boundary(reader)
         await asyncio.to_thread(sink.finish)
     except BaseException:
         sink.abort()

@@ -169,3 +169,42 @@ async def test_stale_temporary_uploads_are_removed_at_start(aiohttp_client, sett
     (folder / "kept.jsonl").write_bytes(b"{}\n")
     await aiohttp_client(create_app(settings))
     assert sorted(p.name for p in folder.iterdir()) == ["kept.jsonl"]
+
+
+def multipart(name: str, data: bytes, *, closed: bool = True) -> tuple[bytes, bytes, dict[str, str]]:
+    """A hand-made multipart body (head, file bytes, tail) for bodies aiohttp's client would not send."""
+    head = (b'--B0undary\r\nContent-Disposition: form-data; name="file"; filename="' + name.encode()
+            + b'"\r\nContent-Type: application/octet-stream\r\n\r\n')
+    tail = b"\r\n--B0undary--\r\n" if closed else b""
+    return head, data, {"Content-Type": "multipart/form-data; boundary=B0undary"}
+
+
+async def test_gzip_is_recognised_when_the_body_arrives_a_byte_at_a_time(pinned, alice, settings):
+    raw = (SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl").read_bytes()
+    head, data, headers = multipart("drip.jsonl", gzip.compress(raw))
+
+    async def drip():
+        yield head + data[:1]  # the first byte of the gzip magic alone
+        await asyncio.sleep(0.2)
+        yield data[1:] + b"\r\n--B0undary--\r\n"
+
+    resp = await pinned.post("/api/upload/sessions", data=drip(), headers={**alice.headers, **headers})
+    assert resp.status == 200 and (await resp.json())["size"] == len(raw)
+    stored = Path(settings.data_dir) / "sessions" / str(alice.user.id) / "drip.jsonl"
+    assert stored.read_bytes() == raw  # stored decompressed, as a gzip sent at once is
+
+
+async def test_a_body_cut_before_its_closing_boundary_replaces_nothing(pinned, alice, settings):
+    raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    assert (await upload(pinned, alice, "s.jsonl", raw)).status == 200
+    head, data, headers = multipart("s.jsonl", raw[: len(raw) // 2], closed=False)
+    resp = await pinned.post("/api/upload/sessions", data=head + data, headers={**alice.headers, **headers})
+    assert resp.status == 400 and (await resp.json())["code"] == "bad_multipart"
+    stored = Path(settings.data_dir) / "sessions" / str(alice.user.id) / "s.jsonl"
+    assert stored.read_bytes() == raw
+    assert not [n for n in os.listdir(stored.parent) if n.endswith(".tmp")]
+    one = b"x"  # a body shorter than the gzip magic is plain text
+    head, data, headers = multipart("one.jsonl", one)
+    resp = await pinned.post("/api/upload/sessions", data=head + data + b"\r\n--B0undary--\r\n",
+                             headers={**alice.headers, **headers})
+    assert resp.status == 200 and (await resp.json())["size"] == 1
