@@ -320,6 +320,27 @@ async def test_a_failing_tick_step_does_not_skip_the_others(client, db, people, 
     assert worker.ticked.is_set()
 
 
+async def test_lone_surrogates_in_ids_lose_nothing(db, people, tmp_path):
+    """Valid JSON (Node cuts strings between the halves of a pair) that SQLite cannot store as it is:
+    the file is counted whole, the ids keep the escape as text, and distinct ids stay distinct."""
+    def assistant(uuid: str, msg_id: str, tool: str, tokens: int) -> str:
+        return ('{"type":"assistant","sessionId":"s-sur","uuid":"%s","timestamp":"2026-11-21T10:00:00Z",'
+                '"message":{"id":"%s","model":"claude-\\udc00","content":[{"type":"tool_use","id":"%s",'
+                '"name":"Bash\\ud800","input":{}}],"usage":{"input_tokens":%d,"output_tokens":0}}}\n'
+                % (uuid, msg_id, tool, tokens))
+    path = tmp_path / "sur.jsonl"
+    path.write_text('{"type":"user","sessionId":"s-sur","uuid":"p1","timestamp":"2026-11-21T09:59:00Z",'
+                    '"message":{"role":"user","content":"Count this."}}\n'
+                    + assistant("a1", "msg_\\ud800", "t\\ud800", 5) + assistant("a2", "msg_\\ud801", "t2", 7))
+    report = await ingest_files(db, people["alice"].user.id, [str(path)])
+    assert (report.processed, report.failed, report.lines, report.skipped_lines) == (1, 0, 3, 0)
+    keys = [r[0] for r in await db.fetchall("SELECT message_key FROM user_messages ORDER BY message_key")]
+    assert keys == ["msg_\\ud800", "msg_\\ud801"]
+    assert await db.fetchval("SELECT SUM(input_tokens) FROM user_messages") == 12
+    assert await db.fetchval("SELECT tool_name FROM usage_events WHERE event_id IS NOT NULL LIMIT 1") == "Bash\\ud800"
+    assert await db.fetchval("SELECT COUNT(*) FROM user_prompts") == 1
+
+
 async def test_prune_drops_old_activity_only(db, people):
     bob = people["bob"].user.id
     await ingest_files(db, bob, sample_files("bob"))

@@ -55,6 +55,7 @@ _COMMAND_TAG = "<command-name>"
 _NEWLINE_RUN = re.compile(rb"\n+")
 _COMMAND_RE = re.compile(r"<command-name>/([A-Za-z][\w:-]*)</command-name>")
 _EVENT_SEP = "\x1f"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK = object()  # a line of only white space: not a line at all
 
 
@@ -307,6 +308,19 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _escape_lone_surrogates(value: Any) -> Any:
+    """The decoded line with each lone surrogate spelled as its escape (the six characters
+    "\\ud83d"): such a string is valid JSON but not UTF-8, so SQLite cannot store it, and one id
+    holding one must not fail the whole file. Distinct surrogates stay distinct keys."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(value) else value
+    if isinstance(value, list):
+        return [_escape_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_escape_lone_surrogates(k): _escape_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def _loose_line(line: memoryview) -> _Line | None:
     """Tolerant decode for lines the strict view rejects; None when the line must be skipped."""
     try:
@@ -320,7 +334,7 @@ def _loose_line(line: memoryview) -> _Line | None:
         if b"\\u" not in data:
             return None
         try:
-            obj = json.loads(data, parse_constant=_reject_constant)
+            obj = _escape_lone_surrogates(json.loads(data, parse_constant=_reject_constant))
         except (ValueError, RecursionError):
             return None
         if not isinstance(obj, dict):
