@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -20,6 +21,7 @@ from .logs import request_id_var, user_id_var
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
 
+CLIENT_CLOSED_REQUEST = 499
 _INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Generated ids (32 hex digits, like a uuid4 hex): a random prefix per process and a counter,
 # unique without a syscall per request (uuid4 reads the kernel's random source each time).
@@ -58,6 +60,11 @@ async def request_id_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         status = exc.status
         exc.headers["X-Request-Id"] = rid
+        raise
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the client disconnects (an upload cut short): nginx's
+        # 499, "client closed request", in the log and metrics, not a server error.
+        status = CLIENT_CLOSED_REQUEST
         raise
     finally:
         elapsed = time.perf_counter() - started

@@ -10,7 +10,7 @@ import secrets
 import zlib
 from pathlib import Path
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import keys

@@ -208,3 +208,26 @@ async def test_a_body_cut_before_its_closing_boundary_replaces_nothing(pinned, a
     resp = await pinned.post("/api/upload/sessions", data=head + data + b"\r\n--B0undary--\r\n",
                              headers={**alice.headers, **headers})
     assert resp.status == 200 and (await resp.json())["size"] == 1
+
+
+async def test_an_upload_the_client_abandons_is_a_499_and_leaves_nothing(pinned, alice, settings):
+    raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    head, data, headers = multipart("gone.jsonl", raw)
+    body = head + data + b"\r\n--B0undary--\r\n"
+    reader, writer = await asyncio.open_connection(pinned.server.host, pinned.server.port)
+    writer.write((f"POST /api/upload/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+                  f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                 + body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()  # gone mid-body
+    metrics = pinned.app[keys.METRICS]
+    for _ in range(50):
+        if ("POST", "/api/upload/sessions", 499) in metrics._request_children:
+            break
+        await asyncio.sleep(0.05)
+    assert [k for k in metrics._request_children if k[1] == "/api/upload/sessions"] == [
+        ("POST", "/api/upload/sessions", 499)]  # the client's doing, not a 500
+    user_dir = Path(settings.data_dir) / "sessions" / str(alice.user.id)
+    assert not user_dir.exists() or not list(user_dir.iterdir())
+    assert await pinned.app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == 0
