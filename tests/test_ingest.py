@@ -341,6 +341,21 @@ async def test_lone_surrogates_in_ids_lose_nothing(db, people, tmp_path):
     assert await db.fetchval("SELECT COUNT(*) FROM user_prompts") == 1
 
 
+async def test_a_tick_does_not_queue_a_second_parse_of_a_file_already_pending(client, db, people, tmp_path):
+    """An upload waits below the current version until processed: the tick's reprocess query finds it."""
+    worker = client.app[keys.WORKER]
+    client.app[keys.CLOCK].fixed = NOW
+    await worker.stop()  # no consumers: the file stays pending while the tick runs
+    path = sample_files("alice")[0]
+    [file_id] = await store.register_files(db, people["alice"].user.id, [path], "upload", NOW)
+    worker.enqueue(file_id)
+    assert file_id in await store.stale_files(db, ingest.USAGE_PROCESSOR_VERSION, 10)
+    await worker.tick()
+    assert worker.depth == 1 and not worker._again  # queued once, no second run scheduled
+    worker.enqueue(file_id)  # a real change while pending (a re-upload) still gets its own run
+    assert worker._again == {file_id}
+
+
 async def test_prune_drops_old_activity_only(db, people):
     bob = people["bob"].user.id
     await ingest_files(db, bob, sample_files("bob"))

@@ -83,10 +83,12 @@ class IngestWorker:
 
     # -- queue -------------------------------------------------------------------------
 
-    def enqueue(self, file_id: int, priority: int = UPLOAD) -> None:
-        """Queue a file; a file already queued or in flight is processed again afterwards."""
+    def enqueue(self, file_id: int, priority: int = UPLOAD, *, again: bool = True) -> None:
+        """Queue a file; a file already queued or in flight is processed again afterwards, unless
+        ``again`` is False: catch-up work (retries, reprocessing) that the pending run covers."""
         if file_id in self._pending:
-            self._again.add(file_id)
+            if again:
+                self._again.add(file_id)
             return
         now = time.monotonic()
         self._pending[file_id] = now
@@ -158,12 +160,14 @@ class IngestWorker:
             await self.scan()
 
     async def _queue_step(self, now: datetime) -> None:
+        # A file that is queued or in flight already (an upload not yet processed is still below the
+        # current version) is not parsed a second time for it.
         for file_id in await store.due_retries(self.db, now, self.settings.reprocess_batch):
-            self.enqueue(file_id, RETRY)
+            self.enqueue(file_id, RETRY, again=False)
         if self.depth < self.settings.reprocess_batch:
             for file_id in await store.stale_files(self.db, ingest.USAGE_PROCESSOR_VERSION,
                                                    self.settings.reprocess_batch):
-                self.enqueue(file_id, REPROCESS)
+                self.enqueue(file_id, REPROCESS, again=False)
 
     async def _rollup_step(self, now: datetime) -> None:
         await store.rebuild_rollups(self.db)
