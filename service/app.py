@@ -17,7 +17,7 @@ from .auth import load_secret, make_signer
 from .config import ConfigError, Settings
 from .db import Database
 from .ingest.worker import IngestWorker
-from .middlewares import auth_middleware, error_middleware, request_id_middleware
+from .middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
 from .metrics import Metrics
 from .migrations import migrate
 from .routes import setup_routes
@@ -89,6 +89,7 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"instance.memory_file ({settings.memory_file}): {exc}") from None
     app[keys.METRICS] = Metrics()
+    app[keys.IN_FLIGHT] = InFlight()
     setup_templates(app)
     setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(database_ctx)

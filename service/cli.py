@@ -63,8 +63,14 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from .app import create_app  # noqa: PLC0415
 
+    from . import keys  # noqa: PLC0415
+
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, access_log=None)
+    # aiohttp's own shutdown stops reading from every connection at once, so a request whose body
+    # is still arriving (an upload) could never finish: requests get the shutdown time first, with
+    # the listening socket closed, and aiohttp's shutdown only the last second of it.
+    last_second = min(1.0, settings.shutdown_timeout)
+    runner = web.AppRunner(app, shutdown_timeout=last_second, access_log=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -76,9 +82,13 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         logger.info("serving on http://%s:%s", settings.host, settings.port)
         await stop.wait()
         logger.info("stopping: finishing in-flight work (at most %ss)", settings.shutdown_timeout)
+        await site.stop()  # no new connections
+        if not await app[keys.IN_FLIGHT].wait_idle(settings.shutdown_timeout - last_second):
+            logger.warning("%d request(s) still running at the shutdown timeout: cancelled",
+                           app[keys.IN_FLIGHT].count)
     finally:
-        # Stops accepting, waits for in-flight requests, then runs cleanup_ctx in reverse:
-        # the ingest worker, then the database.
+        # Cancels what is still running, then runs cleanup_ctx in reverse: the ingest worker
+        # (a file mid-write is rolled back), then the database.
         await runner.cleanup()
     logger.info("stopped")
     return 0

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .db import Database
     from .ingest.worker import IngestWorker
     from .metrics import Metrics
+    from .middlewares import InFlight
     from .store.users import User
     from .sync import MemoryBundle
     from .timeutil import Clock
@@ -24,6 +25,7 @@ SIGNER: web.AppKey[URLSafeTimedSerializer] = web.AppKey("signer")
 SECRET = web.AppKey("secret", bytes)
 WORKER: web.AppKey[IngestWorker] = web.AppKey("worker")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 # Memory rules served to `agnes pull` (operator-configured, validated at start-up).
 MEMORY: web.AppKey[MemoryBundle] = web.AppKey("memory")
 # Clock used for windows and stamps; tests replace it to pin "now".

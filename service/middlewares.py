@@ -42,6 +42,33 @@ def route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+class InFlight:
+    """The requests being handled, so a shutdown can let them finish while their bodies still
+    arrive (aiohttp's own shutdown stops reading from every connection at once)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Whether every request finished within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler):
     """Give every request an id (or keep a sane incoming one), put it in the logs and the response."""
@@ -52,6 +79,8 @@ async def request_id_middleware(request: web.Request, handler):
     user_id_var.set("-")
     started = time.perf_counter()
     status = 500
+    in_flight = request.app[keys.IN_FLIGHT]
+    in_flight.enter()
     try:
         response = await handler(request)
         status = response.status
@@ -67,6 +96,7 @@ async def request_id_middleware(request: web.Request, handler):
         status = CLIENT_CLOSED_REQUEST
         raise
     finally:
+        in_flight.leave()
         elapsed = time.perf_counter() - started
         metrics = request.app.get(keys.METRICS)
         if metrics is not None:

@@ -104,3 +104,45 @@ def test_sigterm_mid_ingest_then_restart_gives_the_clean_numbers(tmp_path):
     assert report["processed"] == files
     assert after_restart == totals(clean / "cli.db")
     assert after_restart["summaries"][0] == files and after_restart["prompts"][0] == COPIES * 12
+
+
+def test_sigterm_lets_an_upload_whose_body_is_still_arriving_finish(tmp_path):
+    import socket
+
+    port = free_port()
+    run(tmp_path, "users", "add", "alice@example.com")
+    token = run(tmp_path, "tokens", "issue", "alice@example.com").stdout.strip().splitlines()[-1]
+    proc = serve(tmp_path, tmp_path / "watched", port)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        raw = (ROOT.parent / "shared" / "samples" / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+        body = (b'--B0undary\r\nContent-Disposition: form-data; name="file"; filename="late.jsonl"\r\n'
+                b"Content-Type: application/octet-stream\r\n\r\n" + raw + b"\r\n--B0undary--\r\n")
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.sendall((f"POST /api/upload/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                      "Content-Type: multipart/form-data; boundary=B0undary\r\n"
+                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body[:500])
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conn.sendall(body[500:])  # the rest arrives after SIGTERM
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+        conn.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:200]
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1]) == {"status": "ok", "filename": "late.jsonl",
+                                                                 "size": len(raw)}
+        _, stderr = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    stored = list((tmp_path / "data" / "sessions").rglob("late.jsonl"))
+    assert len(stored) == 1 and stored[0].read_bytes() == raw
