@@ -194,14 +194,17 @@ async def check_csrf(request: web.Request, identity: Identity) -> AppError | Non
                              "(behind a proxy, set AGNES_PUBLIC_URL to the address browsers use).", "origin_mismatch")
     expected = csrf_token(request.app[keys.SECRET], identity.user.id, identity.nonce)
     sent = request.headers.get(CSRF_HEADER)
-    if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    # The page's forms are URL-encoded; a multipart body (an upload) is the handler's to stream,
+    # so reading it here for a field would consume it: multipart posts send the header.
+    if sent is None and request.content_type == "application/x-www-form-urlencoded":
         form = await read_form(request)
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     # compare_digest raises TypeError on non-ASCII text; a real token is hex.
     if sent is not None and sent.isascii() and hmac.compare_digest(sent, expected):
         return None
-    return AppError(403, "Cross-site request refused: missing or wrong CSRF token.", "csrf_failed")
+    return AppError(403, f"Cross-site request refused: missing or wrong CSRF token (send the page's token in the "
+                         f"{CSRF_HEADER} header, or as the {CSRF_FIELD} field of a URL-encoded form).", "csrf_failed")
 
 
 async def read_form(request: web.Request):

@@ -249,3 +249,26 @@ async def test_responses_behind_a_credential_are_never_cached(client, alice):
         assert resp.status == 200 and resp.headers["Cache-Control"] == "private, no-store", path
     public = await client.get("/healthz")
     assert public.status == 200 and "Cache-Control" not in public.headers
+
+
+async def test_a_cookie_upload_sends_the_csrf_token_as_a_header(client, alice):
+    import aiohttp
+
+    await sign_in(client, alice.token)
+    token = CSRF_RE.search(await (await client.get("/home")).text()).group(1)
+    transcript = b'{"type":"user","uuid":"u1","message":{"role":"user","content":"Hi."}}\n'
+
+    def form(with_field: bool) -> aiohttp.FormData:
+        fd = aiohttp.FormData()
+        if with_field:
+            fd.add_field("csrf_token", token)
+        fd.add_field("file", transcript, filename="c.jsonl", content_type="application/octet-stream")
+        return fd
+
+    # As a multipart field it would have to be read out of the body the upload streams: a clear 403.
+    refused = await client.post("/api/upload/sessions", data=form(True))
+    assert refused.status == 403
+    body = await refused.json()
+    assert body["code"] == "csrf_failed" and "X-CSRF-Token" in body["detail"]
+    ok = await client.post("/api/upload/sessions", data=form(False), headers={"X-CSRF-Token": token})
+    assert ok.status == 200 and (await ok.json())["size"] == len(transcript)
