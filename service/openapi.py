@@ -150,7 +150,9 @@ _download_responses = {
             "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                 "contentMediaType": "application/octet-stream"}}}},
     "404": _error("NotFound"),
-    "416": {"description": "The range is outside the file, or not one byte range (Content-Range: bytes */size).",
+    "416": {"description": "The range starts at or past the end of the file, or is the empty suffix bytes=-0 "
+                           "(Content-Range: bytes */size). Other units, several ranges or an invalid range are "
+                           "ignored (200, the whole file).",
             "headers": {"Content-Range": {"schema": {"type": "string"}}}, "content": _ERROR},
 }
 

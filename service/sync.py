@@ -6,8 +6,10 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import msgspec
@@ -127,35 +129,53 @@ class RawFileResponse(web.FileResponse):
 
     FileResponse would serve a pre-compressed ``<file>.gz`` sibling with Content-Encoding to a
     client that accepts gzip; the agnes client md5-checks the raw bytes, so the request it
-    sees has no Accept-Encoding.
+    sees has no Accept-Encoding. A Range header RFC 7233 says to ignore is dropped too.
     """
+
+    def __init__(self, path: Path, *, ignore_range: bool, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._ignore_range = ignore_range
 
     async def prepare(self, request: web.BaseRequest):
         headers = CIMultiDict(request.headers)
         headers.popall("Accept-Encoding", None)
+        if self._ignore_range:
+            headers.popall("Range", None)
         return await super().prepare(request.clone(headers=headers))
 
 
-def _unsatisfiable_range(request: web.Request, st: os.stat_result) -> int | None:
-    """The file's size when FileResponse would answer the Range with 416, else None.
+_EMPTY_SUFFIX = re.compile(r"bytes=\s*-0+\s*")
 
-    The same rule as aiohttp's FileResponse (an If-Range older than the file means the whole file;
-    a range starting at or past the end, or an unparsable one, cannot be satisfied), checked first
-    so the refusal has the JSON error shape of every other /api error, not an empty body.
+
+_IGNORE, _SERVE = "ignore", "serve"
+
+
+def _range_answer(request: web.Request, st: os.stat_result) -> str | int:
+    """How to answer the Range header (RFC 7233), checked here so that a 416 has the JSON shape.
+
+    _IGNORE: no Range, a unit other than bytes, several ranges, or a syntactically invalid one
+    (the whole file, 200). The file's size: the range cannot be satisfied (it starts at or past
+    the end, or is the empty suffix "bytes=-0"): 416. _SERVE: FileResponse serves the range (or
+    the whole file, when an If-Range is older than the file).
     """
-    if_range = request.if_range
-    if if_range is not None and st.st_mtime > if_range.timestamp():
-        return None
+    header = request.headers.get("Range")
+    if header is None:
+        return _IGNORE
     try:
         rng = request.http_range
     except ValueError:
+        return _IGNORE
+    if_range = request.if_range
+    if if_range is not None and st.st_mtime > if_range.timestamp():
+        return _SERVE
+    if _EMPTY_SUFFIX.fullmatch(header):
         return st.st_size
     start = rng.start
     if start is None:
-        return None
+        return _SERVE
     if start < 0 and rng.stop is None:  # a suffix: the last -start bytes
         start = max(0, start + st.st_size)
-    return st.st_size if start >= st.st_size else None
+    return st.st_size if start >= st.st_size else _SERVE
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -170,12 +190,13 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = table_file(request.app[keys.SETTINGS].data_dir, table.path)
     if path is None or not path.is_file():
         raise not_found
-    size = _unsatisfiable_range(request, path.stat())
-    if size is not None:
-        raise AppError(416, f"The requested range is outside the file ({size} bytes) or not a single byte range.",
-                       "range_not_satisfiable", {"Content-Range": f"bytes */{size}"})
-    return RawFileResponse(path, headers={"Content-Type": "application/octet-stream",
-                                          "Content-Disposition": f'attachment; filename="{path.name}"'})
+    answer = _range_answer(request, path.stat())
+    if isinstance(answer, int):
+        raise AppError(416, f"The requested range is outside the file ({answer} bytes).", "range_not_satisfiable",
+                       {"Content-Range": f"bytes */{answer}"})
+    return RawFileResponse(path, ignore_range=answer == _IGNORE,
+                           headers={"Content-Type": "application/octet-stream",
+                                    "Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
 async def catalog(request: web.Request) -> web.Response:

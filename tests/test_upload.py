@@ -171,11 +171,14 @@ async def test_stale_temporary_uploads_are_removed_at_start(aiohttp_client, sett
     assert sorted(p.name for p in folder.iterdir()) == ["kept.jsonl"]
 
 
-def multipart(name: str, data: bytes, *, closed: bool = True) -> tuple[bytes, bytes, dict[str, str]]:
-    """A hand-made multipart body (head, file bytes, tail) for bodies aiohttp's client would not send."""
+CLOSE = b"\r\n--B0undary--\r\n"  # the closing delimiter of the hand-made bodies
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, bytes, dict[str, str]]:
+    """A hand-made multipart body's head, the file bytes and the headers, for bodies aiohttp's client
+    would not send (the caller adds CLOSE, or leaves it out)."""
     head = (b'--B0undary\r\nContent-Disposition: form-data; name="file"; filename="' + name.encode()
             + b'"\r\nContent-Type: application/octet-stream\r\n\r\n')
-    tail = b"\r\n--B0undary--\r\n" if closed else b""
     return head, data, {"Content-Type": "multipart/form-data; boundary=B0undary"}
 
 
@@ -186,7 +189,7 @@ async def test_gzip_is_recognised_when_the_body_arrives_a_byte_at_a_time(pinned,
     async def drip():
         yield head + data[:1]  # the first byte of the gzip magic alone
         await asyncio.sleep(0.2)
-        yield data[1:] + b"\r\n--B0undary--\r\n"
+        yield data[1:] + CLOSE
 
     resp = await pinned.post("/api/upload/sessions", data=drip(), headers={**alice.headers, **headers})
     assert resp.status == 200 and (await resp.json())["size"] == len(raw)
@@ -197,7 +200,7 @@ async def test_gzip_is_recognised_when_the_body_arrives_a_byte_at_a_time(pinned,
 async def test_a_body_cut_before_its_closing_boundary_replaces_nothing(pinned, alice, settings):
     raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
     assert (await upload(pinned, alice, "s.jsonl", raw)).status == 200
-    head, data, headers = multipart("s.jsonl", raw[: len(raw) // 2], closed=False)
+    head, data, headers = multipart("s.jsonl", raw[: len(raw) // 2])  # no CLOSE
     resp = await pinned.post("/api/upload/sessions", data=head + data, headers={**alice.headers, **headers})
     assert resp.status == 400 and (await resp.json())["code"] == "bad_multipart"
     stored = Path(settings.data_dir) / "sessions" / str(alice.user.id) / "s.jsonl"
@@ -205,7 +208,7 @@ async def test_a_body_cut_before_its_closing_boundary_replaces_nothing(pinned, a
     assert not [n for n in os.listdir(stored.parent) if n.endswith(".tmp")]
     one = b"x"  # a body shorter than the gzip magic is plain text
     head, data, headers = multipart("one.jsonl", one)
-    resp = await pinned.post("/api/upload/sessions", data=head + data + b"\r\n--B0undary--\r\n",
+    resp = await pinned.post("/api/upload/sessions", data=head + data + CLOSE,
                              headers={**alice.headers, **headers})
     assert resp.status == 200 and (await resp.json())["size"] == 1
 
@@ -213,7 +216,7 @@ async def test_a_body_cut_before_its_closing_boundary_replaces_nothing(pinned, a
 async def test_an_upload_the_client_abandons_is_a_499_and_leaves_nothing(pinned, alice, settings):
     raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
     head, data, headers = multipart("gone.jsonl", raw)
-    body = head + data + b"\r\n--B0undary--\r\n"
+    body = head + data + CLOSE
     reader, writer = await asyncio.open_connection(pinned.server.host, pinned.server.port)
     writer.write((f"POST /api/upload/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
                   f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
