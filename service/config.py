@@ -8,6 +8,7 @@ cannot drift apart (a test checks the example and the README).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("DEBUG", "INFO", "WARNING", "ERROR")}
+# An empty database path is a temporary database SQLite throws away; an empty data dir is the cwd.
+_REQUIRED = frozenset({"db_path", "data_dir"})
 _POSITIVE = {"port", "max_upload_mb", "scan_interval", "max_failures",
              "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout"}
 
@@ -201,8 +204,14 @@ def _check(setting: Setting, value: Any, source: str) -> None:
         ok = all(isinstance(v, str) for v in value)
     if not ok:
         raise ConfigError(f"{source}: expected {expected.__name__}, got {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: must be a finite number, got {value!r}")
     if setting.name in _POSITIVE and value <= 0:
         raise ConfigError(f"{source}: must be greater than 0, got {value!r}")
+    if setting.name in _REQUIRED and not value.strip():
+        raise ConfigError(f"{source}: must not be empty")
+    if setting.name == "port" and not 1 <= value <= 65535:
+        raise ConfigError(f"{source}: must be a TCP port, 1-65535, got {value!r}")
     if setting.type is int and value < 0:
         raise ConfigError(f"{source}: must not be negative, got {value!r}")
     if setting.name in _CHOICES and value not in _CHOICES[setting.name]:

@@ -79,6 +79,26 @@ def test_invalid_env_names_the_variable():
         load_settings(environ={"AGNES_PORT": "http"})
 
 
+@pytest.mark.parametrize("name, raw, why", [
+    ("AGNES_DB_PATH", "", "must not be empty"),  # SQLite would use a temporary database and lose it
+    ("AGNES_DATA_DIR", "  ", "must not be empty"),
+    ("AGNES_SCAN_INTERVAL", "inf", "finite"),  # asyncio.sleep(inf): the worker would never tick again
+    ("AGNES_SCAN_INTERVAL", "nan", "finite"),
+    ("AGNES_SHUTDOWN_TIMEOUT", "inf", "finite"),
+    ("AGNES_PORT", "70000", "1-65535"),
+])
+def test_values_that_would_break_the_service_later_are_refused_at_start(name, raw, why):
+    with pytest.raises(ConfigError, match=why) as info:
+        load_settings(environ={name: raw})
+    assert name in str(info.value)
+
+
+def test_nan_in_yaml_is_refused(tmp_path):
+    cfg = write_yaml(tmp_path, "ingest:\n  scan_interval: .nan\n")
+    with pytest.raises(ConfigError, match="ingest.scan_interval.*finite"):
+        load_settings(environ={"AGNES_CONFIG": cfg})
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="AGNES_CONFIG"):
         load_settings(environ={"AGNES_CONFIG": str(tmp_path / "nope.yaml")})
