@@ -310,9 +310,13 @@ def _count_rows(path: str) -> int | None:
     if suffix not in ("csv", "tsv", "jsonl", "ndjson"):
         return None
     lines = 0
+    last = b"\n"
     with open(path, "rb") as fh:
         while chunk := fh.read(1024 * 1024):
             lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":
+        lines += 1  # a last line without its newline is a row too
     return max(0, lines - 1) if suffix in ("csv", "tsv") else lines
 
 
@@ -321,6 +325,7 @@ async def cmd_tables_register(args, settings, db) -> int:
     from pathlib import Path  # noqa: PLC0415
 
     from .store import tables  # noqa: PLC0415
+    from .sync import private_reason  # noqa: PLC0415
 
     if not tables.valid_table_id(args.id):
         raise CliError(f"invalid table id {args.id!r}: use ^[A-Za-z0-9_.-]{{1,128}}$ without a leading dot")
@@ -329,8 +334,15 @@ async def cmd_tables_register(args, settings, db) -> int:
     path = (path if path.is_absolute() else Path.cwd() / path).resolve()
     if not path.is_relative_to(base):
         raise CliError(f"{args.path} is not under the data directory {base}; copy it there first")
+    if reason := private_reason(path.relative_to(base)):
+        raise CliError(f"{args.path} cannot be published: {reason}")
+    database = Path(settings.db_path).resolve()
+    if path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        raise CliError(f"{args.path} cannot be published: it is this service's database")
     if not path.is_file():
         raise CliError(f"{args.path} is not a file")
+    if args.rows is not None and args.rows < 0:
+        raise CliError(f"--rows must not be negative, got {args.rows}")
     rows = args.rows if args.rows is not None else _count_rows(str(path))
     table = await tables.register(db, args.id, str(path.relative_to(base)), rows=rows, query_mode=args.query_mode,
                                   source_type=args.source_type, public=args.public)

@@ -73,11 +73,29 @@ def load_memory(path: str) -> MemoryBundle:
         raise ValueError(str(exc)) from None
 
 
+def private_reason(relative: Path) -> str | None:
+    """Why a path under the data directory must never be published as a table, or None.
+
+    The data directory also holds analysts' transcripts (sessions/), the cookie-signing key
+    (secret_key: with it anyone could sign in as anyone) and temporary files (dot names).
+    """
+    parts = relative.parts
+    if parts and parts[0] == "sessions":
+        return "it is under sessions/, the analysts' transcripts"
+    if parts == ("secret_key",):
+        return "it is the key that signs sign-in cookies"
+    if any(part.startswith(".") for part in parts):
+        return "it is a hidden or temporary file"
+    return None
+
+
 def table_file(data_dir: str, relative: str) -> Path | None:
-    """The table's file, or None when the stored path would leave the data directory."""
+    """The table's file, or None when the stored path would leave the data directory or is private."""
     base = Path(data_dir).resolve()
     path = (base / relative).resolve()
-    return path if path.is_relative_to(base) and path != base else None
+    if not path.is_relative_to(base) or path == base or private_reason(path.relative_to(base)):
+        return None
+    return path
 
 
 def md5_file(path: Path) -> str:

@@ -198,6 +198,17 @@ def test_tables_register_grant_list(tmp_path):
     assert proc.returncode == 1 and "not under the data directory" in proc.stderr
     proc = run(tmp_path, "tables", "register", "dots", str(data / ".." / ".." / "outside.csv"), check=False)
     assert proc.returncode == 1 and "not under the data directory" in proc.stderr
+    # Under the data directory but never publishable: transcripts, the cookie key, temporary files.
+    private = {"sessions/1/s.jsonl": "transcripts", "secret_key": "signs sign-in cookies",
+               "tables/.upload-x.tmp": "hidden or temporary"}
+    for relative, why in private.items():
+        target = tmp_path / "data" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("secret\n")
+        proc = run(tmp_path, "tables", "register", "leak", str(target), "--public", check=False)
+        assert proc.returncode == 1 and "cannot be published" in proc.stderr and why in proc.stderr, relative
+    proc = run(tmp_path, "tables", "register", "neg", str(data / "orders.csv"), "--rows", "-5", check=False)
+    assert proc.returncode == 1 and "must not be negative" in proc.stderr
     assert run(tmp_path, "tables", "grant", "orders", "ana@example.com").stdout.strip() == \
         "granted orders to ana@example.com"
     assert run(tmp_path, "tables", "grant", "nope", "ana@example.com", check=False).returncode == 1
@@ -208,6 +219,9 @@ def test_tables_register_grant_list(tmp_path):
         {"id": "orders", "path": "tables/orders.csv", "rows": 2, "query_mode": "local", "source_type": "",
          "public": False, "granted": ["ana@example.com"]},
     ]
+    (data / "no-newline.csv").write_text("id,name\n1,x\n2,y")  # the last row has no newline
+    out = run(tmp_path, "tables", "register", "nonl", str(data / "no-newline.csv")).stdout
+    assert "(2 rows," in out
 
 
 def test_attribution_set_list_remove_and_reprocess(tmp_path):

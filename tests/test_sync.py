@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,6 @@ from tests.conftest import make_caller
 
 @pytest.fixture
 def data_dir(settings, tmp_path):
-    from pathlib import Path
-
     path = Path(settings.data_dir) / "tables"
     path.mkdir(parents=True)
     return path
@@ -208,3 +207,16 @@ def test_invalid_memory_file_stops_start_up_naming_the_key(tmp_path):
                              secret_key="s", memory_file=str(rules))
     with pytest.raises(ConfigError, match=r"instance.memory_file .*\$.mandatory\[0\]"):
         create_app(settings)
+
+
+async def test_a_table_row_pointing_at_private_files_serves_nothing(client, db, alice, bob, settings):
+    """Defence in depth behind the CLI's refusal: a transcript or the cookie key is never a download."""
+    root = Path(settings.data_dir)
+    (root / "sessions" / str(bob.user.id)).mkdir(parents=True)
+    (root / "sessions" / str(bob.user.id) / "s.jsonl").write_text('{"type":"user"}\n')
+    for table_id, relative in (("t1", f"sessions/{bob.user.id}/s.jsonl"), ("t2", "secret_key")):
+        await tables.register(db, table_id, relative, rows=1, public=True)
+        resp = await client.get(f"/api/data/{table_id}/download", headers=alice.headers)
+        assert resp.status == 404 and (await resp.json())["code"] == "table_not_found", relative
+    manifest = await (await client.get("/api/sync/manifest", headers=alice.headers)).json()
+    assert "t1" not in manifest["tables"] and "t2" not in manifest["tables"]
