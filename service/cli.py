@@ -111,6 +111,8 @@ async def cmd_users_add(args, settings, db) -> int:
         user = await users.add_user(db, args.email, args.name or "", args.onboarded)
     except users.UserExists:
         raise CliError(f"a user with email {args.email!r} already exists") from None
+    except users.InvalidEmail as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         _print_json(user)
     else:
@@ -263,14 +265,18 @@ async def cmd_prune(args, settings, db) -> int:
 
 @with_db
 async def cmd_backup(args, settings, db) -> int:
+    import sqlite3  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     target = Path(args.path)
     if target.exists():
         raise CliError(f"{target} exists; choose a new file name")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # VACUUM INTO writes a consistent, compacted copy while the service keeps running.
-    await db.writer.execute("VACUUM INTO ?", (str(target),))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # VACUUM INTO writes a consistent, compacted copy while the service keeps running.
+        await db.writer.execute("VACUUM INTO ?", (str(target),))
+    except (OSError, sqlite3.Error) as exc:
+        raise CliError(f"cannot write the backup to {target}: {exc}") from None
     print(f"backed up {settings.db_path} to {target} ({target.stat().st_size} bytes)")
     return 0
 

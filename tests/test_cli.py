@@ -48,6 +48,9 @@ def test_users_and_tokens_round_trip(tmp_path):
     run(tmp_path, "users", "add", "ben@example.com")
     dup = run(tmp_path, "users", "add", "ana@example.com", check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
+    for odd in ("", "   ", "no-at-sign", "x@y@z", "@example.com", "ana@", "new\nline@ex.com", "sp ace@ex.com"):
+        bad = run(tmp_path, "users", "add", odd, check=False)
+        assert bad.returncode == 1 and "is not an email address" in bad.stderr, odd
     listed = json.loads(run(tmp_path, "users", "list", "--json").stdout)
     assert [(u["email"], u["name"], u["onboarded"]) for u in listed] == [
         ("ana@example.com", "Ana", True), ("ben@example.com", "", False)]
@@ -178,6 +181,9 @@ def test_prune_and_backup(tmp_path):
         assert conn.execute("SELECT email FROM users").fetchall() == [("bob@example.com",)]
     again = run(tmp_path, "backup", str(backup), check=False)
     assert again.returncode == 1 and "exists" in again.stderr
+    nowhere = run(tmp_path, "backup", "/proc/nope/x.db", check=False)
+    assert nowhere.returncode == 1 and "cannot write the backup" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
 
 
 def test_tables_register_grant_list(tmp_path):

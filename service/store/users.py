@@ -60,8 +60,21 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-async def add_user(db: Database, email: str, name: str = "", onboarded: bool = False) -> User:
+class InvalidEmail(ValueError):
+    """Not one address: a user's email names them in logs, lists, the proxy header and admin lists."""
+
+
+def check_email(email: str) -> str:
+    """The normalised email, or InvalidEmail: one '@' between non-empty parts, no space or control."""
     email = normalise_email(email)
+    local, at, domain = email.partition("@")
+    if not (at and local and domain) or "@" in domain or any(c.isspace() or not c.isprintable() for c in email):
+        raise InvalidEmail(f"{email!r} is not an email address (name@domain, no spaces)")
+    return email
+
+
+async def add_user(db: Database, email: str, name: str = "", onboarded: bool = False) -> User:
+    email = check_email(email)
     now = to_store(utcnow())
     async with db.transaction() as conn:
         async with conn.execute("SELECT 1 FROM users WHERE email = ?", (email,)) as cur:
