@@ -249,8 +249,19 @@ def test_synthetic_lines_count_nowhere() -> None:
     assert (s.assistant_messages, s.input_tokens, s.primary_model) == (0, 0, None)
     assert s.ended_at == datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
     assert (s.active_seconds, s.wall_seconds, result.lines) == (0, 0, 3)
-    # Not even as the nearest earlier timestamp.
-    assert result.prompts[1].ts == "2026-11-21T10:00:00.000000Z"
+    # But it is a line that has a timestamp: the nearest earlier one for a line without (FORMAT.md).
+    assert result.prompts[1].ts == "2026-11-21T11:00:00.000000Z"
+
+
+def test_a_synthetic_timestamp_is_the_earliest_for_lines_before_any_other() -> None:
+    data = jsonl(
+        user("u1", "Before any timestamp.", ts=None),
+        assistant("a1", "msg_S", ts="2026-11-21T09:00:00.000Z", model="<synthetic>", usage=usage(5, 5)),
+        user("u2", "Later.", ts="2026-11-21T10:00:00.000Z"),
+    )
+    result = parse_bytes(data)
+    assert [p.ts for p in result.prompts] == ["2026-11-21T09:00:00.000000Z", "2026-11-21T10:00:00.000000Z"]
+    assert result.summary.started_at == datetime(2026, 11, 21, 10, 0, tzinfo=UTC)  # still not activity
 
 
 def test_primary_model_tie_goes_to_first_seen() -> None:

@@ -411,6 +411,9 @@ class _FileState:
         self.block_ends: list[datetime] = []
         # The nearest earlier parsable timestamp, as text (for rows) and parsed.
         self.last_raw: str | None = None
+        # The earliest timestamp of a harness-made line (not activity, but "the earliest timestamp
+        # in the file" for the lines before the first one).
+        self.earliest_synthetic: datetime | None = None
         # key -> [ts text, input, output, cache_read, cache_creation, model]
         self.messages: dict[str, list[Any]] = {}
         self.prompts: dict[str, str | None] = {}
@@ -524,8 +527,9 @@ class _FileState:
         for lineno, rec in records:
             kind = rec.type
             msg = rec.message
-            if kind == "assistant" and msg is not UNSET and msg.model == _SYNTHETIC:
-                continue  # harness-made: counts nowhere
+            # Harness-made lines count nowhere, not even as activity; their timestamp is still the
+            # nearest earlier one for a later line without one (FORMAT.md).
+            synthetic = kind == "assistant" and msg is not UNSET and msg.model == _SYNTHETIC
 
             raw = rec.timestamp
             if raw is not None:
@@ -537,6 +541,10 @@ class _FileState:
                     raw = last_raw
                 else:
                     last_raw = raw
+                    if synthetic:
+                        if self.earliest_synthetic is None or ts < self.earliest_synthetic:
+                            self.earliest_synthetic = ts
+                        continue
                     if ends and ts >= ends[-1]:
                         if ts - ends[-1] <= _ACTIVITY_GAP:
                             ends[-1] = ts
@@ -547,6 +555,8 @@ class _FileState:
                         _add_activity(starts, ends, ts)
             else:
                 raw = last_raw
+            if synthetic:
+                continue
             if self.session_id is None and rec.sessionId:
                 self.session_id = rec.sessionId
             if self.project is None and rec.cwd:
@@ -671,7 +681,8 @@ class _FileState:
         session_id = self.session_id or fallback_session_id
         starts, ends = self.block_starts, self.block_ends
         # Rows of lines before any timestamp: the earliest in the file, else the moment received.
-        stamps: dict[str | None, str] = {None: to_store(starts[0] if starts else received_at)}
+        earliest = [t for t in (starts[0] if starts else None, self.earliest_synthetic) if t is not None]
+        stamps: dict[str | None, str] = {None: to_store(min(earliest) if earliest else received_at)}
 
         def stamp(raw: str | None) -> str:
             text = stamps.get(raw)
