@@ -67,10 +67,10 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings)
     # aiohttp's own shutdown stops reading from every connection at once, so a request whose body
-    # is still arriving (an upload) could never finish: requests get the shutdown time first, with
-    # the listening socket closed, and aiohttp's shutdown only the last second of it.
-    last_second = min(1.0, settings.shutdown_timeout)
-    runner = web.AppRunner(app, shutdown_timeout=last_second, access_log=None)
+    # is still arriving (an upload) could never finish: handlers get the shutdown time first, with
+    # the listening socket closed; then aiohttp's shutdown gives what is still being sent (a table
+    # download, whose handler has returned) the same time before it cancels.
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, access_log=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +83,7 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         await stop.wait()
         logger.info("stopping: finishing in-flight work (at most %ss)", settings.shutdown_timeout)
         await site.stop()  # no new connections
-        if not await app[keys.IN_FLIGHT].wait_idle(settings.shutdown_timeout - last_second):
+        if not await app[keys.IN_FLIGHT].wait_idle(settings.shutdown_timeout):
             logger.warning("%d request(s) still running at the shutdown timeout: cancelled",
                            app[keys.IN_FLIGHT].count)
     finally:

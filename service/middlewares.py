@@ -62,6 +62,8 @@ class InFlight:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Whether every request finished within ``timeout`` seconds."""
+        if not self.count:
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -91,8 +93,8 @@ async def request_id_middleware(request: web.Request, handler):
         exc.headers["X-Request-Id"] = rid
         raise
     except asyncio.CancelledError:
-        # aiohttp cancels the handler when the client disconnects (an upload cut short): nginx's
-        # 499, "client closed request", in the log and metrics, not a server error.
+        # aiohttp's test server cancels the handler when the client disconnects: nginx's 499,
+        # "client closed request", in the log and metrics, not a server error.
         status = CLIENT_CLOSED_REQUEST
         raise
     finally:
@@ -110,6 +112,11 @@ async def error_middleware(request: web.Request, handler):
     """JSON {"detail", "code"} for /api; an error page for pages; tracebacks only in the log."""
     try:
         return await handler(request)
+    except ConnectionResetError:
+        # The client went away mid-request (a dropped upload; aiohttp's own exception for it
+        # subclasses this one): nothing can be sent, and it is not a server error.
+        logger.info("client closed the connection during %s %s", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except AppError as exc:
         return _render_error(request, exc.status, exc.detail, exc.code, exc.headers)
     except web.HTTPException as exc:

@@ -356,6 +356,15 @@ async def test_a_tick_does_not_queue_a_second_parse_of_a_file_already_pending(cl
     assert worker._again == {file_id}
 
 
+async def test_the_operator_s_ingest_follows_symlinks(db, people, tmp_path):
+    """Only the watched directory (writable by others) refuses symlinks; `agnes-home ingest` paths are the operator's."""
+    link = tmp_path / "linked.jsonl"
+    link.symlink_to(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl")
+    report = await ingest_files(db, people["alice"].user.id, [str(link)])
+    assert (report.processed, report.failed) == (1, 0)
+    assert await db.fetchval("SELECT COUNT(*) FROM user_prompts") == 2
+
+
 async def test_prune_drops_old_activity_only(db, people):
     bob = people["bob"].user.id
     await ingest_files(db, bob, sample_files("bob"))

@@ -146,3 +146,80 @@ def test_sigterm_lets_an_upload_whose_body_is_still_arriving_finish(tmp_path):
             proc.communicate()
     stored = list((tmp_path / "data" / "sessions").rglob("late.jsonl"))
     assert len(stored) == 1 and stored[0].read_bytes() == raw
+
+
+def _wait_ready(port: int) -> None:
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def test_sigterm_lets_a_table_download_in_progress_finish(tmp_path):
+    import socket
+
+    port = free_port()
+    run(tmp_path, "users", "add", "alice@example.com")
+    token = run(tmp_path, "tokens", "issue", "alice@example.com").stdout.strip().splitlines()[-1]
+    table = tmp_path / "data" / "tables" / "big.csv"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"id,x\n" + b"1,abcdefghij\n" * 1_500_000)  # ~20 MB
+    run(tmp_path, "tables", "register", "big", str(table), "--public")
+    proc = serve(tmp_path, tmp_path / "watched", port)
+    try:
+        _wait_ready(port)
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        conn.sendall((f"GET /api/data/big/download HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                      "Connection: close\r\n\r\n").encode())
+        received = conn.recv(65536)
+        proc.send_signal(signal.SIGTERM)
+        while chunk := conn.recv(65536):  # a slow reader: ~3 s for the whole file
+            received += chunk
+            time.sleep(0.01)
+        conn.close()
+        head, body = received.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200") and body == table.read_bytes()
+        _, stderr = proc.communicate(timeout=15)
+        assert proc.returncode == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_client_that_drops_an_upload_is_a_499_without_a_traceback(tmp_path):
+    import socket
+
+    port = free_port()
+    run(tmp_path, "users", "add", "alice@example.com")
+    token = run(tmp_path, "tokens", "issue", "alice@example.com").stdout.strip().splitlines()[-1]
+    proc = serve(tmp_path, tmp_path / "watched", port)
+    try:
+        _wait_ready(port)
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.sendall((f"POST /api/upload/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                      "Content-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: 100000\r\n\r\n"
+                      '--B0undary\r\nContent-Disposition: form-data; name="file"; filename="gone.jsonl"\r\n\r\n'
+                      ).encode() + b"x" * 5000)
+        time.sleep(0.3)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+        conn.close()
+        metrics = ""
+        for _ in range(50):
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            if 'route="/api/upload/sessions"' in metrics:
+                break
+            time.sleep(0.1)
+        assert 'status="499"' in metrics and 'route="/api/upload/sessions",status="500"' not in metrics
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+        assert "Traceback" not in stderr and "unhandled error" not in stderr, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert not list((tmp_path / "data" / "sessions").rglob("*")) or \
+        not [p for p in (tmp_path / "data" / "sessions").rglob("*") if p.is_file()]

@@ -211,8 +211,25 @@ async def test_symlinks_and_special_files_are_never_read(watched, tmp_path):
     await client.app[keys.DB].execute_write("UPDATE session_files SET processor_version = 0")  # force a re-read
     await asyncio.wait_for(tick(client), 30)
     failure = await db.fetchval("SELECT last_error FROM session_files WHERE path = ?", (str(own),))
-    assert failure and "Errno" in failure  # ELOOP: refused, not followed
+    assert failure and "symbolic link" in failure  # refused, not followed
     assert await stats(client, gina, "7d") == before  # still her own numbers
+
+    # A parent directory swapped for a symlink is refused too (O_NOFOLLOW guards the last part only).
+    own.unlink()
+    (root / "gina" / "deep").mkdir()
+    nested = root / "gina" / "deep" / "n.jsonl"
+    shutil.copy(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl", nested)
+    await asyncio.wait_for(tick(client), 30)
+    assert await db.fetchval("SELECT processor_version FROM session_files WHERE path = ?", (str(nested),)) > 0
+    shutil.rmtree(root / "gina" / "deep")
+    (outside / "n.jsonl").write_bytes((outside / "theirs.jsonl").read_bytes())
+    (root / "gina" / "deep").symlink_to(outside, target_is_directory=True)
+    await client.app[keys.DB].execute_write("UPDATE session_files SET processor_version = 0 WHERE path = ?",
+                                            (str(nested),))
+    await asyncio.wait_for(tick(client), 30)
+    failure = await db.fetchval("SELECT last_error FROM session_files WHERE path = ?", (str(nested),))
+    assert failure and "symbolic link" in failure
+    own.write_bytes(b"")  # the FIFO below takes this registered file's place
 
     # A FIFO where a transcript was: refused at once instead of blocking the parser for everyone.
     own.unlink()

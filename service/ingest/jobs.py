@@ -16,15 +16,15 @@ from .records import ParseResult
 PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still runs
 
 
-def parse_job(path: str, file_key: str, received_at: datetime) -> ParseResult:
+def parse_job(path: str, file_key: str, received_at: datetime, follow_symlinks: bool) -> ParseResult:
     """Runs in a worker process (or thread): the CPU-heavy part of processing."""
-    return parse_file(path, file_key=file_key, received_at=received_at)
+    return parse_file(path, file_key=file_key, received_at=received_at, follow_symlinks=follow_symlinks)
 
 
-def hash_job(path: str) -> str:
+def hash_job(path: str, follow_symlinks: bool) -> str:
     """sha256 of a file's bytes, read in bounded chunks (same digest as the parser's)."""
     digest = hashlib.sha256()
-    with open_regular(path) as fh:
+    with open_regular(path, follow_symlinks=follow_symlinks) as fh:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()

@@ -138,7 +138,7 @@ _decode_loose = msgspec.json.Decoder(_LooseLine, float_hook=float).decode
 
 
 def parse_file(
-    path: str | os.PathLike[str], *, file_key: str, received_at: datetime
+    path: str | os.PathLike[str], *, file_key: str, received_at: datetime, follow_symlinks: bool = True
 ) -> ParseResult:
     """Parse one transcript file (plain or gzip, by content); CPU-bound: not on the event loop."""
     name = os.path.basename(os.fspath(path))
@@ -146,20 +146,27 @@ def parse_file(
         name = name[:-3]
     if name.endswith(".jsonl"):
         name = name[:-6]
-    with open_regular(path) as fileobj:
+    with open_regular(path, follow_symlinks=follow_symlinks) as fileobj:
         return parse_stream(
             fileobj, file_key=file_key, fallback_session_id=name, received_at=received_at
         )
 
 
-def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open a transcript for reading, unbuffered; only a regular file, never through a symlink.
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> BinaryIO:
+    """Open a transcript for reading, unbuffered; only a regular file.
 
-    A watched directory is writable by others: a symlink put in place of a registered file could
-    point at another user's upload, and a FIFO or device would block the parse process forever
-    (O_NONBLOCK makes opening a FIFO return at once, then fstat refuses it).
+    A FIFO or device would block the parse process forever (O_NONBLOCK makes opening a FIFO
+    return at once, then fstat refuses it). Without ``follow_symlinks`` (files of the watched
+    directory, which others can write), a path reached through a symlink anywhere, in its last
+    part (O_NOFOLLOW) or a parent directory (the real path differs), is refused: a symlink put in
+    place of a registered file or folder could point at another user's upload.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+        if os.path.realpath(path) != os.path.abspath(path):
+            raise ValueError(f"{os.fspath(path)} is reached through a symbolic link")
+    fd = os.open(path, flags)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{os.fspath(path)} is not a regular file")

@@ -157,15 +157,18 @@ class Processor:
             return outcome
         st = os.stat(state.path)
         version = ingest.USAGE_PROCESSOR_VERSION
+        # The watched directory can be written by others: its files are never read through a
+        # symlink. Uploads are written by the service, and paths given to `ingest` by the operator.
+        follow = state.origin != "watch"
         if (not force and state.content_hash and state.processor_version >= version
                 and (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns)):
             # Touched but maybe not changed: a hash is much cheaper than a parse and a rewrite.
-            if await self._run(hash_job, state.path) == state.content_hash:
+            if await self._run(hash_job, state.path, follow) == state.content_hash:
                 await store.mark_unchanged(self.db, file_id, st.st_size, st.st_mtime_ns, self.clock())
                 outcome = Outcome(file_id, "unchanged", bytes=st.st_size)
                 self._report(outcome)
                 return outcome
         received_at = from_store(state.received_at)
-        result: ParseResult = await self._run(parse_job, state.path, str(file_id), received_at)
+        result: ParseResult = await self._run(parse_job, state.path, str(file_id), received_at, follow)
         logger.debug("parsed", extra={"file_id": file_id, "file": state.path, "lines": result.lines})
         return store.Parsed(file_id, state.user_id, result, st.st_size, st.st_mtime_ns, version)

@@ -21,7 +21,9 @@ class Found:
 def scan(root: str) -> list[Found]:
     """Every transcript under root, with its stat; blocking, so callers run it in a thread."""
     found: list[Found] = []
-    base = Path(root)
+    # Files are registered by their real path: the parser refuses a watched file whose path goes
+    # through a symlink, and the root itself may be one (a mounted volume).
+    base = Path(os.path.realpath(root))
     if not base.is_dir():
         return found
     for owner_dir in sorted(base.iterdir()):

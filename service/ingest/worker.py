@@ -199,7 +199,7 @@ class IngestWorker:
         """Queue new and changed files of the watched directory; returns how many."""
         found = await asyncio.to_thread(scanner.scan, self.settings.session_dir)
         # The scanner reports absolute paths, so the lookup must use the absolute root too.
-        known = await store.files_under(self.db, os.path.abspath(self.settings.session_dir))
+        known = await store.files_under(self.db, os.path.realpath(self.settings.session_dir))
         queued = 0
         for item in found:
             seen = known.get(item.path)
