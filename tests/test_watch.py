@@ -181,7 +181,7 @@ async def test_a_relative_session_dir_still_recognises_known_files(aiohttp_clien
     assert tuple(await db.fetchone("SELECT id, received_at, processed_at FROM session_files")) == first
 
 
-async def test_symlinks_and_special_files_are_never_read(watched, tmp_path):
+async def test_symlinks_and_special_files_are_never_read(watched, tmp_path, caplog):
     """The watched directory is writable by others: nothing in it may lead the parser elsewhere."""
     import asyncio
 
@@ -206,6 +206,7 @@ async def test_symlinks_and_special_files_are_never_read(watched, tmp_path):
     own.symlink_to(outside / "theirs.jsonl")
     await asyncio.wait_for(tick(client), 30)
     assert await db.fetchval("SELECT COUNT(*) FROM session_files WHERE path LIKE ?", (f"%{os.sep}hank{os.sep}%",)) == 0
+    assert "not scanning" in caplog.text and "hank" in caplog.text  # said, not silently dropped
     assert (await stats(client, hank, "7d"))["sessions"] == 0
     worker = client.app[keys.WORKER]
     await client.app[keys.DB].execute_write("UPDATE session_files SET processor_version = 0")  # force a re-read

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 SUFFIXES = (".jsonl", ".jsonl.gz")
+
+logger = logging.getLogger(__name__)
+_WARNED_LINKS: set[str] = set()  # symlinked owner folders already reported (scans repeat every tick)
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,15 @@ def scan(root: str) -> list[Found]:
     if not base.is_dir():
         return found
     for owner_dir in sorted(base.iterdir()):
-        # A symlinked owner directory could point anywhere on the host: not followed, like
-        # symlinked subdirectories and files below.
-        if owner_dir.is_symlink() or not owner_dir.is_dir() or owner_dir.name.startswith("."):
+        if owner_dir.is_symlink():
+            # It could point anywhere on the host: not followed, like symlinked subdirectories and
+            # files below; said once, so a setup that links each analyst's folder in sees why.
+            if str(owner_dir) not in _WARNED_LINKS:
+                _WARNED_LINKS.add(str(owner_dir))
+                logger.warning("not scanning %s: a symbolic link (the watched directory is never "
+                               "read through one)", owner_dir)
+            continue
+        if not owner_dir.is_dir() or owner_dir.name.startswith("."):
             continue
         for dirpath, dirnames, filenames in os.walk(owner_dir, followlinks=False):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
