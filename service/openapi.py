@@ -77,7 +77,7 @@ SCHEMAS: dict[str, Any] = {
                           "query_mode": {"enum": ["local", "remote"]}, "source_type": {"type": "string"}}),
     "Catalog": _obj({"tables": {"type": "array", "items": _ref("CatalogTable")}}),
     "MemoryItem": _obj({"id": {"type": "string"}, "title": {"type": "string"}, "content": {"type": "string"},
-                        "domain": {"type": ["string", "null"]}, "category": {"type": ["string", "null"]}},
+                        "domain": {"type": "string"}, "category": {"type": "string"}},
                        ["id", "title", "content"]),
     "MemoryBundle": _obj({"mandatory": {"type": "array", "items": _ref("MemoryItem")},
                           "approved": {"type": "array", "items": _ref("MemoryItem")}}),

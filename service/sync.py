@@ -45,7 +45,9 @@ class Manifest(msgspec.Struct):
     server_time: str
 
 
-class MemoryItem(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A memory rule; domain and category are optional keys (SPEC.md: `"domain"?`), left out when absent."""
+
     id: str
     title: str
     content: str

@@ -193,8 +193,8 @@ async def test_memory_bundle_default_and_configured(client, alice, aiohttp_clien
     other = await aiohttp_client(create_app(configured))
     caller = await make_caller(other.app[keys.DB], "m@example.com")
     assert await (await other.get("/api/memory/bundle", headers=caller.headers)).json() == {
-        "mandatory": [{"id": "m1", "title": "Use EU data", "content": "Only EU rows.", "domain": "sales",
-                       "category": None}], "approved": []}
+        "mandatory": [{"id": "m1", "title": "Use EU data", "content": "Only EU rows.", "domain": "sales"}],
+        "approved": []}  # no "category": null, the key is optional (SPEC.md)
 
 
 def test_invalid_memory_file_stops_start_up_naming_the_key(tmp_path):
