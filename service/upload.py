@@ -130,6 +130,10 @@ class _Sink:
         self.path.unlink(missing_ok=True)
 
 
+def _malformed(exc: Exception) -> AppError:
+    return AppError(400, f"Malformed multipart body: {type(exc).__name__}", "bad_multipart")
+
+
 async def _expect_closing_boundary(reader: MultipartReader) -> None:
     """The body must end with the closing delimiter after the file: a body cut short (a dropped
     connection under chunked encoding) ends the file part early, and storing that would replace a
@@ -138,7 +142,7 @@ async def _expect_closing_boundary(reader: MultipartReader) -> None:
         while (part := await reader.next()) is not None:
             await part.release()
     except (ValueError, HttpProcessingError) as exc:
-        raise AppError(400, f"Malformed multipart body: {type(exc).__name__}", "bad_multipart") from None
+        raise _malformed(exc) from None
     if not reader.at_eof():
         raise AppError(400, "The multipart body ends before its closing boundary: the upload was cut short.",
                        "bad_multipart")
@@ -161,7 +165,7 @@ async def upload_session(request: web.Request) -> web.Response:
             await part.release()
             part = await reader.next()
     except (ValueError, HttpProcessingError) as exc:
-        raise AppError(400, f"Malformed multipart body: {type(exc).__name__}", "bad_multipart") from None
+        raise _malformed(exc) from None
     if part is None:
         raise AppError(400, "The multipart body has no part named 'file'.", "missing_file")
     name = part.filename

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import make_corpus
@@ -106,9 +109,9 @@ def test_sigterm_mid_ingest_then_restart_gives_the_clean_numbers(tmp_path):
     assert after_restart["summaries"][0] == files and after_restart["prompts"][0] == COPIES * 12
 
 
-def test_sigterm_lets_an_upload_whose_body_is_still_arriving_finish(tmp_path):
-    import socket
-
+@contextmanager
+def serving_alice(tmp_path: Path) -> Iterator[tuple[int, str, subprocess.Popen]]:
+    """A real `serve` with alice and her token, ready on its port; killed if the test leaves it running."""
     port = free_port()
     run(tmp_path, "users", "add", "alice@example.com")
     token = run(tmp_path, "tokens", "issue", "alice@example.com").stdout.strip().splitlines()[-1]
@@ -120,9 +123,18 @@ def test_sigterm_lets_an_upload_whose_body_is_still_arriving_finish(tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        raw = (ROOT.parent / "shared" / "samples" / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
-        body = (b'--B0undary\r\nContent-Disposition: form-data; name="file"; filename="late.jsonl"\r\n'
-                b"Content-Type: application/octet-stream\r\n\r\n" + raw + b"\r\n--B0undary--\r\n")
+        yield port, token, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_sigterm_lets_an_upload_whose_body_is_still_arriving_finish(tmp_path):
+    raw = (ROOT.parent / "shared" / "samples" / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    body = (b'--B0undary\r\nContent-Disposition: form-data; name="file"; filename="late.jsonl"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + raw + b"\r\n--B0undary--\r\n")
+    with serving_alice(tmp_path) as (port, token, proc):
         conn = socket.create_connection(("127.0.0.1", port), timeout=10)
         conn.sendall((f"POST /api/upload/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                       "Content-Type: multipart/form-data; boundary=B0undary\r\n"
@@ -140,36 +152,16 @@ def test_sigterm_lets_an_upload_whose_body_is_still_arriving_finish(tmp_path):
                                                                  "size": len(raw)}
         _, stderr = proc.communicate(timeout=15)
         assert proc.returncode == 0 and "Traceback" not in stderr, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     stored = list((tmp_path / "data" / "sessions").rglob("late.jsonl"))
     assert len(stored) == 1 and stored[0].read_bytes() == raw
 
 
-def _wait_ready(port: int) -> None:
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.1)
-
-
 def test_sigterm_lets_a_table_download_in_progress_finish(tmp_path):
-    import socket
-
-    port = free_port()
-    run(tmp_path, "users", "add", "alice@example.com")
-    token = run(tmp_path, "tokens", "issue", "alice@example.com").stdout.strip().splitlines()[-1]
     table = tmp_path / "data" / "tables" / "big.csv"
     table.parent.mkdir(parents=True)
     table.write_bytes(b"id,x\n" + b"1,abcdefghij\n" * 1_500_000)  # ~20 MB
-    run(tmp_path, "tables", "register", "big", str(table), "--public")
-    proc = serve(tmp_path, tmp_path / "watched", port)
-    try:
-        _wait_ready(port)
+    with serving_alice(tmp_path) as (port, token, proc):
+        run(tmp_path, "tables", "register", "big", str(table), "--public")
         conn = socket.create_connection(("127.0.0.1", port), timeout=10)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         conn.sendall((f"GET /api/data/big/download HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
@@ -184,21 +176,10 @@ def test_sigterm_lets_a_table_download_in_progress_finish(tmp_path):
         assert head.startswith(b"HTTP/1.1 200") and body == table.read_bytes()
         _, stderr = proc.communicate(timeout=15)
         assert proc.returncode == 0, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def test_a_client_that_drops_an_upload_is_a_499_without_a_traceback(tmp_path):
-    import socket
-
-    port = free_port()
-    run(tmp_path, "users", "add", "alice@example.com")
-    token = run(tmp_path, "tokens", "issue", "alice@example.com").stdout.strip().splitlines()[-1]
-    proc = serve(tmp_path, tmp_path / "watched", port)
-    try:
-        _wait_ready(port)
+    with serving_alice(tmp_path) as (port, token, proc):
         conn = socket.create_connection(("127.0.0.1", port), timeout=10)
         conn.sendall((f"POST /api/upload/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                       "Content-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: 100000\r\n\r\n"
@@ -217,9 +198,5 @@ def test_a_client_that_drops_an_upload_is_a_499_without_a_traceback(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
         assert "Traceback" not in stderr and "unhandled error" not in stderr, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert not list((tmp_path / "data" / "sessions").rglob("*")) or \
-        not [p for p in (tmp_path / "data" / "sessions").rglob("*") if p.is_file()]
+    sessions = tmp_path / "data" / "sessions"
+    assert not [p for p in sessions.rglob("*") if p.is_file()]
