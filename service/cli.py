@@ -171,6 +171,8 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
 
 @with_db
 async def cmd_ingest(args, settings, db) -> int:
+    from datetime import timedelta  # noqa: PLC0415
+
     from .ingest.bulk import expand, ingest_paths  # noqa: PLC0415
     from .timeutil import utcnow  # noqa: PLC0415
 
@@ -192,7 +194,8 @@ async def cmd_ingest(args, settings, db) -> int:
 
     try:
         report = await ingest_paths(db, user.id, paths, workers=workers, clock=utcnow,
-                                    max_failures=settings.max_failures, force=args.force, progress=progress)
+                                    max_failures=settings.max_failures, force=args.force, progress=progress,
+                                    retention=timedelta(days=settings.retention_days))
     except FileOwnedElsewhere as exc:
         raise CliError(f"{exc} was already ingested for another user; a file has one owner "
                        "(copy it to ingest it for someone else)") from None

@@ -13,6 +13,7 @@ from datetime import timedelta
 import msgspec
 import pytest
 
+from service.ingest import bulk
 from service.store import ingest as store
 from service.store import stats
 from service.timeutil import from_store
@@ -180,6 +181,30 @@ async def test_retention_drops_a_message_whose_first_copy_is_past_the_cutoff(db,
     await assert_hours_consistent(db)
     f = await frame(db, alice_id, "2026-11-21T11:50:00Z")  # since 11:50: p1 and m4
     assert (f["prompts"], f["tokens"]["input"]) == (1, 8)
+
+
+async def test_a_reprocess_after_retention_does_not_bring_pruned_activity_back(db, alice_id, tmp_path):
+    """Ingest keeps nothing from before the retention cutoff, so reprocessing the transcripts
+    (a version bump, a grown file) cannot undo a prune."""
+    path = await write(tmp_path, "a.jsonl", SESSION_A)
+    now = T("2026-11-21T12:00:00Z")
+    keep = timedelta(hours=24, minutes=15)  # cutoff 2026-11-20T11:45: m1 and m2 are older
+    kept = {"activity_messages": 2, "activity_prompts": 2, "user_messages": 2, "user_prompts": 2}
+
+    async def counts() -> dict:
+        return {t: await db.fetchval(f"SELECT COUNT(*) FROM {t}") for t in kept}
+
+    await bulk.ingest_paths(db, alice_id, [path], workers=0, clock=lambda: now)
+    await store.prune(db, now - keep)
+    assert await counts() == kept
+    for _ in range(2):  # the first run stores, the forced second one replaces
+        report = await bulk.ingest_paths(db, alice_id, [path], workers=0, clock=lambda: now, force=True,
+                                         retention=keep)
+        assert report.processed == 1
+        assert await counts() == kept
+        await assert_hours_consistent(db)
+    f = await frame(db, alice_id, "2026-11-21T11:00:00Z", "7d")  # a window reaching past the cutoff
+    assert (f["prompts"], f["tokens"]["input"], f["tokens"]["output"]) == (2, 12, 120)  # m3, m4; p1, p2
 
 
 async def test_a_clock_in_another_zone_gives_the_same_numbers(db, alice_id, tmp_path):

@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -66,7 +66,8 @@ def expand(paths: Iterable[str]) -> list[str]:
 
 async def ingest_paths(db: Database, user_id: int, paths: list[str], *, workers: int,
                        clock: Callable[[], datetime], max_failures: int = 5, force: bool = False,
-                       progress: Callable[[Outcome], None] | None = None) -> Report:
+                       progress: Callable[[Outcome], None] | None = None,
+                       retention: timedelta | None = None) -> Report:
     """Register and process every file: parsing runs in ``workers`` processes while one writer
     stores whatever has been parsed so far, many files to a transaction."""
     report = Report(files=len(paths))
@@ -77,7 +78,8 @@ async def ingest_paths(db: Database, user_id: int, paths: list[str], *, workers:
         if progress is not None:
             progress(outcome)
 
-    processor = Processor(db, workers=workers, clock=clock, max_failures=max_failures, on_outcome=done)
+    processor = Processor(db, workers=workers, clock=clock, max_failures=max_failures, on_outcome=done,
+                          retention=retention)
     ids = await store.register_files(db, user_id, paths, "cli", clock())
     todo: asyncio.Queue[int] = asyncio.Queue()
     for file_id in ids:

@@ -62,12 +62,15 @@ class Processor:
     """Parses in an executor and writes through the data layer; one bad file never stops it.
 
     ``workers`` > 0 parses in that many worker processes (the event loop and the GIL stay
-    free for requests); 0 parses in a thread (tests, tiny deployments).
+    free for requests); 0 parses in a thread (tests, tiny deployments). Activity older than
+    ``retention`` is not stored (the retention setting; None keeps everything).
     """
 
     def __init__(self, db: Database, *, workers: int, clock: Callable[[], datetime],
-                 max_failures: int = 5, on_outcome: Callable[[Outcome], None] | None = None) -> None:
+                 max_failures: int = 5, on_outcome: Callable[[Outcome], None] | None = None,
+                 retention: timedelta | None = None) -> None:
         self.db = db
+        self.retention = retention
         self.workers = workers
         self.clock = clock
         self.max_failures = max_failures
@@ -119,7 +122,9 @@ class Processor:
         """Store parsed files in one transaction; if that fails, store them one by one so a bad
         file fails alone."""
         try:
-            await store.write_results(self.db, batch, self.clock())
+            now = self.clock()
+            await store.write_results(self.db, batch, now,
+                                      None if self.retention is None else now - self.retention)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the file that broke the batch

@@ -41,7 +41,8 @@ class IngestWorker:
         self.settings = settings
         self.clock = clock
         self.processor = Processor(db, workers=settings.parse_workers, clock=clock,
-                                   max_failures=settings.max_failures, on_outcome=on_outcome)
+                                   max_failures=settings.max_failures, on_outcome=on_outcome,
+                                   retention=timedelta(days=settings.retention_days))
         self.concurrency = max(1, settings.parse_workers)
         self.queue: asyncio.PriorityQueue[tuple[float, int, int, int]] = asyncio.PriorityQueue()
         self._seq = itertools.count()

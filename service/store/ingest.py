@@ -381,6 +381,9 @@ def statements(script: str) -> tuple[str, ...]:
 
 
 _STAGING_STATEMENTS = statements(_STAGING)
+# The same cutoff as prune(): rows stamped before it are what retention has deleted.
+_DROP_EXPIRED = tuple(f"DELETE FROM temp.{table} WHERE ts < ?" for table in
+                      ("stage_messages", "stage_prompts", "stage_events"))
 _WRITE_STATEMENTS = statements(_WRITE_SCRIPT)
 
 
@@ -404,12 +407,15 @@ class Parsed:
     version: int
 
 
-async def write_results(db: Database, batch: list[Parsed], now: datetime) -> None:
+async def write_results(db: Database, batch: list[Parsed], now: datetime,
+                        keep_since: datetime | None = None) -> None:
     """Replace everything the files contribute, in one transaction: all of it, or none of it.
 
     That is their summaries, activity and usage events, the per-user deduplicated rows of
     every message, prompt and session they touch, the rollup days to rebuild, and their
-    processor state. A file may appear once per batch.
+    processor state. A file may appear once per batch. Activity and events from before
+    ``keep_since`` (the retention cutoff) are not stored: prune() deleted them, and a
+    reprocess must not bring them back.
     """
     stamp = to_store(now)
     async with db.transaction() as conn:
@@ -426,6 +432,9 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime) -> Non
         await conn.executemany(_STAGE_EVENTS_SQL, [
             (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
              e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
+        if keep_since is not None:
+            for statement in _DROP_EXPIRED:
+                await conn.execute(statement, (to_store(keep_since),))
         for statement in _WRITE_STATEMENTS:
             await conn.execute(statement)
 
@@ -445,11 +454,6 @@ INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
 COMMIT;
 """
 
-
-async def write_result(db: Database, file_id: int, user_id: int, result: ParseResult, *, size: int,
-                       mtime_ns: int, version: int, now: datetime) -> None:
-    """write_results for one file."""
-    await write_results(db, [Parsed(file_id, user_id, result, size, mtime_ns, version)], now)
 
 
 # The daily tool and plugin rollups of up to :limit dirty days (the latest first), set-based: a
