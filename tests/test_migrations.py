@@ -143,6 +143,10 @@ async def test_window_tables_are_backfilled_from_existing_activity(conn):
         (1, "2026-11-20T10", 11, 82, 103, 11, 1)]
     assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_sessions")] == [
         (1, "S", "2026-11-20T10:05:00.000000Z", "/work/early")]
+    # 0008: each file's one session, from its summary (what a file not yet reprocessed holds).
+    assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM file_sessions ORDER BY file_id")] == [
+        (1, 1, "S", "2026-11-20T10:00:00.000000Z", "/work/late"),
+        (2, 1, "S", "2026-11-20T09:00:00.000000Z", "/work/early")]
 
 
 async def test_scripts_sort_on_disk_and_connections_in_memory(tmp_path, conn):

@@ -216,6 +216,8 @@ def test_cache_creation_breakdown_is_not_added() -> None:
 
 
 def test_wrong_typed_usage_counts_zero_but_keeps_the_line() -> None:
+    """Not a non-negative integer: 0. An integer past int64 (SQLite's limit) saturates there, so
+    a larger counter never counts less than a smaller one."""
     bad = {
         "input_tokens": "12",
         "output_tokens": True,
@@ -233,7 +235,7 @@ def test_wrong_typed_usage_counts_zero_but_keeps_the_line() -> None:
     assert result.summary.skipped_lines == 0
     assert [(m.input, m.output, m.cache_read, m.cache_creation) for m in result.messages] == [
         (0, 0, 0, 0),
-        (0, 2**63 - 1, 0, 0),
+        (0, 2**63 - 1, 0, 2**63 - 1),
         (0, 0, 0, 0),
     ]
 
@@ -274,6 +276,78 @@ def test_primary_model_tie_goes_to_first_seen() -> None:
     assert parse_bytes(data).summary.primary_model == "model-b"
     data += jsonl(assistant("a5", "m5", model="model-a"))
     assert parse_bytes(data).summary.primary_model == "model-a"
+
+    # The order the file names models in, not the order messages first appear: m6's first line
+    # names none, and model-b is named (by m7) before m6's second line names model-a.
+    data = jsonl(
+        {**assistant("b1", "m6"), "message": {"id": "m6", "role": "assistant", "content": []}},
+        assistant("b2", "m7", model="model-b"),
+        assistant("b3", "m6", model="model-a"),
+    )
+    assert parse_bytes(data).summary.primary_model == "model-b"
+
+
+def test_each_line_belongs_to_its_own_session() -> None:
+    """A resumed session's file starts with the copied lines of the session it resumed, under
+    that session's id: their activity stays that session's, and each session has its project."""
+    data = jsonl(
+        {"type": "summary", "summary": "Resumed", "cwd": "/before"},  # before any sessionId: the file's
+        user("o1", "old question", ts="2026-11-18T10:00:00.000Z", sessionId="OLD", cwd="/old"),
+        assistant("o2", "msg_old", ts="2026-11-18T10:00:05.000Z", sessionId="OLD", usage=usage(1, 10),
+                  content=[tool_use("toolu_old", "Read")]),
+        user("n1", "new question", ts="2026-11-21T10:00:00.000Z", sessionId="NEW"),
+        assistant("n2", "msg_new", ts="2026-11-21T10:00:05.000Z", sessionId="NEW", cwd="/new",
+                  usage=usage(2, 20), content=[tool_use("toolu_new", "Bash")]),
+        {k: v for k, v in user("n3", "no sessionId: the nearest earlier line's",
+                                ts="2026-11-21T10:01:00.000Z").items() if k != "sessionId"},
+    )
+    result = parse_bytes(data, fallback="NEW")
+    assert result.summary.session_id == "OLD"  # the file's first sessionId
+    assert result.summary.project == "/before"
+    assert [(m.key, m.session_id) for m in result.messages] == [("msg_old", "OLD"), ("msg_new", "NEW")]
+    assert [(p.key, p.session_id) for p in result.prompts] == [("o1", "OLD"), ("n1", "NEW"), ("n3", "NEW")]
+    assert [(e.tool_name, e.session_id) for e in result.events] == [("Read", "OLD"), ("Bash", "NEW")]
+    assert [(r.session_id, r.project) for r in result.sessions] == [("OLD", "/before"), ("NEW", "/new")]
+    # A file without any sessionId is one session, named after the file.
+    plain = parse_bytes(jsonl({"type": "user", "message": {"role": "user", "content": "hi"}, "uuid": "x"}))
+    assert [(r.session_id, r.project) for r in plain.sessions] == [("fallback", None)]
+    assert [p.session_id for p in plain.prompts] == ["fallback"]
+
+
+def test_repeated_command_tags_and_id_less_tool_uses_count_each() -> None:
+    tag = "<command-name>/review</command-name>"
+    data = jsonl(
+        user("u1", f"{tag} then again {tag}"),
+        user("u2", [text("<command-name>/plug:cmd</command-name>"), text("<command-name>/plug:cmd</command-name>")]),
+        assistant("a1", "m1", content=[tool_use(None, "Read"), tool_use(None, "Read")]),
+    )
+    result = parse_bytes(data)
+    assert (result.summary.slash_commands, result.summary.tool_calls) == (4, 2)
+    # The same lines written twice (one uuid each) are the same events: nothing counts twice.
+    again = parse_bytes(data + data)
+    assert (again.summary.slash_commands, again.summary.tool_calls) == (4, 2)
+    assert sorted(e.event_id for e in again.events) == sorted(e.event_id for e in result.events)
+
+
+def test_a_subagent_file_without_session_ids_is_its_parent_session(tmp_path) -> None:
+    line = {"type": "user", "message": {"role": "user", "content": "hi"}, "uuid": "x",
+            "timestamp": "2026-11-21T10:00:00.000Z"}
+    path = tmp_path / "S-parent" / "subagents" / "agent-abc.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(jsonl(line))
+    assert parse_file(path, file_key="k", received_at=RECEIVED).summary.session_id == "S-parent"
+    plain = tmp_path / "S-own.jsonl"
+    plain.write_bytes(jsonl(line))
+    assert parse_file(plain, file_key="k", received_at=RECEIVED).summary.session_id == "S-own"
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_line() -> None:
+    data = jsonl(user("u1", "first"), user("u2", "second"))
+    result = parse_bytes(b"\xef\xbb\xbf" + data)
+    assert (result.summary.prompts, result.summary.skipped_lines) == (2, 0)
+    # Only at the start of the file: anywhere else it is part of a line, which is then not JSON.
+    result = parse_bytes(data + b"\xef\xbb\xbf" + jsonl(user("u3", "third")))
+    assert (result.summary.prompts, result.summary.skipped_lines) == (2, 1)
 
 
 # --- Growth: a file read while it is being written.

@@ -207,6 +207,31 @@ async def test_a_reprocess_after_retention_does_not_bring_pruned_activity_back(d
     assert (f["prompts"], f["tokens"]["input"], f["tokens"]["output"]) == (2, 12, 120)  # m3, m4; p1, p2
 
 
+async def test_a_resumed_sessions_file_counts_both_sessions_and_their_projects(db, alice_id, tmp_path):
+    """The new file starts with the resumed session's copied lines (their own sessionId and cwd)."""
+    resumed = transcript(
+        user("o1", "old question", ts="2026-11-18T10:00:00.000Z", sessionId="OLD", cwd="/old"),
+        assistant("o2", "msg_old", ts="2026-11-18T10:00:05.000Z", sessionId="OLD", usage=usage(1, 10)),
+        user("n1", "new question", ts="2026-11-21T10:00:00.000Z", sessionId="NEW", cwd="/new"),
+        assistant("n2", "msg_new", ts="2026-11-21T10:00:05.000Z", sessionId="NEW", usage=usage(2, 20)),
+    )
+    await ingest_files(db, alice_id, [await write(tmp_path, "NEW.jsonl", resumed)])
+    week = await frame(db, alice_id, "2026-11-21T11:00:00Z", "7d")
+    assert (week["sessions"], week["projects"], week["prompts"], week["tokens"]["input"]) == (2, 2, 2, 3)
+    day = await frame(db, alice_id, "2026-11-21T11:00:00Z", "24h")
+    assert (day["sessions"], day["projects"], day["prompts"], day["tokens"]["input"]) == (1, 1, 1, 2)
+    assert [tuple(r) for r in await db.fetchall(
+        "SELECT session_id, project FROM user_sessions ORDER BY session_id")] == [("NEW", "/new"), ("OLD", "/old")]
+    # The resumed session's own file, uploaded too, changes nothing: the copies are the same lines.
+    original = transcript(
+        user("o1", "old question", ts="2026-11-18T10:00:00.000Z", sessionId="OLD", cwd="/old"),
+        assistant("o2", "msg_old", ts="2026-11-18T10:00:05.000Z", sessionId="OLD", usage=usage(1, 10)),
+    )
+    await ingest_files(db, alice_id, [await write(tmp_path, "OLD.jsonl", original)])
+    assert await frame(db, alice_id, "2026-11-21T11:00:00Z", "7d") == week
+    await assert_hours_consistent(db)
+
+
 async def test_a_clock_in_another_zone_gives_the_same_numbers(db, alice_id, tmp_path):
     from datetime import timezone
 

@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..timeutil import to_store
-from .records import EventRow, MessageRow, ParseResult, PromptRow, Summary
+from .records import EventRow, MessageRow, ParseResult, PromptRow, SessionRow, Summary
 
 __all__ = ["MAX_LINE_BYTES", "READ_CHUNK", "open_regular", "parse_file", "parse_stream"]
 
@@ -31,6 +31,7 @@ MAX_LINE_BYTES = 32 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 
 _UTF8_PIECE = 16 * 1024
+_BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _UTC = timezone.utc
@@ -141,11 +142,15 @@ def parse_file(
     path: str | os.PathLike[str], *, file_key: str, received_at: datetime, follow_symlinks: bool = True
 ) -> ParseResult:
     """Parse one transcript file (plain or gzip, by content); CPU-bound: not on the event loop."""
-    name = os.path.basename(os.fspath(path))
+    parent, name = os.path.split(os.fspath(path))
     if name.endswith(".gz"):
         name = name[:-3]
     if name.endswith(".jsonl"):
         name = name[:-6]
+    grandparent, folder = os.path.split(parent)
+    if folder == "subagents" and os.path.basename(grandparent):
+        # <session>/subagents/agent-<id>.jsonl: a subagent file is not a new session (FORMAT.md).
+        name = os.path.basename(grandparent)
     with open_regular(path, follow_symlinks=follow_symlinks) as fileobj:
         return parse_stream(
             fileobj, file_key=file_key, fallback_session_id=name, received_at=received_at
@@ -411,8 +416,14 @@ class _FileState:
         self.lines = 0
         self.skipped = 0
         self.user_messages = 0
-        self.session_id: str | None = None
+        self.session_id: str | None = None  # the file's session: its first sessionId
         self.project: str | None = None
+        # A line belongs to its own sessionId (a resumed session's file also holds the copied
+        # lines of the session it resumed); a line without one, to the nearest earlier line's.
+        self.current_session: str | None = None
+        # session -> the cwd of its first line that has one (None: lines before any sessionId)
+        self.session_projects: dict[str | None, str | None] = {}
+        self.models_seen: dict[str, None] = {}  # models in the order the file first names them
         # Activity blocks as sorted parallel lists: O(blocks) memory, not O(lines).
         self.block_starts: list[datetime] = []
         self.block_ends: list[datetime] = []
@@ -421,10 +432,10 @@ class _FileState:
         # The earliest timestamp of a harness-made line (not activity, but "the earliest timestamp
         # in the file" for the lines before the first one).
         self.earliest_synthetic: datetime | None = None
-        # key -> [ts text, input, output, cache_read, cache_creation, model]
+        # key -> [ts text, input, output, cache_read, cache_creation, model, session of its first line]
         self.messages: dict[str, list[Any]] = {}
-        self.prompts: dict[str, str | None] = {}
-        # (uuid part, tool id, type, tool name, skill, subagent type, command, ts text)
+        self.prompts: dict[str, tuple[str | None, str | None]] = {}  # key -> (ts text, session)
+        # (uuid part, tool id, type, tool name, skill, subagent type, command, ts text, session)
         self.events: list[tuple[Any, ...]] = []
         self.tool_ids: set[str] = set()
         self.error_ids: set[str] = set()
@@ -435,8 +446,13 @@ class _FileState:
         carry = bytearray()  # the start of a line that continues in the next chunk
         dropping = False  # inside an overlong line: discard up to its newline
         lineno = 1
+        first = True
         for chunk in chunks:
             self.bytes_read += len(chunk)
+            if first:
+                first = False
+                if chunk.startswith(_BOM):  # a UTF-8 byte order mark is not part of the first line
+                    chunk = chunk[len(_BOM):]
             last_nl = chunk.rfind(b"\n")
             if last_nl < 0:
                 if not dropping:
@@ -530,6 +546,8 @@ class _FileState:
         ends = self.block_ends
         user_messages = self.user_messages
         last_raw = self.last_raw
+        session = self.current_session
+        projects = self.session_projects
         fromiso = datetime.fromisoformat
         for lineno, rec in records:
             kind = rec.type
@@ -564,10 +582,18 @@ class _FileState:
                 raw = last_raw
             if synthetic:
                 continue
-            if self.session_id is None and rec.sessionId:
-                self.session_id = rec.sessionId
-            if self.project is None and rec.cwd:
-                self.project = rec.cwd
+            sid = rec.sessionId
+            if sid and sid != session:
+                session = sid
+                if sid not in projects:
+                    projects[sid] = None
+                    if self.session_id is None:
+                        self.session_id = sid
+            cwd = rec.cwd
+            if cwd and projects.get(session) is None:
+                projects[session] = cwd
+                if self.project is None:
+                    self.project = cwd
 
             if kind == "assistant":
                 if msg is UNSET:
@@ -580,22 +606,34 @@ class _FileState:
                     i = o = cr = cc = 0
                 else:
                     # A counter that is not a non-negative int counts as 0; bool is an int
-                    # subclass, which `type() is int` keeps out, and SQLite stores at most int64.
+                    # subclass, which `type() is int` keeps out. SQLite stores at most int64: a
+                    # larger counter saturates there (it must not count less than a smaller one).
                     i = usage.input_tokens
                     o = usage.output_tokens
                     cr = usage.cache_read_input_tokens
                     cc = usage.cache_creation_input_tokens
-                    if type(i) is not int or not 0 <= i <= _INT64_MAX:
+                    if type(i) is not int or i < 0:
                         i = 0
-                    if type(o) is not int or not 0 <= o <= _INT64_MAX:
+                    elif i > _INT64_MAX:
+                        i = _INT64_MAX
+                    if type(o) is not int or o < 0:
                         o = 0
-                    if type(cr) is not int or not 0 <= cr <= _INT64_MAX:
+                    elif o > _INT64_MAX:
+                        o = _INT64_MAX
+                    if type(cr) is not int or cr < 0:
                         cr = 0
-                    if type(cc) is not int or not 0 <= cc <= _INT64_MAX:
+                    elif cr > _INT64_MAX:
+                        cr = _INT64_MAX
+                    if type(cc) is not int or cc < 0:
                         cc = 0
+                    elif cc > _INT64_MAX:
+                        cc = _INT64_MAX
+                model = msg.model
+                if model and model not in self.models_seen:
+                    self.models_seen[model] = None
                 entry = messages.get(key)
                 if entry is None:
-                    messages[key] = [raw, i, o, cr, cc, msg.model]
+                    messages[key] = [raw, i, o, cr, cc, model, session]
                 else:
                     # Streamed copies repeat usage, growing: keep the largest of each counter.
                     if i > entry[1]:
@@ -607,12 +645,12 @@ class _FileState:
                     if cc > entry[4]:
                         entry[4] = cc
                     if entry[5] is None:
-                        entry[5] = msg.model
+                        entry[5] = model
                 content = msg.content
                 if content and type(content) is list:
-                    for block in content:
+                    for n, block in enumerate(content):
                         if block.type == "tool_use":
-                            self._tool_use(block, rec.uuid or f"line:{lineno}", raw)
+                            self._tool_use(block, rec.uuid or f"line:{lineno}", n, raw, session)
             elif kind == "user":
                 user_messages += 1
                 content = None if msg is UNSET else msg.content
@@ -620,9 +658,10 @@ class _FileState:
                     continue
                 quoting = rec.isMeta is True or rec.isCompactSummary is True
                 is_prompt = False
+                commands = 0  # the line's command tags so far: each is its own event
                 if type(content) is str:
                     if not quoting and _COMMAND_TAG in content:
-                        self._slash(content, rec.uuid or f"line:{lineno}", raw)
+                        self._slash(content, rec.uuid or f"line:{lineno}", 0, raw, session)
                     is_prompt = _is_prompt_text(content)
                 else:
                     has_result = False
@@ -635,7 +674,7 @@ class _FileState:
                         elif btype == "text" and block.text:
                             text = block.text
                             if not quoting and _COMMAND_TAG in text:
-                                self._slash(text, rec.uuid or f"line:{lineno}", raw)
+                                commands = self._slash(text, rec.uuid or f"line:{lineno}", commands, raw, session)
                             if not is_prompt:
                                 is_prompt = _is_prompt_text(text)
                     if has_result:
@@ -643,25 +682,30 @@ class _FileState:
                 if is_prompt and not quoting and rec.isSidechain is not True:
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
-                        prompts[key] = raw
+                        prompts[key] = (raw, session)
             elif kind == "attachment":
                 if rec.attachment is not None and rec.attachment.type == "queued_command":
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
-                        prompts[key] = raw
+                        prompts[key] = (raw, session)
             elif kind == "tool_use_result":
                 if rec.is_error is True and rec.tool_use_id:
                     self.error_ids.add(rec.tool_use_id)
 
         self.user_messages = user_messages
         self.last_raw = last_raw
+        self.current_session = session
 
-    def _tool_use(self, block: _Block, uuid_part: str, raw: str | None) -> None:
+    def _tool_use(self, block: _Block, uuid_part: str, index: int, raw: str | None, session: str | None) -> None:
+        """One event per tool id in the file; a block without an id is told apart by its place
+        in the line (two such blocks in one line are two uses)."""
         tool_id = block.id
         if tool_id:
             if tool_id in self.tool_ids:
                 return
             self.tool_ids.add(tool_id)
+        else:
+            uuid_part = f"{uuid_part}#{index}"
         name = block.name
         inp = block.input
         skill = subagent = None
@@ -675,17 +719,27 @@ class _FileState:
             kind = "tool_use"
             if name == "Skill" and inp is not None:
                 skill = _str(inp.skill) or _str(inp.name) or None
-        self.events.append((uuid_part, tool_id, kind, name, skill, subagent, None, raw))
+        self.events.append((uuid_part, tool_id, kind, name, skill, subagent, None, raw, session))
 
-    def _slash(self, text: str, uuid_part: str, raw: str | None) -> None:
+    def _slash(self, text: str, uuid_part: str, seen: int, raw: str | None, session: str | None) -> int:
+        """Each command tag is an event, numbered within its line (the same command twice in a
+        line is two); returns the line's count of tags so far."""
         for command in _COMMAND_RE.findall(text):
-            self.events.append((uuid_part, None, "slash_command", None, None, None, command, raw))
+            part = f"{uuid_part}#{seen}" if seen else uuid_part
+            self.events.append((part, None, "slash_command", None, None, None, command, raw, session))
+            seen += 1
+        return seen
 
     def finish(
         self, fallback_session_id: str, received_at: datetime, content_hash: str
     ) -> ParseResult:
         """Resolve inherited timestamps and dedup events; build the rows and the summary."""
         session_id = self.session_id or fallback_session_id
+        projects = dict(self.session_projects)
+        # Lines before the first sessionId belong to the file's session, and come first in it.
+        before = projects.pop(None, None)
+        if before is not None or session_id not in projects:
+            projects[session_id] = before or projects.get(session_id)
         starts, ends = self.block_starts, self.block_ends
         # Rows of lines before any timestamp: the earliest in the file, else the moment received.
         earliest = [t for t in (starts[0] if starts else None, self.earliest_synthetic) if t is not None]
@@ -700,26 +754,28 @@ class _FileState:
         message_rows = []
         totals = [0, 0, 0, 0]
         models: Counter[str] = Counter()
-        for key, (raw, i, o, cr, cc, model) in self.messages.items():
-            message_rows.append(MessageRow(key, session_id, stamp(raw), i, o, cr, cc))
+        for key, (raw, i, o, cr, cc, model, session) in self.messages.items():
+            message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc))
             totals[0] += i
             totals[1] += o
             totals[2] += cr
             totals[3] += cc
             if model:
                 models[model] += 1
-        # max() keeps the first of equal counts and Counter keeps insertion order: ties go to the
-        # model seen first.
-        primary_model = max(models, key=models.__getitem__) if models else None
+        # max() keeps the first of equal counts: in the order the file first names each model,
+        # ties go to the model seen first.
+        primary_model = max(self.models_seen, key=models.__getitem__) if models else None
 
-        prompt_rows = [PromptRow(key, session_id, stamp(raw)) for key, raw in self.prompts.items()]
+        prompt_rows = [PromptRow(key, session or session_id, stamp(raw))
+                       for key, (raw, session) in self.prompts.items()]
 
         event_rows = []
         seen_events: set[str] = set()
         error_ids = self.error_ids
-        for uuid_part, tool_id, kind, name, skill, subagent, command, raw in self.events:
+        for uuid_part, tool_id, kind, name, skill, subagent, command, raw, session in self.events:
+            session = session or session_id
             ident = _EVENT_SEP.join(
-                (session_id, uuid_part, tool_id or "", kind, name or "", command or "")
+                (session, uuid_part, tool_id or "", kind, name or "", command or "")
             )
             event_id = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
             if event_id in seen_events:
@@ -728,7 +784,7 @@ class _FileState:
             is_error = tool_id is not None and tool_id in error_ids
             event_rows.append(
                 EventRow(
-                    event_id, kind, session_id, stamp(raw), name, skill, subagent, command, is_error
+                    event_id, kind, session, stamp(raw), name, skill, subagent, command, is_error
                 )
             )
 
@@ -766,6 +822,7 @@ class _FileState:
             messages=message_rows,
             prompts=prompt_rows,
             events=event_rows,
+            sessions=[SessionRow(sid, project) for sid, project in projects.items()],
             lines=self.lines,
             bytes_read=self.bytes_read,
             content_hash=content_hash,

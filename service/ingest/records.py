@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-__all__ = ["EventRow", "MessageRow", "ParseResult", "PromptRow", "Summary"]
+__all__ = ["EventRow", "MessageRow", "ParseResult", "PromptRow", "SessionRow", "Summary"]
 
 
 class Summary(msgspec.Struct):
@@ -71,6 +71,13 @@ class EventRow(msgspec.Struct, array_like=True):
     is_error: bool
 
 
+class SessionRow(msgspec.Struct, array_like=True):
+    """A session with lines in the file (a resumed session's file holds two or more)."""
+
+    session_id: str
+    project: str | None  # the cwd of the first of its lines in this file that has one
+
+
 class ParseResult(msgspec.Struct):
     """Everything one parse of one file yields."""
 
@@ -78,6 +85,7 @@ class ParseResult(msgspec.Struct):
     messages: list[MessageRow]
     prompts: list[PromptRow]
     events: list[EventRow]
+    sessions: list[SessionRow]
     lines: int  # non-blank lines seen, skipped ones included
     bytes_read: int  # bytes of (decompressed) content consumed
     content_hash: str  # hex sha256 of the raw bytes as stored (compressed if gzip)

@@ -258,6 +258,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_file (
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
     file_id INTEGER, message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER);
 CREATE TEMP TABLE IF NOT EXISTS stage_prompts (file_id INTEGER, prompt_key TEXT, session_id TEXT, ts TEXT);
+CREATE TEMP TABLE IF NOT EXISTS stage_sessions (file_id INTEGER, session_id TEXT, project TEXT);
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
     file_id INTEGER, event_id TEXT, session_id TEXT, event_type TEXT, tool_name TEXT, skill_name TEXT,
     subagent_type TEXT, command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
@@ -265,11 +266,13 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_touched (
     user_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key));
 {_HOURS_TABLE};
 DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
-DELETE FROM temp.stage_events; DELETE FROM temp.ingest_touched; DELETE FROM temp.touched_hours;
+DELETE FROM temp.stage_events; DELETE FROM temp.stage_sessions; DELETE FROM temp.ingest_touched;
+DELETE FROM temp.touched_hours;
 """
 _STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
 _STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _STAGE_PROMPTS_SQL = "INSERT INTO temp.stage_prompts VALUES (?, ?, ?, ?)"
+_STAGE_SESSIONS_SQL = "INSERT INTO temp.stage_sessions VALUES (?, ?, ?)"
 _STAGE_EVENTS_SQL = "INSERT INTO temp.stage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 _FILES = "(SELECT file_id FROM temp.stage_file)"
@@ -281,7 +284,7 @@ INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
     UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts WHERE file_id IN {_FILES}
     UNION ALL SELECT user_id, 's', session_id FROM activity_messages WHERE file_id IN {_FILES}
     UNION ALL SELECT user_id, 's', session_id FROM activity_prompts WHERE file_id IN {_FILES}
-    UNION ALL SELECT user_id, 's', session_id FROM session_summaries WHERE file_id IN {_FILES};
+    UNION ALL SELECT user_id, 's', session_id FROM file_sessions WHERE file_id IN {_FILES};
 """
 _DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
                f"WHERE file_id IN {_FILES};")
@@ -319,7 +322,7 @@ INSERT INTO user_prompts
 DELETE FROM user_sessions WHERE {_touched("user_id", "session_id", "s")};
 INSERT INTO user_sessions
     SELECT t.user_id, t.key, t.last_ts,
-           (SELECT s.project FROM session_summaries s
+           (SELECT s.project FROM file_sessions s
             WHERE s.user_id = t.user_id AND s.session_id = t.key AND s.project IS NOT NULL
             ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
     FROM (SELECT x.user_id, x.key, NULLIF(MAX(
@@ -357,6 +360,10 @@ INSERT OR IGNORE INTO usage_events (event_id, file_id, user_id, session_id, even
 INSERT OR REPLACE INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_COLS)}, processor_version,
                                           extracted_at)
     SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file;
+DELETE FROM file_sessions WHERE file_id IN {_FILES};
+INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project)
+    SELECT s.file_id, f.user_id, s.session_id, f.started_at, s.project
+    FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
 {_DIRTY_DAYS}
 {_TOUCH}
 {_DERIVE_WINDOWS}UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
@@ -429,6 +436,8 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime,
             for p in batch for m in p.result.messages])
         await conn.executemany(_STAGE_PROMPTS_SQL, [
             (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
+        await conn.executemany(_STAGE_SESSIONS_SQL, [
+            (p.file_id, r.session_id, r.project) for p in batch for r in p.result.sessions])
         await conn.executemany(_STAGE_EVENTS_SQL, [
             (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
              e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
