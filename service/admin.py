@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from aiohttp import web
 
@@ -19,7 +21,8 @@ class ReprocessBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RetryBody(msgspec.Struct, forbid_unknown_fields=True):
-    id: int | None = None  # one file; none: every quarantined file
+    # One file; none: every quarantined file. Bounded to SQLite's integers (a larger one is a 400).
+    id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
 def require_admin(request: web.Request) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from . import keys
@@ -96,13 +97,8 @@ def _remote_is_trusted(request: web.Request, settings: Settings) -> bool:
         remote = ipaddress.ip_address(request.remote)
     except ValueError:
         return False
-    for entry in settings.trusted_proxies:
-        try:
-            if remote in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            logger.warning("ignoring invalid trusted proxy entry %r", entry)
-    return False
+    # Entries were checked at start-up (config refuses one that is not an address or network).
+    return any(remote in ipaddress.ip_network(entry.strip(), strict=False) for entry in settings.trusted_proxies)
 
 
 class Identity:
@@ -125,7 +121,13 @@ async def identify(request: web.Request) -> Identity | None:
 
     settings = app[keys.SETTINGS]
     if _from_trusted_proxy(request, settings):
-        email = request.headers.get(settings.proxy_header, "").strip()
+        values = request.headers.getall(settings.proxy_header, [])
+        if len(values) > 1:
+            # The proxy sets one identity; a second copy is one the client sent, which a proxy
+            # that appends (rather than replaces) would pass on: trust neither.
+            logger.warning("refused a request carrying %s %d times", settings.proxy_header, len(values))
+            return None
+        email = values[0].strip() if values else ""
         if email and not _is_text(email):
             return None
         if email:
@@ -211,7 +213,7 @@ async def read_form(request: web.Request):
     """request.post(), with a body that is not form data in UTF-8 answered 400 rather than 500."""
     try:
         return await request.post()
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, HttpProcessingError):  # HttpProcessingError: a line too long
         raise AppError(400, "The form body is malformed or not UTF-8.", "bad_form") from None
 
 

@@ -8,11 +8,13 @@ cannot drift apart (a test checks the example and the README).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -216,8 +218,16 @@ def _check(setting: Setting, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: must not be negative, got {value!r}")
     if setting.name in _CHOICES and value not in _CHOICES[setting.name]:
         raise ConfigError(f"{source}: must be one of {', '.join(_CHOICES[setting.name])}, got {value!r}")
-    if setting.name == "public_url" and value and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{source}: must start with http:// or https://")
+    if setting.name == "public_url" and value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{source}: must be an http:// or https:// URL with a host, got {value!r}")
+    if setting.name == "trusted_proxies":
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{source}: {entry!r} is not an IP address or network (CIDR)") from None
 
 
 def yaml_example() -> str:

@@ -10,6 +10,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import msgspec
@@ -165,18 +166,37 @@ class RawFileResponse(web.FileResponse):
 
 
 _EMPTY_SUFFIX = re.compile(r"bytes=\s*-0+\s*")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
 
 
 _IGNORE, _SERVE = "ignore", "serve"
 
 
-def _range_answer(request: web.Request, st: os.stat_result) -> str | int:
-    """How to answer the Range header (RFC 7233), checked here so that a 416 has the JSON shape.
+def _etag(st: os.stat_result) -> str:
+    """The file's strong ETag, as FileResponse writes it (a test pins the two together)."""
+    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
-    _IGNORE: no Range, a unit other than bytes, several ranges, or a syntactically invalid one
-    (the whole file, 200). The file's size: the range cannot be satisfied (it starts at or past
-    the end, or is the empty suffix "bytes=-0"): 416. _SERVE: FileResponse serves the range (or
-    the whole file, when an If-Range is older than the file).
+
+def _check_preconditions(request: web.Request, st: os.stat_result) -> None:
+    """If-Match and If-Unmodified-Since (RFC 9110 13.1.1, 13.1.4), checked here so that a 412 has
+    the JSON shape (FileResponse answers it with an empty body)."""
+    if_match = request.if_match
+    if if_match is not None:
+        current = _etag(st)[1:-1]
+        if not any(tag.value in ("*", current) and not tag.is_weak for tag in if_match):
+            raise AppError(412, "The file no longer matches If-Match.", "precondition_failed")
+    elif (since := request.if_unmodified_since) is not None and st.st_mtime > since.timestamp():
+        raise AppError(412, "The file was modified after If-Unmodified-Since.", "precondition_failed")
+
+
+def _range_answer(request: web.Request, st: os.stat_result) -> str | int:
+    """How to answer the Range header (RFC 9110), checked here so that a 416 has the JSON shape.
+
+    _IGNORE (the whole file, 200): no Range, a unit other than bytes, several ranges, a
+    syntactically invalid one, or an If-Range that does not match the file (an entity tag
+    other than its strong ETag, a date older than it, or neither). The file's size: the range
+    cannot be satisfied (it starts at or past the end, or is the empty suffix "bytes=-0"): 416.
+    _SERVE: FileResponse serves the range.
     """
     header = request.headers.get("Range")
     if header is None:
@@ -185,9 +205,14 @@ def _range_answer(request: web.Request, st: os.stat_result) -> str | int:
         rng = request.http_range
     except ValueError:
         return _IGNORE
-    if_range = request.if_range
-    if if_range is not None and st.st_mtime > if_range.timestamp():
-        return _SERVE
+    if_range = request.headers.get("If-Range")
+    if if_range is not None:
+        if_range = if_range.strip()
+        if if_range.startswith('"'):
+            if if_range != _etag(st):
+                return _IGNORE
+        elif (date := request.if_range) is None or st.st_mtime > date.timestamp():
+            return _IGNORE
     if _EMPTY_SUFFIX.fullmatch(header):
         return st.st_size
     start = rng.start
@@ -210,13 +235,22 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = table_file(request.app[keys.SETTINGS].data_dir, table.path)
     if path is None or not path.is_file():
         raise not_found
-    answer = _range_answer(request, path.stat())
+    st = path.stat()
+    _check_preconditions(request, st)
+    answer = _range_answer(request, st)
     if isinstance(answer, int):
         raise AppError(416, f"The requested range is outside the file ({answer} bytes).", "range_not_satisfiable",
                        {"Content-Range": f"bytes */{answer}"})
     return RawFileResponse(path, ignore_range=answer == _IGNORE,
                            headers={"Content-Type": "application/octet-stream",
-                                    "Content-Disposition": f'attachment; filename="{path.name}"'})
+                                    "Content-Disposition": content_disposition(path.name)})
+
+
+def content_disposition(name: str) -> str:
+    """attachment with the file's name: an ASCII fallback, and the exact name in RFC 6266's
+    filename* (quotes, non-ASCII or a control character in a name must not break the header)."""
+    fallback = _UNSAFE_NAME.sub("_", name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 async def catalog(request: web.Request) -> web.Response:

@@ -48,6 +48,9 @@ async def test_reprocess_and_quarantine_round_trip(admin_client, tmp_path):
     assert listed == {"files": [{"id": file_id, "email": "ana@example.com", "path": str(tmp_path / "gone.jsonl"),
                                  "failure_count": 5, "last_error": "boom",
                                  "quarantined_at": "2026-11-21T00:00:00Z"}]}
+    for bad in (2**63, 0, -1):  # past SQLite's integers, or not an id at all: 400 naming the field
+        resp = await admin_client.post("/api/admin/quarantine/retry", json={"id": bad}, headers=ops.headers)
+        assert resp.status == 400 and "$.id" in (await resp.json())["detail"], bad
     resp = await admin_client.post("/api/admin/quarantine/retry", headers=ops.headers)
     assert await resp.json() == {"status": "ok", "released": [file_id]}
     assert await (await admin_client.get("/api/admin/quarantine", headers=ops.headers)).json() == {"files": []}

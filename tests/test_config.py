@@ -86,6 +86,11 @@ def test_invalid_env_names_the_variable():
     ("AGNES_SCAN_INTERVAL", "nan", "finite"),
     ("AGNES_SHUTDOWN_TIMEOUT", "inf", "finite"),
     ("AGNES_PORT", "70000", "1-65535"),
+    # A typo must not silently turn SSO sign-in off (it was logged on every request instead).
+    ("AGNES_TRUSTED_PROXIES", "10.0.0.0/33", "not an IP address"),
+    ("AGNES_TRUSTED_PROXIES", "10.0.0.1 10.0.0.2", "not an IP address"),
+    ("AGNES_PUBLIC_URL", "http://", "with a host"),  # /home would print `agnes init --server-url http:`
+    ("AGNES_PUBLIC_URL", "ftp://agnes.example.com", "http:// or https://"),
 ])
 def test_values_that_would_break_the_service_later_are_refused_at_start(name, raw, why):
     with pytest.raises(ConfigError, match=why) as info:

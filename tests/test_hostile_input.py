@@ -327,6 +327,18 @@ async def test_wrong_content_types_are_refused_and_store_nothing(client, db, ali
     assert await tables.local_md(db, alice.user.id) is None
 
 
+async def test_a_form_with_an_overlong_part_header_is_400(client, db, alice):
+    """aiohttp's form reader raises LineTooLong (not a ValueError) past 8 KB in a part header."""
+    body = (b"--X\r\nContent-Disposition: form-data; name=\"source\"\r\nX-H: " + b"a" * 70_000
+            + b"\r\n\r\nself_unmark\r\n--X--\r\n")
+    ctype = {"Content-Type": "multipart/form-data; boundary=X"}
+    await json_error(await client.post("/api/me/onboarded", data=body, headers={**alice.headers, **ctype}),
+                     400, ("bad_form",))
+    login = await client.post("/login", data=body, headers={**ctype, "Accept": "text/html"})  # no credential
+    assert login.status == 400 and "Traceback" not in await login.text()
+    assert (await users.get_user(db, alice.user.id)).onboarded is True
+
+
 # --- Credentials --------------------------------------------------------------------------------
 
 def authenticated_routes() -> list[tuple[str, str]]:

@@ -138,6 +138,52 @@ async def test_range_requests(client, alice, registered, data_dir):
     assert stale.status == 200 and await stale.read() == content
 
 
+async def test_if_range_with_an_entity_tag(client, alice, registered, data_dir):
+    """A resumed download (curl -C, a browser) must not splice two versions of the file."""
+    path = data_dir / "orders.csv"
+    url = "/api/data/orders/download"
+    etag = (await client.head(url, headers=alice.headers)).headers["ETag"]
+    same = await client.get(url, headers={**alice.headers, "Range": "bytes=3-", "If-Range": etag})
+    assert same.status == 206 and await same.read() == path.read_bytes()[3:]
+    path.write_bytes(b"replaced,with\nnew,content\n")
+    for validator in (etag, f"W/{etag}", '"anything"', "not a date"):
+        changed = await client.get(url, headers={**alice.headers, "Range": "bytes=3-", "If-Range": validator})
+        assert changed.status == 200, validator
+        assert await changed.read() == path.read_bytes()
+        assert "Content-Range" not in changed.headers
+    # A stale validator with a range past the end: the range is ignored, so not a 416 either.
+    beyond = await client.get(url, headers={**alice.headers, "Range": "bytes=999-", "If-Range": etag})
+    assert beyond.status == 200
+
+
+async def test_failed_preconditions_answer_412_in_the_json_shape(client, alice, registered, data_dir):
+    url = "/api/data/orders/download"
+    etag = (await client.head(url, headers=alice.headers)).headers["ETag"]
+    no_match, modified = "The file no longer matches If-Match.", "The file was modified after If-Unmodified-Since."
+    for headers, detail in (({"If-Match": '"nope"'}, no_match), ({"If-Match": f"W/{etag}"}, no_match),
+                            ({"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}, modified)):
+        resp = await client.get(url, headers={**alice.headers, **headers})
+        assert resp.status == 412, headers
+        assert await resp.json() == {"detail": detail, "code": "precondition_failed"}
+    for headers in ({"If-Match": etag}, {"If-Match": f'"x", {etag}'}, {"If-Match": "*"},
+                    {"If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}):
+        resp = await client.get(url, headers={**alice.headers, **headers})
+        assert resp.status == 200 and await resp.read() == (data_dir / "orders.csv").read_bytes(), headers
+
+
+@pytest.mark.parametrize(("name", "header"), [
+    ("orders.csv", "attachment; filename=\"orders.csv\"; filename*=UTF-8''orders.csv"),
+    ('donn€es "q".csv', "attachment; filename=\"donn_es _q_.csv\"; filename*=UTF-8''donn%E2%82%ACes%20%22q%22.csv"),
+    ("nl\nx.csv", "attachment; filename=\"nl_x.csv\"; filename*=UTF-8''nl%0Ax.csv"),
+])
+async def test_any_file_name_makes_a_valid_content_disposition(client, db, alice, data_dir, name, header):
+    (data_dir / name).write_bytes(b"a\n")
+    await tables.register(db, "t", f"tables/{name}", rows=1, public=True)
+    resp = await client.get("/api/data/t/download", headers=alice.headers)
+    assert resp.status == 200 and await resp.read() == b"a\n"
+    assert resp.headers["Content-Disposition"] == header
+
+
 async def test_precompressed_sibling_is_never_served(client, alice, registered, data_dir):
     import gzip
 

@@ -206,6 +206,10 @@ async def test_proxy_header_only_from_trusted_addresses(aiohttp_client, settings
     assert resp.status == 200 and (await resp.json())["email"] == "proxied@example.com"
     unknown = await client.get("/api/me", headers={"X-Forwarded-Email": "nobody@example.com"})
     assert unknown.status == 401
+    # Two copies: one is the client's own, passed on by a proxy that appends; neither is trusted.
+    twice = await client.get("/api/me", headers=[("X-Forwarded-Email", "proxied@example.com"),
+                                                 ("X-Forwarded-Email", "proxied@example.com")])
+    assert twice.status == 401
 
     untrusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
                               proxy_header="X-Forwarded-Email", trusted_proxies=["10.9.9.9"])
