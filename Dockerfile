@@ -17,7 +17,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     AGNES_PORT=8080 \
     AGNES_DB_PATH=/data/agnes.db \
     AGNES_DATA_DIR=/data/files \
-    AGNES_LOG_FORMAT=json
+    AGNES_LOG_FORMAT=json \
+    AGNES_SHUTDOWN_TIMEOUT=4
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home agnes \
     && mkdir -p /data \
     && chown agnes:agnes /data

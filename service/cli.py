@@ -7,15 +7,16 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from typing import Any, Awaitable, Callable
 
 import msgspec
 
 from . import logs
-from .config import ConfigError, Settings, load_settings
+from .config import MAX_RETENTION_DAYS, ConfigError, Settings, load_settings
 from .db import Database
-from .migrations import migrate
+from .migrations import MigrationError, migrate
 from .store import users
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,19 @@ class CliError(Exception):
     """A user-facing command failure: printed, exit status 1."""
 
 
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, got {value}")
+        return value
+    return parse
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
@@ -34,8 +48,12 @@ def _print_json(data: Any) -> None:
 async def open_db(settings: Settings) -> Database:
     """Open the database and bring the schema up to date (every command needs both)."""
     db = Database(settings.db_path, readers=1)
-    await db.open()
-    await migrate(db.writer)
+    try:
+        await db.open()
+        await migrate(db.writer)
+    except BaseException:
+        await db.close()  # its connection threads would keep the process alive
+        raise
     return db
 
 
@@ -75,10 +93,14 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runner.setup()
     try:
+        await runner.setup()  # the database and migrations: a failure still closes what opened
         site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} "
+                           "(set AGNES_HOST / AGNES_PORT)") from None
         logger.info("serving on http://%s:%s", settings.host, settings.port)
         await stop.wait()
         logger.info("stopping: finishing in-flight work (at most %ss)", settings.shutdown_timeout)
@@ -157,14 +179,18 @@ async def cmd_tokens_list(args, settings, db) -> int:
 async def cmd_tokens_revoke(args, settings, db) -> int:
     if args.id is not None:
         count = await users.revoke_token(db, token_id=args.id)
+    elif args.prefix and len(args.prefix.strip()) > users.DISPLAYED_PREFIX:
+        count = await users.revoke_token(db, token=args.prefix.strip())  # the whole token, pasted
     elif args.prefix:
         count = await users.revoke_token(db, prefix=args.prefix.rstrip("…"))
     elif args.email:
         count = await users.revoke_token(db, user_id=(await _user_or_fail(db, args.email)).id)
     else:
         raise CliError("say which token: --id, --prefix or --email (all of a user's tokens)")
+    if not count:
+        raise CliError("no active token matched (see `agnes-home tokens list`)")
     print(f"revoked {count} token(s)")
-    return 0 if count else 1
+    return 0
 
 
 # -- ingest ---------------------------------------------------------------------------
@@ -244,8 +270,15 @@ async def cmd_quarantine(args, settings, db) -> int:
             print(f"{r['id']}\t{r['email']}\t{r['path']}\tfailures {r['failure_count']}\t{r['last_error']}")
         return 0
     released = await release_quarantine(db, args.id)
-    print(f"released {len(released)} file(s) for another try")
-    return 0 if released else 1
+    if args.json:
+        _print_json({"released": released})
+    elif released:
+        print(f"released {len(released)} file(s) for another try")
+    elif args.id is not None:
+        raise CliError(f"file {args.id} is not quarantined")
+    else:
+        print("no quarantined files")
+    return 0 if released or args.id is None else 1
 
 
 # -- maintenance ----------------------------------------------------------------------
@@ -266,9 +299,17 @@ async def cmd_prune(args, settings, db) -> int:
     return 0
 
 
+async def cmd_backup(args, settings) -> int:
+    """Back up an existing database only: a mistyped or relative AGNES_DB_PATH (cron runs elsewhere)
+    would otherwise create a fresh, empty one and "back it up" successfully every night."""
+    if not os.path.isfile(settings.db_path):
+        raise CliError(f"no database at {os.path.abspath(settings.db_path)}; set AGNES_DB_PATH "
+                       "(a relative path is taken from the current directory)")
+    return await _backup(args, settings)
+
+
 @with_db
-async def cmd_backup(args, settings, db) -> int:
-    import sqlite3  # noqa: PLC0415
+async def _backup(args, settings, db) -> int:
     from pathlib import Path  # noqa: PLC0415
 
     target = Path(args.path)
@@ -280,7 +321,11 @@ async def cmd_backup(args, settings, db) -> int:
         await db.writer.execute("VACUUM INTO ?", (str(target),))
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"cannot write the backup to {target}: {exc}") from None
-    print(f"backed up {settings.db_path} to {target} ({target.stat().st_size} bytes)")
+    if args.json:
+        _print_json({"database": os.path.abspath(settings.db_path), "backup": str(target.resolve()),
+                     "bytes": target.stat().st_size})
+    else:
+        print(f"backed up {settings.db_path} to {target} ({target.stat().st_size} bytes)")
     return 0
 
 
@@ -303,11 +348,19 @@ async def cmd_attribution(args, settings, db) -> int:
         if not args.ref_id:
             raise CliError("attribution set needs REF_ID (the plugin's id in its catalogue)")
         await ingest_store.set_attribution(db, args.kind, args.name, args.source, args.ref_id)
-        print(f"{args.kind} {args.name!r} -> {args.source} {args.ref_id}; run `agnes-home reprocess` to "
-              "re-attribute events already stored")
+        if args.json:
+            _print_json({"kind": args.kind, "name": args.name, "source": args.source, "ref_id": args.ref_id})
+        else:
+            print(f"{args.kind} {args.name!r} -> {args.source} {args.ref_id}; run `agnes-home reprocess` to "
+                  "re-attribute events already stored")
         return 0
     removed = await ingest_store.remove_attribution(db, args.kind, args.name, args.source)
-    print(f"removed {removed} attribution(s)")
+    if args.json:
+        _print_json({"removed": removed})
+    elif not removed:
+        raise CliError(f"no {args.source} attribution for {args.kind} {args.name!r}")
+    else:
+        print(f"removed {removed} attribution(s)")
     return 0 if removed else 1
 
 
@@ -462,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ingest", cmd_ingest, "Ingest transcript files or directories for one user, with a progress bar.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--user", required=True, metavar="EMAIL")
-    p.add_argument("--workers", type=int, default=None, help="parser processes (default: AGNES_PARSE_WORKERS)")
+    p.add_argument("--workers", type=_bounded(0, 64), default=None,
+                   help="parser processes, 0 parses in a thread (default: AGNES_PARSE_WORKERS)")
     p.add_argument("--force", action="store_true", help="reparse even when the content hash is unchanged")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
 
@@ -475,11 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = add("prune", cmd_prune, "Delete usage events and activity older than the retention period.")
-    p.add_argument("--days", type=int, help="override AGNES_RETENTION_DAYS")
+    p.add_argument("--days", type=_bounded(1, MAX_RETENTION_DAYS), help="override AGNES_RETENTION_DAYS (1-36500)")
     p.add_argument("--json", action="store_true")
 
     p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
     p.add_argument("path")
+    p.add_argument("--json", action="store_true")
 
     p = add("attribution", cmd_attribution,
             "Map skills, subagent types and commands to plugin sources (curated wins over flea).")
@@ -533,6 +588,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error worth a traceback. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (MigrationError, sqlite3.Error) as exc:
+        print(f"agnes-home: database {settings.db_path}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an unwritable data directory, a file that vanished
+        print(f"agnes-home: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ _CHOICES = {"log_format": ("text", "json"), "log_level": ("DEBUG", "INFO", "WARN
 _REQUIRED = frozenset({"db_path", "data_dir"})
 _POSITIVE = {"port", "max_upload_mb", "scan_interval", "max_failures",
              "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout"}
+# "Keep forever" written as a huge number of days would put the cutoff before year 1 (a date
+# overflow in every ingest and prune): a century is the ceiling.
+MAX_RETENTION_DAYS = 36_500
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +150,8 @@ def _flatten_yaml(doc: Any, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in doc.items():
         path = f"{prefix}.{key}" if prefix else str(key)
+        if value is None and not any(s.yaml == path for s in SETTINGS):
+            continue  # a section whose keys are all commented out: nothing set
         if isinstance(value, Mapping):
             flat.update(_flatten_yaml(value, path))
         else:
@@ -210,6 +215,8 @@ def _check(setting: Setting, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: must be a finite number, got {value!r}")
     if setting.name in _POSITIVE and value <= 0:
         raise ConfigError(f"{source}: must be greater than 0, got {value!r}")
+    if setting.name == "retention_days" and value > MAX_RETENTION_DAYS:
+        raise ConfigError(f"{source}: must be at most {MAX_RETENTION_DAYS} (100 years), got {value!r}")
     if setting.name in _REQUIRED and not value.strip():
         raise ConfigError(f"{source}: must not be empty")
     if setting.name == "port" and not 1 <= value <= 65535:

@@ -44,7 +44,11 @@ async def prepare(conn: aiosqlite.Connection) -> None:
 async def connect(path: str) -> aiosqlite.Connection:
     """Open one prepared connection in autocommit mode (transactions are explicit)."""
     conn = await aiosqlite.connect(path, isolation_level=None)
-    await prepare(conn)
+    try:
+        await prepare(conn)  # the first statement: where "file is not a database" shows
+    except BaseException:
+        await conn.close()  # its thread would keep the process alive
+        raise
     return conn
 
 

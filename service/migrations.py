@@ -73,7 +73,13 @@ async def migrate(conn: aiosqlite.Connection, schema_dir: Path = SCHEMA_DIR,
 
 async def _apply(conn: aiosqlite.Connection, schema_dir: Path, target: int | None) -> list[int]:
     applied = []
-    for script in scripts(schema_dir):
+    known = scripts(schema_dir)
+    newest = known[-1].version if known else 0
+    if (found := await current_version(conn)) > newest:
+        # An older build (a rolled-back image) must not write into a schema it does not know.
+        raise MigrationError(f"the database schema is at version {found}, newer than this agnes-home knows "
+                             f"({newest}): run a newer agnes-home, or restore a backup")
+    for script in known:
         if target is not None and script.version > target:
             break
         version = await current_version(conn)

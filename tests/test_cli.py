@@ -24,8 +24,8 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     # server cannot remove) stay inside the test's own directory.
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
-    env.update(AGNES_DB_PATH=str(tmp_path / "cli.db"), AGNES_DATA_DIR=str(tmp_path / "data"), TMPDIR=str(scratch),
-               **extra)
+    env.update({"AGNES_DB_PATH": str(tmp_path / "cli.db"), "AGNES_DATA_DIR": str(tmp_path / "data"),
+                "TMPDIR": str(scratch), **extra})
     return env
 
 
@@ -66,7 +66,11 @@ def test_users_and_tokens_round_trip(tmp_path):
     assert "revoked 1 token(s)" in revoked.stdout
     assert json.loads(run(tmp_path, "tokens", "list", "--json").stdout)[0]["revoked_at"] is not None
     again = run(tmp_path, "tokens", "revoke", "--id", str(tokens[0]["id"]), check=False)
-    assert again.returncode == 1
+    assert again.returncode == 1 and "no active token matched" in again.stderr and not again.stdout
+    # The whole token, pasted as the prefix (what a person holding a leaked token has), revokes it.
+    second = run(tmp_path, "tokens", "issue", "ana@example.com").stdout.strip().splitlines()[-1]
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", second).stdout
+    assert all(t["revoked_at"] for t in json.loads(run(tmp_path, "tokens", "list", "--json").stdout))
 
 
 def test_token_for_unknown_user_fails_clearly(tmp_path):
@@ -135,9 +139,9 @@ def test_ingest_reports_and_stores_real_numbers(tmp_path):
     sample_lines = sum(1 for p in SAMPLES.glob("alice/*.jsonl") for line in p.read_bytes().splitlines() if line.strip())
     assert report["lines"] == sample_lines + 10  # 9a8b: 10 non-blank lines, 6 of them skipped
     again = json.loads(run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com", "--json").stdout)
-    assert (again["processed"], again["unchanged"]) == (6, 0)  # same stat: reparsed, numbers unchanged
-    text = run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com").stdout
-    assert text.startswith("files 6 (processed 6, unchanged 0, failed 0); lines ") and "MB/s" in text
+    assert (again["processed"], again["unchanged"]) == (0, 6)  # same size and mtime: not even read
+    forced = run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "alice@example.com", "--force").stdout
+    assert forced.startswith("files 6 (processed 6, unchanged 0, failed 0); lines ") and "MB/s" in forced
 
 
 def test_ingest_unknown_user_or_path_fails_clearly(tmp_path):
@@ -160,8 +164,12 @@ def test_reprocess_and_quarantine_commands(tmp_path):
                      "last_error = 'boom' WHERE path LIKE '%agent-a1b2c3%'")
     listed = json.loads(run(tmp_path, "quarantine", "list", "--json").stdout)
     assert [(q["failure_count"], q["last_error"], q["email"]) for q in listed] == [(5, "boom", "alice@example.com")]
-    assert "released 1 file(s)" in run(tmp_path, "quarantine", "retry").stdout
+    file_id = listed[0]["id"]
+    assert json.loads(run(tmp_path, "quarantine", "retry", "--json").stdout) == {"released": [file_id]}
     assert run(tmp_path, "quarantine", "list").stdout.strip() == "no quarantined files"
+    assert run(tmp_path, "quarantine", "retry").stdout.strip() == "no quarantined files"  # nothing to do: fine
+    gone = run(tmp_path, "quarantine", "retry", "--id", str(file_id), check=False)
+    assert gone.returncode == 1 and f"file {file_id} is not quarantined" in gone.stderr
 
 
 def test_prune_and_backup(tmp_path):
@@ -169,8 +177,11 @@ def test_prune_and_backup(tmp_path):
 
     run(tmp_path, "users", "add", "bob@example.com")
     run(tmp_path, "ingest", str(SAMPLES / "bob"), "--user", "bob@example.com")
-    counts = json.loads(run(tmp_path, "prune", "--days", "0", "--json").stdout)
-    # Every sample activity row is older than "now" (the real clock), so --days 0 removes them all.
+    for bad in ("0", "-30", "36501", "x"):  # a typo must not wipe everyone's activity
+        refused = run(tmp_path, "prune", "--days", bad, check=False)
+        assert refused.returncode == 2 and "--days" in refused.stderr, bad
+    counts = json.loads(run(tmp_path, "prune", "--days", "1", "--json").stdout)
+    # Every sample activity row is days older than "now" (the real clock): --days 1 removes them all.
     assert counts == {"usage_events": 1, "activity_messages": 6, "activity_prompts": 4}
     backup = tmp_path / "backups" / "copy.db"
     out = run(tmp_path, "backup", str(backup)).stdout
@@ -184,6 +195,46 @@ def test_prune_and_backup(tmp_path):
     nowhere = run(tmp_path, "backup", "/proc/nope/x.db", check=False)
     assert nowhere.returncode == 1 and "cannot write the backup" in nowhere.stderr
     assert "Traceback" not in nowhere.stderr
+    # A mistyped (or, from cron, relative) database path is refused, not created and backed up empty.
+    typo = tmp_path / "typo" / "agnes.dbx"
+    missing = run(tmp_path, "backup", str(tmp_path / "other.db"), check=False, AGNES_DB_PATH=str(typo))
+    assert missing.returncode == 1 and f"no database at {typo}" in missing.stderr
+    assert not typo.parent.exists() and not (tmp_path / "other.db").exists()
+    as_json = json.loads(run(tmp_path, "backup", str(tmp_path / "b2.db"), "--json").stdout)
+    assert as_json == {"database": str(tmp_path / "cli.db"), "backup": str(tmp_path / "b2.db"),
+                       "bytes": (tmp_path / "b2.db").stat().st_size}
+
+
+def test_database_failures_end_with_one_line_not_a_hang(tmp_path):
+    """The connection's threads used to keep the process alive after the traceback, forever."""
+    import sqlite3
+
+    half = tmp_path / "half.db"  # says schema 1, has no tables: the next script fails
+    with sqlite3.connect(half) as conn:
+        conn.execute("PRAGMA user_version = 1")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all, but long enough to have a header" * 10)
+    newer = tmp_path / "newer.db"
+    run(tmp_path, "migrate", AGNES_DB_PATH=str(newer))
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    for path, why in ((half, "0002_status_frame.sql failed"), (garbage, "file is not a database"),
+                      (newer, "newer than this agnes-home knows")):
+        for command in (["users", "list"], ["serve"]):
+            proc = run(tmp_path, *command, check=False, AGNES_DB_PATH=str(path), AGNES_PORT=str(free_port()))
+            assert proc.returncode == 1, (path, command, proc.stderr)
+            assert f"agnes-home: database {path}: " in proc.stderr and why in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(tmp_path, "serve", check=False, AGNES_PORT=str(port))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"agnes-home: cannot listen on 127.0.0.1:{port}: " in proc.stderr and "AGNES_PORT" in proc.stderr
 
 
 def test_tables_register_grant_list(tmp_path):

@@ -91,11 +91,22 @@ def test_invalid_env_names_the_variable():
     ("AGNES_TRUSTED_PROXIES", "10.0.0.1 10.0.0.2", "not an IP address"),
     ("AGNES_PUBLIC_URL", "http://", "with a host"),  # /home would print `agnes init --server-url http:`
     ("AGNES_PUBLIC_URL", "ftp://agnes.example.com", "http:// or https://"),
+    # "Keep forever" as a huge number put the cutoff before year 1: every ingest failed.
+    ("AGNES_RETENTION_DAYS", "999999", "at most 36500"),
 ])
 def test_values_that_would_break_the_service_later_are_refused_at_start(name, raw, why):
     with pytest.raises(ConfigError, match=why) as info:
         load_settings(environ={name: raw})
     assert name in str(info.value)
+
+
+def test_a_section_with_every_key_commented_out_is_empty_not_an_error(tmp_path):
+    """Copying the example and commenting out what is not needed leaves empty (null) sections."""
+    cfg = write_yaml(tmp_path, "instance:\n  home:\n    # show_status_frame: false\nserver:\n  port: 9001\n")
+    s = load_settings(environ={"AGNES_CONFIG": cfg})
+    assert (s.port, s.show_status_frame) == (9001, True)
+    with pytest.raises(ConfigError, match="instance.home.show_status_frame"):  # a key itself still needs a value
+        load_settings(environ={"AGNES_CONFIG": write_yaml(tmp_path, "instance:\n  home:\n    show_status_frame:\n")})
 
 
 def test_nan_in_yaml_is_refused(tmp_path):

@@ -365,6 +365,23 @@ async def test_the_operator_s_ingest_follows_symlinks(db, people, tmp_path):
     assert await db.fetchval("SELECT COUNT(*) FROM user_prompts") == 2
 
 
+def test_bulk_ingest_follows_symlinked_folders_once(tmp_path):
+    """The operator's own paths: links are followed, each file is found once under its real path,
+    a link loop ends, and a dangling link is no transcript."""
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("a.jsonl", "b.jsonl.gz", "notes.txt"):
+        (real / name).write_bytes(b"{}\n")
+    top = tmp_path / "top"
+    (top / "deeper").mkdir(parents=True)
+    (top / "linked").symlink_to(real)
+    (top / "deeper" / "again").symlink_to(real)  # the same folder reached twice
+    (top / "deeper" / "loop").symlink_to(top)
+    (top / "file.jsonl").symlink_to(real / "a.jsonl")
+    (top / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    assert bulk.expand([str(top)]) == [os.path.realpath(real / "a.jsonl"), os.path.realpath(real / "b.jsonl.gz")]
+
+
 async def test_prune_drops_old_activity_only(db, people):
     bob = people["bob"].user.id
     await ingest_files(db, bob, sample_files("bob"))

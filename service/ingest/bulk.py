@@ -55,13 +55,29 @@ def expand(paths: Iterable[str]) -> list[str]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for dirpath, _dirs, names in os.walk(path):
-                found.extend(os.path.abspath(os.path.join(dirpath, n)) for n in sorted(names) if n.endswith(SUFFIXES))
+            found.extend(_walk(path))
         elif path.is_file():
-            found.append(str(path.resolve()))
+            found.append(os.path.realpath(path))
         else:
             raise FileNotFoundError(raw)
     return sorted(set(found))
+
+
+def _walk(root: Path) -> Iterable[str]:
+    """Transcripts under root, following symbolic links (the operator's own paths), each once and
+    under its real path, so a file reached two ways is one file; a link loop is walked once."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirs, names in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(dirpath, name)
+            if name.endswith(SUFFIXES) and os.path.isfile(full):  # a dangling link is no transcript
+                yield os.path.realpath(full)
 
 
 async def ingest_paths(db: Database, user_id: int, paths: list[str], *, workers: int,

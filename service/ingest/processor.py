@@ -165,10 +165,13 @@ class Processor:
         # The watched directory can be written by others: its files are never read through a
         # symlink. Uploads are written by the service, and paths given to `ingest` by the operator.
         follow = state.origin != "watch"
-        if (not force and state.content_hash and state.processor_version >= version
-                and (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns)):
-            # Touched but maybe not changed: a hash is much cheaper than a parse and a rewrite.
-            if await self._run(hash_job, state.path, follow) == state.content_hash:
+        if not force and state.content_hash and state.processor_version >= version:
+            # Processed by this version already: an unchanged size and mtime is an unchanged file
+            # (an `agnes-home ingest` run again over an archive); one touched but maybe not
+            # changed is hashed, much cheaper than a parse and a rewrite.
+            unchanged = (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns) or (
+                await self._run(hash_job, state.path, follow) == state.content_hash)
+            if unchanged:
                 await store.mark_unchanged(self.db, file_id, st.st_size, st.st_mtime_ns, self.clock())
                 outcome = Outcome(file_id, "unchanged", bytes=st.st_size)
                 self._report(outcome)

@@ -14,6 +14,7 @@ from ..db import Database
 from ..timeutil import from_store, to_store, utcnow
 
 TOKEN_PREFIX = "agnes_pat_"
+DISPLAYED_PREFIX = len(TOKEN_PREFIX) + 6  # what `tokens list` shows of a token
 # last_used_at is refreshed at most this often, so authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -118,7 +119,7 @@ async def list_users(db: Database) -> list[User]:
 async def issue_token(db: Database, user_id: int, label: str = "") -> tuple[str, Token]:
     """Create a token; the plain value is returned once and only its hash is stored."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    prefix = token[: len(TOKEN_PREFIX) + 6]
+    prefix = token[:DISPLAYED_PREFIX]
     now = to_store(utcnow())
     async with db.transaction() as conn:
         cur = await conn.execute(
@@ -145,11 +146,13 @@ async def list_tokens(db: Database, user_id: int | None = None) -> list[Token]:
 
 
 async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str | None = None,
-                       user_id: int | None = None) -> int:
-    """Revoke by id, by displayed prefix, or every token of a user; returns how many."""
+                       user_id: int | None = None, token: str | None = None) -> int:
+    """Revoke by id, by displayed prefix, by the token itself, or every token of a user; returns how many."""
     now = to_store(utcnow())
     if token_id is not None:
         where, params = "id = ?", (token_id,)
+    elif token is not None:
+        where, params = "token_hash = ?", (hash_token(token),)
     elif prefix is not None:
         where, params = "prefix = ?", (prefix,)
     elif user_id is not None:
