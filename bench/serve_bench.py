@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import common  # noqa: E402
 import corpus  # noqa: E402
 sys.path.insert(0, str(ROOT))
+from service.ingest import USAGE_PROCESSOR_VERSION  # noqa: E402
+from service.migrations import latest_version  # noqa: E402
 from service.store.ingest import REBUILD_WINDOWS_SCRIPT  # noqa: E402
 import loadgen  # noqa: E402
 
@@ -75,9 +77,11 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
                 path = f"/bench/{uid}/{sid}.jsonl"
                 fid = len(files) + 1 + uid * 100_000
                 start = day_start + timedelta(hours=2 * s)
-                files.append((fid, uid, path, "cli", 1000, 1, "x", 3, created, created))
+                # Stored as processed by this build: an older version would have the server's
+                # worker try to reprocess every (made-up) file during the measurement.
+                files.append((fid, uid, path, "cli", 1000, 1, "x", USAGE_PROCESSOR_VERSION, created, created))
                 summaries.append((fid, uid, sid, _ts(start), _ts(start + timedelta(hours=1)), 3600, 3600,
-                                  f"/home/u{uid}/project-{s % 3}", 3, created))
+                                  f"/home/u{uid}/project-{s % 3}", USAGE_PROCESSOR_VERSION, created))
                 for m in range(MSGS_PER_DAY // SESSIONS_PER_DAY + (1 if s < MSGS_PER_DAY % SESSIONS_PER_DAY else 0)):
                     msg_rows.append((fid, f"msg_{uid}_{day}_{s}_{m}", uid, sid,
                                      _ts(start + timedelta(seconds=20 * m)), rng.randint(3, 40),
@@ -96,12 +100,15 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
                          "VALUES (?, ?, ?, ?, ?)", prm_rows)
         messages += len(msg_rows)
         prompts += len(prm_rows)
+    conn.execute("INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project) "
+                 "SELECT file_id, user_id, session_id, started_at, project FROM session_summaries")
     conn.execute("COMMIT")
     # The per-user window tables that ingest keeps, derived by ingest's own statements.
     conn.executescript(REBUILD_WINDOWS_SCRIPT)
     conn.execute("ANALYZE")
     conn.close()
-    return {"users": len(ids), "days": days, "messages": messages, "prompts": prompts}
+    return {"users": len(ids), "days": days, "messages": messages, "prompts": prompts,
+            "schema": latest_version(), "processor_version": USAGE_PROCESSOR_VERSION}
 
 
 class Server:
@@ -162,6 +169,7 @@ def setup(work: Path, name: str, users: int, days: int, port: int, reuse: bool =
                AGNES_SCAN_INTERVAL="1")
     info = json.loads(marker.read_text()) if reuse and marker.exists() else None
     if info is None or (info["users"], info["days"]) != (users + 1, days) or (
+            (info.get("schema"), info.get("processor_version")) != (latest_version(), USAGE_PROCESSOR_VERSION)) or (
             time.time() - info.get("built_at", 0) > REUSE_HOURS * 3600):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
