@@ -177,12 +177,13 @@ async def cmd_tokens_list(args, settings, db) -> int:
 
 @with_db
 async def cmd_tokens_revoke(args, settings, db) -> int:
+    prefix = (args.prefix or "").strip().rstrip("…")  # as `tokens list` shows it, or the whole token
     if args.id is not None:
         count = await users.revoke_token(db, token_id=args.id)
-    elif args.prefix and len(args.prefix.strip()) > users.DISPLAYED_PREFIX:
-        count = await users.revoke_token(db, token=args.prefix.strip())  # the whole token, pasted
-    elif args.prefix:
-        count = await users.revoke_token(db, prefix=args.prefix.rstrip("…"))
+    elif len(prefix) > users.DISPLAYED_PREFIX:
+        count = await users.revoke_token(db, token=prefix)  # the whole token, pasted
+    elif prefix:
+        count = await users.revoke_token(db, prefix=prefix)
     elif args.email:
         count = await users.revoke_token(db, user_id=(await _user_or_fail(db, args.email)).id)
     else:
@@ -308,19 +309,23 @@ async def cmd_backup(args, settings) -> int:
     return await _backup(args, settings)
 
 
-@with_db
-async def _backup(args, settings, db) -> int:
+async def _backup(args, settings) -> int:
     from pathlib import Path  # noqa: PLC0415
 
     target = Path(args.path)
     if target.exists():
         raise CliError(f"{target} exists; choose a new file name")
+    # Copied as it is, not migrated first: a backup taken before an upgrade is of the old schema.
+    db = Database(settings.db_path, readers=0)
+    await db.open()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # VACUUM INTO writes a consistent, compacted copy while the service keeps running.
         await db.writer.execute("VACUUM INTO ?", (str(target),))
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"cannot write the backup to {target}: {exc}") from None
+    finally:
+        await db.close()
     if args.json:
         _print_json({"database": os.path.abspath(settings.db_path), "backup": str(target.resolve()),
                      "bytes": target.stat().st_size})

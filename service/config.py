@@ -150,7 +150,7 @@ def _flatten_yaml(doc: Any, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in doc.items():
         path = f"{prefix}.{key}" if prefix else str(key)
-        if value is None and not any(s.yaml == path for s in SETTINGS):
+        if value is None and any(s.yaml.startswith(f"{path}.") for s in SETTINGS):
             continue  # a section whose keys are all commented out: nothing set
         if isinstance(value, Mapping):
             flat.update(_flatten_yaml(value, path))

@@ -177,16 +177,22 @@ def _etag(st: os.stat_result) -> str:
     return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
-def _check_preconditions(request: web.Request, st: os.stat_result) -> None:
+def _check_preconditions(request: web.Request, st: os.stat_result) -> bool:
     """If-Match and If-Unmodified-Since (RFC 9110 13.1.1, 13.1.4), checked here so that a 412 has
-    the JSON shape (FileResponse answers it with an empty body)."""
+    the JSON shape (FileResponse answers it with an empty body). Returns whether the client's copy
+    is current (If-None-Match, If-Modified-Since): FileResponse then answers 304, whatever the Range."""
+    current = _etag(st)[1:-1]
     if_match = request.if_match
     if if_match is not None:
-        current = _etag(st)[1:-1]
         if not any(tag.value in ("*", current) and not tag.is_weak for tag in if_match):
             raise AppError(412, "The file no longer matches If-Match.", "precondition_failed")
     elif (since := request.if_unmodified_since) is not None and st.st_mtime > since.timestamp():
         raise AppError(412, "The file was modified after If-Unmodified-Since.", "precondition_failed")
+    if_none_match = request.if_none_match
+    if if_none_match is not None:
+        return any(tag.value in ("*", current) for tag in if_none_match)  # a weak comparison
+    modified_since = request.if_modified_since
+    return modified_since is not None and st.st_mtime <= modified_since.timestamp()
 
 
 def _range_answer(request: web.Request, st: os.stat_result) -> str | int:
@@ -236,8 +242,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if path is None or not path.is_file():
         raise not_found
     st = path.stat()
-    _check_preconditions(request, st)
-    answer = _range_answer(request, st)
+    answer = _IGNORE if _check_preconditions(request, st) else _range_answer(request, st)
     if isinstance(answer, int):
         raise AppError(416, f"The requested range is outside the file ({answer} bytes).", "range_not_satisfiable",
                        {"Content-Range": f"bytes */{answer}"})

@@ -70,6 +70,12 @@ def test_users_and_tokens_round_trip(tmp_path):
     # The whole token, pasted as the prefix (what a person holding a leaked token has), revokes it.
     second = run(tmp_path, "tokens", "issue", "ana@example.com").stdout.strip().splitlines()[-1]
     assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", second).stdout
+    # And the prefix exactly as `tokens list` shows it, ellipsis included.
+    third = run(tmp_path, "tokens", "issue", "ana@example.com").stdout.strip().splitlines()[-1]
+    shown = next(line.split("\t")[1] for line in run(tmp_path, "tokens", "list").stdout.splitlines()
+                 if "active" in line)
+    assert shown.endswith("…") and third.startswith(shown[:-1])
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", shown).stdout
     assert all(t["revoked_at"] for t in json.loads(run(tmp_path, "tokens", "list", "--json").stdout))
 
 
@@ -203,6 +209,12 @@ def test_prune_and_backup(tmp_path):
     as_json = json.loads(run(tmp_path, "backup", str(tmp_path / "b2.db"), "--json").stdout)
     assert as_json == {"database": str(tmp_path / "cli.db"), "backup": str(tmp_path / "b2.db"),
                        "bytes": (tmp_path / "b2.db").stat().st_size}
+    # Copied as it is, never migrated first (here a schema this build does not know).
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    run(tmp_path, "backup", str(tmp_path / "b3.db"))
+    with sqlite3.connect(tmp_path / "b3.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (99,)
 
 
 def test_database_failures_end_with_one_line_not_a_hang(tmp_path):

@@ -107,6 +107,8 @@ def test_a_section_with_every_key_commented_out_is_empty_not_an_error(tmp_path):
     assert (s.port, s.show_status_frame) == (9001, True)
     with pytest.raises(ConfigError, match="instance.home.show_status_frame"):  # a key itself still needs a value
         load_settings(environ={"AGNES_CONFIG": write_yaml(tmp_path, "instance:\n  home:\n    show_status_frame:\n")})
+    with pytest.raises(ConfigError, match="instance.home.show_stats_frame: unknown"):  # and a misspelled one is one
+        load_settings(environ={"AGNES_CONFIG": write_yaml(tmp_path, "instance:\n  home:\n    show_stats_frame:\n")})
 
 
 def test_nan_in_yaml_is_refused(tmp_path):

@@ -154,6 +154,10 @@ async def test_if_range_with_an_entity_tag(client, alice, registered, data_dir):
     # A stale validator with a range past the end: the range is ignored, so not a 416 either.
     beyond = await client.get(url, headers={**alice.headers, "Range": "bytes=999-", "If-Range": etag})
     assert beyond.status == 200
+    # A current copy is 304 before any Range is looked at (RFC 9110 13.2.2), even an unsatisfiable one.
+    current = (await client.head(url, headers=alice.headers)).headers["ETag"]
+    cached = await client.get(url, headers={**alice.headers, "Range": "bytes=999-", "If-None-Match": current})
+    assert cached.status == 304
 
 
 async def test_failed_preconditions_answer_412_in_the_json_shape(client, alice, registered, data_dir):

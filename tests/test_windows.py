@@ -232,6 +232,22 @@ async def test_a_resumed_sessions_file_counts_both_sessions_and_their_projects(d
     await assert_hours_consistent(db)
 
 
+@pytest.mark.parametrize("order", [("a.jsonl", "b.jsonl"), ("b.jsonl", "a.jsonl")])
+async def test_the_same_transcript_under_two_names_is_one_session_in_either_order(db, alice_id, tmp_path, order):
+    """Without a sessionId each copy is named after its file; the copies' messages and prompt
+    belong to the smaller name, and the other session (left without activity) must go."""
+    lines = transcript(
+        {k: v for k, v in user("p1", "hello", ts="2026-11-21T10:00:00.000Z").items() if k != "sessionId"},
+        {k: v for k, v in assistant("a1", "msg_1", ts="2026-11-21T10:00:05.000Z", usage=usage(3, 30)).items()
+         if k != "sessionId"},
+    )
+    for name in order:
+        await ingest_files(db, alice_id, [await write(tmp_path, name, lines)])
+    f = await frame(db, alice_id, "2026-11-21T11:00:00Z")
+    assert (f["sessions"], f["prompts"], f["tokens"]["input"]) == (1, 1, 3)
+    assert [tuple(r) for r in await db.fetchall("SELECT session_id FROM user_sessions")] == [("a",)]
+
+
 async def test_a_clock_in_another_zone_gives_the_same_numbers(db, alice_id, tmp_path):
     from datetime import timezone
 

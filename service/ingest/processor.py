@@ -168,9 +168,10 @@ class Processor:
         if not force and state.content_hash and state.processor_version >= version:
             # Processed by this version already: an unchanged size and mtime is an unchanged file
             # (an `agnes-home ingest` run again over an archive); one touched but maybe not
-            # changed is hashed, much cheaper than a parse and a rewrite.
-            unchanged = (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns) or (
-                await self._run(hash_job, state.path, follow) == state.content_hash)
+            # changed is hashed, much cheaper than a parse and a rewrite. An upload is always
+            # hashed: two uploads within one tick of the file system's clock can share an mtime.
+            same_stat = state.origin != "upload" and (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns)
+            unchanged = same_stat or await self._run(hash_job, state.path, follow) == state.content_hash
             if unchanged:
                 await store.mark_unchanged(self.db, file_id, st.st_size, st.st_mtime_ns, self.clock())
                 outcome = Outcome(file_id, "unchanged", bytes=st.st_size)

@@ -300,10 +300,19 @@ def _touched(user_col: str, key_col: str, kind: str) -> str:
             f"AND ({user_col}, {key_col}) IN ({touched.format('user_id, key')})")
 
 
+# A message or prompt belongs to the smallest session id among its copies: when that moves to or
+# from another file's session, that session is recomputed too (its owner before, and after).
+_SESSIONS_OF_TOUCHED = f"""
+INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+    SELECT user_id, 's', session_id FROM user_messages WHERE {_touched("user_id", "message_key", "m")}
+    UNION ALL SELECT user_id, 's', session_id FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
+"""
+
 # The per-user rows of every touched key, recomputed from the per-file rows (and their hours);
 # joins start from the touched keys (CROSS JOIN keeps that order) and look rows up by key.
 _DERIVE_WINDOWS = f"""
 {_TOUCH_HOURS}
+{_SESSIONS_OF_TOUCHED}
 DELETE FROM user_messages WHERE {_touched("user_id", "message_key", "m")};
 INSERT INTO user_messages
     SELECT t.user_id, t.key, MIN(a.session_id), MIN(a.ts), MAX(a.input_tokens), MAX(a.output_tokens),
@@ -319,6 +328,7 @@ INSERT INTO user_prompts
     WHERE t.kind = 'p' GROUP BY t.user_id, t.key;
 {_TOUCH_HOURS}
 {_RECOMPUTE_HOURS_SCRIPT}
+{_SESSIONS_OF_TOUCHED}
 DELETE FROM user_sessions WHERE {_touched("user_id", "session_id", "s")};
 INSERT INTO user_sessions
     SELECT t.user_id, t.key, t.last_ts,
