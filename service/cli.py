@@ -467,7 +467,9 @@ async def cmd_demo(args, settings, db) -> int:
     from .demo import load_demo  # noqa: PLC0415
 
     token, reports = await load_demo(db, settings)
-    url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    # A wildcard address is where the server listens, not an address a browser can open.
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+    url = settings.public_url or f"http://{host}:{settings.port}"
     loaded = ", ".join(f"{email}: {r.processed} sessions" for email, r in reports.items())
     print(f"""
 Demo data loaded into {settings.db_path} ({loaded}; table demo_customers).

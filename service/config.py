@@ -80,10 +80,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Usage events and activity older than this many days are pruned."),
     Setting("log_format", "AGNES_LOG_FORMAT", "logging.format", str, "text",
             "Log line format: text or json."),
-    Setting("log_level", "AGNES_LOG_LEVEL", "logging.level", str, "INFO", "Log level."),
+    Setting("log_level", "AGNES_LOG_LEVEL", "logging.level", str, "INFO", "Log level (DEBUG, INFO, WARNING, ERROR; any case)."),
 )
 
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("DEBUG", "INFO", "WARNING", "ERROR")}
+_UPPER = frozenset({"log_level"})
 # An empty database path is a temporary database SQLite throws away; an empty data dir is the cwd.
 _REQUIRED = frozenset({"db_path", "data_dir"})
 _POSITIVE = {"port", "max_upload_mb", "scan_interval", "max_failures",
@@ -193,6 +194,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values[setting.name], source = yaml_values[setting.yaml], setting.yaml
         else:
             continue
+        if setting.name in _UPPER and isinstance(values[setting.name], str):
+            values[setting.name] = values[setting.name].upper()  # `info` means INFO, as in logging
         _check(setting, values[setting.name], source)
     if overrides:
         raise ConfigError(f"{sorted(overrides)[0]}: unknown setting")

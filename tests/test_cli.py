@@ -315,3 +315,9 @@ def test_attribution_set_list_remove_and_reprocess(tmp_path):
     assert rows == [("curated", "cur-dq"), ("curated", "cur-explore")]
     assert "removed 1" in run(tmp_path, "attribution", "remove", "skill", "data-quality-check", "curated").stdout
     assert run(tmp_path, "attribution", "remove", "skill", "data-quality-check", "curated", check=False).returncode == 1
+
+
+def test_demo_prints_an_address_a_browser_can_open(tmp_path):
+    out = run(tmp_path, "demo", AGNES_HOST="0.0.0.0", AGNES_PORT="8123").stdout
+    assert "open http://127.0.0.1:8123/login and paste the token below" in out
+    assert out.strip().splitlines()[-1].startswith("agnes_pat_")

@@ -32,6 +32,13 @@ def test_yaml_overrides_default(tmp_path):
     assert (s.show_status_frame, s.show_automode, s.port) == (False, False, 9000)
 
 
+def test_log_level_in_any_case(tmp_path):
+    assert load_settings(environ={"AGNES_LOG_LEVEL": "info"}).log_level == "INFO"
+    assert load_settings(environ={"AGNES_CONFIG": write_yaml(tmp_path, "logging:\n  level: Debug\n")}).log_level == "DEBUG"
+    with pytest.raises(ConfigError, match="AGNES_LOG_LEVEL: must be one of"):
+        load_settings(environ={"AGNES_LOG_LEVEL": "verbose"})
+
+
 def test_env_overrides_yaml(tmp_path):
     cfg = write_yaml(tmp_path, "instance:\n  home:\n    show_status_frame: false\nserver:\n  port: 9000\n")
     s = load_settings(environ={"AGNES_CONFIG": cfg, "AGNES_HOME_SHOW_STATUS_FRAME": "yes", "AGNES_PORT": "9100"})

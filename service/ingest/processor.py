@@ -142,7 +142,10 @@ class Processor:
             self.on_outcome(outcome)
 
     async def _failed(self, file_id: int, exc: Exception) -> Outcome:
-        logger.warning("processing failed: %s", exc, extra={"file_id": file_id}, exc_info=True)
+        # A file that cannot be read (gone, a FIFO, a permission) is explained by its message; other
+        # failures are bugs or bad data worth their traceback.
+        logger.warning("processing failed: %s", exc, extra={"file_id": file_id},
+                       exc_info=not isinstance(exc, OSError))
         try:
             quarantined = await store.record_failure(
                 self.db, file_id, f"{type(exc).__name__}: {exc}", self.clock(),
