@@ -185,15 +185,23 @@ def _own_hosts(request: web.Request, settings: Settings) -> set[str]:
     return hosts
 
 
+def origin_refusal(request: web.Request) -> AppError | None:
+    """403 origin_mismatch when the browser says the request comes from another site; else None."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and origin.split("://", 1)[-1] not in _own_hosts(request, request.app[keys.SETTINGS]):
+        return AppError(403, f"Cross-site request refused: Origin {origin} is not this site "
+                             "(behind a proxy, set AGNES_PUBLIC_URL to the address browsers use).", "origin_mismatch")
+    return None
+
+
 async def check_csrf(request: web.Request, identity: Identity) -> AppError | None:
     """Cookie- and proxy-authenticated state changes need a same-origin Origin (when the browser sends
     one) and the session's CSRF token; the refusal, or None."""
     if request.method in SAFE_METHODS or identity.method == "bearer":
         return None
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.split("://", 1)[-1] not in _own_hosts(request, request.app[keys.SETTINGS]):
-        return AppError(403, f"Cross-site request refused: Origin {origin} is not this site "
-                             "(behind a proxy, set AGNES_PUBLIC_URL to the address browsers use).", "origin_mismatch")
+    refused = origin_refusal(request)
+    if refused is not None:
+        return refused
     expected = csrf_token(request.app[keys.SECRET], identity.user.id, identity.nonce)
     sent = request.headers.get(CSRF_HEADER)
     # The page's forms are URL-encoded; a multipart body (an upload) is the handler's to stream,

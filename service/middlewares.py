@@ -33,6 +33,13 @@ def is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/") or request.path == "/api"
 
 
+def is_browser_form(request: web.Request) -> bool:
+    """A page's own form, posted by a browser without JavaScript (the onboarding buttons post to the
+    API): its errors are pages, not JSON, and a dead session goes back to sign-in."""
+    return (request.method == "POST" and request.content_type == "application/x-www-form-urlencoded"
+            and "text/html" in request.headers.get("Accept", "") and "Authorization" not in request.headers)
+
+
 def route_name(request: web.Request) -> str:
     """The route's pattern (not the raw path), so metrics and logs have bounded labels."""
     info = request.match_info
@@ -133,7 +140,7 @@ async def error_middleware(request: web.Request, handler):
 
 def _render_error(request: web.Request, status: int, detail: str, code: str,
                   headers: dict[str, str]) -> web.StreamResponse:
-    if is_api(request) or "text/html" not in request.headers.get("Accept", "text/html"):
+    if (is_api(request) and not is_browser_form(request)) or "text/html" not in request.headers.get("Accept", "text/html"):
         return error_response(status, detail, code, headers)
     response = aiohttp_jinja2.render_template(
         "error.html", request, {"status": status, "detail": detail, "code": code}, status=status)
@@ -153,6 +160,8 @@ async def auth_middleware(request: web.Request, handler):
         if not is_api(request) and "Authorization" not in request.headers and request.method in ("GET", "HEAD"):
             target = request.path_qs
             raise web.HTTPFound(f"/login?next={quote(target, safe='/')}")
+        if is_browser_form(request):
+            raise web.HTTPSeeOther("/login?next=/home")
         raise AppError(401, "Missing or invalid credentials: send 'Authorization: Bearer <token>' or sign in.",
                        "unauthorized", {"WWW-Authenticate": 'Bearer realm="agnes"'})
     refused = await check_csrf(request, identity)

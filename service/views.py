@@ -12,7 +12,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from . import keys
-from .auth import clear_session_cookie, public, read_form, request_csrf_token, set_session_cookie
+from .auth import clear_session_cookie, origin_refusal, public, read_form, request_csrf_token, set_session_cookie
 from .store import stats, users
 from .timeutil import from_store, to_api
 
@@ -134,7 +134,14 @@ async def login_submit(request: web.Request) -> web.Response:
     raise response
 
 
+@public
 async def logout(request: web.Request) -> web.Response:
+    """Signing out always works: from a page whose session has died (a revoked token) or whose
+    CSRF token went stale (signed out and in again elsewhere). It only clears this browser's
+    cookie, so it needs no credential or CSRF token; another site still cannot post it."""
+    refused = origin_refusal(request)
+    if refused is not None:
+        raise refused
     response = web.HTTPSeeOther("/login")
     clear_session_cookie(response)
     raise response

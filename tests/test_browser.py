@@ -187,6 +187,13 @@ async def test_home_in_a_real_browser(browser, site):
     await page.clock.fast_forward(61_000)
     await page.wait_for_function("document.querySelector('[data-field=last_pull_at]').textContent === '4m ago'")
 
+    # Between phone and desktop (a 1280px laptop at 125% zoom): no card cuts its value short.
+    for width in (1024, 800):
+        await page.set_viewport_size({"width": width, "height": 860})
+        cut = await page.evaluate("[...document.querySelectorAll('.stat-value')]"
+                                  ".filter(el => el.scrollWidth > el.clientWidth).map(el => el.dataset.field)")
+        assert cut == [], (width, cut)
+
     # Narrow screen: two columns, Last sync across the top.
     await page.set_viewport_size({"width": 390, "height": 844})
     boxes = {}
@@ -220,6 +227,10 @@ async def test_install_hero_and_acknowledge_in_a_real_browser(browser, site):
     assert f"agnes init --server-url {base} --token <your-token>" in await hero.inner_text()
     assert dana.token not in await page.content()
     await page.screenshot(path=str(ARTIFACTS / "home-hero.png"), full_page=True)
+    # On a phone the long `agnes init` line scrolls inside its box; the page itself never scrolls sideways.
+    await page.set_viewport_size({"width": 360, "height": 800})
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+    await page.set_viewport_size({"width": 1280, "height": 900})
 
     # JavaScript is off in this context: the button is a plain form, answered with a 303 to /home.
     await page.click("text=I've already set this up")

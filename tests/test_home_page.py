@@ -143,6 +143,7 @@ async def test_switch_on_but_not_onboarded_shows_the_hero_without_querying(make_
     html = await page(client, alice, "?window=7d")
     assert "data-status-frame" not in html and not SCRIPT.search(html)
     assert '<h2 id="hero-title">Connect Claude Code to Agnes</h2>' in html
+    assert "then this page shows your sessions, prompts and tokens." in html
     assert f'<pre class="code"><code>agnes init --server-url http://{client.host}:{client.port} ' \
            f'--token &lt;your-token&gt;</code></pre>' in html
     assert f'<button type="submit" class="button primary">{ACK}</button>' in html
@@ -174,6 +175,8 @@ async def test_switch_off_and_not_onboarded_shows_the_hero(make_client, monkeypa
     assert '<h2 id="hero-title">Connect Claude Code to Agnes</h2>' in html
     assert f'<button type="submit" class="button primary">{ACK}</button>' in html
     assert "Mark me as offboarded" not in html
+    # The overview is off on this server: the page must not promise numbers after setup.
+    assert "Three steps on your machine to connect it to Agnes." in html and "shows your sessions" not in html
 
 
 async def test_public_url_is_the_server_in_the_init_line(make_client):

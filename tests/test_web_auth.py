@@ -148,18 +148,37 @@ async def test_cookie_dies_with_its_token(client, db, alice):
     assert (await client.get("/api/me")).status == 401
 
 
-async def test_sign_out_requires_csrf_and_clears_cookie(client, alice):
+async def test_sign_out_always_works_from_this_site_only(client, db, alice):
+    """A stale page (its CSRF token replaced by a sign-in elsewhere, or its token revoked) can still
+    sign out; it only clears this browser's cookie. Another site cannot post it."""
     await sign_in(client, alice.token)
-    refused = await client.post("/logout", allow_redirects=False)
-    assert refused.status == 403
-    assert (await refused.json())["code"] == "csrf_failed" if refused.content_type == "application/json" else True
     token = CSRF_RE.search(await (await client.get("/home")).text()).group(1)
     cross = await client.post("/logout", data={"csrf_token": token}, headers={"Origin": "https://evil.example"},
                               allow_redirects=False)
-    assert cross.status == 403
-    ok = await client.post("/logout", data={"csrf_token": token}, allow_redirects=False)
-    assert ok.status == 303 and ok.headers["Location"] == "/login"
+    assert cross.status == 403 and (await client.get("/api/me")).status == 200
+    stale = await client.post("/logout", data={"csrf_token": "0" * 64}, allow_redirects=False)
+    assert stale.status == 303 and stale.headers["Location"] == "/login"
     assert (await client.get("/api/me")).status == 401
+    # A session whose token was revoked meanwhile: the page's button still signs out.
+    await sign_in(client, alice.token)
+    await users.revoke_token(db, token_id=(await users.list_tokens(db, alice.user.id))[0].id)
+    dead = await client.post("/logout", data={"csrf_token": token}, headers={"Accept": "text/html"},
+                             allow_redirects=False)
+    assert dead.status == 303 and dead.headers["Location"] == "/login"
+    assert "agnes_session=;" in dead.headers.get("Set-Cookie", "").replace('""', "")
+
+
+async def test_page_forms_on_a_stale_page_answer_with_pages(client, alice):
+    """The onboarding buttons post a form to the API: a browser gets sign-in or an error page, not JSON."""
+    form = {"source": "self_unmark", "onboarded": "false"}
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    signed_out = await client.post("/api/me/onboarded", data=form, headers=html, allow_redirects=False)
+    assert signed_out.status == 303 and signed_out.headers["Location"] == "/login?next=/home"
+    await sign_in(client, alice.token)
+    stale = await client.post("/api/me/onboarded", data={**form, "csrf_token": "0" * 64}, headers=html)
+    assert stale.status == 403 and stale.content_type == "text/html" and "CSRF" in await stale.text()
+    api = await client.post("/api/me/onboarded", data={**form, "csrf_token": "0" * 64})  # not a browser: JSON
+    assert api.status == 403 and (await api.json())["code"] == "csrf_failed"
 
 
 async def test_same_origin_posts_behind_a_proxy_that_rewrites_host(aiohttp_client, settings):
