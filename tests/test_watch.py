@@ -241,3 +241,42 @@ async def test_symlinks_and_special_files_are_never_read(watched, tmp_path, capl
     failure = await db.fetchval("SELECT last_error FROM session_files WHERE path = ?", (str(own),))
     assert "not a regular file" in failure
     assert worker.depth == 0
+
+
+async def test_a_folder_keeps_its_owner_and_one_bad_name_stops_nothing(watched, caplog):
+    """The owner is resolved once and stored: a second user with the same local part, added later,
+    does not orphan the folder. A file name that is not UTF-8 is skipped, and said once."""
+    client, root = watched
+    db = client.app[keys.DB]
+    ana = await make_caller(db, "ana@example.com")
+    sample = SAMPLES / "bob" / "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d.jsonl"
+    (root / "ana").mkdir()
+    shutil.copy(sample, root / "ana" / "first.jsonl")
+    await tick(client)
+    await make_caller(db, "ana@other.org")  # "ana" now names two users
+    fd = os.open(os.fsencode(root / "ana") + b"/bad\xff.jsonl", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, sample.read_bytes())
+    os.close(fd)
+    shutil.copy(SAMPLES / "bob" / "0d9e8f7a-6b5c-4d3e-9f2a-1b0c9d8e7f6a.jsonl", root / "ana" / "second.jsonl")
+    for _ in range(2):
+        await tick(client)
+    owners = {os.path.basename(r[0]): r[1] for r in await db.fetchall("SELECT path, user_id FROM session_files")}
+    assert owners == {"first.jsonl": ana.user.id, "second.jsonl": ana.user.id}
+    assert sum("is not UTF-8" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_numeric_folder_that_is_also_a_local_part_is_ambiguous(watched, caplog):
+    client, root = watched
+    db = client.app[keys.DB]
+    first = await make_caller(db, "first@example.com")
+    numeric = await make_caller(db, f"{first.user.id + 2}@example.com")  # local part = the next user's id
+    third = await make_caller(db, "third@example.com")
+    assert third.user.id == first.user.id + 2
+    for owner, name in ((str(third.user.id), "x.jsonl"), (str(first.user.id), "y.jsonl")):
+        (root / owner).mkdir()
+        shutil.copy(SAMPLES / "bob" / "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d.jsonl", root / owner / name)
+    await tick(client)
+    owners = {os.path.basename(r[0]): r[1] for r in await db.fetchall("SELECT path, user_id FROM session_files")}
+    assert owners == {"y.jsonl": first.user.id}  # "3" is user 3 and 3@example.com's local part: neither
+    assert numeric.user.id not in owners.values()
+    assert any("matches no user, or several" in r.getMessage() for r in caplog.records)

@@ -12,6 +12,7 @@ SUFFIXES = (".jsonl", ".jsonl.gz")
 
 logger = logging.getLogger(__name__)
 _WARNED_LINKS: set[str] = set()  # symlinked owner folders already reported (scans repeat every tick)
+_WARNED_NAMES: set[str] = set()  # paths that are not UTF-8, already reported
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ def scan(root: str) -> list[Found]:
                 if not name.endswith(SUFFIXES) or name.startswith("."):
                     continue
                 path = os.path.join(dirpath, name)
+                if not _is_utf8(path):
+                    # SQLite stores text: a name that is not UTF-8 cannot be registered.
+                    if path not in _WARNED_NAMES:
+                        _WARNED_NAMES.add(path)
+                        logger.warning("not scanning %r: its name is not UTF-8", path)
+                    continue
                 try:
                     st = os.stat(path, follow_symlinks=False)
                 except OSError:
@@ -54,3 +61,12 @@ def scan(root: str) -> list[Found]:
                 if stat.S_ISREG(st.st_mode):  # not a symlink, FIFO, socket or device
                     found.append(Found(owner_dir.name, os.path.abspath(path), st.st_size, st.st_mtime_ns))
     return found
+
+
+def _is_utf8(path: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (os functions keep them as surrogate escapes)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -51,6 +51,7 @@ class IngestWorker:
         self._tasks: list[asyncio.Task] = []
         self._owners: dict[str, int] = {}
         self.unknown_owners: set[str] = set()
+        self._unresolved_this_scan: set[str] = set()
         self.last_beat = time.monotonic()
         self._last_prune: datetime | None = None
         self.ticks = 0
@@ -186,10 +187,14 @@ class IngestWorker:
     async def _owner(self, name: str) -> int | None:
         if name in self._owners:
             return self._owners[name]
+        if name in self._unresolved_this_scan:
+            return None  # one lookup per folder and scan, not one per file (20k files: 20k reads)
         user = await users.find_owner(self.db, name)
         if user is None:
+            self._unresolved_this_scan.add(name)
             if name not in self.unknown_owners:
-                logger.warning("watched directory owner %r matches no user; its files are skipped", name)
+                logger.warning("watched directory owner %r matches no user, or several; its files are "
+                               "skipped until it names exactly one (a user id, an email, or a local part)", name)
             self.unknown_owners.add(name)
             return None
         self.unknown_owners.discard(name)
@@ -197,23 +202,37 @@ class IngestWorker:
         return user.id
 
     async def scan(self) -> int:
-        """Queue new and changed files of the watched directory; returns how many."""
+        """Queue new and changed files of the watched directory; returns how many.
+
+        An owner folder is resolved once and stored: a file already known keeps its user, and a
+        new file in a folder with known files goes to the same user, even if the folder's name
+        has since become ambiguous (a second user with the same local part). One file that cannot
+        be registered never stops the scan of the others.
+        """
+        self._unresolved_this_scan = set()
+        root = os.path.realpath(self.settings.session_dir)
         found = await asyncio.to_thread(scanner.scan, self.settings.session_dir)
         # The scanner reports absolute paths, so the lookup must use the absolute root too.
-        known = await store.files_under(self.db, os.path.realpath(self.settings.session_dir))
+        known = await store.files_under(self.db, root)
+        stored_owner = {os.path.relpath(path, root).split(os.sep, 1)[0]: row[4] for path, row in known.items()}
         queued = 0
         for item in found:
             seen = known.get(item.path)
-            if seen is not None and (seen[3] or (seen[1], seen[2]) == (item.size, item.mtime_ns)):
+            if seen is not None:
+                if not (seen[3] or (seen[1], seen[2]) == (item.size, item.mtime_ns)):
+                    self.enqueue(seen[0], WATCH)
+                    queued += 1
                 continue
-            user_id = await self._owner(item.owner)
+            user_id = stored_owner.get(item.owner) or await self._owner(item.owner)
             if user_id is None:
                 continue
             try:
-                file_id = seen[0] if seen else await store.register_file(self.db, user_id, item.path, "watch",
-                                                                         self.clock())
+                file_id = await store.register_file(self.db, user_id, item.path, "watch", self.clock())
             except store.FileOwnedElsewhere:
                 logger.warning("watched file already belongs to another user; skipped", extra={"file": item.path})
+                continue
+            except Exception:  # noqa: BLE001 - one file must not stop the scan of every other
+                logger.exception("could not register a watched file; skipped", extra={"file": item.path})
                 continue
             self.enqueue(file_id, WATCH)
             queued += 1

@@ -87,17 +87,17 @@ async def get_file(db: Database, file_id: int) -> FileState | None:
     return _state(await db.fetchone(f"SELECT {_FILE_COLS} FROM session_files WHERE id = ?", (file_id,)))
 
 
-async def files_under(db: Database, root: str) -> dict[str, tuple[int, int, int, bool]]:
-    """path -> (id, size, mtime_ns, failing) of every known file below a directory, whatever its origin.
+async def files_under(db: Database, root: str) -> dict[str, tuple[int, int, int, bool, int]]:
+    """path -> (id, size, mtime_ns, failing, user id) of every known file below a directory, whatever its origin.
 
     ``failing`` files wait for their retry (or an operator) instead of being re-queued by every scan.
     """
     prefix = root.rstrip("/") + "/"
     # A range on the unique path index: every path that starts with the prefix sorts in it.
     rows = await db.fetchall(
-        "SELECT path, id, size, mtime_ns, (next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL) AS failing "
-        "FROM session_files WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0"))
-    return {r["path"]: (r["id"], r["size"], r["mtime_ns"], bool(r["failing"])) for r in rows}
+        "SELECT path, id, size, mtime_ns, (next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL) AS failing, "
+        "user_id FROM session_files WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0"))
+    return {r["path"]: (r["id"], r["size"], r["mtime_ns"], bool(r["failing"]), r["user_id"]) for r in rows}
 
 
 async def mark_unchanged(db: Database, file_id: int, size: int, mtime_ns: int, now: datetime) -> None:

@@ -103,9 +103,17 @@ async def get_user_by_email(db: Database, email: str) -> User | None:
 async def find_owner(db: Database, name: str) -> User | None:
     """Resolve a watched-directory owner: a numeric user id, an email, or an email's local part."""
     if name.isdigit():
-        return await get_user(db, int(name))
+        # A user id; unless it is also some user's local part (2@example.com), which is ambiguous.
+        by_id = await get_user(db, int(name)) if len(name) <= 18 else None  # past int64: no id
+        by_local = await _by_local_part(db, name)
+        return None if by_id and by_local and by_id.id != by_local.id else by_id or by_local
     if "@" in name:
         return await get_user_by_email(db, name)
+    return await _by_local_part(db, name)
+
+
+async def _by_local_part(db: Database, name: str) -> User | None:
+    """The one user whose email's local part is name; None for none or several."""
     rows = await db.fetchall(f"SELECT {_USER_COLS} FROM users WHERE email LIKE ? ESCAPE '\\'",
                              (name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%",))
     matches = [u for u in map(_user, rows) if u.email.split("@", 1)[0] == name.lower()]
