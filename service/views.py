@@ -70,8 +70,15 @@ def utc_label(value: str | datetime | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when is not None else "No agnes pull yet"
 
 
+def exact_note(value: int) -> str:
+    """What a screen reader hears after an abbreviated number ("12.3k"): its exact value, which
+    sighted mouse users get from the title. Empty when nothing was abbreviated."""
+    return "" if abbreviate(value) == grouped(value) else f"(exactly {grouped(value)})"
+
+
 def template_filters() -> dict[str, Callable[..., Any]]:
-    return {"abbreviate": abbreviate, "grouped": grouped, "reltime": reltime, "utc_label": utc_label}
+    return {"abbreviate": abbreviate, "grouped": grouped, "reltime": reltime, "utc_label": utc_label,
+            "exact_note": exact_note}
 
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")

@@ -78,6 +78,8 @@
     } else {
       el.textContent = abbreviate(value);
       el.title = grouped(value);
+      var note = frame.querySelector('[data-exact="' + name + '"]');
+      if (note) note.textContent = abbreviate(value) === grouped(value) ? "" : "(exactly " + grouped(value) + ")";
     }
   }
 

@@ -16,7 +16,7 @@ import pytest
 from service import keys
 from service.app import create_app
 from service.store import users
-from service.views import abbreviate, grouped, reltime
+from service.views import abbreviate, exact_note, grouped, reltime
 from tests.conftest import ROOT, make_caller
 from tests.test_home_page import ABBREVIATIONS, RELATIVE
 from tests.test_ingest import EXPECTED, NOW, ingest_files, sample_files
@@ -81,6 +81,11 @@ async def assert_cards_show(page, data: dict) -> None:
         assert await card(page, name) == (abbreviate(data[name]), grouped(data[name])), name
     assert await card(page, "tokens.total") == (abbreviate(data["tokens"]["total"]),
                                                 grouped(data["tokens"]["total"]))
+    # What a screen reader hears after each number: the exact value, when it was abbreviated.
+    values = {**{name: data[name] for name in CARDS}, "tokens.total": data["tokens"]["total"]}
+    for name, value in values.items():
+        note = await page.locator(f'[data-exact="{name}"]').text_content()
+        assert note == exact_note(value), name
     for key in ("input", "output", "cache_read", "cache_creation"):
         text = (await page.locator(f'[data-field="tokens.{key}"]').text_content()).strip()
         assert text == grouped(data["tokens"][key]), key

@@ -82,9 +82,11 @@ async def test_switch_on_and_onboarded_shows_the_frame_with_24h_numbers(make_cli
         '<p class="muted frame-caption" data-window-label>Last 24 hours</p>',
         '<time class="stat-value" data-field="last_pull_at" datetime="2026-11-21T11:57:00Z" '
         'title="2026-11-21 11:57:00 UTC">3m ago</time>',
-        '<span class="stat-value" data-field="sessions" title="3">3</span>',
+        '<span class="stat-value" data-field="sessions" title="3">3</span>'
+        '<span class="sr-only" data-exact="sessions"></span>',  # nothing abbreviated: nothing to add
         '<span class="stat-value" data-field="prompts" title="9">9</span>',
-        '<span class="stat-value" data-field="tokens.total" title="64,504">64.5k</span>',
+        '<span class="stat-value" data-field="tokens.total" title="64,504">64.5k</span>'
+        '<span class="sr-only" data-exact="tokens.total">(exactly 64,504)</span>',
         '<dd data-field="tokens.input">129</dd>',
         '<dd data-field="tokens.output">1,325</dd>',
         '<dd data-field="tokens.cache_read">56,800</dd>',
