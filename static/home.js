@@ -143,6 +143,12 @@
       })
       .catch(function (error) {
         if (ticket !== pending) return;
+        // Arrow keys moved focus to the pill that failed to load: give it back to the selected one,
+        // the only pill in the tab order.
+        var focused = document.activeElement;
+        if (!quiet && tabs.indexOf(focused) >= 0 && focused.getAttribute("aria-selected") !== "true") {
+          tabs.forEach(function (t) { if (t.getAttribute("aria-selected") === "true") t.focus(); });
+        }
         say(error.message === "signed-out"
           ? "You have been signed out; reload the page to sign in again."
           : "Could not update just now; showing the previous numbers.");

@@ -165,6 +165,13 @@ async def test_home_in_a_real_browser(browser, site):
     assert await status.inner_text() == "Could not update just now; showing the previous numbers."
     assert await selected_tab(page) == "24h"
     await assert_cards_show(page, day)
+    # Failed from the keyboard: focus goes back to the selected pill, not the one that failed.
+    await page.evaluate("document.querySelector('[data-frame-status]').textContent = ''")
+    await page.focus("#tab-24h")
+    await page.keyboard.press("ArrowRight")
+    await page.wait_for_function("document.querySelector('[data-frame-status]').textContent.length > 0")
+    assert await page.evaluate("document.activeElement.id") == "tab-24h"
+    assert await selected_tab(page) == "24h"
     await page.unroute("**/api/me/home-stats*")
     await page.click("#tab-7d")
     await page.wait_for_selector('#tab-7d[aria-selected="true"]')
@@ -211,8 +218,8 @@ async def test_home_in_a_real_browser(browser, site):
     assert abs(boxes["last_pull_at"][2] - 2 * boxes["sessions"][2]) < 20
     await page.screenshot(path=str(ARTIFACTS / "home-narrow.png"), full_page=True)
 
-    # Only the fetch this test aborted on purpose may have complained.
-    assert errors == ["Failed to load resource: net::ERR_FAILED"]
+    # Only the two fetches this test aborted on purpose may have complained.
+    assert errors == ["Failed to load resource: net::ERR_FAILED"] * 2
     await context.close()
     assert Path(ARTIFACTS / "home.png").stat().st_size > 10_000
 
