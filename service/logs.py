@@ -8,6 +8,7 @@ import sys
 import time
 
 import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 user_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("user_id", default="-")
@@ -54,6 +55,24 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header line over 8190 bytes, an unknown method)
+    as an ERROR with a traceback, before any middleware runs. That is the client's mistake, not
+    the server's: one WARNING line without the traceback, so alerts on ERROR stay meaningful."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
+            first = (exc.message or "").splitlines()[:1]
+            # Bounded: LineTooLong's message quotes the whole over-long line.
+            record.msg = "refused a malformed request from %s: %s: %s"
+            record.args = (remote, type(exc).__name__, first[0][:160] if first else "")
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure(fmt: str = "text", level: str = "INFO") -> None:
     """Install the one handler; called by the entry point only."""
     handler = logging.StreamHandler(sys.stderr)
@@ -62,3 +81,6 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
 
 CLIENT_CLOSED_REQUEST = 499
+PRIVATE = "private, no-store"
 _INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Generated ids (32 hex digits, like a uuid4 hex): a random prefix per process and a counter,
 # unique without a syscall per request (uuid4 reads the kernel's random source each time).
@@ -141,10 +142,13 @@ async def error_middleware(request: web.Request, handler):
 def _render_error(request: web.Request, status: int, detail: str, code: str,
                   headers: dict[str, str]) -> web.StreamResponse:
     if (is_api(request) and not is_browser_form(request)) or "text/html" not in request.headers.get("Accept", "text/html"):
-        return error_response(status, detail, code, headers)
-    response = aiohttp_jinja2.render_template(
-        "error.html", request, {"status": status, "detail": detail, "code": code}, status=status)
-    response.headers.update(headers)
+        response = error_response(status, detail, code, headers)
+    else:
+        response = aiohttp_jinja2.render_template(
+            "error.html", request, {"status": status, "detail": detail, "code": code}, status=status)
+        response.headers.update(headers)
+    if keys.IDENTITY in request:  # an error behind a credential can name the caller's own things
+        response.headers.setdefault("Cache-Control", PRIVATE)
     return response
 
 
@@ -171,6 +175,7 @@ async def auth_middleware(request: web.Request, handler):
     request[keys.USER] = identity.user
     user_id_var.set(str(identity.user.id))
     response = await handler(request)
-    # Everything behind a credential is someone's own data: no shared or browser cache keeps it.
-    response.headers.setdefault("Cache-Control", "private, no-store")
+    # Everything behind a credential is someone's own data: no shared or browser cache keeps it
+    # (errors too: _render_error adds it to those).
+    response.headers.setdefault("Cache-Control", PRIVATE)
     return response

@@ -131,17 +131,19 @@ async def _manifest_entry(request: web.Request, table: tables.Table) -> Manifest
 
 
 async def manifest(request: web.Request) -> web.Response:
-    """GET /api/sync/manifest: the caller's readable tables; stamps users.last_pull_at."""
+    """GET /api/sync/manifest: the caller's readable tables; stamps users.last_pull_at (a HEAD, which
+    fetches nothing, does not: a `curl -I` is not a pull)."""
     user = request[keys.USER]
     app = request.app
-    stamp = users.stamp_pull_later(app[keys.DB], user.id, app[keys.CLOCK]())
+    stamp = None if request.method == "HEAD" else users.stamp_pull_later(app[keys.DB], user.id, app[keys.CLOCK]())
     entries: dict[str, ManifestTable] = {}
     for table in await tables.readable(app[keys.DB], user.id):
         entry = await _manifest_entry(request, table)
         if entry is not None:
             entries[table.id] = entry
     # A locked database must not hold the pull up: wait briefly, then answer regardless.
-    await asyncio.wait({stamp}, timeout=STAMP_WAIT)
+    if stamp is not None:
+        await asyncio.wait({stamp}, timeout=STAMP_WAIT)
     return json(Manifest(tables=entries, assets={}, server_time=to_api(utcnow())))
 
 

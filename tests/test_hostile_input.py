@@ -7,6 +7,7 @@ import base64
 import gzip
 import io
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -584,3 +585,24 @@ async def test_absurd_token_counters_do_not_break_processing_or_stats(client, db
     assert resp.status == 200 and body["prompts"] == 1 and body["tokens"]["output"] == 3
     assert body["tokens"]["input"] == body["tokens"]["total"] == huge
     assert (await client.get("/home", headers=alice.headers)).status == 200
+
+
+async def test_a_request_aiohttp_cannot_parse_is_one_warning_line(client, caplog):
+    """A header over aiohttp's 8190-byte limit is refused before any middleware (plain-text 400,
+    README "Decisions"); the log gets one bounded WARNING naming the client, not an ERROR traceback."""
+    from service.logs import MalformedRequestFilter
+
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(noisy := MalformedRequestFilter())
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            status, _ = await raw_http(client.server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                       b"X-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    finally:
+        server_log.removeFilter(noisy)
+    assert status == 400
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r.levelname for r in records] == ["WARNING"]
+    message = records[0].getMessage()
+    assert message.startswith("refused a malformed request from 127.0.0.1: LineTooLong: Got more than 8190 bytes")
+    assert len(message) < 300 and records[0].exc_info is None

@@ -76,6 +76,17 @@ async def test_manifest_stamps_last_pull_at(client, db, alice):
     assert profile["last_pull_at"] == stats["last_pull_at"]
 
 
+async def test_a_head_of_the_manifest_is_not_a_pull(client, db, alice, registered):
+    """`curl -I` fetches nothing: Last sync must not move. The headers are still the GET's."""
+    head = await client.head("/api/sync/manifest", headers=alice.headers)
+    assert head.status == 200 and head.headers["Content-Type"] == "application/json"
+    await db.settle()
+    assert (await users.get_user(db, alice.user.id)).last_pull_at is None
+    get = await client.get("/api/sync/manifest", headers=alice.headers)
+    assert int(head.headers["Content-Length"]) == len(await get.read())
+    assert (await users.get_user(db, alice.user.id)).last_pull_at is not None
+
+
 async def test_manifest_is_served_when_the_stamp_fails(client, alice, registered, monkeypatch, caplog):
     async def locked(*args, **kwargs):
         raise sqlite3.OperationalError("database is locked")

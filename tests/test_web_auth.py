@@ -274,6 +274,20 @@ async def test_responses_behind_a_credential_are_never_cached(client, alice):
     assert public.status == 200 and "Cache-Control" not in public.headers
 
 
+async def test_errors_behind_a_credential_are_never_cached_either(client, alice):
+    """An error after sign-in can name the caller's own things (a table id, a file name)."""
+    json_as_text = {**alice.headers, "Content-Type": "text/plain"}
+    cases = [("GET", "/api/data/nope/download", b"", alice.headers, 404),
+             ("POST", "/api/me/onboarded", b"{", alice.headers, 400),
+             ("POST", "/api/me/onboarded", b"{}", json_as_text, 415),
+             ("GET", "/api/admin/quarantine", b"", alice.headers, 403)]
+    for method, path, body, headers, status in cases:
+        resp = await client.request(method, path, data=body, headers=headers)
+        assert resp.status == status and resp.headers["Cache-Control"] == "private, no-store", path
+    anonymous = await client.get("/api/me")
+    assert anonymous.status == 401 and "Cache-Control" not in anonymous.headers
+
+
 async def test_a_cookie_upload_sends_the_csrf_token_as_a_header(client, alice):
     import aiohttp
 
