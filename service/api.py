@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import asyncio
+from typing import Any, Awaitable, Callable, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -14,11 +15,24 @@ from .store.users import User
 from .timeutil import to_api
 
 _encoder = msgspec.json.Encoder()
+T = TypeVar("T")
 
 
 def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=_encoder.encode(data), status=status, content_type="application/json",
                         headers=headers)
+
+
+async def read_body(request: web.Request, read: Awaitable[T]) -> T:
+    """One read of the request body, or 408 when the client sends nothing for client_timeout
+    seconds (aiohttp has no body timeout: a stalled upload would hold its file open for good)."""
+    seconds = request.app[keys.SETTINGS].client_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await read
+    except TimeoutError:
+        raise AppError(408, f"The request body stalled: nothing arrived for {seconds:g} s.",
+                       "request_timeout") from None
 
 
 async def decode_json_body(request: web.Request, type_: type, *, empty: Any = None, limit: int = 64 * 1024,
@@ -29,7 +43,7 @@ async def decode_json_body(request: web.Request, type_: type, *, empty: Any = No
     if (request.content_length or 0) > limit:
         raise AppError(413, f"The body is limited to {limit} bytes.", "payload_too_large")
     raw = bytearray()
-    while chunk := await request.content.read(64 * 1024):  # read() returns what has arrived, not all
+    while chunk := await read_body(request, request.content.read(64 * 1024)):  # what has arrived, not all
         raw += chunk
         if len(raw) > limit:
             raise AppError(413, f"The body is limited to {limit} bytes.", "payload_too_large")

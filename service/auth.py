@@ -18,6 +18,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from . import keys
 from .config import Settings
+from .api import read_body
 from .errors import AppError
 from .store import users
 from .store.users import User
@@ -218,10 +219,11 @@ async def check_csrf(request: web.Request, identity: Identity) -> AppError | Non
 
 
 async def read_form(request: web.Request):
-    """request.post(), with a body that is not form data in UTF-8 answered 400 rather than 500."""
+    """request.post(), with a body that is not form data in UTF-8 answered 400 rather than 500
+    (LookupError: a charset parameter Python does not know), and a stalled one 408."""
     try:
-        return await request.post()
-    except (UnicodeDecodeError, ValueError, HttpProcessingError):  # HttpProcessingError: a line too long
+        return await read_body(request, request.post())
+    except (UnicodeDecodeError, LookupError, ValueError, HttpProcessingError):  # HttpProcessingError: a line too long
         raise AppError(400, "The form body is malformed or not UTF-8.", "bad_form") from None
 
 

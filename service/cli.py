@@ -88,7 +88,10 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # is still arriving (an upload) could never finish: handlers get the shutdown time first, with
     # the listening socket closed; then aiohttp's shutdown gives what is still being sent (a table
     # download, whose handler has returned) the same time before it cancels.
-    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, access_log=None)
+    # keepalive_timeout also bounds a fresh connection that never completes its headers
+    # (aiohttp arms it on connect): without it, idle or trickling sockets stay open for an hour.
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout, access_log=None,
+                           keepalive_timeout=settings.client_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -585,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agnes-home: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    # Transcripts, the database and its backups are analysts' data: nothing this process
+    # creates is readable by other local accounts (files 0600, folders 0700).
+    os.umask(0o077)
     try:
         return asyncio.run(args.fn(args, settings))
     except ConfigError as exc:

@@ -56,6 +56,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", "AGNES_PORT", "server.port", int, 8080, "Port to listen on."),
     Setting("shutdown_timeout", "AGNES_SHUTDOWN_TIMEOUT", "server.shutdown_timeout", float, 10.0,
             "Seconds to finish in-flight work after SIGTERM."),
+    Setting("client_timeout", "AGNES_CLIENT_TIMEOUT", "server.client_timeout", float, 60.0,
+            "Seconds a client gets to send a request's headers (from connecting, or after its last "
+            "response on a kept-alive connection) and may stay silent inside a body (then 408)."),
     Setting("secret_key", "AGNES_SECRET_KEY", "auth.secret_key", str, "",
             "Key that signs session cookies; generated and kept under data_dir when empty."),
     Setting("cookie_secure", "AGNES_COOKIE_SECURE", "auth.cookie_secure", bool, False,
@@ -88,7 +91,7 @@ _UPPER = frozenset({"log_level"})
 # An empty database path is a temporary database SQLite throws away; an empty data dir is the cwd.
 _REQUIRED = frozenset({"db_path", "data_dir"})
 _POSITIVE = {"port", "max_upload_mb", "scan_interval", "max_failures",
-             "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout"}
+             "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout", "client_timeout"}
 # "Keep forever" written as a huge number of days would put the cutoff before year 1 (a date
 # overflow in every ingest and prune): a century is the ceiling.
 MAX_RETENTION_DAYS = 36_500
@@ -107,6 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     shutdown_timeout: float = 10.0
+    client_timeout: float = 60.0
     secret_key: str = ""
     cookie_secure: bool = False
     session_max_age: int = 14 * 24 * 3600

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 
@@ -43,13 +44,24 @@ class JsonFormatter(logging.Formatter):
         return self._encoder.encode(event).decode()
 
 
+# Line breaks and other control characters in logged values (a request path, a file name) would
+# let a client forge log lines; in text logs they are written as escapes.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                        text)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(f"{k}={v}" for k, v in vars(record).items()
                           if k not in _STANDARD and not k.startswith("_") and k not in ("request_id", "user_id"))
-        line = (f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname} {record.name} "
-                f"rid={getattr(record, 'request_id', '-')} uid={getattr(record, 'user_id', '-')} "
-                f"{record.getMessage()}" + (f" {extras}" if extras else ""))
+        line = _escape_controls(
+            f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname} {record.name} "
+            f"rid={getattr(record, 'request_id', '-')} uid={getattr(record, 'user_id', '-')} "
+            f"{record.getMessage()}" + (f" {extras}" if extras else ""))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -131,11 +131,15 @@ async def _manifest_entry(request: web.Request, table: tables.Table) -> Manifest
 
 
 async def manifest(request: web.Request) -> web.Response:
-    """GET /api/sync/manifest: the caller's readable tables; stamps users.last_pull_at (a HEAD, which
-    fetches nothing, does not: a `curl -I` is not a pull)."""
+    """GET /api/sync/manifest: the caller's readable tables; stamps users.last_pull_at.
+
+    Only a GET with a bearer token is a pull (what `agnes pull` sends): not a HEAD, which fetches
+    nothing, and not a browser's cookie, which another site could make it send.
+    """
     user = request[keys.USER]
     app = request.app
-    stamp = None if request.method == "HEAD" else users.stamp_pull_later(app[keys.DB], user.id, app[keys.CLOCK]())
+    pulled = request.method == "GET" and request[keys.IDENTITY].method == "bearer"
+    stamp = users.stamp_pull_later(app[keys.DB], user.id, app[keys.CLOCK]()) if pulled else None
     entries: dict[str, ManifestTable] = {}
     for table in await tables.readable(app[keys.DB], user.id):
         entry = await _manifest_entry(request, table)
@@ -160,11 +164,15 @@ class RawFileResponse(web.FileResponse):
         self._ignore_range = ignore_range
 
     async def prepare(self, request: web.BaseRequest):
-        headers = CIMultiDict(request.headers)
-        headers.popall("Accept-Encoding", None)
-        if self._ignore_range:
-            headers.popall("Range", None)
+        # Only the headers FileResponse reads: clone() re-encodes every header as UTF-8, and any
+        # other header carrying bytes that are not (a client's to send) would abort the response.
+        keep = _FILE_HEADERS if not self._ignore_range else _FILE_HEADERS - {"range"}
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() in keep and v.isascii())
         return await super().prepare(request.clone(headers=headers))
+
+
+_FILE_HEADERS = frozenset({"range", "if-range", "if-match", "if-none-match", "if-modified-since",
+                           "if-unmodified-since"})
 
 
 _EMPTY_SUFFIX = re.compile(r"bytes=\s*-0+\s*")

@@ -14,7 +14,7 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import keys
-from .api import json
+from .api import json, read_body
 from .errors import AppError
 from .store import ingest as store
 
@@ -134,18 +134,37 @@ def _malformed(exc: Exception) -> AppError:
     return AppError(400, f"Malformed multipart body: {type(exc).__name__}", "bad_multipart")
 
 
-async def _expect_closing_boundary(reader: MultipartReader) -> None:
-    """The body must end with the closing delimiter after the file: a body cut short (a dropped
-    connection under chunked encoding) ends the file part early, and storing that would replace a
-    good transcript with a truncated one."""
-    try:
-        while (part := await reader.next()) is not None:
-            await part.release()
-    except (ValueError, HttpProcessingError) as exc:
-        raise _malformed(exc) from None
-    if not reader.at_eof():
-        raise AppError(400, "The multipart body ends before its closing boundary: the upload was cut short.",
-                       "bad_multipart")
+class _OtherParts:
+    """Parts besides 'file' (the client sends none) are read and dropped, within a small budget:
+    the size cap counts the file, so unbounded extra parts would be free bytes past it."""
+
+    LIMIT = MULTIPART_OVERHEAD
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.left = self.LIMIT
+
+    async def skip(self, part: BodyPartReader | MultipartReader) -> None:
+        if not isinstance(part, BodyPartReader):
+            raise AppError(400, "Nested multipart bodies are not accepted.", "bad_multipart")
+        while chunk := await read_body(self.request, part.read_chunk(CHUNK)):
+            self.left -= len(chunk)
+            if self.left < 0:
+                raise AppError(413, f"Parts other than 'file' are limited to {self.LIMIT} bytes in all.",
+                               "payload_too_large")
+
+    async def expect_closing_boundary(self, reader: MultipartReader) -> None:
+        """The body must end with the closing delimiter after the file: a body cut short (a dropped
+        connection under chunked encoding) ends the file part early, and storing that would replace
+        a good transcript with a truncated one."""
+        try:
+            while (part := await read_body(self.request, reader.next())) is not None:
+                await self.skip(part)
+        except (ValueError, HttpProcessingError) as exc:
+            raise _malformed(exc) from None
+        if not reader.at_eof():
+            raise AppError(400, "The multipart body ends before its closing boundary: the upload was cut short.",
+                           "bad_multipart")
 
 
 async def upload_session(request: web.Request) -> web.Response:
@@ -158,12 +177,13 @@ async def upload_session(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise AppError(400, "Send the transcript as multipart/form-data with a part named 'file'.",
                        "bad_content_type")
+    others = _OtherParts(request)
     try:
         reader = await request.multipart()
-        part = await reader.next()
+        part = await read_body(request, reader.next())
         while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
-            await part.release()
-            part = await reader.next()
+            await others.skip(part)
+            part = await read_body(request, reader.next())
     except (ValueError, HttpProcessingError) as exc:
         raise _malformed(exc) from None
     if part is None:
@@ -182,9 +202,9 @@ async def upload_session(request: web.Request) -> web.Response:
     sink = _Sink(tmp, cap)
     try:
         # Inflating, writing and the final fsync are blocking work: off the event loop.
-        while chunk := await part.read_chunk(CHUNK):
+        while chunk := await read_body(request, part.read_chunk(CHUNK)):
             await asyncio.to_thread(sink.write, chunk)
-        await _expect_closing_boundary(reader)
+        await others.expect_closing_boundary(reader)
         await asyncio.to_thread(sink.finish)
     except BaseException:
         sink.abort()

@@ -125,6 +125,11 @@ async def login_page(request: web.Request) -> web.Response:
 
 @public
 async def login_submit(request: web.Request) -> web.Response:
+    # Another site must not sign this browser in (to the other site's account, say, so that what
+    # the analyst then does lands there): the same Origin check as sign-out.
+    refused = origin_refusal(request)
+    if refused is not None:
+        raise refused
     form = await read_form(request)
     token = str(form.get("token", "")).strip()
     target = _safe_next(str(form.get("next", "")) or None)

@@ -131,7 +131,7 @@ async def test_home_in_a_real_browser(browser, site):
     await page.hover(".stat-tokens")
     await split.wait_for(state="visible")
     assert "Cache read" in await split.inner_text() and "56,800" in await split.inner_text()
-    await page.wait_for_function("getComputedStyle(document.getElementById('token-split')).opacity === '1'")
+    await page.wait_for_function("() => getComputedStyle(document.getElementById('token-split')).opacity === '1'")
     await page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
 
     # The toggle: fetch 7d, redraw in place (no navigation), move aria-selected, keep the URL honest.
@@ -161,7 +161,7 @@ async def test_home_in_a_real_browser(browser, site):
     await page.route("**/api/me/home-stats*", lambda route: route.abort())
     await page.click("#tab-7d")
     status = page.locator("[data-frame-status]")
-    await page.wait_for_function("document.querySelector('[data-frame-status]').textContent.length > 0")
+    await page.wait_for_function("() => document.querySelector('[data-frame-status]').textContent.length > 0")
     assert await status.inner_text() == "Could not update just now; showing the previous numbers."
     assert await selected_tab(page) == "24h"
     await assert_cards_show(page, day)
@@ -169,7 +169,7 @@ async def test_home_in_a_real_browser(browser, site):
     await page.evaluate("document.querySelector('[data-frame-status]').textContent = ''")
     await page.focus("#tab-24h")
     await page.keyboard.press("ArrowRight")
-    await page.wait_for_function("document.querySelector('[data-frame-status]').textContent.length > 0")
+    await page.wait_for_function("() => document.querySelector('[data-frame-status]').textContent.length > 0")
     assert await page.evaluate("document.activeElement.id") == "tab-24h"
     assert await selected_tab(page) == "24h"
     await page.unroute("**/api/me/home-stats*")
@@ -197,7 +197,7 @@ async def test_home_in_a_real_browser(browser, site):
     # "Last sync" keeps ticking: a minute later (on the page's fake clock) it reads 4m ago.
     assert await card(page, "last_pull_at") == ("3m ago", "2026-11-21 11:57:00 UTC")
     await page.clock.fast_forward(61_000)
-    await page.wait_for_function("document.querySelector('[data-field=last_pull_at]').textContent === '4m ago'")
+    await page.wait_for_function("() => document.querySelector('[data-field=last_pull_at]').textContent === '4m ago'")
 
     # Between phone and desktop (a 1280px laptop at 125% zoom): no card cuts its value short.
     for width in (1024, 800):

@@ -101,7 +101,7 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
     token = run(tmp_path, "tokens", "issue", "ana@example.com").stdout.strip().splitlines()[-1]
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT,
-                            env=cli_env(tmp_path, AGNES_PORT=str(port)),
+                            env=cli_env(tmp_path, AGNES_PORT=str(port), AGNES_CLIENT_TIMEOUT="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -120,6 +120,24 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{base}/api/me", timeout=5)
         assert info.value.code == 401 and json.load(info.value)["code"] == "unauthorized"
+        # A client that trickles its headers (slowloris) is cut off AGNES_CLIENT_TIMEOUT after
+        # connecting, however steadily it sends.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            slow.setblocking(False)
+            started, closed = time.monotonic(), False
+            while not closed and time.monotonic() - started < 4:
+                time.sleep(0.2)
+                try:
+                    slow.sendall(b"X-Drip: 1\r\n")
+                    closed = slow.recv(1, socket.MSG_PEEK) == b""
+                except BlockingIOError:  # still open, nothing to read
+                    pass
+                except ConnectionError:
+                    closed = True
+            assert closed and 0.8 < time.monotonic() - started < 2.5
+        # What this process created is its own: the database is not readable by other accounts.
+        assert (tmp_path / "cli.db").stat().st_mode & 0o077 == 0
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
         assert proc.returncode == 0, stderr

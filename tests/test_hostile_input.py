@@ -606,3 +606,97 @@ async def test_a_request_aiohttp_cannot_parse_is_one_warning_line(client, caplog
     message = records[0].getMessage()
     assert message.startswith("refused a malformed request from 127.0.0.1: LineTooLong: Got more than 8190 bytes")
     assert len(message) < 300 and records[0].exc_info is None
+
+
+# --- Slow clients, padding, forged log lines ------------------------------------------------------
+
+async def test_a_stalled_body_gets_408_and_leaves_nothing_behind(aiohttp_client, tmp_path):
+    """aiohttp has no body timeout: without one, a client that stops mid-upload holds its
+    connection and temporary file for good."""
+    s = load_settings(environ={}, db_path=str(tmp_path / "slow.db"), data_dir=str(tmp_path / "slowdata"),
+                      secret_key="s", parse_workers=0, client_timeout=0.5)
+    client = await aiohttp_client(create_app(s))
+    caller = await make_caller(client.app[keys.DB], "slow@example.com")
+    body, ctype = multipart(b'filename="slow.jsonl"', TRANSCRIPT * 100)
+    cut = body[:len(body) // 2]
+    for path, ctype_, payload in (("/api/upload/sessions", ctype, cut),
+                                  ("/api/me/onboarded", "application/json", b'{"onboarded": ')):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {caller.token}\r\n"
+                     f"Content-Type: {ctype_}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + payload)
+        started = time.monotonic()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        answer = json.loads(await reader.read(int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))))
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408") and answer["code"] == "request_timeout", (path, head)
+        assert 0.4 < time.monotonic() - started < 3
+    assert not list((tmp_path / "slowdata").rglob(".upload-*"))
+    assert await client.app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == 0
+
+
+async def test_parts_besides_the_file_cannot_carry_bytes_past_the_cap(client, alice, tmp_path):
+    boundary = "b0undary"
+
+    def body(extra: bytes) -> bytes:
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"pad\"\r\n\r\n".encode() + extra +
+                f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.jsonl\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n".encode() + TRANSCRIPT +
+                f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"after\"\r\n\r\n".encode() + extra +
+                f"\r\n--{boundary}--\r\n".encode())
+
+    async def chunked(payload: bytes):  # no Content-Length: the up-front check cannot see the size
+        for i in range(0, len(payload), 1 << 20):
+            yield payload[i:i + (1 << 20)]
+
+    headers = {**alice.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    small = await client.post("/api/upload/sessions", data=chunked(body(b"x" * 100)), headers=headers)
+    assert small.status == 200 and (await small.json())["filename"] == "p.jsonl"
+    padded = await client.post("/api/upload/sessions", data=chunked(body(b"x" * (3 << 20))), headers=headers)
+    assert padded.status == 413 and (await padded.json())["code"] == "payload_too_large"
+
+
+async def test_a_bogus_form_charset_is_400_not_500(client):
+    resp = await client.post("/login", data=b"token=x",
+                             headers={"Content-Type": "application/x-www-form-urlencoded; charset=bogus"})
+    assert resp.status == 400 and (await resp.json())["code"] == "bad_form"
+
+
+async def test_another_site_cannot_sign_a_browser_in(client, alice):
+    """Login CSRF: a cross-site form posting the attacker's token would sign the victim in as the attacker."""
+    resp = await client.post("/login", data={"token": alice.token, "next": "/home"}, allow_redirects=False,
+                             headers={"Origin": "http://evil.example"})
+    assert resp.status == 403 and (await resp.json())["code"] == "origin_mismatch"
+    assert "agnes_session" not in resp.cookies
+    same = await client.post("/login", data={"token": alice.token}, allow_redirects=False,
+                             headers={"Origin": f"http://{client.server.host}:{client.server.port}"})
+    assert same.status == 303 and "agnes_session" in same.cookies
+
+
+def test_text_logs_write_line_breaks_as_escapes():
+    from service.logs import TextFormatter
+
+    record = logging.makeLogRecord({"msg": "GET %s 404", "args": ("/x\nrid=- uid=3 signed in\r\u2028",),
+                                    "levelname": "INFO", "name": "service.access", "file": "a\nb"})
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line and "\u2028" not in line
+    assert "/x\\x0arid=- uid=3 signed in\\x0d\\u2028 404" in line and "file=a\\x0ab" in line
+
+
+async def test_every_response_carries_the_browser_security_headers(client, alice):
+    for path, headers in (("/home", alice.headers), ("/api/me", alice.headers), ("/api/me", {}),
+                          ("/login", {}), ("/home", {}), ("/healthz", {}), ("/nowhere", {})):
+        resp = await client.get(path, headers=headers, allow_redirects=False)
+        assert resp.headers["X-Frame-Options"] == "DENY", path
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        assert resp.headers["Referrer-Policy"] == "same-origin", path
+
+
+async def test_a_download_survives_a_header_that_is_not_utf8(client, alice, secrets_on_disk):
+    """Any header may carry such bytes (aiohttp keeps them as surrogate escapes); the download used
+    to re-encode every header and drop the connection with nothing sent."""
+    for extra in (b"X-Junk: \xff\xfe\r\n", b"Range: bytes=\xff-\r\n", b"Accept-Encoding: gz\xffip\r\n"):
+        status, body = await raw_http(client.server.port, b"GET /api/data/orders/download HTTP/1.1\r\nHost: x\r\n"
+                                      b"Connection: close\r\nAuthorization: Bearer " + alice.token.encode() +
+                                      b"\r\n" + extra + b"\r\n")
+        assert (status, body) == (200, b"id\n1\n"), extra

@@ -77,7 +77,14 @@ async def test_manifest_stamps_last_pull_at(client, db, alice):
 
 
 async def test_a_head_of_the_manifest_is_not_a_pull(client, db, alice, registered):
-    """`curl -I` fetches nothing: Last sync must not move. The headers are still the GET's."""
+    """`curl -I` fetches nothing, and a browser's cookie is not `agnes pull` (another site could make
+    the browser fetch the URL): Last sync must not move. The HEAD's headers are still the GET's."""
+    from tests.test_web_auth import sign_in
+
+    await sign_in(client, alice.token)
+    by_cookie = await client.get("/api/sync/manifest")
+    assert by_cookie.status == 200 and "orders" in (await by_cookie.json())["tables"]
+    client.session.cookie_jar.clear()
     head = await client.head("/api/sync/manifest", headers=alice.headers)
     assert head.status == 200 and head.headers["Content-Type"] == "application/json"
     await db.settle()
