@@ -214,6 +214,6 @@ async def upload_session(request: web.Request) -> web.Response:
     worker = request.app.get(keys.WORKER)
     file_id = await store.register_file(request.app[keys.DB], user.id, str(final), "upload", request.app[keys.CLOCK]())
     if worker is not None:
-        worker.enqueue(file_id)
+        worker.enqueue(file_id, user_id=user.id)
     logger.info("stored upload", extra={"file": name, "bytes": sink.size, "file_id": file_id})
     return json({"status": "ok", "filename": name, "size": sink.size})

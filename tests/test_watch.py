@@ -151,16 +151,43 @@ def test_priorities_are_head_starts_so_uploads_cannot_starve_other_work(monkeypa
     clock = [1000.0]
     monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
     w = IngestWorker.__new__(IngestWorker)  # only the queue is exercised here
-    w.queue = worker_module.asyncio.PriorityQueue()
-    w._seq = worker_module.itertools.count()
+    w.queue = worker_module.FairQueue()
     w._pending, w._again = {}, set()
-    w.enqueue(1, WATCH)
-    w.enqueue(2, UPLOAD)          # same moment: the upload first
+    w.enqueue(1, WATCH, user_id=7)
+    w.enqueue(2, UPLOAD, user_id=7)   # same moment: the upload first
     clock[0] += 6
-    w.enqueue(3, UPLOAD)          # the watched file has waited 6 s > 5 s: it beats this upload
+    w.enqueue(3, UPLOAD, user_id=7)   # the watched file has waited 6 s > 5 s: it beats this upload
     w.enqueue(4, REPROCESS)
-    order = [w.queue.get_nowait()[3] for _ in range(4)]
-    assert order == [2, 1, 3, 4]
+    order = [w.queue.get_nowait()[0] for _ in range(4)]
+    assert order == [2, 4, 1, 3]      # reprocessing is one more user: its turn comes second
+
+
+def test_one_analysts_push_of_many_files_does_not_hold_up_anothers_upload(monkeypatch):
+    """Fair turns between users: bob queues six files; ana's one upload, queued while bob's first is
+    being processed, goes next, not after all of bob's. A user idle for a while starts at the current
+    turn, not with credit saved up."""
+    from service.ingest import worker as worker_module
+    from service.ingest.worker import UPLOAD, WATCH, FairQueue
+
+    clock = [1000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    q = FairQueue()
+    for file_id in range(1, 7):
+        q.put(file_id, UPLOAD, 2, clock[0])
+    assert q.get_nowait() == (1, UPLOAD, 2)
+    clock[0] += 30
+    q.put(100, UPLOAD, 1, clock[0])
+    q.put(101, WATCH, 3, clock[0] + 5)
+    assert [q.get_nowait()[0] for _ in range(3)] == [100, 101, 2]  # both idle users start at this turn
+    for _ in range(3):
+        q.get_nowait()
+    assert q.qsize() == 1 and q.get_nowait()[0] == 6
+    q.put(102, UPLOAD, 1, clock[0])   # ana again, after bob's turns: no backlog of turns owed to anyone
+    q.put(103, UPLOAD, 2, clock[0] + 1)
+    q.put(104, UPLOAD, 1, clock[0] + 2)
+    assert [q.get_nowait()[0] for _ in range(3)] == [102, 103, 104]
+    with pytest.raises(worker_module.asyncio.QueueEmpty):
+        q.get_nowait()
 
 
 async def test_a_relative_session_dir_still_recognises_known_files(aiohttp_client, tmp_path, monkeypatch):

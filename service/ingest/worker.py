@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import os
@@ -28,6 +29,70 @@ PRIORITY_DELAY = {UPLOAD: 0.0, WATCH: 5.0, RETRY: 10.0, REPROCESS: 30.0}
 PRUNE_EVERY = timedelta(hours=1)
 
 
+class FairQueue:
+    """The files waiting for the worker, served fairly between users.
+
+    Start-time fair queuing with one file as the unit, decided when a file is taken: the user
+    whose next turn comes first goes, and a user who had nothing queued starts at the current
+    turn, not behind everything queued so far. So an analyst's upload waits for at most one file
+    of each other busy analyst, not for the hundreds another just pushed. Between users with the
+    same turn, and among one user's own files, the earlier due time (queued time plus the kind's
+    head start) goes first. Retries and reprocessing come from the database without an owner and
+    share one turn, as one more "user".
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[int | None, list[tuple[float, int, int, int]]] = {}  # user -> heap of (due, seq, kind, id)
+        self._finish: dict[int | None, int] = {}  # each user's next turn
+        self._turn = 0
+        self._seq = itertools.count()
+        self._size = 0
+        self._unfinished = 0
+        self._put = asyncio.Event()
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+
+    def put(self, file_id: int, priority: int, user_id: int | None, due: float) -> None:
+        heapq.heappush(self._files.setdefault(user_id, []), (due, next(self._seq), priority, file_id))
+        self._size += 1
+        self._unfinished += 1
+        self._all_done.clear()
+        self._put.set()
+
+    def get_nowait(self) -> tuple[int, int, int | None]:
+        """The next file: (file id, priority, user id); asyncio.QueueEmpty when there is none."""
+        if not self._size:
+            raise asyncio.QueueEmpty
+        turn, _, user_id = min((max(self._turn, self._finish.get(user, 0)), heap[0][:2], user)
+                               for user, heap in self._files.items())
+        heap = self._files[user_id]
+        _, _, priority, file_id = heapq.heappop(heap)
+        if not heap:
+            del self._files[user_id]
+        self._turn, self._finish[user_id] = turn, turn + 1
+        if len(self._finish) > 10_000:  # users whose turn has come need no entry
+            self._finish = {u: f for u, f in self._finish.items() if f > self._turn}
+        self._size -= 1
+        return file_id, priority, user_id
+
+    async def get(self) -> tuple[int, int, int | None]:
+        while not self._size:
+            self._put.clear()
+            await self._put.wait()
+        return self.get_nowait()
+
+    def task_done(self) -> None:
+        self._unfinished -= 1
+        if not self._unfinished:
+            self._all_done.set()
+
+    async def join(self) -> None:
+        await self._all_done.wait()
+
+    def qsize(self) -> int:
+        return self._size
+
+
 class IngestWorker:
     """Processes queued files with bounded concurrency; ticks every ``scan_interval`` seconds.
 
@@ -44,8 +109,7 @@ class IngestWorker:
                                    max_failures=settings.max_failures, on_outcome=on_outcome,
                                    retention=timedelta(days=settings.retention_days))
         self.concurrency = max(1, settings.parse_workers)
-        self.queue: asyncio.PriorityQueue[tuple[float, int, int, int]] = asyncio.PriorityQueue()
-        self._seq = itertools.count()
+        self.queue = FairQueue()
         self._pending: dict[int, float] = {}  # queued or in flight -> when it was queued (monotonic)
         self._again: set[int] = set()     # changed again while in flight
         self._tasks: list[asyncio.Task] = []
@@ -85,16 +149,17 @@ class IngestWorker:
 
     # -- queue -------------------------------------------------------------------------
 
-    def enqueue(self, file_id: int, priority: int = UPLOAD, *, again: bool = True) -> None:
-        """Queue a file; a file already queued or in flight is processed again afterwards, unless
-        ``again`` is False: catch-up work (retries, reprocessing) that the pending run covers."""
+    def enqueue(self, file_id: int, priority: int = UPLOAD, *, again: bool = True, user_id: int | None = None) -> None:
+        """Queue a file (of ``user_id``, for fair turns); a file already queued or in flight is processed
+        again afterwards, unless ``again`` is False: catch-up work (retries, reprocessing) that the
+        pending run covers."""
         if file_id in self._pending:
             if again:
                 self._again.add(file_id)
             return
         now = time.monotonic()
         self._pending[file_id] = now
-        self.queue.put_nowait((now + PRIORITY_DELAY[priority], next(self._seq), priority, file_id))
+        self.queue.put(file_id, priority, user_id, now + PRIORITY_DELAY[priority])
 
     @property
     def depth(self) -> int:
@@ -110,7 +175,7 @@ class IngestWorker:
 
     async def _consume(self) -> None:
         while True:
-            _, _, priority, file_id = await self.queue.get()
+            file_id, priority, user_id = await self.queue.get()
             try:
                 await self.processor.process(file_id)
             except asyncio.CancelledError:
@@ -122,7 +187,7 @@ class IngestWorker:
                 self.last_beat = time.monotonic()
                 if file_id in self._again:
                     self._again.discard(file_id)
-                    self.enqueue(file_id, priority)
+                    self.enqueue(file_id, priority, user_id=user_id)
                 self.queue.task_done()
 
     # -- ticks -------------------------------------------------------------------------
@@ -220,7 +285,7 @@ class IngestWorker:
             seen = known.get(item.path)
             if seen is not None:
                 if not (seen[3] or (seen[1], seen[2]) == (item.size, item.mtime_ns)):
-                    self.enqueue(seen[0], WATCH)
+                    self.enqueue(seen[0], WATCH, user_id=seen[4])
                     queued += 1
                 continue
             user_id = stored_owner.get(item.owner) or await self._owner(item.owner)
@@ -234,6 +299,6 @@ class IngestWorker:
             except Exception:  # noqa: BLE001 - one file must not stop the scan of every other
                 logger.exception("could not register a watched file; skipped", extra={"file": item.path})
                 continue
-            self.enqueue(file_id, WATCH)
+            self.enqueue(file_id, WATCH, user_id=user_id)
             queued += 1
         return queued
