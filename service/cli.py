@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sqlite3
 import sys
@@ -321,13 +322,18 @@ async def _backup(args, settings) -> int:
     # Copied as it is, not migrated first: a backup taken before an upgrade is of the old schema.
     db = Database(settings.db_path, readers=0)
     await db.open()
+    # Written under a temporary name and linked into place when complete: a backup killed or
+    # failing halfway (a full disk) must not leave a file at the name that looks like a backup.
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # VACUUM INTO writes a consistent, compacted copy while the service keeps running.
-        await db.writer.execute("VACUUM INTO ?", (str(target),))
+        await db.writer.execute("VACUUM INTO ?", (str(partial),))
+        os.link(partial, target)  # never replaces a file that appeared meanwhile
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"cannot write the backup to {target}: {exc}") from None
     finally:
+        partial.unlink(missing_ok=True)
         await db.close()
     if args.json:
         _print_json({"database": os.path.abspath(settings.db_path), "backup": str(target.resolve()),

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -233,6 +234,29 @@ def test_prune_and_backup(tmp_path):
     run(tmp_path, "backup", str(tmp_path / "b3.db"))
     with sqlite3.connect(tmp_path / "b3.db") as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (99,)
+
+
+def test_a_backup_that_fails_halfway_leaves_nothing_at_its_name(tmp_path):
+    """A file at the backup's name is a whole backup: one cut short by a full disk (here a file size
+    limit, which kills the process the way SIGKILL would) is not left there to be mistaken for one."""
+    import resource
+
+    run(tmp_path, "users", "add", "bob@example.com")
+    run(tmp_path, "ingest", str(SAMPLES / "bob"), "--user", "bob@example.com")
+    size = (tmp_path / "cli.db").stat().st_size
+    assert size > 40_000
+    target = tmp_path / "backups" / "nightly.db"
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    cut = subprocess.run([sys.executable, "-m", "service.cli", "backup", str(target)], cwd=ROOT,
+                         env=cli_env(tmp_path), capture_output=True, text=True, timeout=60,
+                         preexec_fn=limit_file_size)
+    assert cut.returncode != 0 and not target.exists()
+    run(tmp_path, "backup", str(target))  # the name is free for the next try
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM session_summaries").fetchone() == (5,)
 
 
 def test_database_failures_end_with_one_line_not_a_hang(tmp_path):
