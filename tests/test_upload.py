@@ -234,3 +234,27 @@ async def test_an_upload_the_client_abandons_is_a_499_and_leaves_nothing(pinned,
     user_dir = Path(settings.data_dir) / "sessions" / str(alice.user.id)
     assert not user_dir.exists() or not list(user_dir.iterdir())
     assert await pinned.app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == 0
+
+
+async def test_an_upload_answered_before_a_stop_is_processed_at_the_next_start(pinned, aiohttp_client, alice, settings):
+    """The client never resends a file it got a 200 for. What a stop (or a database restored from an
+    older backup) can leave: a re-upload's new content in place but not processed, and a file put in
+    place by an upload killed before it was registered. The next start processes both."""
+    name = "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl"
+    raw = (SAMPLES / "alice" / name).read_bytes()
+    assert (await upload(pinned, alice, name, raw[:raw.index(b"\n", len(raw) // 2) + 1])).status == 200
+    await settle(pinned)
+    assert (await stats(pinned, alice))["prompts"] < 5
+    await pinned.close()  # the service stops
+    folder = Path(settings.data_dir) / "sessions" / str(alice.user.id)
+    for path in sorted((SAMPLES / "alice").glob("*.jsonl")):
+        (folder / path.name).write_bytes(path.read_bytes())  # as upload_session leaves them
+
+    app = create_app(settings)
+    app[keys.CLOCK].fixed = NOW
+    client = await aiohttp_client(app)
+    await app[keys.WORKER].ticked.wait()
+    await settle(client)
+    for window in ("24h", "7d"):
+        assert await stats(client, alice, window) == {**EXPECTED["users"]["alice"][window], "last_pull_at": None}
+    assert await app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == len(list(folder.iterdir()))

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from .. import ingest
@@ -27,6 +28,27 @@ UPLOAD, WATCH, RETRY, REPROCESS = 0, 1, 2, 3  # queue priorities: lower first
 # reprocess loop (a watched file queued 5 s before an upload goes first).
 PRIORITY_DELAY = {UPLOAD: 0.0, WATCH: 5.0, RETRY: 10.0, REPROCESS: 30.0}
 PRUNE_EVERY = timedelta(hours=1)
+
+
+def stored_uploads(data_dir: str) -> list[tuple[str, int, int, int]]:
+    """(path, user id, size, mtime_ns) of every stored upload, paths as upload_session registers
+    them; blocking, so callers run it in a thread."""
+    found = []
+    sessions = Path(data_dir) / "sessions"  # as upload.user_dir builds them: Path normalises "./x/"
+    try:
+        with os.scandir(sessions) as entries:
+            owners = [e.name for e in entries if e.name.isdigit() and e.is_dir(follow_symlinks=False)]
+        for owner in owners:
+            with os.scandir(sessions / owner) as files:
+                for entry in files:
+                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        continue  # .upload-*.tmp: an upload in progress, or one a crash left behind
+                    st = entry.stat(follow_symlinks=False)
+                    found.append((str(sessions / owner / entry.name), int(owner), st.st_size, st.st_mtime_ns))
+    except OSError as exc:  # no uploads yet, or an unreadable folder: nothing to recover from there
+        if not isinstance(exc, FileNotFoundError):
+            logger.warning("could not list stored uploads: %s", exc)
+    return found
 
 
 class FairQueue:
@@ -208,7 +230,10 @@ class IngestWorker:
         self.last_beat = time.monotonic()
         self.ticks += 1
         now = self.clock()
-        for step in (self._scan_step, self._queue_step, self._rollup_step, self._quarantine_step, self._prune_step):
+        steps = (self._scan_step, self._queue_step, self._rollup_step, self._quarantine_step, self._prune_step)
+        if self.ticks == 1:
+            steps = (self._uploads_step, *steps)
+        for step in steps:
             await self._step(step, now)
         self.last_beat = time.monotonic()
         self.ticked.set()
@@ -221,6 +246,35 @@ class IngestWorker:
             raise
         except Exception:  # noqa: BLE001 - logged and retried next tick; the other steps still run
             logger.exception("ingest tick step %s failed", step.__name__.strip("_"))
+
+    async def _uploads_step(self, now: datetime) -> None:
+        """At start-up: stored uploads the database does not describe go back in line.
+
+        An upload is answered 200 once its file is in place, and the client never sends it again.
+        A stop before the worker got to it (or a database restored from an older backup) would
+        otherwise leave the file's new content uncounted for good, since only a scan of the
+        watched directory notices changed files later.
+        """
+        found = await asyncio.to_thread(stored_uploads, self.settings.data_dir)
+        root = str(Path(self.settings.data_dir) / "sessions")
+        known = await store.files_under(self.db, root)
+        queued = 0
+        for path, user_id, size, mtime_ns in found:
+            seen = known.get(path)
+            if seen is None:
+                try:
+                    file_id = await store.register_file(self.db, user_id, path, "upload", now)
+                except Exception:  # noqa: BLE001 - a folder of a user that is gone: keep going
+                    logger.warning("stored upload %s has no user %s; left alone", path, user_id)
+                    continue
+            elif seen[3] or (seen[1], seen[2]) == (size, mtime_ns):
+                continue  # failing (retries on its own schedule), or processed as it is
+            else:
+                file_id = seen[0]
+            self.enqueue(file_id, UPLOAD, user_id=user_id)
+            queued += 1
+        if queued:
+            logger.info("queued %d stored upload(s) whose content was not processed yet", queued)
 
     async def _scan_step(self, now: datetime) -> None:
         if self.settings.session_dir:
