@@ -24,6 +24,8 @@ BUSY_TIMEOUT_MS = 5000
 INLINE_READ_BUDGET_S = 0.001
 _PROGRESS_EVERY = 1000  # SQLite VM steps between budget checks (~10-20 us of work)
 _RETRY_ON_THREAD = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# Cached answers kept at most (a token's user, a status frame: one per active analyst and window).
+CACHE_MAX_ENTRIES = 10_000
 
 
 async def prepare(conn: aiosqlite.Connection) -> None:
@@ -78,6 +80,9 @@ class Database:
         self._deadline = 0.0
         self.inline_reads = 0
         self.thread_reads = 0
+        self._cache: dict[Any, Any] = {}
+        self._cache_version: int | None = None
+        self.cache_hits = 0
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -115,6 +120,46 @@ class Database:
             return None
         self.inline_reads += 1
         return rows
+
+    def snapshot(self) -> int | None:
+        """The database's version now, under which answers may be cached; None: cache nothing.
+
+        SQLite's ``PRAGMA data_version`` moves with every commit by another connection, this
+        process's writer or another process (``agnes-home tokens revoke``), and costs no B-tree
+        read. An answer cached under a version is therefore exactly what the same read would
+        return while the version holds: a revoked token, a pull stamp or an ingested file empties
+        the cache at the next request, with no delay. Answers that also depend on the time (the
+        status frame's windows) carry their own expiry.
+        """
+        conn = self._inline
+        if conn is None:
+            return None
+        self._deadline = time.perf_counter() + INLINE_READ_BUDGET_S
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.OperationalError:  # a lock while the WAL is recovered: read afresh
+            return None
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+        return version
+
+    def cached(self, version: int | None, key: Any) -> Any:
+        """What cache() kept for key under this version, or None."""
+        if version is None or version != self._cache_version:
+            return None
+        value = self._cache.get(key)
+        if value is not None:
+            self.cache_hits += 1
+        return value
+
+    def cache(self, version: int | None, key: Any, value: Any) -> None:
+        """Keep an answer read under ``version`` (from snapshot(), taken before the read)."""
+        if version is None or version != self._cache_version:
+            return  # the database moved while the answer was read: it may be stale already
+        if len(self._cache) >= CACHE_MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = value
 
     def write_later(self, sql: str, params: Sequence[Any] | dict = (), *, what: str = "background write"
                     ) -> asyncio.Task:

@@ -7,14 +7,14 @@ from datetime import datetime, timedelta
 import msgspec
 
 from ..db import Database
-from ..timeutil import UTC, to_api, to_store
+from ..timeutil import UTC, from_store, to_api, to_store
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 DEFAULT_WINDOW = "24h"
 _INT64_MAX = 2**63 - 1
 
 
-class Tokens(msgspec.Struct):
+class Tokens(msgspec.Struct, frozen=True):
     input: int = 0
     output: int = 0
     cache_read: int = 0
@@ -22,7 +22,7 @@ class Tokens(msgspec.Struct):
     total: int = 0
 
 
-class HomeStats(msgspec.Struct):
+class HomeStats(msgspec.Struct, frozen=True):  # frozen: one answer may serve many requests
     window: str
     last_pull_at: str | None
     sessions: int
@@ -50,7 +50,11 @@ SELECT
         + (SELECT COUNT(*) FROM user_prompts WHERE user_id = :user AND ts >= :since AND ts < :edge) AS prompts,
     CAST(h.input + m.input AS INTEGER) AS input, CAST(h.output + m.output AS INTEGER) AS output,
     CAST(h.cache_read + m.cache_read AS INTEGER) AS cache_read,
-    CAST(h.cache_creation + m.cache_creation AS INTEGER) AS cache_creation
+    CAST(h.cache_creation + m.cache_creation AS INTEGER) AS cache_creation,
+    (SELECT MIN(t) FROM (SELECT MIN(ts) AS t FROM user_messages WHERE user_id = :user AND ts >= :since
+                         UNION ALL SELECT MIN(ts) FROM user_prompts WHERE user_id = :user AND ts >= :since
+                         UNION ALL SELECT MIN(last_ts) FROM user_sessions
+                                   WHERE user_id = :user AND last_ts >= :since)) AS next_out
 FROM (SELECT COUNT(*) AS sessions, COUNT(DISTINCT project) AS projects
       FROM user_sessions WHERE user_id = :user AND last_ts >= :since) AS s,
      (SELECT TOTAL(input_tokens) AS input, TOTAL(output_tokens) AS output, TOTAL(cache_read_tokens) AS cache_read,
@@ -62,6 +66,9 @@ FROM (SELECT COUNT(*) AS sessions, COUNT(DISTINCT project) AS projects
 """
 # TOTAL, not SUM: SUM raises "integer overflow" on absurd (but int64) counters in a transcript;
 # TOTAL is exact below 2**53 and the CAST saturates at the int64 maximum.
+# next_out: the earliest activity inside the window, the first to leave it as time passes (NULL
+# when the window holds none). Until then, and while the database is unchanged, the answer stays
+# the same.
 
 
 def window_bounds(now: datetime, window: str) -> dict[str, str]:
@@ -77,10 +84,27 @@ def window_bounds(now: datetime, window: str) -> dict[str, str]:
 
 
 async def home_stats(db: Database, user_id: int, window: str | None, now: datetime) -> HomeStats:
-    """The status frame for one user at ``now``; zeros and no last pull for a user without data or row."""
+    """The status frame for one user at ``now``; zeros and no last pull for a user without data or row.
+
+    An answer is reused while the database is unchanged (Database.snapshot) and ``now`` has
+    neither gone back past the moment it was read for nor moved its window's start past the
+    earliest activity it counted: exactly the span in which a fresh read gives the same numbers.
+    Analysts' pages poll it; a database that takes writes (an ingest) reads afresh each time.
+    """
     window = clamp_window(window)
+    version = db.snapshot()
+    key = ("home_stats", user_id, window)
+    kept = db.cached(version, key)
+    if kept is not None:
+        read_at, last_start, answer = kept
+        if read_at <= now and (last_start is None or now - WINDOWS[window] <= last_start):
+            return answer
     row = await db.fetchone(_HOME_STATS_SQL, {"user": user_id, **window_bounds(now, window)})
-    tokens = Tokens(row["input"], row["output"], row["cache_read"], row["cache_creation"])
-    tokens.total = min(tokens.input + tokens.output + tokens.cache_read + tokens.cache_creation, _INT64_MAX)
-    return HomeStats(window=window, last_pull_at=to_api(row["last_pull_at"]), sessions=row["sessions"],
-                     prompts=row["prompts"], tokens=tokens, projects=row["projects"])
+    parts = (row["input"], row["output"], row["cache_read"], row["cache_creation"])
+    tokens = Tokens(*parts, total=min(sum(parts), _INT64_MAX))
+    answer = HomeStats(window=window, last_pull_at=to_api(row["last_pull_at"]), sessions=row["sessions"],
+                       prompts=row["prompts"], tokens=tokens, projects=row["projects"])
+    # The window may start as late as the earliest activity in it; with none, any later start
+    # leaves the numbers as they are (nothing newer exists until a commit changes the version).
+    db.cache(version, key, (now, from_store(row["next_out"]), answer))
+    return answer

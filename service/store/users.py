@@ -92,7 +92,15 @@ async def add_user(db: Database, email: str, name: str = "", onboarded: bool = F
 
 
 async def get_user(db: Database, user_id: int) -> User | None:
-    return _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)))
+    """The user with this id (cached while the database is unchanged: every signed-in page asks)."""
+    version = db.snapshot()
+    key = ("user", user_id)
+    user = db.cached(version, key)
+    if user is None:
+        user = _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)))
+        if user is not None:
+            db.cache(version, key, user)
+    return user
 
 
 async def get_user_by_email(db: Database, email: str) -> User | None:
@@ -182,24 +190,40 @@ async def authenticate(db: Database, token: str) -> tuple[User, int] | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
-    row = await db.fetchone(
-        "SELECT t.id AS token_id, t.token_hash, t.last_used_at, u.id, u.email, u.name, u.onboarded, "
-        "u.last_pull_at, u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id "
-        "WHERE t.token_hash = ? AND t.revoked_at IS NULL", (digest,))
-    if row is None or not hmac.compare_digest(row["token_hash"], digest):
-        return None
-    last_used = from_store(row["last_used_at"])
+    # Cached while the database is unchanged (Database.snapshot): a revocation is a commit, so the
+    # next request reads afresh. Only tokens that exist are kept (no room for made-up ones).
+    version = db.snapshot()
+    key = ("token", digest)
+    found = db.cached(version, key)
+    if found is None:
+        row = await db.fetchone(
+            "SELECT t.id AS token_id, t.token_hash, t.last_used_at, u.id, u.email, u.name, u.onboarded, "
+            "u.last_pull_at, u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id "
+            "WHERE t.token_hash = ? AND t.revoked_at IS NULL", (digest,))
+        if row is None or not hmac.compare_digest(row["token_hash"], digest):
+            return None
+        found = (_user(row), row["token_id"], from_store(row["last_used_at"]))
+        db.cache(version, key, found)
+    user, token_id, last_used = found
     now = utcnow()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         # Not awaited: authentication stays a read even while ingest (or a locked database)
-        # holds the writer.
-        db.write_later("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (to_store(now), row["token_id"]),
+        # holds the writer. Kept as stamped, so requests before the write lands do not repeat it.
+        db.write_later("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (to_store(now), token_id),
                        what="stamp a token's last use")
-    return _user(row), row["token_id"]
+        db.cache(version, key, (user, token_id, now))
+    return user, token_id
 
 
 async def token_active(db: Database, token_id: int) -> bool:
-    return await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = ?", (token_id,)) == 1
+    """Whether the token exists and is not revoked (cached like get_user)."""
+    version = db.snapshot()
+    key = ("token_active", token_id)
+    active = db.cached(version, key)
+    if active is None:
+        active = await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = ?", (token_id,)) == 1
+        db.cache(version, key, active)
+    return active
 
 
 async def set_onboarded(db: Database, user_id: int, onboarded: bool, source: str) -> bool:
