@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from . import ingest, keys
 from .auth import public
@@ -25,15 +28,10 @@ class Metrics:
     """Request and ingest metrics of one application."""
 
     def __init__(self) -> None:
-        # (method, route, status) -> that request counter's and latency histogram's children:
-        # labels() takes a lock and builds a key on every call, a dict lookup does not.
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("agnes_http_requests", "HTTP requests by route pattern and status.",
-                                ["method", "route", "status"], registry=r)
-        self.latency = Histogram("agnes_http_request_duration_seconds", "HTTP request latency by route pattern.",
-                                 ["method", "route"], buckets=_BUCKETS, registry=r)
+        self._requests = _RequestStats()
+        r.register(self._requests)
         self.files = Counter("agnes_ingest_files", "Transcript files handled by outcome.", ["outcome"], registry=r)
         self.lines = Counter("agnes_ingest_lines", "Transcript lines read.", registry=r)
         self.bytes = Counter("agnes_ingest_bytes", "Transcript bytes read.", registry=r)
@@ -50,13 +48,7 @@ class Metrics:
                                registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._requests.observe(method, route, status, seconds)
 
     def observe_outcome(self, outcome: Outcome) -> None:
         self.files.labels(outcome.status).inc()
@@ -80,6 +72,45 @@ class Metrics:
     def render(self) -> bytes:
         self.version.set(ingest.USAGE_PROCESSOR_VERSION)
         return generate_latest(self.registry)
+
+
+class _RequestStats(Collector):
+    """Request counts and latencies, as the counter and histogram families scrapes expect.
+
+    Every request is observed, so the hot path is a dict lookup and three additions: the
+    library's Counter and Histogram take a lock per increment and walk the buckets in Python
+    (~5 us a request, a twentieth of a cached home-stats request). Only the event loop's thread
+    observes and scrapes, so nothing needs a lock.
+    """
+
+    def __init__(self) -> None:
+        # (method, route, status) -> [count, seconds, per-bucket counts (the last one is +Inf)]
+        self._by_key: dict[tuple[str, str, int], list[Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        entry = self._by_key.get((method, route, status))
+        if entry is None:
+            entry = self._by_key[(method, route, status)] = [0, 0.0, [0] * (len(_BUCKETS) + 1)]
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2][bisect_left(_BUCKETS, seconds)] += 1  # the first bound at or above: le semantics
+
+    def collect(self):
+        requests = CounterMetricFamily("agnes_http_requests", "HTTP requests by route pattern and status.",
+                                       labels=["method", "route", "status"])
+        latency = HistogramMetricFamily("agnes_http_request_duration_seconds",
+                                        "HTTP request latency by route pattern.", labels=["method", "route"])
+        by_route: dict[tuple[str, str], list[Any]] = {}
+        for (method, route, status), (count, seconds, buckets) in sorted(self._by_key.items()):
+            requests.add_metric([method, route, str(status)], count)
+            merged = by_route.setdefault((method, route), [0.0, [0] * len(buckets)])
+            merged[0] += seconds
+            merged[1] = [a + b for a, b in zip(merged[1], buckets)]
+        for (method, route), (seconds, buckets) in by_route.items():
+            bounds = [floatToGoString(b) for b in _BUCKETS] + ["+Inf"]
+            latency.add_metric([method, route], list(zip(bounds, accumulate(buckets))), sum_value=seconds)
+        yield requests
+        yield latency
 
 
 class _DatabaseReads(Collector):

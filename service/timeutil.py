@@ -44,9 +44,9 @@ def to_api(value: str | datetime | None) -> str | None:
     dt = from_store(value) if isinstance(value, str) else value
     if dt is None:
         return None
-    dt = dt.astimezone(UTC)
-    text = dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
-    return text.replace("+00:00", "Z")
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    return dt.replace(tzinfo=None).isoformat(timespec="milliseconds" if dt.microsecond else "seconds") + "Z"
 
 
 class Clock:

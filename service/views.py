@@ -66,6 +66,8 @@ def reltime(value: str | datetime | None, now: datetime) -> str:
 
 def utc_label(value: str | datetime | None) -> str:
     """An exact moment for a title attribute: 2026-11-21 11:57:00 UTC."""
+    if isinstance(value, str) and len(value) >= 20 and value[10] == "T" and value.endswith("Z"):
+        return f"{value[:10]} {value[11:19]} UTC"  # already UTC (to_api, to_store): no parse
     when = from_store(value) if isinstance(value, str) else value
     return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when is not None else "No agnes pull yet"
 
