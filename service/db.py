@@ -82,6 +82,7 @@ class Database:
         self.thread_reads = 0
         self._cache: dict[Any, Any] = {}
         self._cache_version: int | None = None
+        self._snapshot_held = False
         self.cache_hits = 0
 
     async def open(self) -> None:
@@ -131,6 +132,8 @@ class Database:
         the cache at the next request, with no delay. Answers that also depend on the time (the
         status frame's windows) carry their own expiry.
         """
+        if self._snapshot_held:
+            return self._cache_version
         conn = self._inline
         if conn is None:
             return None
@@ -142,7 +145,15 @@ class Database:
         if version != self._cache_version:
             self._cache.clear()
             self._cache_version = version
+        # One read serves what runs before the loop's next callback (a request's authentication
+        # and its handler, when nothing waits): everything those callbacks wait for (a commit
+        # finishing on the writer's thread) happened before they were queued, so before this read.
+        self._snapshot_held = True
+        asyncio.get_running_loop().call_soon(self._release_snapshot)
         return version
+
+    def _release_snapshot(self) -> None:
+        self._snapshot_held = False
 
     def cached(self, version: int | None, key: Any) -> Any:
         """What cache() kept for key under this version, or None."""
