@@ -16,6 +16,7 @@ from . import keys
 from .auth import load_secret, make_signer
 from .config import ConfigError, Settings
 from .db import Database
+from .fragments import FragmentCache
 from .ingest.worker import IngestWorker
 from .middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
 from .metrics import Metrics
@@ -68,6 +69,7 @@ def setup_templates(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
         # Templates change with a deploy only; checking their mtimes cost three stat() calls a page.
         auto_reload=False,
+        extensions=[FragmentCache],
     )
     app[aiohttp_jinja2.static_root_key] = "/static"
     # Versioned asset URLs (?v=<content hash>), so a deploy never leaves browsers on a stale script.

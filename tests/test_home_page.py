@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+import aiohttp_jinja2
 import pytest
 
 from service import keys
@@ -120,6 +121,29 @@ async def test_window_7d_is_rendered_on_the_server(make_client, monkeypatch):
         '<span class="stat-value" data-field="projects" title="3">3</span>',
     ]:
         assert snippet in html, snippet
+
+
+async def test_kept_fragments_follow_the_window_and_new_numbers(make_client):
+    """The pills and cards are rendered once per window and set of numbers (service/fragments.py):
+    pages that alternate windows, and a page after new data arrives, are still exact."""
+    client = await make_client()
+    db = client.app[keys.DB]
+    alice = await alice_with_data(db)
+    day, week = await page(client, alice), await page(client, alice, "?window=7d")
+    assert await page(client, alice) == day and await page(client, alice, "?window=7d") == week
+    assert 'aria-selected="true" title="Last 24 hours">24h</a>' in day
+    assert 'aria-selected="true" title="Last 7 days">7d</a>' in week
+    assert 'data-field="prompts" title="9">9</span>' in day and 'data-field="prompts" title="12">12</span>' in week
+    kept = len(client.app[aiohttp_jinja2.APP_KEY].extensions["service.fragments.FragmentCache"].kept)
+    assert kept == 5  # pills and cards per window, and the auto-mode card
+
+    await ingest_files(db, alice.user.id, sample_files("bob"))  # more of alice's activity
+    resp = await client.get("/api/me/home-stats?window=7d", headers=alice.headers)
+    numbers = await resp.json()
+    assert numbers["prompts"] > 12
+    week = await page(client, alice, "?window=7d")
+    assert f'data-field="prompts" title="{numbers["prompts"]}">{numbers["prompts"]}</span>' in week
+    assert f'<dd data-field="tokens.input">{grouped(numbers["tokens"]["input"])}</dd>' in week
 
 
 async def test_unknown_window_renders_24h(make_client):
