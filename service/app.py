@@ -35,7 +35,8 @@ STATIC_DIR = ROOT / "static"
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-    db = Database(app[keys.SETTINGS].db_path)
+    settings = app[keys.SETTINGS]
+    db = Database(settings.db_path, cache=settings.read_cache)
     await db.open()
     app[keys.DB] = db
     yield

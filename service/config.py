@@ -52,6 +52,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Uploaded transcripts, table files and the generated secret key live here."),
     Setting("session_dir", "AGNES_SESSION_DIR", "storage.session_dir", str, "",
             "Watched directory of transcripts, <dir>/<user id or email local part>/**/*.jsonl; empty: none."),
+    Setting("read_cache", "AGNES_READ_CACHE", "database.read_cache", bool, True,
+            "Reuse the answers of hot reads (a token's user, the status frame) while the database is "
+            "unchanged (SQLite's data_version moves with every commit); off: read every time."),
     Setting("host", "AGNES_HOST", "server.host", str, "127.0.0.1", "Address to listen on."),
     Setting("port", "AGNES_PORT", "server.port", int, 8080, "Port to listen on."),
     Setting("shutdown_timeout", "AGNES_SHUTDOWN_TIMEOUT", "server.shutdown_timeout", float, 10.0,
@@ -105,6 +108,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     public_url: str = ""
     memory_file: str = ""
     db_path: str = "var/agnes.db"
+    read_cache: bool = True
     data_dir: str = "var/data"
     session_dir: str = ""
     host: str = "127.0.0.1"

@@ -68,8 +68,9 @@ class Database:
     stretch past it there; the default parses in processes.
     """
 
-    def __init__(self, path: str, readers: int = 3) -> None:
+    def __init__(self, path: str, readers: int = 3, *, cache: bool = True) -> None:
         self.path = path
+        self._use_cache = cache
         self._reader_count = readers
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
@@ -135,7 +136,7 @@ class Database:
         if self._snapshot_held:
             return self._cache_version
         conn = self._inline
-        if conn is None:
+        if conn is None or not self._use_cache:
             return None
         self._deadline = time.perf_counter() + INLINE_READ_BUDGET_S
         try:

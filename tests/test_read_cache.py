@@ -131,3 +131,21 @@ async def test_a_kept_frame_follows_the_clock_exactly(client, db, settings, alic
         changed += previous is not None and body != previous
         previous = body
     assert changed >= 3  # the moments do cross activity leaving the window
+
+
+async def test_the_operator_can_switch_the_cache_off(aiohttp_client, settings):
+    from service.app import create_app
+    from service.config import load_settings
+
+    changed = load_settings(environ={"AGNES_READ_CACHE": "off"}, db_path=settings.db_path,
+                            data_dir=settings.data_dir, secret_key="test-secret", parse_workers=0)
+    client = await aiohttp_client(create_app(changed))
+    client.app[keys.CLOCK].fixed = NOW
+    db = client.app[keys.DB]
+    caller = await make_caller(db, "alice@example.com")
+    await ingest_files(db, caller.user.id, sample_files("alice"))
+    reads = db.inline_reads + db.thread_reads
+    for _ in range(3):
+        assert await stats_status(client, caller) == (200, expected_stats("alice", "24h"))
+    assert db.cache_hits == 0
+    assert db.inline_reads + db.thread_reads - reads >= 6  # the token and the frame, each time
