@@ -135,7 +135,7 @@ async def test_kept_fragments_follow_the_window_and_new_numbers(make_client):
     assert 'aria-selected="true" title="Last 7 days">7d</a>' in week
     assert 'data-field="prompts" title="9">9</span>' in day and 'data-field="prompts" title="12">12</span>' in week
     kept = len(client.app[aiohttp_jinja2.APP_KEY].extensions["service.fragments.FragmentCache"].kept)
-    assert kept == 5  # pills and cards per window, and the auto-mode card
+    assert kept == 6  # pills and cards per window, the auto-mode card, the offboard form (its CSRF token)
 
     await ingest_files(db, alice.user.id, sample_files("bob"))  # more of alice's activity
     resp = await client.get("/api/me/home-stats?window=7d", headers=alice.headers)
