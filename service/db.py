@@ -87,6 +87,9 @@ class Database:
         self.cache_hits = 0
 
     async def open(self) -> None:
+        # data_version counts per connection: a reopened database's numbers start over.
+        self._cache.clear()
+        self._cache_version = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = await connect(self.path)
@@ -149,8 +152,8 @@ class Database:
         # One read serves what runs before the loop's next callback (a request's authentication
         # and its handler, when nothing waits): everything those callbacks wait for (a commit
         # finishing on the writer's thread) happened before they were queued, so before this read.
-        self._snapshot_held = True
         asyncio.get_running_loop().call_soon(self._release_snapshot)
+        self._snapshot_held = True
         return version
 
     def _release_snapshot(self) -> None:

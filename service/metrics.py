@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from . import ingest, keys
@@ -84,13 +85,13 @@ class _RequestStats(Collector):
     """
 
     def __init__(self) -> None:
-        # (method, route, status) -> [count, seconds, per-bucket counts (the last one is +Inf)]
+        # (method, route, status) -> [count, seconds, per-bucket counts (the last one is +Inf), created]
         self._by_key: dict[tuple[str, str, int], list[Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         entry = self._by_key.get((method, route, status))
         if entry is None:
-            entry = self._by_key[(method, route, status)] = [0, 0.0, [0] * (len(_BUCKETS) + 1)]
+            entry = self._by_key[(method, route, status)] = [0, 0.0, [0] * (len(_BUCKETS) + 1), time.time()]
         entry[0] += 1
         entry[1] += seconds
         entry[2][bisect_left(_BUCKETS, seconds)] += 1  # the first bound at or above: le semantics
@@ -101,14 +102,17 @@ class _RequestStats(Collector):
         latency = HistogramMetricFamily("agnes_http_request_duration_seconds",
                                         "HTTP request latency by route pattern.", labels=["method", "route"])
         by_route: dict[tuple[str, str], list[Any]] = {}
-        for (method, route, status), (count, seconds, buckets) in sorted(self._by_key.items()):
-            requests.add_metric([method, route, str(status)], count)
-            merged = by_route.setdefault((method, route), [0.0, [0] * len(buckets)])
+        for (method, route, status), (count, seconds, buckets, created) in sorted(self._by_key.items()):
+            requests.add_metric([method, route, str(status)], count, created=created)
+            merged = by_route.setdefault((method, route), [0.0, [0] * len(buckets), created])
             merged[0] += seconds
             merged[1] = [a + b for a, b in zip(merged[1], buckets)]
-        for (method, route), (seconds, buckets) in by_route.items():
-            bounds = [floatToGoString(b) for b in _BUCKETS] + ["+Inf"]
+            merged[2] = min(merged[2], created)
+        bounds = [floatToGoString(b) for b in _BUCKETS] + ["+Inf"]
+        for (method, route), (seconds, buckets, created) in by_route.items():
             latency.add_metric([method, route], list(zip(bounds, accumulate(buckets))), sum_value=seconds)
+            # As the library's Histogram exports it (its family class takes no creation time).
+            latency.samples.append(Sample(f"{latency.name}_created", {"method": method, "route": route}, created))
         yield requests
         yield latency
 

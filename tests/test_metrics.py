@@ -59,6 +59,9 @@ def test_latency_buckets_count_a_request_at_its_bound_and_above():
     assert m[("agnes_http_request_duration_seconds_sum", (("method", "GET"), ("route", "/x")))] == pytest.approx(30.3040001)
     assert m[("agnes_http_requests_total", (("method", "GET"), ("route", "/x"), ("status", "200")))] == 4
     assert m[("agnes_http_requests_total", (("method", "GET"), ("route", "/x"), ("status", "404")))] == 1
+    # Creation times, as the library's own Counter and Histogram export them.
+    assert m[("agnes_http_requests_created", (("method", "GET"), ("route", "/x"), ("status", "404")))] > 1.7e9
+    assert m[("agnes_http_request_duration_seconds_created", (("method", "GET"), ("route", "/x")))] > 1.7e9
 
 
 async def test_ingest_metrics_after_an_upload(client, alice):

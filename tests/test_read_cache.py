@@ -149,3 +149,81 @@ async def test_the_operator_can_switch_the_cache_off(aiohttp_client, settings):
         assert await stats_status(client, caller) == (200, expected_stats("alice", "24h"))
     assert db.cache_hits == 0
     assert db.inline_reads + db.thread_reads - reads >= 6  # the token and the frame, each time
+
+
+async def test_a_frame_read_for_a_naive_now_is_kept_too(db):
+    """A naive now is UTC (window_bounds); a kept answer must compare with it, not raise."""
+    caller = await make_caller(db, "carol@example.com")
+    await ingest_files(db, caller.user.id, sample_files("alice"))
+    naive = NOW.replace(tzinfo=None)
+    first = await stats.home_stats(db, caller.user.id, "7d", naive)
+    again = await stats.home_stats(db, caller.user.id, "7d", naive + timedelta(seconds=1))
+    assert again is first and msgspec.to_builtins(first) == expected_stats("alice", "7d")
+
+
+async def test_a_reopened_database_forgets_what_it_kept(settings, db):
+    """data_version counts per connection, from the same start on every new one."""
+    from service.store import users
+
+    carol = await users.add_user(db, "carol@example.com", "Carol", onboarded=True)
+    mine = Database(settings.db_path)
+    await mine.open()
+    try:
+        assert (await users.get_user(mine, carol.id)).onboarded
+        await mine.close()
+        await elsewhere(settings, ("UPDATE users SET onboarded = 0 WHERE id = ?", (carol.id,)))
+        await mine.open()
+        assert not (await users.get_user(mine, carol.id)).onboarded
+    finally:
+        await mine.close()
+
+
+async def test_kept_frames_equal_fresh_reads_around_every_boundary(settings, db):
+    """Random activity next to window and hour edges (some of it in the future), the clock moving
+    through each edge a microsecond at a time and sometimes back: a kept answer always equals a
+    read by a database that keeps nothing."""
+    import random
+
+    from service.store.ingest import _HOURS_TABLE, _RECOMPUTE_HOURS
+    from service.store import users
+
+    rng = random.Random(5)
+    uid = (await users.add_user(db, "fuzz@example.com", "Fuzz", True)).id
+    hour = NOW.replace(minute=0, second=0, microsecond=0)
+    stamps = []
+    for _ in range(60):
+        base = rng.choice([NOW - timedelta(days=7), NOW - timedelta(hours=24),
+                           hour - timedelta(hours=rng.randint(0, 170)), NOW + timedelta(hours=rng.randint(0, 3))])
+        stamps.append(base + timedelta(microseconds=rng.choice([-1, 0, 1, rng.randint(-3_600_000_000, 3_600_000_000)])))
+    async with db.transaction() as conn:
+        for i, ts in enumerate(stamps):
+            if i % 3 == 0:
+                await conn.execute("INSERT INTO user_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                   (uid, f"m{i}", f"s{i % 7}", to_store(ts), i + 1, 2, 3, 4))
+            elif i % 3 == 1:
+                await conn.execute("INSERT INTO user_prompts VALUES (?, ?, ?, ?)", (uid, f"p{i}", f"s{i % 7}", to_store(ts)))
+            else:
+                await conn.execute("INSERT OR REPLACE INTO user_sessions VALUES (?, ?, ?, ?)",
+                                   (uid, f"s{i}", to_store(ts), f"proj{i % 4}"))
+        await conn.execute(_HOURS_TABLE)
+        await conn.execute("INSERT OR IGNORE INTO temp.touched_hours SELECT user_id, substr(ts, 1, 13) FROM user_messages "
+                           "UNION SELECT user_id, substr(ts, 1, 13) FROM user_prompts")
+        for statement in _RECOMPUTE_HOURS:
+            await conn.execute(statement)
+    moments = []
+    for ts in sorted(stamps):
+        for length in stats.WINDOWS.values():
+            moments += [ts + length + timedelta(microseconds=d) for d in (-1, 0, 1)]
+            if rng.random() < 0.1:
+                moments.append(ts + length - timedelta(microseconds=rng.choice([1, 1000, 3_600_000_000])))
+    fresh = Database(settings.db_path, cache=False)
+    await fresh.open()
+    try:
+        hits = db.cache_hits
+        for now in moments:
+            for window in stats.WINDOWS:
+                kept = msgspec.to_builtins(await stats.home_stats(db, uid, window, now))
+                assert kept == msgspec.to_builtins(await stats.home_stats(fresh, uid, window, now)), (now, window)
+        assert db.cache_hits - hits > len(moments) // 2  # most answers did come from the cache
+    finally:
+        await fresh.close()

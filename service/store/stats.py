@@ -92,6 +92,8 @@ async def home_stats(db: Database, user_id: int, window: str | None, now: dateti
     Analysts' pages poll it; a database that takes writes (an ingest) reads afresh each time.
     """
     window = clamp_window(window)
+    if now.tzinfo is None:  # naive: UTC, as window_bounds takes it
+        now = now.replace(tzinfo=UTC)
     version = db.snapshot()
     key = ("home_stats", user_id, window)
     kept = db.cached(version, key)
