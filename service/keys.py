@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from itsdangerous import URLSafeTimedSerializer
 
-    from .auth import Identity
+    from .auth import Identity, SessionSigner
     from .config import Settings
     from .db import Database
     from .ingest.worker import IngestWorker
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 DB: web.AppKey[Database] = web.AppKey("db")
-SIGNER: web.AppKey[URLSafeTimedSerializer] = web.AppKey("signer")
+SIGNER: web.AppKey[SessionSigner] = web.AppKey("signer")
 SECRET = web.AppKey("secret", bytes)
 WORKER: web.AppKey[IngestWorker] = web.AppKey("worker")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -227,3 +227,26 @@ async def test_kept_frames_equal_fresh_reads_around_every_boundary(settings, db)
         assert db.cache_hits - hits > len(moments) // 2  # most answers did come from the cache
     finally:
         await fresh.close()
+
+
+async def test_a_checked_cookie_still_expires(aiohttp_client, settings, monkeypatch):
+    """A cookie's signature is verified once (auth.SessionSigner), its age at every request."""
+    import time
+
+    from service.app import create_app
+    from service.config import load_settings
+
+    changed = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir,
+                            secret_key="test-secret", parse_workers=0, session_max_age=60)
+    client = await aiohttp_client(create_app(changed))
+    caller = await make_caller(client.app[keys.DB], "alice@example.com", name="Alice")
+    resp = await client.post("/login", data={"token": caller.token, "next": "/home"}, allow_redirects=False)
+    assert resp.status == 303
+    # Sent by hand: the client's own jar would drop the cookie when it expires, and prove nothing.
+    cookie = {"Cookie": f"agnes_session={resp.cookies['agnes_session'].value}"}
+    client.session.cookie_jar.clear()
+    real = time.time
+    for shift, status in ((0, 200), (0, 200), (59, 200), (62, 302), (-3600, 302), (0, 200)):
+        monkeypatch.setattr(time, "time", lambda shift=shift: real() + shift)
+        page = await client.get("/home", headers=cookie, allow_redirects=False)
+        assert page.status == status, shift
