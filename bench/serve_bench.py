@@ -26,6 +26,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -135,6 +137,20 @@ class Server:
             self.proc.kill()
 
 
+def _session_cookie(base: str, token: str) -> str:
+    """Sign in as a browser does (POST /login with the token); the session cookie's header value."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    body = urllib.parse.urlencode({"token": token, "next": "/home"}).encode()
+    try:
+        urllib.request.build_opener(NoRedirect).open(base + "/login", data=body, timeout=10)
+    except urllib.error.HTTPError as exc:  # the 303 to /home carries the cookie
+        return exc.headers["Set-Cookie"].split(";", 1)[0]
+    raise RuntimeError("sign-in did not answer 303")
+
+
 def _get_json(url: str, token: str) -> dict:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
@@ -223,7 +239,9 @@ def main() -> None:
         res["home_stats"] = load(stats_url, auth)
         res["home_stats_7d"] = load(f"{srv.base}/api/me/home-stats?window=7d", auth)
         res["home_page"] = load(f"{srv.base}/home", auth)
-        print(json.dumps({k: res[k] for k in ("dataset", "home_stats", "home_stats_7d", "home_page")}), flush=True)
+        res["home_page_cookie"] = load(f"{srv.base}/home", [f"Cookie: {_session_cookie(srv.base, token)}"])
+        print(json.dumps({k: res[k] for k in ("dataset", "home_stats", "home_stats_7d", "home_page", "home_page_cookie")}),
+              flush=True)
 
         # home-stats while the server ingests a bulk upload (its worker parses, its loop serves).
         files = sorted(Path(args.ingest_corpus).rglob("*.jsonl"))
