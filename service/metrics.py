@@ -51,6 +51,10 @@ class Metrics:
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self._requests.observe(method, route, status, seconds)
 
+    def request_counts(self) -> dict[tuple[str, str, int], int]:
+        """Requests so far by (method, route pattern, status)."""
+        return self._requests.counts()
+
     def observe_outcome(self, outcome: Outcome) -> None:
         self.files.labels(outcome.status).inc()
         self.lines.inc(outcome.lines)
@@ -95,6 +99,9 @@ class _RequestStats(Collector):
         entry[0] += 1
         entry[1] += seconds
         entry[2][bisect_left(_BUCKETS, seconds)] += 1  # the first bound at or above: le semantics
+
+    def counts(self) -> dict[tuple[str, str, int], int]:
+        return {key: entry[0] for key, entry in self._by_key.items()}
 
     def collect(self):
         requests = CounterMetricFamily("agnes_http_requests", "HTTP requests by route pattern and status.",

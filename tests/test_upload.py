@@ -226,10 +226,10 @@ async def test_an_upload_the_client_abandons_is_a_499_and_leaves_nothing(pinned,
     writer.close()  # gone mid-body
     metrics = pinned.app[keys.METRICS]
     for _ in range(50):
-        if ("POST", "/api/upload/sessions", 499) in metrics._request_children:
+        if ("POST", "/api/upload/sessions", 499) in metrics.request_counts():
             break
         await asyncio.sleep(0.05)
-    assert [k for k in metrics._request_children if k[1] == "/api/upload/sessions"] == [
+    assert [k for k in metrics.request_counts() if k[1] == "/api/upload/sessions"] == [
         ("POST", "/api/upload/sessions", 499)]  # the client's doing, not a 500
     user_dir = Path(settings.data_dir) / "sessions" / str(alice.user.id)
     assert not user_dir.exists() or not list(user_dir.iterdir())
