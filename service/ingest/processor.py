@@ -18,7 +18,7 @@ from ..db import Database
 from ..store import ingest as store
 from ..timeutil import from_store
 from . import jobs
-from .jobs import exit_with_service, hash_job, parse_job
+from .jobs import exit_with_service, hash_job, parse_job, parse_job_packed, unpack_result
 from .records import ParseResult
 
 logger = logging.getLogger(__name__)
@@ -203,6 +203,10 @@ class Processor:
                 self._report(outcome)
                 return outcome
         received_at = from_store(state.received_at)
-        result: ParseResult = await self._run(parse_job, state.path, str(file_id), received_at, follow)
+        if self.workers > 0:
+            result: ParseResult = unpack_result(
+                await self._run(parse_job_packed, state.path, str(file_id), received_at, follow))
+        else:
+            result = await self._run(parse_job, state.path, str(file_id), received_at, follow)
         logger.debug("parsed", extra={"file_id": file_id, "file": state.path, "lines": result.lines})
         return store.Parsed(file_id, state.user_id, result, st.st_size, st.st_mtime_ns, version)
