@@ -10,7 +10,7 @@ seed), in one run on one machine:
 - stdlib: bench/stdlib_ref.py, the same counting with json.loads per line;
 - ingest: `agnes-home ingest DIR --user U --workers N --json` into a fresh database, for each
   N in --workers, timed as a whole process (start-up, migrations, commits included), with the
-  peak RSS of its process tree;
+  peak RSS of its process tree and its CPU seconds (user + sys of every process in the tree);
 - ccusage: `ccusage session --json --offline` with CLAUDE_CONFIG_DIR pointing at the corpus.
 
 --big-mb writes one transcript of that size and ingests it (peak memory check).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -117,8 +118,29 @@ def _tree_rss_kb(root_pid: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """(wall seconds, peak tree RSS in KB, stdout) of one command."""
+def _become_subreaper() -> bool:
+    """Orphaned descendants (a forkserver, its parse processes) are re-parented to this process,
+    so that waiting for them adds their CPU time to RUSAGE_CHILDREN. Linux only."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+SUBREAPER = _become_subreaper()
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, float | None]:
+    """(wall seconds, peak tree RSS in KB, stdout, CPU seconds of the whole process tree) of one
+    command; the CPU figure (user + sys of every process it started) needs SUBREAPER."""
+    cpu0 = _children_cpu()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -135,9 +157,15 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     wall = time.perf_counter() - t
     done.set()
     poller.join()
+    while SUBREAPER:  # reap what the command left behind, so its CPU time is counted
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+    cpu = _children_cpu() - cpu0 if SUBREAPER else None
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{cmd} failed ({proc.returncode}): {err[-2000:]}")
-    return wall, peak[0], out
+    return wall, peak[0], out, cpu
 
 
 def fresh_env(work: Path, name: str) -> dict[str, str]:
@@ -153,10 +181,11 @@ def fresh_env(work: Path, name: str) -> dict[str, str]:
 
 def agnes_ingest(work: Path, path: str, workers: int, name: str) -> dict:
     env = fresh_env(work, name)
-    wall, peak_kb, out = run_measured(
+    wall, peak_kb, out, cpu = run_measured(
         [str(BIN / "agnes-home"), "ingest", path, "--user", EMAIL, "--workers", str(workers), "--json"], env)
     report = json.loads(out.strip().splitlines()[-1])
-    return {"workers": workers, "wall_s": round(wall, 3), "report_s": report["seconds"],
+    return {"workers": workers, "wall_s": round(wall, 3), "cpu_s": None if cpu is None else round(cpu, 3),
+            "report_s": report["seconds"],
             "wall_mb_per_s": round(report["bytes"] / 1e6 / wall, 1), "report_mb_per_s": report["mb_per_s"],
             "peak_rss_mb": round(peak_kb / 1024, 1), "files": report["files"], "lines": report["lines"],
             "skipped_lines": report["skipped_lines"], "failed": report["failed"]}
@@ -167,9 +196,11 @@ def ccusage(bin_dir: str | None, corpus_dir: str) -> dict:
     if not exe.exists():
         return {"blocked": f"{exe} not found (npm install ccusage@20.0.24 into {exe.parents[2]})"}
     env = dict(os.environ, CLAUDE_CONFIG_DIR=corpus_dir)
+    cpu0 = _children_cpu()
     t = time.perf_counter()
     proc = subprocess.run([str(exe), "session", "--json", "--offline"], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
+    cpu = _children_cpu() - cpu0
     if proc.returncode != 0:
         return {"blocked": f"exit {proc.returncode}: {proc.stderr[-500:]}"}
     try:
@@ -177,7 +208,7 @@ def ccusage(bin_dir: str | None, corpus_dir: str) -> dict:
         sessions = len(data.get("session") or data.get("sessions") or [])
     except ValueError:
         sessions = None
-    return {"wall_s": round(wall, 3), "sessions": sessions}
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "sessions": sessions}
 
 
 def bench_size(work: Path, mb: float, seed: int, workers: list[int], cc_dir: str | None) -> dict:

@@ -200,6 +200,18 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
 
 # -- ingest ---------------------------------------------------------------------------
 
+def _parse_workers(args, settings) -> int:
+    return settings.parse_workers if args.workers is None else args.workers
+
+
+def _fork_parse_pool(args, settings):
+    """Runs before the event loop: the parse processes start as forks of this process while it
+    has no other thread (see processor.fork_parse_pool)."""
+    from .ingest.processor import fork_parse_pool  # noqa: PLC0415
+
+    return fork_parse_pool(_parse_workers(args, settings))
+
+
 @with_db
 async def cmd_ingest(args, settings, db) -> int:
     from datetime import timedelta  # noqa: PLC0415
@@ -220,13 +232,14 @@ async def cmd_ingest(args, settings, db) -> int:
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", file=sys.stderr)
     progress = (lambda outcome: bar.update(outcome.bytes)) if bar is not None else None
 
-    workers = settings.parse_workers if args.workers is None else args.workers
+    workers = _parse_workers(args, settings)
     from .store.ingest import FileOwnedElsewhere  # noqa: PLC0415
 
     try:
         report = await ingest_paths(db, user.id, paths, workers=workers, clock=utcnow,
                                     max_failures=settings.max_failures, force=args.force, progress=progress,
-                                    retention=timedelta(days=settings.retention_days))
+                                    retention=timedelta(days=settings.retention_days),
+                                    executor=getattr(args, "parse_pool", None))
     except FileOwnedElsewhere as exc:
         raise CliError(f"{exc} was already ingested for another user; a file has one owner "
                        "(copy it to ingest it for someone else)") from None
@@ -535,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parser processes, 0 parses in a thread (default: AGNES_PARSE_WORKERS)")
     p.add_argument("--force", action="store_true", help="reparse even when the content hash is unchanged")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
+    p.set_defaults(before_loop=_fork_parse_pool)
 
     p = add("reprocess", cmd_reprocess, "Force a full reprocess (of everything, or of one user's files).")
     p.add_argument("--user", metavar="EMAIL")
@@ -598,7 +612,15 @@ def main(argv: list[str] | None = None) -> int:
     # creates is readable by other local accounts (files 0600, folders 0700).
     os.umask(0o077)
     try:
-        return asyncio.run(args.fn(args, settings))
+        # A command may start something before the event loop and its threads exist (ingest: its
+        # parse processes); it is shut down when the command ends, however it ends.
+        before_loop = getattr(args, "before_loop", None)
+        started = args.parse_pool = before_loop(args, settings) if before_loop is not None else None
+        try:
+            return asyncio.run(args.fn(args, settings))
+        finally:
+            if started is not None:
+                started.shutdown(wait=True, cancel_futures=True)
     except ConfigError as exc:
         print(f"agnes-home: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ import sys
 import time
 
 import msgspec
-from aiohttp.http_exceptions import HttpProcessingError
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 user_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("user_id", default="-")
@@ -74,7 +73,12 @@ class MalformedRequestFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+        # Looked up, not imported: only a process that has loaded aiohttp can hold its exception,
+        # and importing aiohttp costs a command-line process ~0.1-0.4 s (its connector module
+        # loads the system's CA certificates) that `agnes-home ingest` never needs.
+        http_exceptions = sys.modules.get("aiohttp.http_exceptions") if exc is not None else None
+        if (http_exceptions is not None and isinstance(exc, http_exceptions.HttpProcessingError)
+                and 400 <= (exc.code or 400) < 500):
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
             first = (exc.message or "").splitlines()[:1]
             # Bounded: LineTooLong's message quotes the whole over-long line.

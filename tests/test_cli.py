@@ -169,6 +169,17 @@ def test_ingest_reports_and_stores_real_numbers(tmp_path):
     assert forced.startswith("files 6 (processed 6, unchanged 0, failed 0); lines ") and "MB/s" in forced
 
 
+def test_the_ingest_path_does_not_load_the_web_stack():
+    """`agnes-home ingest` (and each parse process, which re-runs the command's module) needs no
+    web server: importing aiohttp cost each process 0.1-0.4 s of CPU (its connector reads the
+    system's CA certificates at import)."""
+    code = ("import sys, service.cli, service.ingest.bulk, service.ingest.jobs; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'aiohttp_jinja2', 'jinja2', 'tqdm')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_ingest_unknown_user_or_path_fails_clearly(tmp_path):
     run(tmp_path, "users", "add", "alice@example.com")
     proc = run(tmp_path, "ingest", str(SAMPLES / "alice"), "--user", "nobody@example.com", check=False)

@@ -398,6 +398,37 @@ async def test_parsing_in_a_worker_process_gives_the_same_numbers(db, people):
     assert await stats_of(db, alice, "24h") == expected_stats("alice", "24h")
 
 
+def test_the_command_line_forks_its_parse_processes_only_while_it_has_one_thread():
+    """`agnes-home ingest` forks its parse processes before its event loop and database threads
+    exist (no forkserver, no resource tracker); with another thread running it declines, and
+    the processor falls back to the forkserver. Forked processes parse like the parent."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys, threading
+from datetime import datetime, timezone
+import multiprocessing.resource_tracker as rt
+from service.ingest.jobs import parse_job
+from service.ingest.parser import parse_file
+from service.ingest.processor import fork_parse_pool
+path, now = {sample_files("alice")[0]!r}, datetime(2026, 1, 1, tzinfo=timezone.utc)
+pool = fork_parse_pool(2)
+forked = pool.submit(parse_job, path, "k", now, True).result()
+assert forked == parse_file(path, file_key="k", received_at=now)
+assert {{p.pid for p in pool._processes.values()}} and rt._resource_tracker._pid is None
+pool.shutdown()
+stop = threading.Event()
+threading.Thread(target=stop.wait).start()
+assert fork_parse_pool(2) is None and fork_parse_pool(0) is None
+stop.set()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
 async def test_two_users_uploading_the_same_session_keep_their_own_events(db, people, tmp_path):
     """Event ids are stable per session, so two analysts with one transcript share ids: each keeps theirs."""
     path = [p for p in sample_files("alice") if "8d1e4b2a" in p]

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from concurrent.futures import Executor
 from typing import Callable, Iterable
 
 from ..db import Database
@@ -83,9 +84,10 @@ def _walk(root: Path) -> Iterable[str]:
 async def ingest_paths(db: Database, user_id: int, paths: list[str], *, workers: int,
                        clock: Callable[[], datetime], max_failures: int = 5, force: bool = False,
                        progress: Callable[[Outcome], None] | None = None,
-                       retention: timedelta | None = None) -> Report:
-    """Register and process every file: parsing runs in ``workers`` processes while one writer
-    stores whatever has been parsed so far, many files to a transaction."""
+                       retention: timedelta | None = None, executor: Executor | None = None) -> Report:
+    """Register and process every file: parsing runs in ``workers`` processes (``executor``:
+    ones started already) while one writer stores whatever has been parsed so far, many files
+    to a transaction."""
     report = Report(files=len(paths))
     started = time.perf_counter()
 
@@ -95,7 +97,7 @@ async def ingest_paths(db: Database, user_id: int, paths: list[str], *, workers:
             progress(outcome)
 
     processor = Processor(db, workers=workers, clock=clock, max_failures=max_failures, on_outcome=done,
-                          retention=retention)
+                          retention=retention, executor=executor)
     ids = await store.register_files(db, user_id, paths, "cli", clock())
     todo: asyncio.Queue[int] = asyncio.Queue()
     for file_id in ids:

@@ -10,6 +10,8 @@ import threading
 import time
 from datetime import datetime
 
+import msgspec
+
 from .parser import open_regular, parse_file
 from .records import ParseResult
 
@@ -19,6 +21,20 @@ PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still 
 def parse_job(path: str, file_key: str, received_at: datetime, follow_symlinks: bool) -> ParseResult:
     """Runs in a worker process (or thread): the CPU-heavy part of processing."""
     return parse_file(path, file_key=file_key, received_at=received_at, follow_symlinks=follow_symlinks)
+
+
+def parse_job_packed(path: str, file_key: str, received_at: datetime, follow_symlinks: bool) -> bytes:
+    """parse_job for a parse process: the result as msgpack (unpack_result), which the service
+    process reads ~4x faster than a pickle of the same Structs (and which is ~10x faster to write)."""
+    return _encode(parse_job(path, file_key, received_at, follow_symlinks))
+
+
+def unpack_result(packed: bytes) -> ParseResult:
+    return _decode_result(packed)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_result = msgspec.msgpack.Decoder(ParseResult).decode
 
 
 def hash_job(path: str, follow_symlinks: bool) -> str:

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from ..db import Database
 from ..store import ingest as store
 from ..timeutil import from_store
 from . import jobs
-from .jobs import exit_with_service, hash_job, parse_job
+from .jobs import exit_with_service, hash_job, parse_job, parse_job_packed, unpack_result
 from .records import ParseResult
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,26 @@ def _parse_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
+def fork_parse_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Parse processes forked now, from a process that runs no other thread yet (the command
+    line, before its event loop and database threads start); None when that does not hold.
+
+    A fork starts with everything the parent has loaded and costs no interpreter start: the
+    forkserver (a fresh interpreter that imports the parser and the command line module) and
+    its resource tracker (another interpreter) took ~0.1-0.3 s of CPU and delayed the first
+    parse by the forkserver's imports. Forking is safe only here, with one thread: a fork of
+    a process with database or event-loop threads could inherit a lock one of them holds.
+    """
+    if workers <= 0 or threading.active_count() != 1:
+        return None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=exit_with_service, initargs=(os.getpid(),))
+    # With the fork method the pool starts every process at the first submit, before its
+    # management thread: that is, now, while this thread is still the only one.
+    pool.submit(int)
+    return pool
+
+
 @dataclass
 class Outcome:
     file_id: int
@@ -63,19 +84,20 @@ class Processor:
 
     ``workers`` > 0 parses in that many worker processes (the event loop and the GIL stay
     free for requests); 0 parses in a thread (tests, tiny deployments). Activity older than
-    ``retention`` is not stored (the retention setting; None keeps everything).
+    ``retention`` is not stored (the retention setting; None keeps everything). ``executor``:
+    parse processes started already (fork_parse_pool); the processor shuts them down on close().
     """
 
     def __init__(self, db: Database, *, workers: int, clock: Callable[[], datetime],
                  max_failures: int = 5, on_outcome: Callable[[Outcome], None] | None = None,
-                 retention: timedelta | None = None) -> None:
+                 retention: timedelta | None = None, executor: Executor | None = None) -> None:
         self.db = db
         self.retention = retention
         self.workers = workers
         self.clock = clock
         self.max_failures = max_failures
         self.on_outcome = on_outcome
-        self._executor: Executor | None = None
+        self._executor: Executor | None = executor
 
     def _pool(self) -> Executor | None:
         if self.workers > 0 and self._executor is None:
@@ -181,6 +203,10 @@ class Processor:
                 self._report(outcome)
                 return outcome
         received_at = from_store(state.received_at)
-        result: ParseResult = await self._run(parse_job, state.path, str(file_id), received_at, follow)
+        if self.workers > 0:
+            result: ParseResult = unpack_result(
+                await self._run(parse_job_packed, state.path, str(file_id), received_at, follow))
+        else:
+            result = await self._run(parse_job, state.path, str(file_id), received_at, follow)
         logger.debug("parsed", extra={"file_id": file_id, "file": state.path, "lines": result.lines})
         return store.Parsed(file_id, state.user_id, result, st.st_size, st.st_mtime_ns, version)
