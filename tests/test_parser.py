@@ -413,7 +413,8 @@ def test_gzip_gives_the_same_result_as_plain(tmp_path: Path) -> None:
         assert result.content_hash == hashlib.sha256(packed).hexdigest() != plain.content_hash
 
 
-def test_gzip_members_small_chunks_and_truncation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gzip_members_small_chunks_and_truncation(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     name = "alice/8d1e4b2a-0c3f-4a5b-8e9d-7f6a5b4c3d2e.jsonl"
     raw = (SAMPLES / name).read_bytes()
     plain = parse_bytes(raw)
@@ -423,8 +424,13 @@ def test_gzip_members_small_chunks_and_truncation(monkeypatch: pytest.MonkeyPatc
     assert parse_bytes(members).summary == plain.summary
     # Trailing garbage stops decompression without losing what came before; the hash covers it.
     garbage = gzip.compress(raw) + b"not gzip at all"
-    result = parse_bytes(garbage)
+    with caplog.at_level("WARNING", logger=parser.__name__):
+        result = parse_bytes(garbage, file_key="damaged.jsonl.gz")
     assert result.summary == plain.summary
+    # The warning names the file and how much of it was read.
+    [warning] = [r for r in caplog.records if r.name == parser.__name__]
+    assert warning.getMessage().startswith(f"gzip content of damaged.jsonl.gz unreadable after {len(raw)} bytes")
+    assert warning.file == "damaged.jsonl.gz"
     assert result.content_hash == hashlib.sha256(garbage).hexdigest()
     # Output larger than one piece from the last input bytes (a long run) is not lost.
     tail = jsonl(user("run", "a" * 50_000))

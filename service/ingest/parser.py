@@ -188,7 +188,7 @@ def parse_stream(
     """Parse an open binary stream; memory stays bounded by MAX_LINE_BYTES plus the emitted rows."""
     hasher = hashlib.sha256()
     state = _FileState(file_key, MAX_LINE_BYTES)
-    state.read(_content_chunks(fileobj, hasher))
+    state.read(_content_chunks(fileobj, hasher, file_key))
     return state.finish(fallback_session_id, received_at, hasher.hexdigest())
 
 
@@ -221,7 +221,7 @@ def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
         yield data  # type: ignore[misc]
 
 
-def _content_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
+def _content_chunks(fileobj: BinaryIO, hasher: Any, file_key: str) -> Iterator[bytes]:
     raw = _raw_chunks(fileobj, hasher)
     head = b""
     for data in raw:
@@ -233,15 +233,16 @@ def _content_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
             yield head
         yield from raw
         return
-    yield from _gunzip(itertools.chain((head,), raw))
+    yield from _gunzip(itertools.chain((head,), raw), file_key)
     # A corrupt or trailing part stops decompression, but the hash covers every stored byte.
     for _ in raw:
         pass
 
 
-def _gunzip(raw: Iterable[bytes]) -> Iterator[bytes]:
+def _gunzip(raw: Iterable[bytes], file_key: str) -> Iterator[bytes]:
     """Decompress gzip members in bounded pieces; a truncated stream just ends (growing file)."""
     limit = READ_CHUNK
+    produced = 0
     d = zlib.decompressobj(_GZIP_WBITS)
     try:
         for data in raw:
@@ -252,13 +253,16 @@ def _gunzip(raw: Iterable[bytes]) -> Iterator[bytes]:
                 # max_length bounds memory even for a decompression bomb.
                 out = d.decompress(data, limit)
                 if out:
+                    produced += len(out)
                     yield out
                 data = d.unused_data if d.eof else d.unconsumed_tail
                 # A full buffer may leave output inside zlib even when the input is used up.
                 if not data and (d.eof or len(out) < limit):
                     break
     except zlib.error as exc:
-        logger.warning("gzip content unreadable after this point: %s", exc)
+        # The lines before this point still count; the operator learns which file is damaged.
+        logger.warning("gzip content of %s unreadable after %d bytes: %s", file_key, produced, exc,
+                       extra={"file": file_key})
 
 
 # --- Counting.
