@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import timedelta
 
 import pytest
 
@@ -307,3 +308,61 @@ async def test_a_numeric_folder_that_is_also_a_local_part_is_ambiguous(watched, 
     assert owners == {"y.jsonl": first.user.id}  # "3" is user 3 and 3@example.com's local part: neither
     assert numeric.user.id not in owners.values()
     assert any("matches no user, or several" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_quarantined_file_is_retried_when_it_changes(aiohttp_client, tmp_path):
+    """Quarantine holds a file while it stays as it failed; new content is a new chance, as a new
+    upload is, so a session that goes on growing is not left uncounted until an operator acts."""
+    import asyncio
+
+    from service.store import ingest as store
+
+    root = tmp_path / "watched"
+    (root / "ida").mkdir(parents=True)
+    settings = load_settings(environ={}, db_path=str(tmp_path / "w.db"), data_dir=str(tmp_path / "data"),
+                             secret_key="s", parse_workers=0, session_dir=str(root), scan_interval=3600,
+                             max_failures=1)
+    client = await aiohttp_client(create_app(settings))
+    client.app[keys.CLOCK].fixed = NOW
+    db = client.app[keys.DB]
+    ida = await make_caller(db, "ida@example.com")
+    src = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    cut = src.index(b"\n", len(src) // 2) + 1
+    path = root / "ida" / "s.jsonl"
+    path.write_bytes(src[:cut])
+    await asyncio.wait_for(tick(client), 30)
+    partial = (await stats(client, ida, "24h"))["prompts"]
+    assert 0 < partial < 5
+
+    # A FIFO takes the file's place: refused, and with max_failures=1 quarantined at once.
+    path.unlink()
+    os.mkfifo(path)
+    await db.execute_write("UPDATE session_files SET processor_version = 0")  # force a re-read
+    await asyncio.wait_for(tick(client), 30)
+    [held] = await store.quarantined(db)
+    assert "not a regular file" in held["last_error"]
+    fifo = os.stat(path, follow_symlinks=False)
+    assert tuple(await db.fetchone("SELECT failed_size, failed_mtime_ns FROM session_files")) == (
+        fifo.st_size, fifo.st_mtime_ns)
+
+    # The whole transcript arrives as a regular file: retried and counted, quarantine cleared.
+    path.unlink()
+    path.write_bytes(src)
+    worker = await asyncio.wait_for(tick(client), 30)
+    assert await store.quarantined(db) == []
+    assert (await stats(client, ida, "24h"))["prompts"] == 5
+    assert await db.fetchval("SELECT failure_count FROM session_files") == 0
+
+    # Quarantined while the file is as it is now (a failure that is not the content's): scans
+    # leave it alone until it changes.
+    file_id = held["id"]
+    st = path.stat()
+    assert await store.record_failure(db, file_id, "OSError: I/O error", NOW, max_failures=1,
+                                      backoff=timedelta(seconds=30), stat=(st.st_size, st.st_mtime_ns))
+    await asyncio.wait_for(tick(client), 30)
+    assert [q["id"] for q in await store.quarantined(db)] == [file_id]
+    assert worker.depth == 0
+    os.utime(path, ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns + 10**9))
+    await asyncio.wait_for(tick(client), 30)
+    assert await store.quarantined(db) == []
+    assert (await stats(client, ida, "24h"))["prompts"] == 5

@@ -171,13 +171,22 @@ class Processor:
         try:
             quarantined = await store.record_failure(
                 self.db, file_id, f"{type(exc).__name__}: {exc}", self.clock(),
-                max_failures=self.max_failures, backoff=RETRY_BACKOFF)
+                max_failures=self.max_failures, backoff=RETRY_BACKOFF, stat=await self._stat_of(file_id))
         except Exception:  # noqa: BLE001 - e.g. the database is locked too: the next tick retries
             logger.exception("could not record the failure", extra={"file_id": file_id})
             quarantined = False
         outcome = Outcome(file_id, "quarantined" if quarantined else "failed", error=str(exc))
         self._report(outcome)
         return outcome
+
+    async def _stat_of(self, file_id: int) -> tuple[int, int] | None:
+        """(size, mtime_ns) of a file as a scan sees it (a symlink's own), or None."""
+        state = await store.get_file(self.db, file_id)
+        try:
+            st = os.stat(state.path, follow_symlinks=False) if state is not None else None
+        except OSError:
+            return None
+        return None if st is None else (st.st_size, st.st_mtime_ns)
 
     async def _prepare(self, file_id: int, force: bool) -> store.Parsed | Outcome:
         state = await store.get_file(self.db, file_id)

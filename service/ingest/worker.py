@@ -267,10 +267,10 @@ class IngestWorker:
                 except Exception:  # noqa: BLE001 - a folder of a user that is gone: keep going
                     logger.warning("stored upload %s has no user %s; left alone", path, user_id)
                     continue
-            elif seen[3] or (seen[1], seen[2]) == (size, mtime_ns):
+            elif seen.failing or (seen.size, seen.mtime_ns) == (size, mtime_ns):
                 continue  # failing (retries on its own schedule), or processed as it is
             else:
-                file_id = seen[0]
+                file_id = seen.id
             self.enqueue(file_id, UPLOAD, user_id=user_id)
             queued += 1
         if queued:
@@ -333,14 +333,21 @@ class IngestWorker:
         found = await asyncio.to_thread(scanner.scan, self.settings.session_dir)
         # The scanner reports absolute paths, so the lookup must use the absolute root too.
         known = await store.files_under(self.db, root)
-        stored_owner = {os.path.relpath(path, root).split(os.sep, 1)[0]: row[4] for path, row in known.items()}
+        stored_owner = {os.path.relpath(path, root).split(os.sep, 1)[0]: row.user_id for path, row in known.items()}
         queued = 0
         for item in found:
             seen = known.get(item.path)
             if seen is not None:
-                if not (seen[3] or (seen[1], seen[2]) == (item.size, item.mtime_ns)):
-                    self.enqueue(seen[0], WATCH, user_id=seen[4])
-                    queued += 1
+                if seen.failing:
+                    # Changed since it failed: new content, a new chance (as a new upload gets).
+                    if seen.failed_stat == (item.size, item.mtime_ns) or not await store.release_changed(
+                            self.db, seen.id):
+                        continue
+                    logger.info("failing watched file changed; retried now", extra={"file": item.path})
+                elif (seen.size, seen.mtime_ns) == (item.size, item.mtime_ns):
+                    continue
+                self.enqueue(seen.id, WATCH, user_id=seen.user_id)
+                queued += 1
                 continue
             user_id = stored_owner.get(item.owner) or await self._owner(item.owner)
             if user_id is None:

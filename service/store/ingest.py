@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import msgspec
 
@@ -87,17 +87,40 @@ async def get_file(db: Database, file_id: int) -> FileState | None:
     return _state(await db.fetchone(f"SELECT {_FILE_COLS} FROM session_files WHERE id = ?", (file_id,)))
 
 
-async def files_under(db: Database, root: str) -> dict[str, tuple[int, int, int, bool, int]]:
-    """path -> (id, size, mtime_ns, failing, user id) of every known file below a directory, whatever its origin.
+class KnownFile(NamedTuple):
+    """What a scan needs of a registered file."""
 
-    ``failing`` files wait for their retry (or an operator) instead of being re-queued by every scan.
+    id: int
+    size: int | None  # as last processed
+    mtime_ns: int | None
+    failing: bool  # waiting for a retry, or quarantined
+    user_id: int
+    failed_stat: tuple[int | None, int | None]  # (size, mtime_ns) when its last failure was recorded
+
+
+async def files_under(db: Database, root: str) -> dict[str, KnownFile]:
+    """path -> KnownFile of every known file below a directory, whatever its origin.
+
+    ``failing`` files wait for their retry (or an operator) instead of being re-queued by every
+    scan, unless they changed since they failed.
     """
     prefix = root.rstrip("/") + "/"
     # A range on the unique path index: every path that starts with the prefix sorts in it.
     rows = await db.fetchall(
         "SELECT path, id, size, mtime_ns, (next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL) AS failing, "
-        "user_id FROM session_files WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0"))
-    return {r["path"]: (r["id"], r["size"], r["mtime_ns"], bool(r["failing"]), r["user_id"]) for r in rows}
+        "user_id, failed_size, failed_mtime_ns FROM session_files WHERE path >= ? AND path < ?",
+        (prefix, prefix[:-1] + "0"))
+    return {r["path"]: KnownFile(r["id"], r["size"], r["mtime_ns"], bool(r["failing"]), r["user_id"],
+                                 (r["failed_size"], r["failed_mtime_ns"])) for r in rows}
+
+
+async def release_changed(db: Database, file_id: int) -> bool:
+    """A failing file whose content changed since it failed goes back in line with a clean
+    failure count, as a new upload of it would; False when it is no longer failing."""
+    return await db.execute_write(
+        "UPDATE session_files SET failure_count = 0, quarantined_at = NULL, next_attempt_at = NULL, "
+        "last_error = NULL, failed_size = NULL, failed_mtime_ns = NULL "
+        "WHERE id = ? AND (next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL)", (file_id,)) == 1
 
 
 async def mark_unchanged(db: Database, file_id: int, size: int, mtime_ns: int, now: datetime) -> None:
@@ -108,8 +131,10 @@ async def mark_unchanged(db: Database, file_id: int, size: int, mtime_ns: int, n
 
 
 async def record_failure(db: Database, file_id: int, error: str, now: datetime, *, max_failures: int,
-                         backoff: timedelta) -> bool:
-    """Count a failure; schedule a retry with backoff, or quarantine. Returns True when quarantined."""
+                         backoff: timedelta, stat: tuple[int, int] | None = None) -> bool:
+    """Count a failure; schedule a retry with backoff, or quarantine. Returns True when quarantined.
+
+    ``stat``: the file's (size, mtime_ns) now, so a scan can tell when it changes (None: no stat)."""
     async with db.transaction() as conn:
         async with conn.execute("SELECT failure_count FROM session_files WHERE id = ?", (file_id,)) as cur:
             row = await cur.fetchone()
@@ -118,10 +143,10 @@ async def record_failure(db: Database, file_id: int, error: str, now: datetime, 
         failures = row[0] + 1
         quarantined = failures >= max_failures
         await conn.execute(
-            "UPDATE session_files SET failure_count = ?, last_error = ?, next_attempt_at = ?, quarantined_at = ? "
-            "WHERE id = ?",
+            "UPDATE session_files SET failure_count = ?, last_error = ?, next_attempt_at = ?, quarantined_at = ?, "
+            "failed_size = ?, failed_mtime_ns = ? WHERE id = ?",
             (failures, error[:2000], None if quarantined else to_store(now + backoff * (2 ** (failures - 1))),
-             to_store(now) if quarantined else None, file_id))
+             to_store(now) if quarantined else None, *(stat or (None, None)), file_id))
     return quarantined
 
 
