@@ -57,6 +57,7 @@ async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.bind_worker(worker)
     metrics.bind_database(app[keys.DB])
     app[keys.WORKER] = worker
+    await worker.processor.start()
     worker.start()
     yield
     await worker.stop()

@@ -97,6 +97,7 @@
     setNumber("prompts", data.prompts);
     setNumber("projects", data.projects);
     setNumber("tokens.total", data.tokens.total);
+    setNumber("tokens.total.exact", data.tokens.total, true);
     ["input", "output", "cache_read", "cache_creation"].forEach(function (key) {
       setNumber("tokens." + key, data.tokens[key], true);
     });

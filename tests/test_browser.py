@@ -89,6 +89,16 @@ async def assert_cards_show(page, data: dict) -> None:
     for key in ("input", "output", "cache_read", "cache_creation"):
         text = (await page.locator(f'[data-field="tokens.{key}"]').text_content()).strip()
         assert text == grouped(data["tokens"][key]), key
+    # The split's first row: the exact total, for whoever cannot hover for the title.
+    text = (await page.locator('[data-field="tokens.total.exact"]').text_content()).strip()
+    assert text == grouped(data["tokens"]["total"])
+
+
+SPLIT_OPEN = "() => getComputedStyle(document.getElementById('token-split')).opacity === '1'"
+
+
+async def split_opacity(page) -> str:
+    return await page.evaluate("getComputedStyle(document.getElementById('token-split')).opacity")
 
 
 async def selected_tab(page) -> str:
@@ -125,13 +135,15 @@ async def test_home_in_a_real_browser(browser, site):
     assert await card(page, "tokens.total") == ("64.5k", "64,504")
     assert await card(page, "last_pull_at") == ("3m ago", "2026-11-21 11:57:00 UTC")
 
-    # The token split opens on hover.
+    # The token split opens on hover. Closed, it is see-through but still read by screen readers
+    # (in the accessibility tree, exact total first).
     split = page.locator("#token-split")
-    assert not await split.is_visible()
+    assert await split_opacity(page) == "0"
+    tree = await split.aria_snapshot()
+    assert tree.index("Total") < tree.index("64,504") < tree.index("Cache read") < tree.index("56,800"), tree
     await page.hover(".stat-tokens")
-    await split.wait_for(state="visible")
+    await page.wait_for_function(SPLIT_OPEN)
     assert "Cache read" in await split.inner_text() and "56,800" in await split.inner_text()
-    await page.wait_for_function("() => getComputedStyle(document.getElementById('token-split')).opacity === '1'")
     await page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
 
     # The toggle: fetch 7d, redraw in place (no navigation), move aria-selected, keep the URL honest.
@@ -149,8 +161,9 @@ async def test_home_in_a_real_browser(browser, site):
     await page.screenshot(path=str(ARTIFACTS / "home-7d.png"), full_page=True)
 
     # Keyboard: the focused card shows its split; arrows move between pills and load the window.
+    assert await split_opacity(page) == "0"
     await page.focus(".stat-tokens")
-    await split.wait_for(state="visible")
+    await page.wait_for_function(SPLIT_OPEN)
     await page.focus("#tab-7d")
     await page.keyboard.press("ArrowLeft")
     await page.wait_for_selector('#tab-24h[aria-selected="true"]')

@@ -88,6 +88,7 @@ async def test_switch_on_and_onboarded_shows_the_frame_with_24h_numbers(make_cli
         '<span class="stat-value" data-field="prompts" title="9">9</span>',
         '<span class="stat-value" data-field="tokens.total" title="64,504">64.5k</span>'
         '<span class="sr-only" data-exact="tokens.total">(exactly 64,504)</span>',
+        '<dd data-field="tokens.total.exact">64,504</dd>',
         '<dd data-field="tokens.input">129</dd>',
         '<dd data-field="tokens.output">1,325</dd>',
         '<dd data-field="tokens.cache_read">56,800</dd>',
@@ -114,6 +115,7 @@ async def test_window_7d_is_rendered_on_the_server(make_client, monkeypatch):
         '<span class="stat-value" data-field="sessions" title="4">4</span>',
         '<span class="stat-value" data-field="prompts" title="12">12</span>',
         '<span class="stat-value" data-field="tokens.total" title="169,027">169k</span>',
+        '<dd data-field="tokens.total.exact">169,027</dd>',
         '<dd data-field="tokens.input">352</dd>',
         '<dd data-field="tokens.output">3,295</dd>',
         '<dd data-field="tokens.cache_read">153,000</dd>',

@@ -398,6 +398,26 @@ async def test_parsing_in_a_worker_process_gives_the_same_numbers(db, people):
     assert await stats_of(db, alice, "24h") == expected_stats("alice", "24h")
 
 
+async def test_the_service_starts_its_parse_processes_before_it_serves(aiohttp_client, tmp_path):
+    """Started at the first upload, the pool launched the forkserver under its lock, on the event
+    loop: every request in flight waited 0.1-0.3 s for its imports. Now both processes run, and
+    parse, before the app answers anything."""
+    from service.app import create_app
+    from service.config import load_settings
+
+    settings = load_settings(environ={}, db_path=str(tmp_path / "a.db"), data_dir=str(tmp_path / "data"),
+                             secret_key="s", parse_workers=2)
+    client = await aiohttp_client(create_app(settings))
+    processor = client.app[keys.WORKER].processor
+    live = [p for p in processor._executor._processes.values() if p.is_alive()]
+    assert len(live) == 2
+    alice = await make_caller(client.app[keys.DB], "alice@example.com")
+    ids = await store.register_files(client.app[keys.DB], alice.user.id, sample_files("alice"), "cli", NOW)
+    assert [(await processor.process(file_id)).status for file_id in ids] == ["processed"] * 6
+    assert await stats_of(client.app[keys.DB], alice.user.id, "24h") == expected_stats("alice", "24h")
+    assert {p.pid for p in processor._executor._processes.values()} == {p.pid for p in live}
+
+
 def test_the_command_line_forks_its_parse_processes_only_while_it_has_one_thread():
     """`agnes-home ingest` forks its parse processes before its event loop and database threads
     exist (no forkserver, no resource tracker); with another thread running it declines, and
