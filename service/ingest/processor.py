@@ -69,10 +69,13 @@ def fork_parse_pool(workers: int) -> ProcessPoolExecutor | None:
     return pool
 
 
+START_TIMEOUT_S = 30
+
+
 def _start_processes(pool: ProcessPoolExecutor, workers: int) -> None:
     """Have the pool start all its processes: one no-op per process, each awaited."""
     for future in [pool.submit(int) for _ in range(workers)]:
-        future.result()
+        future.result(timeout=START_TIMEOUT_S)
 
 
 @dataclass
@@ -120,7 +123,10 @@ class Processor:
         """
         pool = self._pool()
         if isinstance(pool, ProcessPoolExecutor):
-            await asyncio.to_thread(_start_processes, pool, self.workers)
+            try:
+                await asyncio.to_thread(_start_processes, pool, self.workers)
+            except TimeoutError:  # a loaded host: serve anyway, the processes come up on their own
+                logger.warning("parse processes not up after %s s; serving without waiting", START_TIMEOUT_S)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
