@@ -34,6 +34,11 @@ _FILE_COLS = ("id, user_id, path, origin, size, mtime_ns, content_hash, processo
               "received_at, quarantined_at, last_error")
 
 
+# A file's failure state: the test for it, and the assignments that clear it (a new chance).
+_FAILING = "(next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL)"
+_NO_FAILURE = "failure_count = 0, quarantined_at = NULL, next_attempt_at = NULL, last_error = NULL"
+
+
 def _state(row) -> FileState | None:
     return None if row is None else FileState(*tuple(row))
 
@@ -52,8 +57,7 @@ async def register_file(db: Database, user_id: int, path: str, origin: str, now:
     async with db.transaction() as conn:
         async with conn.execute(
                 "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (path) DO UPDATE SET received_at = excluded.received_at, failure_count = 0, "
-                "quarantined_at = NULL, next_attempt_at = NULL, last_error = NULL "
+                f"ON CONFLICT (path) DO UPDATE SET received_at = excluded.received_at, {_NO_FAILURE} "
                 "WHERE session_files.user_id = excluded.user_id RETURNING id", (user_id, path, origin, stamp)) as cur:
             row = await cur.fetchone()
     if row is None:
@@ -69,8 +73,7 @@ async def register_files(db: Database, user_id: int, paths: Iterable[str], origi
     async with db.transaction() as conn:
         await conn.executemany(
             "INSERT INTO session_files (user_id, path, origin, received_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET failure_count = 0, quarantined_at = NULL, "
-            "next_attempt_at = NULL, last_error = NULL WHERE session_files.user_id = excluded.user_id",
+            f"ON CONFLICT (path) DO UPDATE SET {_NO_FAILURE} WHERE session_files.user_id = excluded.user_id",
             [(user_id, path, origin, stamp) for path in paths])
         # One read for all of them (the paths travel as one JSON array, whatever their number).
         rows = await conn.execute_fetchall(
@@ -107,7 +110,7 @@ async def files_under(db: Database, root: str) -> dict[str, KnownFile]:
     prefix = root.rstrip("/") + "/"
     # A range on the unique path index: every path that starts with the prefix sorts in it.
     rows = await db.fetchall(
-        "SELECT path, id, size, mtime_ns, (next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL) AS failing, "
+        f"SELECT path, id, size, mtime_ns, {_FAILING} AS failing, "
         "user_id, failed_size, failed_mtime_ns FROM session_files WHERE path >= ? AND path < ?",
         (prefix, prefix[:-1] + "0"))
     return {r["path"]: KnownFile(r["id"], r["size"], r["mtime_ns"], bool(r["failing"]), r["user_id"],
@@ -118,9 +121,8 @@ async def release_changed(db: Database, file_id: int) -> bool:
     """A failing file whose content changed since it failed goes back in line with a clean
     failure count, as a new upload of it would; False when it is no longer failing."""
     return await db.execute_write(
-        "UPDATE session_files SET failure_count = 0, quarantined_at = NULL, next_attempt_at = NULL, "
-        "last_error = NULL, failed_size = NULL, failed_mtime_ns = NULL "
-        "WHERE id = ? AND (next_attempt_at IS NOT NULL OR quarantined_at IS NOT NULL)", (file_id,)) == 1
+        f"UPDATE session_files SET {_NO_FAILURE}, failed_size = NULL, failed_mtime_ns = NULL "
+        f"WHERE id = ? AND {_FAILING}", (file_id,)) == 1
 
 
 async def mark_unchanged(db: Database, file_id: int, size: int, mtime_ns: int, now: datetime) -> None:
