@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from service import keys
 from service.migrations import latest_version
 
@@ -33,3 +35,28 @@ async def test_readyz_names_an_old_schema(client):
     body = await resp.json()
     assert body["failed"] == ["schema"]
     assert f"expected {latest_version()}" in body["detail"]
+
+
+async def test_readyz_names_a_stopped_worker(client):
+    await client.app[keys.WORKER].stop()
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["failed"] == ["worker"] and body["code"] == "not_ready"
+    assert "worker: not running" in body["detail"]
+
+
+async def test_readyz_names_a_worker_without_a_recent_heartbeat(client):
+    client.app[keys.WORKER].last_beat = time.monotonic() - 3600
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["failed"] == ["worker"] and "worker: no heartbeat for 3600s" in body["detail"]
+
+
+async def test_readyz_names_an_unreachable_database(client):
+    await client.app[keys.DB].close()
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["failed"] == ["database", "schema"] and body["checks"]["database"].startswith("unreachable")

@@ -11,6 +11,8 @@ from service import keys
 from service.store import users
 from tests.conftest import make_caller
 from tests.test_ingest import EXPECTED, NOW, ingest_files, sample_files
+from tests.test_parser import assistant, jsonl, usage, user
+from tests.test_upload import settle, upload
 
 ZERO = {"window": "24h", "last_pull_at": None, "sessions": 0, "prompts": 0, "projects": 0,
         "tokens": {"input": 0, "output": 0, "cache_read": 0, "cache_creation": 0, "total": 0}}
@@ -97,6 +99,29 @@ async def test_home_stats_needs_a_credential(client):
     resp = await client.get("/api/me/home-stats")
     assert resp.status == 401
     assert (await resp.json())["code"] == "unauthorized"
+
+
+NO_TIMESTAMPS = jsonl(
+    user("u1", "what changed?", ts=None, sessionId="s-none", cwd="/w/p"),
+    assistant("a1", "msg_n1", ts=None, usage=usage(3, 30), sessionId="s-none"),
+)
+
+
+async def test_a_file_without_timestamps_counts_at_the_moment_it_was_received(client, alice):
+    """FORMAT.md "Windows": such a file is activity when received; the window's start is inclusive."""
+    client.app[keys.CLOCK].fixed = NOW
+    assert (await upload(client, alice, "s-none.jsonl", NO_TIMESTAMPS)).status == 200
+    await settle(client)
+    body = await get_stats(client, alice)
+    assert (body["sessions"], body["prompts"], body["projects"], body["tokens"]["total"]) == (1, 1, 1, 33)
+    client.app[keys.CLOCK].fixed = NOW + timedelta(hours=24)
+    body = await get_stats(client, alice)
+    assert (body["sessions"], body["prompts"], body["tokens"]["total"]) == (1, 1, 33)
+    client.app[keys.CLOCK].fixed = NOW + timedelta(hours=24, microseconds=1)
+    body = await get_stats(client, alice)
+    assert (body["sessions"], body["prompts"], body["projects"], body["tokens"]["total"]) == (0, 0, 0, 0)
+    body = await get_stats(client, alice, "?window=7d")
+    assert (body["sessions"], body["prompts"], body["tokens"]["total"]) == (1, 1, 33)
 
 
 # --- POST /api/me/onboarded -------------------------------------------------------------------

@@ -207,6 +207,31 @@ async def test_switch_off_and_not_onboarded_shows_the_hero(make_client, monkeypa
     assert "Three steps on your machine to connect it to Agnes." in html and "shows your sessions" not in html
 
 
+@pytest.mark.parametrize("yaml_value, env_value, shown", [
+    (None, None, True),      # default: on
+    ("false", None, False),  # YAML over the default
+    ("false", "1", True),    # the environment over YAML
+    ("true", "off", False),
+    ("true", "", False),     # the empty string is false
+])
+async def test_the_frame_switch_resolves_env_over_yaml_over_default(aiohttp_client, tmp_path, yaml_value,
+                                                                    env_value, shown):
+    """SPEC.md "Configuration", end to end: from the environment a real deployment has to the page."""
+    environ = {"AGNES_DB_PATH": str(tmp_path / "a.db"), "AGNES_DATA_DIR": str(tmp_path / "d"),
+               "AGNES_SECRET_KEY": "s", "AGNES_PARSE_WORKERS": "0"}
+    if yaml_value is not None:
+        (tmp_path / "instance.yaml").write_text(f"instance:\n  home:\n    show_status_frame: {yaml_value}\n")
+        environ["AGNES_CONFIG"] = str(tmp_path / "instance.yaml")
+    if env_value is not None:
+        environ["AGNES_HOME_SHOW_STATUS_FRAME"] = env_value
+    client = await aiohttp_client(create_app(load_settings(environ=environ)))
+    client.app[keys.CLOCK].fixed = NOW
+    alice = await make_caller(client.app[keys.DB], "alice@example.com", onboarded=True)
+    html = await page(client, alice)
+    assert ("data-status-frame" in html) is shown
+    assert ('<h2 id="hero-title">Setting up another machine?</h2>' in html) is not shown
+
+
 async def test_public_url_is_the_server_in_the_init_line(make_client):
     client = await make_client(public_url="https://agnes.example.com/")
     carol = await make_caller(client.app[keys.DB], "carol@example.com", onboarded=False)

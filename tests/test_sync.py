@@ -76,6 +76,16 @@ async def test_manifest_stamps_last_pull_at(client, db, alice):
     assert profile["last_pull_at"] == stats["last_pull_at"]
 
 
+async def test_the_stamp_is_the_services_now(client, db, alice):
+    from tests.conftest import NOW
+
+    client.app[keys.CLOCK].fixed = NOW
+    assert (await client.get("/api/sync/manifest", headers=alice.headers)).status == 200
+    await db.settle()
+    stats = await (await client.get("/api/me/home-stats", headers=alice.headers)).json()
+    assert stats["last_pull_at"] == "2026-11-21T12:00:00Z"
+
+
 async def test_a_head_of_the_manifest_is_not_a_pull(client, db, alice, registered):
     """`curl -I` fetches nothing, and a browser's cookie is not `agnes pull` (another site could make
     the browser fetch the URL): Last sync must not move. The HEAD's headers are still the GET's."""

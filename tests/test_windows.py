@@ -258,3 +258,26 @@ async def test_a_clock_in_another_zone_gives_the_same_numbers(db, alice_id, tmp_
         got = msgspec.to_builtins(await stats.home_stats(db, alice_id, "24h", local))
         assert as_tuple(got) == as_tuple(await frame(db, alice_id, "2026-11-21T11:30:00Z")), offset
         assert got["tokens"]["input"] == 14  # m2 (11:40), m3 and m4: hand-counted above
+
+
+async def test_a_sessions_project_comes_from_its_earliest_file_whatever_the_order(db, alice_id, tmp_path):
+    """FORMAT.md "project": for a session spread over several files, the file that starts earliest."""
+    files = [("later.jsonl", user("b1", "more", ts="2026-11-21T10:00:00.000Z", sessionId="S1", cwd="/b")),
+             ("earlier.jsonl", user("a1", "start", ts="2026-11-21T09:00:00.000Z", sessionId="S1", cwd="/a")),
+             ("other.jsonl", user("c1", "else", ts="2026-11-21T09:30:00.000Z", sessionId="S2", cwd="/a"))]
+    for name, line in files:  # one ingest each, the later file first
+        await ingest_files(db, alice_id, [await write(tmp_path, name, transcript(line))])
+    f = await frame(db, alice_id, "2026-11-21T12:00:00Z")
+    assert (f["sessions"], f["projects"], f["prompts"]) == (2, 1, 3)  # S1 is in /a, like S2
+
+
+async def test_each_token_counter_is_its_largest_value_across_files(db, alice_id, tmp_path):
+    """FORMAT.md "Streaming duplicates": per message id per user, each counter's largest value."""
+    one = assistant("x1", "msg_m", ts="2026-11-21T10:00:00.000Z", usage=usage(10, 5, 7, 0), sessionId="S")
+    two = assistant("x2", "msg_m", ts="2026-11-21T10:00:05.000Z", usage=usage(3, 50, 0, 9), sessionId="S")
+    await ingest_files(db, alice_id, [await write(tmp_path, "one.jsonl", transcript(one))])
+    await ingest_files(db, alice_id, [await write(tmp_path, "two.jsonl", transcript(two))])
+    await assert_hours_consistent(db)
+    f = await frame(db, alice_id, "2026-11-21T12:00:00Z")
+    assert (f["sessions"], f["tokens"]) == (1, {"input": 10, "output": 50, "cache_read": 7, "cache_creation": 9,
+                                               "total": 76})
