@@ -214,10 +214,17 @@ def _own_hosts(request: web.Request, settings: Settings) -> set[str]:
     return hosts
 
 
-def origin_refusal(request: web.Request) -> AppError | None:
-    """403 origin_mismatch when the browser says the request comes from another site; else None."""
+def origin_refusal(request: web.Request, *, opaque_ok: bool = True) -> AppError | None:
+    """403 origin_mismatch when the browser says the request comes from another site; else None.
+
+    ``Origin: null`` is what a sandboxed frame, or any page with a no-referrer policy, sends from
+    another site. With ``opaque_ok=False`` it is refused too: for sign-in and sign-out the Origin is
+    the only defence, where the other posts still need the session's CSRF token.
+    """
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.split("://", 1)[-1] not in _own_hosts(request, request.app[keys.SETTINGS]):
+    if not origin or (origin == "null" and opaque_ok):
+        return None
+    if origin.split("://", 1)[-1] not in _own_hosts(request, request.app[keys.SETTINGS]):
         return AppError(403, f"Cross-site request refused: Origin {origin} is not this site "
                              "(behind a proxy, set AGNES_PUBLIC_URL to the address browsers use).", "origin_mismatch")
     return None

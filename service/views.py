@@ -129,7 +129,7 @@ async def login_page(request: web.Request) -> web.Response:
 async def login_submit(request: web.Request) -> web.Response:
     # Another site must not sign this browser in (to the other site's account, say, so that what
     # the analyst then does lands there): the same Origin check as sign-out.
-    refused = origin_refusal(request)
+    refused = origin_refusal(request, opaque_ok=False)
     if refused is not None:
         raise refused
     form = await read_form(request)
@@ -153,7 +153,7 @@ async def logout(request: web.Request) -> web.Response:
     """Signing out always works: from a page whose session has died (a revoked token) or whose
     CSRF token went stale (signed out and in again elsewhere). It only clears this browser's
     cookie, so it needs no credential or CSRF token; another site still cannot post it."""
-    refused = origin_refusal(request)
+    refused = origin_refusal(request, opaque_ok=False)
     if refused is not None:
         raise refused
     response = web.HTTPSeeOther("/login")

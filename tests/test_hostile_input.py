@@ -672,6 +672,23 @@ async def test_another_site_cannot_sign_a_browser_in(client, alice):
     assert same.status == 303 and "agnes_session" in same.cookies
 
 
+async def test_an_opaque_origin_cannot_sign_a_browser_in_or_out(client, alice):
+    """Another site's page with `<meta name="referrer" content="no-referrer">` (or a sandboxed frame)
+    posts with `Origin: null`; sign-in and sign-out have no CSRF token behind the Origin check."""
+    null = {"Origin": "null"}
+    resp = await client.post("/login", data={"token": alice.token, "next": "/home"}, allow_redirects=False,
+                             headers=null)
+    assert resp.status == 403 and (await resp.json())["code"] == "origin_mismatch"
+    assert "agnes_session" not in resp.cookies
+    assert (await client.get("/api/me")).status == 401
+    same = await client.post("/login", data={"token": alice.token}, allow_redirects=False,
+                             headers={"Origin": f"http://{client.server.host}:{client.server.port}"})
+    assert same.status == 303 and (await client.get("/api/me")).status == 200
+    out = await client.post("/logout", allow_redirects=False, headers=null)
+    assert out.status == 403 and (await out.json())["code"] == "origin_mismatch"
+    assert (await client.get("/api/me")).status == 200  # still signed in
+
+
 def test_text_logs_write_line_breaks_as_escapes():
     from service.logs import TextFormatter
 
