@@ -76,6 +76,11 @@ class MalformedRequestFilter(logging.Filter):
         # Looked up, not imported: only a process that has loaded aiohttp can hold its exception,
         # and importing aiohttp costs a command-line process ~0.1-0.4 s (its connector module
         # loads the system's CA certificates) that `agnes-home ingest` never needs.
+        web_protocol = sys.modules.get("aiohttp.web_protocol") if exc is not None else None
+        if web_protocol is not None and isinstance(exc, web_protocol.RequestPayloadError):
+            # A body that does not decode, met again when aiohttp drains it after the answer: its
+            # cause (ContentEncodingError) says what was wrong with it.
+            exc = exc.__cause__
         http_exceptions = sys.modules.get("aiohttp.http_exceptions") if exc is not None else None
         if (http_exceptions is not None and isinstance(exc, http_exceptions.HttpProcessingError)
                 and 400 <= (exc.code or 400) < 500):

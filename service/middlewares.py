@@ -139,6 +139,13 @@ async def error_middleware(request: web.Request, handler):
         return web.Response(status=CLIENT_CLOSED_REQUEST)
     except AppError as exc:
         return _render_error(request, exc.status, exc.detail, exc.code, exc.headers)
+    except web.RequestPayloadError:
+        # The body cannot be read as sent (a Content-Encoding that does not decode): the client's
+        # error, wherever the handler read it. aiohttp then drops the connection, so say so.
+        response = _render_error(request, 400, "The request body could not be read: its Content-Encoding "
+                                               "does not decode.", "bad_body", {})
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

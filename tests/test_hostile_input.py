@@ -717,3 +717,47 @@ async def test_a_download_survives_a_header_that_is_not_utf8(client, alice, secr
                                       b"Connection: close\r\nAuthorization: Bearer " + alice.token.encode() +
                                       b"\r\n" + extra + b"\r\n")
         assert (status, body) == (200, b"id\n1\n"), extra
+
+
+# --- Bodies aiohttp cannot read as sent -------------------------------------------------------------
+
+async def test_a_body_whose_content_encoding_does_not_decode_is_400(client, db, alice, settings, caplog):
+    """aiohttp inflates a Content-Encoding: gzip body as it arrives and raises RequestPayloadError at
+    the handler's first read when it does not inflate; every route that reads a body answered 500,
+    with a traceback in the log."""
+    from service.logs import MalformedRequestFilter
+
+    gzipped = {**alice.headers, "Content-Encoding": "gzip"}
+    body, ctype = multipart(b'filename="enc.jsonl"', TRANSCRIPT)
+    cases = [
+        ("/api/me/onboarded", b'{"source": "self_unmark", "onboarded": false}',
+         {**gzipped, "Content-Type": "application/json"}),
+        ("/api/upload/local-md", b'{"content": "x"}', {**gzipped, "Content-Type": "application/json"}),
+        ("/api/upload/sessions", body, {**gzipped, "Content-Type": ctype}),
+        ("/api/me/onboarded", b"source=self_unmark&onboarded=false",
+         {**gzipped, "Content-Type": "application/x-www-form-urlencoded"}),
+        ("/login", f"token={alice.token}".encode(),
+         {"Content-Encoding": "gzip", "Content-Type": "application/x-www-form-urlencoded"}),
+    ]
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(noisy := MalformedRequestFilter())
+    try:
+        with caplog.at_level(logging.INFO):
+            for path, data, headers in cases:
+                resp = await client.post(path, data=data, headers=headers, allow_redirects=False)
+                await json_error(resp, 400, ("bad_body",))
+                assert "agnes_session" not in resp.cookies, path
+                assert resp.headers["Connection"] == "close", path  # aiohttp drops it after the answer
+            await asyncio.sleep(0.1)  # aiohttp drains (and logs) the body after the answer
+    finally:
+        server_log.removeFilter(noisy)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    refused = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    assert refused and all(m.startswith("refused a malformed request") for m in refused), refused
+    assert (await users.get_user(db, alice.user.id)).onboarded is True
+    assert await tables.local_md(db, alice.user.id) is None
+    await nothing_stored(client, settings)
+    # The same bodies, really gzipped, are read as usual.
+    resp = await client.post("/api/upload/local-md", data=gzip.compress(b'{"content": "x"}'),
+                             headers={**gzipped, "Content-Type": "application/json"})
+    assert resp.status == 200 and await tables.local_md(db, alice.user.id) == "x"
