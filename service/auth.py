@@ -255,10 +255,12 @@ async def check_csrf(request: web.Request, identity: Identity) -> AppError | Non
 
 async def read_form(request: web.Request):
     """request.post(), with a body that is not form data in UTF-8 answered 400 rather than 500
-    (LookupError: a charset parameter Python does not know), and a stalled one 408."""
+    (LookupError: a charset parameter Python does not know; RuntimeError: a multipart part in a
+    Content-Transfer-Encoding aiohttp does not know), and a stalled one 408."""
     try:
         return await read_body(request, request.post())
-    except (UnicodeDecodeError, LookupError, ValueError, HttpProcessingError):  # HttpProcessingError: a line too long
+    except (UnicodeDecodeError, LookupError, ValueError, HttpProcessingError,  # HttpProcessingError: a line too long
+            RuntimeError):
         raise AppError(400, "The form body is malformed or not UTF-8.", "bad_form") from None
 
 

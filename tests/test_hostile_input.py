@@ -761,3 +761,22 @@ async def test_a_body_whose_content_encoding_does_not_decode_is_400(client, db, 
     resp = await client.post("/api/upload/local-md", data=gzip.compress(b'{"content": "x"}'),
                              headers={**gzipped, "Content-Type": "application/json"})
     assert resp.status == 200 and await tables.local_md(db, alice.user.id) == "x"
+
+
+async def test_a_form_part_in_an_unknown_transfer_encoding_is_400(client, db, alice):
+    """request.post() raises RuntimeError for a Content-Transfer-Encoding it does not know: a 500 on
+    the public sign-in form, with a traceback in the log, for anyone who sends one."""
+    boundary = "cteboundary"
+
+    def body(name: str, value: str) -> bytes:
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n"
+                f"Content-Transfer-Encoding: x-bogus\r\n\r\n{value}\r\n--{boundary}--\r\n").encode()
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    resp = await client.post("/login", data=body("token", alice.token), headers=headers, allow_redirects=False)
+    await json_error(resp, 400, ("bad_form",))
+    assert "agnes_session" not in resp.cookies
+    resp = await client.post("/api/me/onboarded", data=body("onboarded", "false"),
+                             headers={**headers, **alice.headers})
+    await json_error(resp, 400, ("bad_form",))
+    assert (await users.get_user(db, alice.user.id)).onboarded is True
