@@ -46,11 +46,31 @@ def load_secret(settings: Settings) -> bytes:
     path = Path(settings.data_dir) / "secret_key"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_hex(32).encode())
+        kept = path.read_bytes().strip()
+    except FileNotFoundError:
+        kept = b""
+    if kept:
+        return kept
+    # An empty key signs cookies anyone can forge. The key is written whole under a temporary name
+    # and then put in place, so that neither a crash (or a full disk) mid-write nor another process
+    # starting at the same moment ever reads an empty file; one left empty by an older version is
+    # replaced.
+    tmp = path.with_name(f".secret_key-{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_hex(32).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # fails when another process put its key in place first
+        except FileExistsError:
+            if not path.read_bytes().strip():
+                os.replace(tmp, path)
+        except OSError:  # a file system without hard links
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path.read_bytes().strip()
 
 

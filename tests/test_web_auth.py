@@ -309,3 +309,30 @@ async def test_a_cookie_upload_sends_the_csrf_token_as_a_header(client, alice):
     assert body["code"] == "csrf_failed" and "X-CSRF-Token" in body["detail"]
     ok = await client.post("/api/upload/sessions", data=form(False), headers={"X-CSRF-Token": token})
     assert ok.status == 200 and (await ok.json())["size"] == len(transcript)
+
+
+async def test_a_stored_secret_key_left_empty_is_replaced_not_signed_with(aiohttp_client, tmp_path):
+    """A start that died (or ran out of disk) between creating data_dir/secret_key and writing it
+    left an empty file, and every later start signed cookies with the empty key: anyone could
+    sign in as anyone."""
+    from service.app import create_app
+    from service.config import load_settings
+
+    data_dir = tmp_path / "keyless"
+    data_dir.mkdir()
+    (data_dir / "secret_key").write_bytes(b"")
+    s = load_settings(environ={}, db_path=str(tmp_path / "keyless.db"), data_dir=str(data_dir), parse_workers=0)
+    assert s.secret_key == ""
+    client = await aiohttp_client(create_app(s))
+    stored = (data_dir / "secret_key").read_bytes()
+    assert re.fullmatch(rb"[0-9a-f]{64}", stored) and client.app[keys.SECRET] == stored
+    assert not list(data_dir.glob(".secret_key-*"))
+    caller = await make_caller(client.app[keys.DB], "alice@example.com")
+    forged = URLSafeTimedSerializer(b"", salt="agnes-home.session").dumps({"u": caller.user.id, "t": None, "n": "x"})
+    client.session.cookie_jar.update_cookies({"agnes_session": forged})
+    assert (await client.get("/api/me")).status == 401
+    client.session.cookie_jar.clear()
+    assert (await sign_in(client, caller.token)).status == 303
+    assert (await (await client.get("/api/me")).json())["email"] == "alice@example.com"
+    # The key is kept: the next start signs with the same one.
+    assert create_app(s)[keys.SECRET] == stored
