@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,13 +118,21 @@ async def _manifest_entry(request: web.Request, table: tables.Table) -> Manifest
         st = path.stat() if path is not None else None
     except OSError:
         st = None
-    if st is None:
-        logger.warning("table %s: file %s is missing; left out of the manifest", table.id, table.path)
+    # One table the operator broke (gone, now a directory, unreadable) must not fail every
+    # analyst's pull: it is left out, and the log says which.
+    if st is None or not stat.S_ISREG(st.st_mode):
+        logger.warning("table %s: file %s is missing or not a regular file; left out of the manifest",
+                       table.id, table.path)
         return None
     md5 = table.md5
     if md5 is None or (table.hash_size, table.hash_mtime_ns) != (st.st_size, st.st_mtime_ns):
         # Only a new or changed file is read; the hash is cached by (path, size, mtime).
-        md5 = await asyncio.to_thread(md5_file, path)
+        try:
+            md5 = await asyncio.to_thread(md5_file, path)
+        except OSError as exc:
+            logger.warning("table %s: file %s cannot be read (%s); left out of the manifest",
+                           table.id, table.path, exc.strerror or exc)
+            return None
         tables.cache_hash(request.app[keys.DB], table.id, md5, st.st_size, st.st_mtime_ns)
     updated = datetime.fromtimestamp(st.st_mtime, timezone.utc)
     return ManifestTable(hash=md5, updated=to_api(updated), size_bytes=st.st_size, rows=table.rows or 0,

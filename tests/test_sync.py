@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -122,6 +123,26 @@ async def test_missing_table_file_is_left_out(client, alice, registered, data_di
     (data_dir / "secret.csv").unlink()
     body = await (await client.get("/api/sync/manifest", headers=alice.headers)).json()
     assert sorted(body["tables"]) == ["orders", "remote_only"]
+
+
+async def test_a_table_file_turned_into_a_directory_is_left_out(client, alice, registered, data_dir, caplog):
+    """An operator's broken table must not fail every analyst's pull (it was a 500 for everyone)."""
+    (data_dir / "secret.csv").unlink()
+    (data_dir / "secret.csv").mkdir()
+    with caplog.at_level(logging.WARNING):
+        resp = await client.get("/api/sync/manifest", headers=alice.headers)
+    assert resp.status == 200
+    assert sorted((await resp.json())["tables"]) == ["orders", "remote_only"]
+    assert "missing or not a regular file" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+async def test_an_unreadable_table_file_is_left_out(client, alice, registered, data_dir, caplog):
+    (data_dir / "orders.csv").chmod(0)
+    with caplog.at_level(logging.WARNING):
+        resp = await client.get("/api/sync/manifest", headers=alice.headers)
+    assert resp.status == 200 and "orders" not in (await resp.json())["tables"]
+    assert "cannot be read" in caplog.text
 
 
 async def test_head_and_get_download(client, alice, registered, data_dir):
