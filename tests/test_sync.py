@@ -12,7 +12,7 @@ import pytest
 
 from service import keys, sync
 from service.store import tables, users
-from tests.conftest import make_caller
+from tests.conftest import NOW, make_caller
 
 
 @pytest.fixture
@@ -78,8 +78,6 @@ async def test_manifest_stamps_last_pull_at(client, db, alice):
 
 
 async def test_the_stamp_is_the_services_now(client, db, alice):
-    from tests.conftest import NOW
-
     client.app[keys.CLOCK].fixed = NOW
     assert (await client.get("/api/sync/manifest", headers=alice.headers)).status == 200
     await db.settle()

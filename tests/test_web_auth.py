@@ -8,6 +8,8 @@ from itsdangerous import URLSafeTimedSerializer
 from yarl import URL
 
 from service import keys
+from service.app import create_app
+from service.config import load_settings
 from service.store import users
 from tests.conftest import make_caller
 
@@ -183,9 +185,6 @@ async def test_page_forms_on_a_stale_page_answer_with_pages(client, alice):
 
 async def test_same_origin_posts_behind_a_proxy_that_rewrites_host(aiohttp_client, settings):
     """nginx passes Host as the upstream address by default: the browser's Origin is the public one."""
-    from service.app import create_app
-    from service.config import load_settings
-
     behind = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
                            public_url="https://agnes.corp.example", trusted_proxies=["127.0.0.0/8"])
     client = await aiohttp_client(create_app(behind))
@@ -214,9 +213,6 @@ async def test_bearer_posts_need_no_csrf(client, alice):
 
 
 async def test_proxy_header_only_from_trusted_addresses(aiohttp_client, settings, tmp_path):
-    from service.app import create_app
-    from service.config import load_settings
-
     trusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
                             proxy_header="X-Forwarded-Email", trusted_proxies=["127.0.0.0/8"])
     client = await aiohttp_client(create_app(trusted))
@@ -315,9 +311,6 @@ async def test_a_stored_secret_key_left_empty_is_replaced_not_signed_with(aiohtt
     """A start that died (or ran out of disk) between creating data_dir/secret_key and writing it
     left an empty file, and every later start signed cookies with the empty key: anyone could
     sign in as anyone."""
-    from service.app import create_app
-    from service.config import load_settings
-
     data_dir = tmp_path / "keyless"
     data_dir.mkdir()
     (data_dir / "secret_key").write_bytes(b"")
