@@ -1,0 +1,215 @@
+"""An analyst's activity over a range of local days: daily series, by model, by project, with
+estimated cost. Pure computation over the deduplicated per-user rows; neither HTTP nor SQL."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable, NamedTuple
+
+import msgspec
+
+from .cost import PriceTable
+
+__all__ = ["Activity", "MessageIn", "PromptIn", "summarise"]
+
+_GAP = timedelta(seconds=600)  # FORMAT.md active_seconds: a longer gap starts a new block
+
+
+class MessageIn(NamedTuple):
+    ts: datetime
+    session_id: str
+    model: str | None
+    speed: str | None
+    input: int
+    output: int
+    cache_read: int
+    cache_creation: int
+    cache_5m: int
+    cache_1h: int
+
+
+class PromptIn(NamedTuple):
+    ts: datetime
+    session_id: str
+
+
+class Tokens(msgspec.Struct):
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_creation: int = 0
+    total: int = 0
+
+    def add(self, m: MessageIn) -> None:
+        self.input += m.input
+        self.output += m.output
+        self.cache_read += m.cache_read
+        self.cache_creation += m.cache_creation
+        self.total += m.input + m.output + m.cache_read + m.cache_creation
+
+
+class Day(msgspec.Struct):
+    date: str
+    sessions: int = 0
+    prompts: int = 0
+    messages: int = 0
+    tokens: Tokens = msgspec.field(default_factory=Tokens)
+    cost_usd: float = 0.0
+    active_seconds: int = 0
+
+
+class ModelRow(msgspec.Struct):
+    model: str
+    messages: int = 0
+    tokens: Tokens = msgspec.field(default_factory=Tokens)
+    cost_usd: float | None = 0.0  # None: the model has no known price
+
+
+class ProjectRow(msgspec.Struct):
+    project: str | None
+    sessions: int = 0
+    prompts: int = 0
+    messages: int = 0
+    tokens: Tokens = msgspec.field(default_factory=Tokens)
+    cost_usd: float = 0.0
+    active_seconds: int = 0
+
+
+class Totals(msgspec.Struct):
+    sessions: int = 0
+    prompts: int = 0
+    messages: int = 0
+    tokens: Tokens = msgspec.field(default_factory=Tokens)
+    cost_usd: float = 0.0
+    unpriced_messages: int = 0  # their tokens count, their cost is unknown (never taken as free)
+    fast_messages: int = 0  # priced at a fast-mode price
+    active_seconds: int = 0
+
+
+class Activity(msgspec.Struct):
+    range: str
+    tz: str
+    price_table: str
+    totals: Totals
+    days: list[Day]
+    by_model: list[ModelRow]
+    by_project: list[ProjectRow]
+
+
+@dataclass
+class _Session:
+    stamps: list[datetime] = field(default_factory=list)
+
+
+def _blocks(stamps: list[datetime]) -> Iterable[tuple[datetime, datetime]]:
+    stamps.sort()
+    start = end = stamps[0]
+    for ts in stamps[1:]:
+        if ts - end > _GAP:
+            yield start, end
+            start = ts
+        end = ts
+    yield start, end
+
+
+def summarise(range_name: str, zone_name: str, bounds: list[datetime], messages: Iterable[MessageIn],
+              prompts: Iterable[PromptIn], projects: dict[str, str | None], prices: PriceTable,
+              dates: list[str]) -> Activity:
+    """Days are [bounds[i], bounds[i + 1]) in UTC, named by ``dates``; rows outside them are ignored.
+
+    A session counts on a day, and for its project, when it has a prompt or a message in it. Active
+    time is FORMAT.md's block rule over the session's prompts and messages, each block's span split
+    at the local midnights it crosses.
+    """
+    days = [Day(d) for d in dates]
+    first, last = bounds[0], bounds[-1]
+    totals = Totals()
+    models: dict[str, ModelRow] = {}
+    by_project: dict[str | None, ProjectRow] = {}
+    day_sessions: list[set[str]] = [set() for _ in days]
+    sessions: dict[str, _Session] = defaultdict(_Session)
+
+    def day_of(ts: datetime) -> int:
+        return bisect_right(bounds, ts) - 1
+
+    def project_row(session_id: str) -> ProjectRow:
+        project = projects.get(session_id)
+        row = by_project.get(project)
+        if row is None:
+            row = by_project[project] = ProjectRow(project)
+        return row
+
+    for m in messages:
+        if not first <= m.ts < last:
+            continue
+        i = day_of(m.ts)
+        day = days[i]
+        day.messages += 1
+        day.tokens.add(m)
+        totals.messages += 1
+        totals.tokens.add(m)
+        day_sessions[i].add(m.session_id)
+        sessions[m.session_id].stamps.append(m.ts)
+        name = m.model or "(unknown)"
+        model = models.get(name)
+        if model is None:
+            model = models[name] = ModelRow(name)
+        model.messages += 1
+        model.tokens.add(m)
+        project = project_row(m.session_id)
+        project.messages += 1
+        project.tokens.add(m)
+        cost = prices.message_cost(m.model, m.ts, m.speed, m.input, m.output, m.cache_read, m.cache_creation,
+                                   m.cache_5m, m.cache_1h)
+        if cost is None:
+            totals.unpriced_messages += 1
+            model.cost_usd = None
+            continue
+        totals.fast_messages += cost.fast
+        day.cost_usd += cost.usd
+        totals.cost_usd += cost.usd
+        project.cost_usd += cost.usd
+        if model.cost_usd is not None:
+            model.cost_usd += cost.usd
+    for p in prompts:
+        if not first <= p.ts < last:
+            continue
+        i = day_of(p.ts)
+        days[i].prompts += 1
+        totals.prompts += 1
+        day_sessions[i].add(p.session_id)
+        sessions[p.session_id].stamps.append(p.ts)
+        project_row(p.session_id).prompts += 1
+
+    for i, found in enumerate(day_sessions):
+        days[i].sessions = len(found)
+    totals.sessions = len(sessions)
+    for session_id, session in sessions.items():
+        row = project_row(session_id)
+        row.sessions += 1
+        for start, end in _blocks(session.stamps):
+            seconds = int((end - start).total_seconds())
+            row.active_seconds += seconds
+            totals.active_seconds += seconds
+            # Split the block at each local midnight it crosses.
+            i = day_of(start)
+            while start < end:
+                cut = min(end, bounds[i + 1])
+                days[i].active_seconds += int((cut - start).total_seconds())
+                start, i = cut, i + 1
+    for day in days:
+        day.cost_usd = round(day.cost_usd, 6)
+    for row in by_project.values():
+        row.cost_usd = round(row.cost_usd, 6)
+    for model in models.values():
+        if model.cost_usd is not None:
+            model.cost_usd = round(model.cost_usd, 6)
+    totals.cost_usd = round(totals.cost_usd, 6)
+    return Activity(
+        range=range_name, tz=zone_name, price_table=prices.version, totals=totals, days=days,
+        by_model=sorted(models.values(), key=lambda r: (-r.tokens.total, r.model)),
+        by_project=sorted(by_project.values(), key=lambda r: (-r.tokens.total, r.project or "")),
+    )
