@@ -7,13 +7,14 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import msgspec
 
 from .cost import PriceTable
 
-__all__ = ["Activity", "MessageIn", "PromptIn", "summarise"]
+__all__ = ["Activity", "EventIn", "MessageIn", "PromptIn", "SessionRow", "dedupe_events", "session_rows",
+           "sort_sessions", "summarise"]
 
 _GAP = timedelta(seconds=600)  # FORMAT.md active_seconds: a longer gap starts a new block
 
@@ -213,3 +214,126 @@ def summarise(range_name: str, zone_name: str, bounds: list[datetime], messages:
         by_model=sorted(models.values(), key=lambda r: (-r.tokens.total, r.model)),
         by_project=sorted(by_project.values(), key=lambda r: (-r.tokens.total, r.project or "")),
     )
+
+
+# --- Sessions: FORMAT.md's sessions (copies belong to the session they were copied from), each
+# with its activity inside the range, so that the sessions' sums equal the range's totals.
+
+
+class EventIn(NamedTuple):
+    ts: datetime
+    session_id: str
+    event_type: str  # tool_use | subagent | mcp_call | slash_command
+    tool_name: str | None
+    skill_name: str | None
+    subagent_type: str | None
+    command_name: str | None
+    is_error: bool
+
+
+class SessionRow(msgspec.Struct):
+    session_id: str
+    project: str | None
+    started_at: str | None
+    ended_at: str | None
+    active_seconds: int
+    prompts: int
+    messages: int
+    tokens: Tokens
+    cost_usd: float | None  # None: none of its messages has a known price
+    primary_model: str | None
+    tool_calls: int
+    tool_errors: int
+
+
+def dedupe_events(events: Iterable[EventIn], owner_rank: dict[str, tuple]) -> list[EventIn]:
+    """A resumed session's copy of a line repeats its tool uses (same name and timestamp) under another
+    session: among sessions holding the same use, only the one that owns the copied line keeps it (the
+    lowest ``owner_rank``). Uses within one session are never merged (parallel calls share a line)."""
+    groups: dict[tuple, list[EventIn]] = defaultdict(list)
+    for e in events:
+        groups[(e.event_type, e.tool_name, e.skill_name, e.subagent_type, e.command_name, e.ts)].append(e)
+    kept = []
+    for group in groups.values():
+        best = min((e.session_id for e in group), key=lambda s: (owner_rank.get(s, (True,)), s))
+        kept.extend(e for e in group if e.session_id == best)
+    return kept
+
+
+def session_rows(messages: Iterable[MessageIn], prompts: Iterable[PromptIn], events: Iterable[EventIn],
+                 projects: dict[str, str | None], prices: PriceTable,
+                 to_text: Callable[[datetime], str]) -> list[SessionRow]:
+    """Every session with a prompt or a message among the rows given, with its counters."""
+    stamps: dict[str, list[datetime]] = defaultdict(list)
+    counts: dict[str, list] = {}  # session -> [prompts, messages, Tokens, cost, priced, model counts]
+
+    def entry(session_id: str) -> list:
+        found = counts.get(session_id)
+        if found is None:
+            found = counts[session_id] = [0, 0, Tokens(), 0.0, False, {}]
+        return found
+
+    for p in prompts:
+        entry(p.session_id)[0] += 1
+        stamps[p.session_id].append(p.ts)
+    for m in sorted(messages, key=lambda m: m.ts):
+        e = entry(m.session_id)
+        e[1] += 1
+        e[2].add(m)
+        stamps[m.session_id].append(m.ts)
+        if m.model:
+            e[5][m.model] = e[5].get(m.model, 0) + 1  # insertion order: the model seen first wins ties
+        cost = prices.message_cost(m.model, m.ts, m.speed, m.input, m.output, m.cache_read, m.cache_creation,
+                                   m.cache_5m, m.cache_1h)
+        if cost is not None:
+            e[3] += cost.usd
+            e[4] = True
+    tools: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for ev in events:
+        if ev.event_type == "slash_command":
+            continue
+        if ev.event_type == "tool_use":
+            tools[ev.session_id][0] += 1
+        tools[ev.session_id][1] += ev.is_error
+    rows = []
+    for session_id, (n_prompts, n_messages, tokens, cost, priced, models) in counts.items():
+        times = stamps[session_id]
+        active = sum(int((end - start).total_seconds()) for start, end in _blocks(times))
+        rows.append(SessionRow(
+            session_id=session_id, project=projects.get(session_id), started_at=to_text(times[0]),
+            ended_at=to_text(times[-1]), active_seconds=active, prompts=n_prompts, messages=n_messages, tokens=tokens,
+            cost_usd=round(cost, 6) if priced else None,
+            primary_model=max(models, key=models.__getitem__) if models else None,
+            tool_calls=tools[session_id][0], tool_errors=tools[session_id][1]))
+    return rows
+
+
+SESSION_SORTS = {
+    "start": lambda r: r.started_at or "",
+    "project": lambda r: r.project or "",
+    "duration": lambda r: _seconds_between(r.started_at, r.ended_at),
+    "active": lambda r: r.active_seconds,
+    "prompts": lambda r: r.prompts,
+    "tokens": lambda r: r.tokens.total,
+    "cost": lambda r: -1.0 if r.cost_usd is None else r.cost_usd,
+    "model": lambda r: r.primary_model or "",
+    "tool_calls": lambda r: r.tool_calls,
+    "tool_errors": lambda r: r.tool_errors,
+}
+
+
+def _seconds_between(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def sort_sessions(rows: list[SessionRow], sort: str) -> list[SessionRow]:
+    """``sort`` is a key of SESSION_SORTS, descending unless prefixed with ``+`` (newest, largest first);
+    ties by start, newest first, then id."""
+    ascending = sort.startswith("+")
+    key = SESSION_SORTS[sort.lstrip("+-")]
+    rows = sorted(rows, key=lambda r: r.session_id)
+    rows.sort(key=lambda r: r.started_at or "", reverse=True)
+    rows.sort(key=key, reverse=not ascending)
+    return rows

@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import msgspec
 import pytest
 
+from service.activity import sort_sessions
 from service.cost import load_price_table
 from service.days import day_starts, parse_zone
-from service.store.activity import activity
+from service.store.activity import activity, session_detail, sessions
 from tests.conftest import EXPECTED, NOW, ingest_files, make_caller, sample_files
 from tests.test_cost import library
 from tests.test_parser import jsonl
@@ -128,3 +129,34 @@ async def test_json_shape_is_plain_builtins(db, carol):
     body = msgspec.to_builtins(week)
     assert set(body) == {"range", "tz", "price_table", "totals", "days", "by_model", "by_project"}
     assert len(body["days"]) == 30 and body["tz"] == "Europe/Prague"
+
+
+async def test_carols_sessions_are_formats_sessions_and_sum_to_the_totals(db, carol):
+    week = await activity(db, carol.user.id, "7d", None, NOW, PRICES)
+    rows = sort_sessions(await sessions(db, carol.user.id, "7d", None, NOW, PRICES), "start")
+    assert [r.session_id[:8] for r in rows] == ["8f306b14", "4b9e2f70", "5c0d3e81", "9a417c25", "7e2f5a03",
+                                                "0b528d36", "6d1e4f92"]  # newest first; the copies-only resume is none
+    assert sum(r.prompts for r in rows) == week.totals.prompts == 12
+    assert sum(r.messages for r in rows) == week.totals.messages == 17
+    assert sum(r.tokens.total for r in rows) == week.totals.tokens.total
+    assert sum(r.cost_usd for r in rows) == pytest.approx(week.totals.cost_usd, abs=1e-5)
+    assert sum(r.active_seconds for r in rows) == week.totals.active_seconds
+    resumed = next(r for r in rows if r.session_id.startswith("8f306b14"))
+    assert (resumed.prompts, resumed.messages, resumed.started_at) == (1, 1, "2026-11-21T09:00:20Z")
+    first = rows[1]
+    assert (first.primary_model, first.tool_calls, first.tool_errors) == ("claude-opus-4-5-20251101", 1, 0)
+    assert first.project == "/home/carol/work/ltv"
+    by_tokens = sort_sessions(rows, "tokens")
+    assert [r.tokens.total for r in by_tokens] == sorted((r.tokens.total for r in rows), reverse=True)
+    assert [r.tokens.total for r in sort_sessions(rows, "+tokens")] == sorted(r.tokens.total for r in rows)
+
+
+async def test_a_session_view_lists_its_tools_and_hours_and_never_another_users_session(db, carol):
+    detail = await session_detail(db, carol.user.id, "4b9e2f70-1c3a-4d5e-8f60-7a1b2c3d4e5f", PRICES)
+    assert {(t.kind, t.name, t.uses, t.errors) for t in detail.tools} == {
+        ("subagent", "cohort-analyst", 1, 0), ("tool_use", "Bash", 1, 0), ("slash_command", "model", 1, 0)}
+    assert detail.hours == [{"hour": "2026-11-21T06:00:00Z", "prompts": 3, "messages": 5, "tokens": 73625}]
+    assert detail.session.prompts == 3 and detail.price_table == PRICES.version
+    dora = await make_caller(db, "dora@example.com")
+    assert await session_detail(db, dora.user.id, "4b9e2f70-1c3a-4d5e-8f60-7a1b2c3d4e5f", PRICES) is None
+    assert await session_detail(db, carol.user.id, "f0e1d2c3-b4a5-4697-8877-665544332211", PRICES) is None
