@@ -13,19 +13,19 @@ import jinja2
 from aiohttp import web
 
 from . import keys
-from .auth import load_secret, make_signer
+from .web.auth import load_secret, make_signer
 from .config import ConfigError, Settings
 from .db import Database
-from .fragments import FragmentCache
+from .web.fragments import FragmentCache
 from .ingest.worker import IngestWorker
-from .middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
-from .metrics import Metrics
+from .web.middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
+from .web.metrics import Metrics
 from .migrations import migrate
-from .routes import setup_routes
-from .sync import load_memory
+from .web.routes import setup_routes
+from .web.sync import load_memory
 from .timeutil import Clock
-from .upload import remove_stale_uploads
-from .views import template_filters
+from .web.upload import remove_stale_uploads
+from .web.views import template_filters
 
 logger = logging.getLogger(__name__)
 

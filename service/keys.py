@@ -8,14 +8,14 @@ from aiohttp import web
 
 if TYPE_CHECKING:
 
-    from .auth import Identity, SessionSigner
+    from .web.auth import Identity, SessionSigner
     from .config import Settings
     from .db import Database
     from .ingest.worker import IngestWorker
-    from .metrics import Metrics
-    from .middlewares import InFlight
+    from .web.metrics import Metrics
+    from .web.middlewares import InFlight
     from .store.users import User
-    from .sync import MemoryBundle
+    from .web.sync import MemoryBundle
     from .timeutil import Clock
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from service import keys
-from service.api import Profile
+from service.web.api import Profile
 from service.app import create_app
-from service.errors import ErrorBody
-from service.onboarding import OnboardedBody, OnboardedResult
-from service.openapi import DOCUMENT, PATHS
+from service.web.errors import ErrorBody
+from service.web.onboarding import OnboardedBody, OnboardedResult
+from service.web.openapi import DOCUMENT, PATHS
 from service.store import tables
 from service.store.stats import HomeStats, Tokens
-from service.sync import LocalMd, Manifest, ManifestTable, MemoryBundle, MemoryItem
+from service.web.sync import LocalMd, Manifest, ManifestTable, MemoryBundle, MemoryItem
 from tests.conftest import SAMPLES, make_caller
 from tests.test_crash_safety import Server, seed, seed_table
 

@@ -13,10 +13,10 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import web
 
-from . import keys
+from .. import keys
 from .auth import check_csrf, identify
 from .errors import AppError, code_for, error_response
-from .logs import request_id_var, user_id_var
+from ..logs import request_id_var, user_id_var
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .store.tables import TABLE_ID
+from ..store.tables import TABLE_ID
 from .upload import FILE_NAME
 
 # ISO 8601 UTC as timeutil.to_api writes it: 2026-11-21T12:00:00Z or ...12:00:00.400Z.

@@ -13,10 +13,10 @@ from pathlib import Path
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import keys
+from .. import keys
 from .api import json, read_body
 from .errors import AppError
-from .store import ingest as store
+from ..store import ingest as store
 
 logger = logging.getLogger(__name__)
 
