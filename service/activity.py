@@ -58,7 +58,7 @@ class Day(msgspec.Struct):
     prompts: int = 0
     messages: int = 0
     tokens: Tokens = msgspec.field(default_factory=Tokens)
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0  # the priced messages' (None: cost hidden from analysts)
     active_seconds: int = 0
 
 
@@ -75,7 +75,7 @@ class ProjectRow(msgspec.Struct):
     prompts: int = 0
     messages: int = 0
     tokens: Tokens = msgspec.field(default_factory=Tokens)
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0
     active_seconds: int = 0
 
 
@@ -84,7 +84,7 @@ class Totals(msgspec.Struct):
     prompts: int = 0
     messages: int = 0
     tokens: Tokens = msgspec.field(default_factory=Tokens)
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0
     unpriced_messages: int = 0  # their tokens count, their cost is unknown (never taken as free)
     fast_messages: int = 0  # priced at a fast-mode price
     active_seconds: int = 0
@@ -93,7 +93,7 @@ class Totals(msgspec.Struct):
 class Activity(msgspec.Struct):
     range: str
     tz: str
-    price_table: str
+    price_table: str | None  # the price table's version, beside every cost (None: cost hidden)
     totals: Totals
     days: list[Day]
     by_model: list[ModelRow]

@@ -145,3 +145,14 @@ async def session_detail(db: Database, user_id: int, session_id: str, prices: Pr
         use.errors += ev.is_error
     return SessionDetail(row, prices.version, [hours[k] for k in sorted(hours)],
                          sorted(tools.values(), key=lambda t: (t.kind, -t.uses, t.name)))
+
+
+async def stored_zone(db: Database, user_id: int) -> str | None:
+    """The analyst's remembered time zone (an IANA name), or None when none was stored."""
+    return await db.fetchval("SELECT tz FROM users WHERE id = ?", (user_id,))
+
+
+async def remember_zone(db: Database, user_id: int, zone_name: str) -> None:
+    """Remember a validated zone name for the analyst's days (ValueError for one that is not a zone)."""
+    parse_zone(zone_name)
+    await db.execute_write("UPDATE users SET tz = ? WHERE id = ?", (zone_name, user_id))
