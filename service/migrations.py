@@ -31,16 +31,23 @@ class Script:
 
 
 def scripts(schema_dir: Path = SCHEMA_DIR) -> list[Script]:
-    """The numbered scripts, in order; numbering must be 1..N without gaps."""
+    """The numbered scripts, in order; each number once, increasing.
+
+    A gap is accepted: branches reserve numbers (0010 and 0011 are in flight while 0012 lands), so a
+    build may carry a later script before an earlier one arrives. A database that ran 0012 on such a
+    build would skip 0010 and 0011 later, so only throw-away databases may run one.
+    """
     found = []
     for path in sorted(schema_dir.glob("*.sql")):
         match = _NAME.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: schema scripts are named NNNN_what_it_does.sql")
         found.append(Script(int(match.group(1)), path))
-    for expected, script in enumerate(found, start=1):
-        if script.version != expected:
-            raise MigrationError(f"{script.path.name}: expected version {expected:04d}")
+    for before, script in zip(found, found[1:]):
+        if script.version == before.version:
+            raise MigrationError(f"{script.path.name}: version {script.version:04d} is also {before.path.name}")
+    if found and found[0].version < 1:
+        raise MigrationError(f"{found[0].path.name}: versions start at 0001")
     return found
 
 
