@@ -245,6 +245,12 @@ PATHS: dict[str, Any] = {
                                 public_route=True)},
     "/healthz": {"get": _get("healthz", "Liveness: the process answers; no database work.",
                              {"200": _json(_ref("Health"), "Alive.")}, tag="ops", public_route=True)},
+    "/api/health": {"get": _get("apiHealth", "The `agnes` client's capability probe; no credential, no database "
+                                             "work.",
+                                {"200": _json(_ref("Health"), "Alive; X-Agnes-Accepts lists what uploads may be.",
+                                              {"X-Agnes-Accepts": {"schema": {"const": "session-gzip"},
+                                                                   "description": "Uploads may be gzip."}})},
+                                tag="ops", public_route=True)},
     "/readyz": {"get": _get("readyz", "Readiness: database, schema version and ingest worker.",
                             {"200": _json(_ref("Ready"), "Ready."),
                              "503": _json(_ref("NotReady"), "Not ready; `failed` names the checks.")},

@@ -14,6 +14,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", metrics.metrics_handler)
+    r.add_get("/api/health", health.api_health)
 
     r.add_get("/", views.index)
     r.add_get("/login", views.login_page)

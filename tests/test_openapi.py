@@ -213,7 +213,7 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
         await r.call(method, "/api/data/nope/download", download, headers=auth)
         await r.call(method, "/api/data/orders/download", download)
 
-    for path in ("/cli/latest", "/healthz", "/readyz", "/metrics"):
+    for path in ("/cli/latest", "/healthz", "/api/health", "/readyz", "/metrics"):
         await r.call("GET", path)
     await r.call("GET", "/api/openapi.json")  # 401: every /api/* route identifies a user
     await r.call("GET", "/api/openapi.json", headers=auth)
