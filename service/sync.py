@@ -298,11 +298,22 @@ _welcome_env = jinja2.Environment(  # plain text (Markdown) returned inside JSON
 
 
 async def welcome(request: web.Request) -> web.Response:
-    """GET /api/welcome?server_url=: the CLAUDE.md for the analyst's new workspace."""
+    """GET /api/welcome?server_url=: the CLAUDE.md for the analyst's new workspace.
+
+    `agnes init` (0.54.9 and 0.84.8 alike) never posts /api/me/onboarded: its first fetch of this text
+    is what onboards the analyst (source agnes_init), and only when they have no onboarding record at
+    all, since `agnes update` fetches it again at every Claude Code session start and must never undo
+    `agnes onboarded off`. Only with a bearer token: another site can make a signed-in browser GET a URL.
+    """
     url = request.query.get("server_url", "").strip()
     if not url.startswith(("http://", "https://")) or len(url) > 2048 or any(c in url for c in "\r\n\x00"):
         url = server_url(request)
     user = request[keys.USER]
+    db = request.app[keys.DB]
+    if (request[keys.IDENTITY].method == "bearer" and not user.onboarded
+            and not await users.has_onboarding_record(db, user.id)):
+        if await users.onboard_first_time(db, user.id, "first GET /api/welcome"):
+            logger.info("onboarded=True source=agnes_init (first /api/welcome)")
     text = _welcome_env.get_template("welcome.md").render(server_url=url, user=user)
     return json({"content": text})
 

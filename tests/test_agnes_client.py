@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from service.store import tables, users
-from tests.agnes_client import CHUNK_THRESHOLD, AgnesClient, ClientFailure
+from tests.agnes_client import CHUNK_THRESHOLD, CURRENT, LEGACY, AgnesClient, ClientFailure, encode_workspace
 from tests.conftest import SAMPLES, make_caller
 
 
@@ -131,9 +131,10 @@ async def test_status_falls_back_to_the_home_page(client, session, db, monkeypat
     assert await agnes.onboarded_status() is True
 
 
-async def test_init_leaves_the_analyst_onboarded(client, session, db, datasets):
+@pytest.mark.parametrize("version", [LEGACY, CURRENT])
+async def test_init_onboards_the_analyst_on_the_first_welcome_fetch(client, session, db, datasets, version):
     caller = await make_caller(db, "fresh@example.com", onboarded=False)
-    agnes = AgnesClient(session, base_url(client), caller.token)
+    agnes = AgnesClient(session, base_url(client), caller.token, version=version)
     claude_md = await agnes.init("https://agnes.example.com")
     assert "https://agnes.example.com" in claude_md and "agnes pull" in claude_md
     user = await users.get_user(db, caller.user.id)
@@ -141,9 +142,52 @@ async def test_init_leaves_the_analyst_onboarded(client, session, db, datasets):
     paths = [p for _, p, _ in agnes.log]
     assert paths[:4] == ["/api/catalog/tables", "/api/initial-workspace", "/api/welcome", "/cli/latest"]
     assert ("GET", "/api/initial-workspace", 404) in agnes.log
-    assert paths[-1] == "/api/me/onboarded"
-    audit = [(r["action"], r["source"]) for r in await users.audit_rows(db, caller.user.id)]
-    assert ("onboarded", "agnes_init") in audit
+    # Neither release posts /api/me/onboarded: the welcome fetch is what onboarded them.
+    assert "/api/me/onboarded" not in paths
+    assert paths[-1] == ("/api/sync/pull-confirm" if version == CURRENT else "/api/memory/bundle")
+    audit = [(r["action"], r["source"], r["detail"]) for r in await users.audit_rows(db, caller.user.id)
+             if r["action"] in ("onboarded", "offboarded")]
+    assert audit == [("onboarded", "agnes_init", "first GET /api/welcome")]
+    assert await agnes.onboarded_status() is True
+
+
+async def test_agnes_update_at_every_session_start_never_undoes_onboarded_off(client, session, db, tmp_path):
+    caller = await make_caller(db, "leaver@example.com", onboarded=False)
+    agnes = AgnesClient(session, base_url(client), caller.token, version=CURRENT)
+    await agnes.init("https://agnes.example.com")
+    assert await agnes.onboarded(False) is False
+    for _ in range(3):  # three Claude Code session starts
+        await agnes.update_quiet("https://agnes.example.com", tmp_path / "projects", tmp_path / "ws")
+    assert (await users.get_user(db, caller.user.id)).onboarded is False
+    assert await agnes.onboarded_status() is False
+    audit = [(r["action"], r["source"]) for r in await users.audit_rows(db, caller.user.id)
+             if r["action"] in ("onboarded", "offboarded")]
+    assert audit == [("onboarded", "agnes_init"), ("offboarded", "self_unmark")]
+
+
+async def test_a_welcome_fetch_after_any_onboarding_record_changes_nothing(client, session, db):
+    # Marked on, then off, by hand before ever running init: the record says they chose; init keeps it.
+    caller = await make_caller(db, "choosy@example.com", onboarded=False)
+    agnes = AgnesClient(session, base_url(client), caller.token, version=CURRENT)
+    await agnes.onboarded(True)
+    await agnes.onboarded(False)
+    await agnes.welcome("https://agnes.example.com")
+    assert (await users.get_user(db, caller.user.id)).onboarded is False
+    # One onboarded by the operator (`users add --onboarded`) gets no second record either.
+    operator_made = await make_caller(db, "made@example.com", onboarded=True)
+    await AgnesClient(session, base_url(client), operator_made.token).welcome("https://agnes.example.com")
+    assert [r["action"] for r in await users.audit_rows(db, operator_made.user.id)] == ["user_added", "token_issued"]
+
+
+async def test_a_browser_fetching_welcome_with_its_cookie_is_not_onboarded(client, db):
+    # Another site can make a signed-in browser GET any URL: only the client's bearer token onboards.
+    caller = await make_caller(db, "browser@example.com", onboarded=False)
+    resp = await client.post("/login", data={"token": caller.token}, allow_redirects=False)
+    assert resp.status == 303
+    resp = await client.get("/api/welcome?server_url=https://agnes.example.com")
+    assert resp.status == 200 and "agnes pull" in (await resp.json())["content"]
+    assert (await users.get_user(db, caller.user.id)).onboarded is False
+    assert not await users.has_onboarding_record(db, caller.user.id)
 
 
 async def test_after_a_pull_last_sync_is_just_now(client, session, alice):
@@ -155,3 +199,47 @@ async def test_after_a_pull_last_sync_is_just_now(client, session, alice):
     assert 0 <= (utcnow() - from_store(stats["last_pull_at"])).total_seconds() < 1
     page = await (await client.get("/home", headers=alice.headers)).text()
     assert re.search(r"just now", page)
+
+
+# --- The current client (0.84.8) ---------------------------------------------------------------------
+
+SAMPLE = SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl"
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A workspace and Claude Code's project folder for it, holding one transcript and one subagent file."""
+    root, ws = tmp_path / "claude" / "projects", tmp_path / "home" / "ana" / "Agnes work"
+    folder = root / encode_workspace(ws)
+    (folder / SAMPLE.stem / "subagents").mkdir(parents=True)
+    (folder / SAMPLE.name).write_bytes(SAMPLE.read_bytes())
+    (folder / SAMPLE.stem / "subagents" / "agent-a1b2.jsonl").write_bytes(SAMPLE.read_bytes())
+    assert folder.name.endswith("-home-ana-Agnes-work")  # "/" and " " both become "-"
+    return root, ws, folder
+
+
+def stored(settings, caller) -> dict[str, bytes]:
+    from pathlib import Path
+
+    folder = Path(settings.data_dir) / "sessions" / str(caller.user.id)
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
+
+
+async def test_current_push_probes_health_once_sends_gzip_and_never_subagent_files(
+        client, session, alice, settings, workspace):
+    root, ws, folder = workspace
+    agnes = AgnesClient(session, base_url(client), alice.token, version=CURRENT)
+    result = await agnes.push_workspace(root, ws)
+    assert result.gzip is True and result.sent == [SAMPLE.name] and not result.dropped
+    assert agnes.log == [("GET", "/api/health", 200), ("POST", "/api/upload/sessions", 200)]
+    # Stored decompressed, under the name without .gz; the subagent file never left the machine.
+    assert stored(settings, alice) == {SAMPLE.name: SAMPLE.read_bytes()}
+    # Nothing new: no upload, and no probe either.
+    again = await agnes.push_workspace(root, ws)
+    assert again.skipped_unchanged == 1 and not again.sent and len(agnes.log) == 2
+    # A grown transcript is sent again, whole, and replaces the stored one.
+    with open(folder / SAMPLE.name, "ab") as fh:
+        fh.write(b'{"type":"summary","summary":"later"}\n')
+    grown = await agnes.push_workspace(root, ws)
+    assert grown.sent == [SAMPLE.name]
+    assert stored(settings, alice)[SAMPLE.name] == (folder / SAMPLE.name).read_bytes()
