@@ -14,6 +14,7 @@ from aiohttp import web
 
 from . import keys
 from .auth import load_secret, make_signer
+from .clients import ClientTracker
 from .config import ConfigError, Settings
 from .db import Database
 from .fragments import FragmentCache
@@ -94,6 +95,7 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
         raise ConfigError(f"instance.memory_file ({settings.memory_file}): {exc}") from None
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
+    app[keys.CLIENTS] = ClientTracker()
     setup_templates(app)
     setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(database_ctx)

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
 
     from .auth import Identity, SessionSigner
+    from .clients import ClientTracker
     from .config import Settings
     from .db import Database
     from .ingest.worker import IngestWorker
@@ -27,6 +28,8 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 # Memory rules served to `agnes pull` (operator-configured, validated at start-up).
 MEMORY: web.AppKey[MemoryBundle] = web.AppKey("memory")
+# Each analyst's client version and OS, from the User-Agent of their API calls.
+CLIENTS: web.AppKey[ClientTracker] = web.AppKey("clients")
 # Clock used for windows and stamps; tests replace it to pin "now".
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 

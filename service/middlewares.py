@@ -193,6 +193,7 @@ async def auth_middleware(request: web.Request, handler):
     request[keys.IDENTITY] = identity
     request[keys.USER] = identity.user
     user_id_var.set(str(identity.user.id))
+    request.app[keys.CLIENTS].observe(request, identity)
     response = await handler(request)
     # Everything behind a credential is someone's own data: no shared or browser cache keeps it
     # (errors too: _render_error adds it to those).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin, api, health, metrics, onboarding, openapi, sync, upload, views
+from . import admin, api, clients, health, metrics, onboarding, openapi, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -34,6 +34,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
 
     # What the `agnes` client calls (SPEC.md "Wire compatibility").
     r.add_get("/api/sync/manifest", sync.manifest)
+    r.add_post("/api/sync/pull-confirm", clients.pull_confirm)
     r.add_get("/api/data/{table_id}/download", sync.download)  # add_get also answers HEAD
     r.add_get("/api/catalog/tables", sync.catalog)
     r.add_get("/api/memory/bundle", sync.memory_bundle)

@@ -8,7 +8,9 @@ import re
 import aiohttp
 import pytest
 
+from service import keys
 from service.store import tables, users
+from service.timeutil import from_store
 from tests.agnes_client import CHUNK_THRESHOLD, CURRENT, LEGACY, AgnesClient, ClientFailure, encode_workspace
 from tests.conftest import SAMPLES, make_caller
 
@@ -243,3 +245,68 @@ async def test_current_push_probes_health_once_sends_gzip_and_never_subagent_fil
     grown = await agnes.push_workspace(root, ws)
     assert grown.sent == [SAMPLE.name]
     assert stored(settings, alice)[SAMPLE.name] == (folder / SAMPLE.name).read_bytes()
+
+
+async def profile(client, caller) -> dict:
+    await client.app[keys.DB].settle()  # the client version is written after the answer, not before
+    resp = await client.get("/api/me/profile", headers=caller.headers)
+    assert resp.status == 200
+    return await resp.json()
+
+
+async def test_each_release_is_kept_as_the_analysts_client_and_only_0848_confirms_its_pull(
+        client, session, alice, datasets):
+    assert (await profile(client, alice))["client"] is None and (await profile(client, alice))["last_pull"] is None
+    legacy = AgnesClient(session, base_url(client), alice.token, version=LEGACY, os_name="darwin")
+    await legacy.pull()
+    seen = await profile(client, alice)
+    assert seen["client"]["version"] == "0.54.9" and seen["client"]["os"] == "darwin"
+    assert seen["last_pull"] is None and seen["last_pull_at"] is not None
+    # An upgrade shows at once (a new version is written whatever the minute), with its pull's outcome.
+    current = AgnesClient(session, base_url(client), alice.token, version=CURRENT, os_name="windows")
+    result = await current.pull()
+    assert result.requests[-1] == ("POST", "/api/sync/pull-confirm", 200)
+    seen = await profile(client, alice)
+    assert {k: seen["client"][k] for k in ("version", "os")} == {"version": "0.84.8", "os": "windows"}
+    assert from_store(seen["client"]["seen_at"]) <= from_store(seen["last_pull"]["finished_at"])
+    assert seen["last_pull"]["errors"] == 0 and 0 <= seen["last_pull"]["duration_ms"] < 60_000
+    assert from_store(seen["last_pull_at"]) <= from_store(seen["last_pull"]["finished_at"])
+
+
+async def test_only_the_clients_own_user_agent_on_bearer_calls_names_a_client(client, session, db, alice, bob):
+    # The v2 catalog helper sends httpx's User-Agent; a browser sends its own; neither is a client version.
+    await client.get("/api/me", headers={**alice.headers, "User-Agent": "python-httpx/0.28.1"})
+    await client.get("/api/me", headers={**alice.headers, "User-Agent": "agnes/1.0 (linux); rm -rf"})
+    assert (await profile(client, alice))["client"] is None
+    await client.post("/login", data={"token": bob.token}, allow_redirects=False)
+    await client.get("/api/me", headers={"User-Agent": "agnes/0.84.8 (linux)"})
+    assert (await profile(client, bob))["client"] is None
+
+
+async def test_pull_confirm_takes_unknown_keys_and_a_failed_pull_marks_last_sync(client, session, alice, datasets):
+    current = AgnesClient(session, base_url(client), alice.token, version=CURRENT)
+    current.pull_errors = ["customers: md5 mismatch", "memory bundle: timeout"]
+    await current.pull()
+    seen = await profile(client, alice)
+    assert seen["last_pull"]["errors"] == 2
+    page = await (await client.get("/home", headers=alice.headers)).text()
+    assert 'data-field="last_pull_errors">that pull had 2 errors' in page
+    # home-stats keeps its shape: the outcome lives on the profile.
+    stats = await (await client.get("/api/me/home-stats", headers=alice.headers)).json()
+    assert set(stats) == {"window", "last_pull_at", "sessions", "prompts", "tokens", "projects"}
+    # A later pull by 0.54.9 (no confirm) is a new Last sync: the old outcome no longer describes it.
+    await AgnesClient(session, base_url(client), alice.token, version=LEGACY).pull()
+    page = await (await client.get("/home", headers=alice.headers)).text()
+    assert "last_pull_errors" not in page
+    # And a clean 0.84.8 pull clears the mark.
+    current.pull_errors = []
+    await current.pull()
+    assert (await profile(client, alice))["last_pull"]["errors"] == 0
+
+
+async def test_a_browser_cannot_record_a_pull_outcome(client, alice):
+    await client.post("/login", data={"token": alice.token}, allow_redirects=False)
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', await (await client.get("/home")).text()).group(1)
+    resp = await client.post("/api/sync/pull-confirm", json={"errors": 3}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 200 and await resp.json() == {"status": "ok", "recorded": False}
+    assert (await profile(client, alice))["last_pull"] is None

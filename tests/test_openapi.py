@@ -21,10 +21,12 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from service import keys
 from service.api import Profile
 from service.app import create_app
+from service.clients import PullConfirm
 from service.errors import ErrorBody
 from service.onboarding import OnboardedBody, OnboardedResult
 from service.openapi import DOCUMENT, PATHS
 from service.store import tables
+from service.store.clients import ClientSeen, LastPull
 from service.store.stats import HomeStats, Tokens
 from service.sync import LocalMd, Manifest, ManifestTable, MemoryBundle, MemoryItem
 from tests.conftest import SAMPLES, make_caller
@@ -107,6 +109,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(settings):
     (Profile, "Profile"), (HomeStats, "HomeStats"), (Tokens, "Tokens"), (OnboardedBody, "OnboardedBody"),
     (OnboardedResult, "OnboardedResult"), (Manifest, "Manifest"), (ManifestTable, "ManifestTable"),
     (MemoryBundle, "MemoryBundle"), (MemoryItem, "MemoryItem"), (LocalMd, "LocalMd"), (ErrorBody, "Error"),
+    (ClientSeen, "ClientSeen"), (LastPull, "LastPull"), (PullConfirm, "PullConfirm"),
 ])
 def test_the_documented_schemas_have_the_fields_of_the_code(struct, name):
     documented_schema = DOCUMENT["components"]["schemas"][name]
@@ -190,6 +193,15 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     await r.call("POST", "/api/upload/local-md", headers={**auth, "Content-Type": "text/plain"}, data=b"x")
     await r.call("POST", "/api/upload/local-md", headers=json_h, data=io.BytesIO(b"x" * 2_000_000))
     await r.call("POST", "/api/upload/local-md", data=b"{}")
+    confirm = b'{"duration_ms": 812, "errors": 1, "direct_tables": {"added": 1}, "data_packages": {}}'
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=confirm)
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=b'{"errors": -1}')
+    await r.call("POST", "/api/sync/pull-confirm", headers={**auth, "Content-Type": "text/plain"}, data=confirm)
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=io.BytesIO(b"x" * 100_000))
+    await r.call("POST", "/api/sync/pull-confirm", data=confirm)
+    await r.call("GET", "/api/me/profile", headers={**auth, "User-Agent": "agnes/0.84.8 (darwin)"})
+    await client.app[keys.DB].settle()
+    await r.call("GET", "/api/me", headers=auth)  # with client and last_pull filled in
     await client.app[keys.WORKER].drain()
 
     ops = await make_caller(db, "ops@example.com")  # an operator (conftest's admin_emails)
@@ -227,6 +239,8 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     await r.call("POST", "/api/me/onboarded", data={"source": "self_acknowledged", "onboarded": "true"})
     await r.call("POST", "/api/upload/sessions", data=upload_form("s.jsonl", sample))
     await r.call("POST", "/api/upload/local-md", json={"content": "x"})
+    await r.call("POST", "/api/sync/pull-confirm", json={"errors": 0})
+    await r.call("POST", "/api/sync/pull-confirm", json={"errors": 0}, headers={"X-CSRF-Token": csrf})
     await r.call("POST", "/api/me/onboarded", data={"source": "self_acknowledged", "onboarded": "true",
                                                     "csrf_token": csrf})
 
