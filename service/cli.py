@@ -356,6 +356,20 @@ async def _backup(args, settings) -> int:
     return 0
 
 
+async def cmd_redact_stored(args, settings) -> int:
+    from .redact import redact_stored  # noqa: PLC0415
+
+    report = await asyncio.to_thread(redact_stored, settings.data_dir)
+    if args.json:
+        _print_json({"files": report.files, "changed": report.changed, "tokens": report.tokens,
+                     "skipped": report.skipped})
+    else:
+        print(f"checked {report.files} stored uploads: replaced {report.tokens} token(s) in "
+              f"{len(report.changed)} file(s)" + (f"; {len(report.skipped)} replaced by an upload meanwhile "
+                                                  "(already redacted)" if report.skipped else ""))
+    return 0
+
+
 # -- attribution ----------------------------------------------------------------------
 
 @with_db
@@ -564,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
     p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+
+    p = add("redact-stored", cmd_redact_stored, "Replace agnes_pat_ tokens in transcripts uploaded before uploads "
+            "were redacted (a one-off; the watched directory is left alone).")
     p.add_argument("--json", action="store_true")
 
     p = add("attribution", cmd_attribution,
