@@ -19,7 +19,7 @@ from .config import ConfigError, Settings
 from .db import Database
 from .fragments import FragmentCache
 from .ingest.worker import IngestWorker
-from .middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
+from .middlewares import InFlight, auth_middleware, error_middleware, observe_prepared, request_id_middleware
 from .metrics import Metrics
 from .migrations import migrate
 from .routes import setup_routes
@@ -96,6 +96,7 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
     app[keys.CLIENTS] = ClientTracker()
+    app.on_response_prepare.append(observe_prepared)
     setup_templates(app)
     setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(database_ctx)

@@ -37,3 +37,5 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
 USER: web.RequestKey[User] = web.RequestKey("user")
+# When a file response's request started: it is counted and logged once sent (its status is final then).
+OBSERVE_AT_PREPARE = web.RequestKey("observe_at_prepare", float)

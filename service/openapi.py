@@ -251,6 +251,12 @@ PATHS: dict[str, Any] = {
     },
     "/api/catalog/tables": {"get": _get("getCatalog", "The caller's tables (`agnes init` proves its token here).",
                                         {"200": _json(_ref("Catalog"), "The tables.")}, tag="sync")},
+    "/api/v2/catalog": {"get": _get("getCatalogV2", "The caller's tables, for `agnes catalog` (as /api/catalog/tables).",
+                                    {"200": _json(_ref("Catalog"), "The tables.")}, tag="sync",
+                                    parameters=[{"name": "refresh", "in": "query", "required": False,
+                                                 "schema": {"type": "string"},
+                                                 "description": "Sent by the client (0 or 1); ignored: the "
+                                                                "catalog is always current."}])},
     "/api/memory/bundle": {"get": _get("getMemoryBundle", "Memory rules `agnes pull` fetches (lists may be empty).",
                                        {"200": _json(_ref("MemoryBundle"), "The rules.")}, tag="sync")},
     "/api/initial-workspace": {"get": _get("getInitialWorkspace", "No initial workspace is configured: always 404.",

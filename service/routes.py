@@ -37,6 +37,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_post("/api/sync/pull-confirm", clients.pull_confirm)
     r.add_get("/api/data/{table_id}/download", sync.download)  # add_get also answers HEAD
     r.add_get("/api/catalog/tables", sync.catalog)
+    r.add_get("/api/v2/catalog", sync.catalog)  # `agnes catalog`, which init suggests (exit 5 on a 404)
     r.add_get("/api/memory/bundle", sync.memory_bundle)
     r.add_get("/api/initial-workspace", sync.initial_workspace)
     r.add_get("/api/welcome", sync.welcome)

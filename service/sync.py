@@ -278,7 +278,9 @@ def content_disposition(name: str) -> str:
 
 
 async def catalog(request: web.Request) -> web.Response:
-    """GET /api/catalog/tables: the caller's tables (`agnes init` uses it to prove the token)."""
+    """GET /api/catalog/tables and /api/v2/catalog: the caller's tables (`agnes init` proves its token with
+    the first, `agnes catalog` lists the second; each key it prints is there, `name` and `entity_type`
+    are optional to it)."""
     found = await tables.readable(request.app[keys.DB], request[keys.USER].id)
     return json({"tables": [{"id": t.id, "rows": t.rows or 0, "query_mode": t.query_mode,
                              "source_type": t.source_type} for t in found]})

@@ -118,19 +118,36 @@ async def test_onboarded_on_off_and_status(client, session, db):
     assert audit == [("onboarded", "self_acknowledged"), ("offboarded", "self_unmark")]
 
 
-async def test_status_falls_back_to_the_home_page(client, session, db, monkeypatch):
-    caller = await make_caller(db, "fallback@example.com", onboarded=True)
-    agnes = AgnesClient(session, base_url(client), caller.token)
+@pytest.mark.parametrize("version", [LEGACY, CURRENT])
+async def test_status_falls_back_to_the_home_page(client, session, db, monkeypatch, version):
+    # 0.84.8 looks for class="offboard-strip", 0.54.9 for the button's text; neither is on the hero.
+    for onboarded in (True, False):
+        caller = await make_caller(db, f"fallback-{onboarded}@example.com", onboarded=onboarded)
+        agnes = AgnesClient(session, base_url(client), caller.token, version=version)
+        original = agnes._call
 
-    original = agnes._call
+        async def profile_broken(method, path, _original=original, **kw):
+            if path == "/api/me/profile":
+                raise ClientFailure(502, "bad gateway")
+            return await _original(method, path, **kw)
 
-    async def profile_broken(method, path, **kw):
-        if path == "/api/me/profile":
-            raise ClientFailure(502, "bad gateway")
-        return await original(method, path, **kw)
+        monkeypatch.setattr(agnes, "_call", profile_broken)
+        assert await agnes.onboarded_status() is onboarded
 
-    monkeypatch.setattr(agnes, "_call", profile_broken)
-    assert await agnes.onboarded_status() is True
+
+@pytest.mark.parametrize("version", [LEGACY, CURRENT])
+async def test_agnes_catalog_lists_the_tables(client, session, alice, datasets, version):
+    agnes = AgnesClient(session, base_url(client), alice.token, version=version)
+    code, catalog = await agnes.catalog()
+    assert code == 0
+    # What cli/commands/catalog.py prints: id, source_type and query_mode as text; name, entity_type optional.
+    assert [(t["id"], t["query_mode"], t["source_type"]) for t in catalog["tables"]] == \
+        [("customers", "local", ""), ("events", "local", ""), ("warehouse", "remote", "")]
+
+
+async def test_welcome_says_where_tables_land_and_how_to_query_them(client, session, alice):
+    text = await AgnesClient(session, base_url(client), alice.token, version=CURRENT).welcome("https://a.example")
+    assert "`server/parquet/`" in text and 'agnes query "SELECT' in text and "./data/" not in text
 
 
 @pytest.mark.parametrize("version", [LEGACY, CURRENT])

@@ -172,7 +172,7 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     auth = alice.headers
     sample = (SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl").read_bytes()
     for path in ("/api/me", "/api/me/profile", "/api/me/home-stats", "/api/sync/manifest", "/api/catalog/tables",
-                 "/api/memory/bundle", "/api/initial-workspace", "/api/welcome"):
+                 "/api/v2/catalog", "/api/memory/bundle", "/api/initial-workspace", "/api/welcome"):
         await r.call("GET", path, headers=auth)
         await r.call("GET", path)  # 401
     await r.call("GET", "/api/me/home-stats?window=7d", headers=auth)
