@@ -327,3 +327,27 @@ async def test_a_browser_cannot_record_a_pull_outcome(client, alice):
     resp = await client.post("/api/sync/pull-confirm", json={"errors": 3}, headers={"X-CSRF-Token": csrf})
     assert resp.status == 200 and await resp.json() == {"status": "ok", "recorded": False}
     assert (await profile(client, alice))["last_pull"] is None
+
+
+async def test_which_answers_make_each_release_give_a_transcript_up(client, session, alice, settings, workspace):
+    from pathlib import Path
+
+    root, ws, folder = workspace
+    transcript = folder / SAMPLE.name
+    # 401 (a revoked or mistyped token): 0.84.8 tries again on its next push, 0.54.9 gives up for good.
+    revoked = "agnes_pat_" + "r" * 43
+    assert (await AgnesClient(session, base_url(client), revoked, version=CURRENT).push_workspace(root, ws)).requeued \
+        == [SAMPLE.name]
+    assert await AgnesClient(session, base_url(client), revoked, version=LEGACY).push(transcript) == "dropped"
+    # A failure on our side is a 5xx, which both releases re-queue: here the analyst's upload folder
+    # cannot be created (a file stands in its way).
+    blocker = Path(settings.data_dir) / "sessions" / str(alice.user.id)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"")
+    current = AgnesClient(session, base_url(client), alice.token, version=CURRENT)
+    failed = await current.push_workspace(root, ws)
+    assert failed.requeued == [SAMPLE.name] and not failed.dropped
+    assert ("POST", "/api/upload/sessions", 500) in current.log
+    assert await AgnesClient(session, base_url(client), alice.token, version=LEGACY).push(transcript) == "requeued"
+    blocker.unlink()
+    assert (await current.push_workspace(root, ws)).sent == [SAMPLE.name]
