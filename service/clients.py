@@ -18,6 +18,7 @@ from aiohttp import web
 
 from . import keys
 from .api import decode_json_body, json
+from .errors import AppError
 from .store import clients as store
 from .timeutil import from_store
 
@@ -66,24 +67,38 @@ class ClientTracker:
         store.note_client_later(request.app[keys.DB], user_id, *seen, now)
 
 
+# A count: JSON's integers, and numbers such as 3.0 or 1e3 that JSON Schema counts as integers too.
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64)] | Annotated[float, msgspec.Meta(ge=0, le=INT64)]
+
+
 class PullConfirm(msgspec.Struct):
     """The confirm body. Unknown keys are accepted on purpose (no forbid_unknown_fields): the client
     also sends direct_tables, data_packages and memory_domains, and later releases may add more."""
 
-    errors: Annotated[int, msgspec.Meta(ge=0, le=INT64)] = 0
-    duration_ms: Annotated[int, msgspec.Meta(ge=0, le=INT64)] = 0
+    errors: Count = 0
+    duration_ms: Count = 0
+
+
+def _whole(value: int | float, field: str) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise AppError(400, f"Invalid request body: Expected an integer, got {value!r} - at `$.{field}`",
+                           "invalid_body")
+        return min(int(value), INT64)  # 9223372036854775807.0 is 2**63 as a float
+    return value
 
 
 async def pull_confirm(request: web.Request) -> web.Response:
     """POST /api/sync/pull-confirm: keep how the caller's last pull ended (bearer calls only, as for the
     manifest's Last sync stamp: a browser's cookie does not pull)."""
     body = await decode_json_body(request, PullConfirm)
+    errors, duration_ms = _whole(body.errors, "errors"), _whole(body.duration_ms, "duration_ms")
     recorded = request[keys.IDENTITY].method == "bearer"
     if recorded:
         await store.record_pull(request.app[keys.DB], request[keys.USER].id, request.app[keys.CLOCK](),
-                                body.errors, body.duration_ms)
-        if body.errors:
-            logger.info("pull finished with %d error(s) in %d ms", body.errors, body.duration_ms)
+                                errors, duration_ms)
+        if errors:
+            logger.info("pull finished with %d error(s) in %d ms", errors, duration_ms)
     return json({"status": "ok", "recorded": recorded})
 
 

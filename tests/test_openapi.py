@@ -196,6 +196,8 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     confirm = b'{"duration_ms": 812, "errors": 1, "direct_tables": {"added": 1}, "data_packages": {}}'
     await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=confirm)
     await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=b'{"errors": -1}')
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=b'{"errors": 1.5}')
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=b'{"errors": 2.0, "duration_ms": 1e3}')
     await r.call("POST", "/api/sync/pull-confirm", headers={**auth, "Content-Type": "text/plain"}, data=confirm)
     await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=io.BytesIO(b"x" * 100_000))
     await r.call("POST", "/api/sync/pull-confirm", data=confirm)
