@@ -22,6 +22,7 @@ from . import keys
 from .api import decode_json_body, json
 from .auth import public
 from .errors import AppError
+from .redact import redact_bytes
 from .store import tables, users
 from .timeutil import to_api, utcnow
 from .views import server_url
@@ -321,10 +322,14 @@ async def welcome(request: web.Request) -> web.Response:
 
 
 async def upload_local_md(request: web.Request) -> web.Response:
-    """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md."""
+    """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md, our tokens
+    replaced as in transcripts (analysts document their setup there; the client redacts only JWTs)."""
     doc = await decode_json_body(request, LocalMd, limit=MAX_LOCAL_MD)
-    await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, doc.content)
-    return json({"status": "ok", "size": len(doc.content.encode())})
+    raw = doc.content.encode()
+    redacted, count = redact_bytes(raw)
+    request.app[keys.METRICS].redacted_tokens.inc(count)
+    await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, redacted.decode())
+    return json({"status": "ok", "size": len(raw)})
 
 
 @public

@@ -103,6 +103,18 @@ async def test_uploads_are_stored_without_our_tokens_and_counted_in_metrics(clie
     assert m[("agnes_ingest_files_total", (("outcome", "processed"),))] == 2
 
 
+async def test_the_local_claude_md_is_kept_without_our_tokens(client, alice, db):
+    from service.store import tables
+
+    content = "# Setup\nagnes init --token " + alice.token + "\nthe agnes_pat_ prefix names our tokens\n"
+    resp = await client.post("/api/upload/local-md", json={"content": content}, headers=alice.headers)
+    assert resp.status == 200 and (await resp.json())["size"] == len(content.encode())
+    assert await tables.local_md(db, alice.user.id) == \
+        "# Setup\nagnes init --token [REDACTED-AGNES-TOKEN]\nthe agnes_pat_ prefix names our tokens\n"
+    m = samples_of(await (await client.get("/metrics")).text())
+    assert m[("agnes_redacted_tokens_total", ())] == 1
+
+
 def test_redact_stored_rewrites_old_uploads_only(tmp_path):
     token = "agnes_pat_" + "z" * 43
     run(tmp_path, "migrate")
