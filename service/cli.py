@@ -356,17 +356,21 @@ async def _backup(args, settings) -> int:
     return 0
 
 
-async def cmd_redact_stored(args, settings) -> int:
-    from .redact import redact_stored  # noqa: PLC0415
+@with_db
+async def cmd_redact_stored(args, settings, db) -> int:
+    from .redact import redact_stored, redact_text  # noqa: PLC0415
+    from .store.tables import redact_local_md  # noqa: PLC0415
 
     report = await asyncio.to_thread(redact_stored, settings.data_dir)
+    local_md = await redact_local_md(db, redact_text)
     if args.json:
         _print_json({"files": report.files, "changed": report.changed, "tokens": report.tokens,
-                     "skipped": report.skipped})
+                     "skipped": report.skipped, "local_md_tokens": local_md})
     else:
         print(f"checked {report.files} stored uploads: replaced {report.tokens} token(s) in "
               f"{len(report.changed)} file(s)" + (f"; {len(report.skipped)} replaced by an upload meanwhile "
-                                                  "(already redacted)" if report.skipped else ""))
+                                                  "(already redacted)" if report.skipped else "")
+              + f"; {local_md} token(s) in local CLAUDE.md files")
     return 0
 
 
@@ -580,8 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
 
-    p = add("redact-stored", cmd_redact_stored, "Replace agnes_pat_ tokens in transcripts uploaded before uploads "
-            "were redacted (a one-off; the watched directory is left alone).")
+    p = add("redact-stored", cmd_redact_stored, "Replace agnes_pat_ tokens in transcripts and local CLAUDE.md files "
+            "uploaded before uploads were redacted (a one-off; the watched directory is left alone).")
     p.add_argument("--json", action="store_true")
 
     p = add("attribution", cmd_attribution,

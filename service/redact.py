@@ -105,6 +105,12 @@ def redact_bytes(data: bytes) -> tuple[bytes, int]:
     return out, redactor.count
 
 
+def redact_text(text: str) -> tuple[str, int]:
+    """``redact_bytes`` for text (tokens are ASCII, so UTF-8 round-trips whatever surrounds them)."""
+    out, count = redact_bytes(text.encode())
+    return out.decode(), count
+
+
 @dataclass
 class StoredReport:
     files: int = 0

@@ -22,7 +22,7 @@ from . import keys
 from .api import decode_json_body, json
 from .auth import public
 from .errors import AppError
-from .redact import redact_bytes
+from .redact import redact_text
 from .store import tables, users
 from .timeutil import to_api, utcnow
 from .views import server_url
@@ -325,11 +325,10 @@ async def upload_local_md(request: web.Request) -> web.Response:
     """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md, our tokens
     replaced as in transcripts (analysts document their setup there; the client redacts only JWTs)."""
     doc = await decode_json_body(request, LocalMd, limit=MAX_LOCAL_MD)
-    raw = doc.content.encode()
-    redacted, count = redact_bytes(raw)
+    redacted, count = redact_text(doc.content)
     request.app[keys.METRICS].redacted_tokens.inc(count)
-    await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, redacted.decode())
-    return json({"status": "ok", "size": len(raw)})
+    await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, redacted)
+    return json({"status": "ok", "size": len(doc.content.encode())})
 
 
 @public

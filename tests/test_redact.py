@@ -8,6 +8,7 @@ import io
 import json
 import random
 import re
+import sqlite3
 
 import aiohttp
 
@@ -127,8 +128,16 @@ def test_redact_stored_rewrites_old_uploads_only(tmp_path):
     clean.write_bytes(SAMPLE.read_bytes())
     watched.write_text('{"content":"' + token + '"}\n')
     before_clean = clean.stat().st_mtime_ns
+    run(tmp_path, "users", "add", "ana@example.com")
+    run(tmp_path, "users", "add", "ben@example.com")
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        conn.executemany("INSERT INTO user_local_md (user_id, content, updated_at) VALUES (?, ?, '2026-01-01')",
+                         [(1, f"token: {token}\n"), (2, "the agnes_pat_ prefix\n")])
     out = json.loads(run(tmp_path, "redact-stored", "--json", AGNES_SESSION_DIR=str(tmp_path / "watched")).stdout)
-    assert out == {"files": 2, "changed": [str(old)], "tokens": 2, "skipped": []}
+    assert out == {"files": 2, "changed": [str(old)], "tokens": 2, "skipped": [], "local_md_tokens": 1}
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        assert conn.execute("SELECT content FROM user_local_md ORDER BY user_id").fetchall() == \
+            [("token: [REDACTED-AGNES-TOKEN]\n",), ("the agnes_pat_ prefix\n",)]
     assert old.read_text() == '{"content":"[REDACTED-AGNES-TOKEN]"}\n{"content":"[REDACTED-AGNES-TOKEN]"}\n'
     assert clean.stat().st_mtime_ns == before_clean and token in watched.read_text()
     assert sorted(p.name for p in old.parent.iterdir()) == ["clean.jsonl", "old.jsonl"]  # no temporary left
