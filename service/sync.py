@@ -313,7 +313,7 @@ async def welcome(request: web.Request) -> web.Response:
         url = server_url(request)
     user = request[keys.USER]
     db = request.app[keys.DB]
-    if (request[keys.IDENTITY].method == "bearer" and not user.onboarded
+    if (request.method == "GET" and request[keys.IDENTITY].method == "bearer" and not user.onboarded
             and not await users.has_onboarding_record(db, user.id)):
         if await users.onboard_first_time(db, user.id, "first GET /api/welcome"):
             logger.info("onboarded=True source=agnes_init (first /api/welcome)")

@@ -207,6 +207,9 @@ async def test_a_browser_fetching_welcome_with_its_cookie_is_not_onboarded(clien
     assert resp.status == 200 and "agnes pull" in (await resp.json())["content"]
     assert (await users.get_user(db, caller.user.id)).onboarded is False
     assert not await users.has_onboarding_record(db, caller.user.id)
+    # Nor does a HEAD with the token (aiohttp answers HEAD on GET routes; the client never sends one).
+    resp = await client.head("/api/welcome", headers={"Authorization": f"Bearer {caller.token}"})
+    assert resp.status == 200 and (await users.get_user(db, caller.user.id)).onboarded is False
 
 
 async def test_after_a_pull_last_sync_is_just_now(client, session, alice):

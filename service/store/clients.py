@@ -53,5 +53,7 @@ async def client_state(db: Database, user_id: int) -> tuple[ClientSeen | None, L
 
 
 async def last_pull(db: Database, user_id: int) -> LastPull | None:
-    """The user's last reported pull outcome, or None."""
-    return (await client_state(db, user_id))[1]
+    """The user's last reported pull outcome, or None (one primary-key read: /home asks it)."""
+    row = await db.fetchone("SELECT finished_at, errors, duration_ms FROM pull_outcomes WHERE user_id = ?",
+                            (user_id,))
+    return LastPull(to_api(row["finished_at"]), row["errors"], row["duration_ms"]) if row is not None else None
