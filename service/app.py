@@ -21,9 +21,10 @@ from .migrations import migrate
 from .timeutil import Clock
 from .web.activity import activity_filters
 from .web.auth import load_secret, make_signer
+from .web.clients import ClientTracker
 from .web.fragments import FragmentCache
 from .web.metrics import Metrics
-from .web.middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
+from .web.middlewares import InFlight, auth_middleware, error_middleware, observe_prepared, request_id_middleware
 from .web.routes import setup_routes
 from .web.sync import load_memory
 from .web.upload import remove_stale_uploads
@@ -101,6 +102,8 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
         raise ConfigError(f"instance.prices_file ({settings.prices_file}): {exc}") from None
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
+    app[keys.CLIENTS] = ClientTracker()
+    app.on_response_prepare.append(observe_prepared)
     setup_templates(app)
     setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(database_ctx)

@@ -356,6 +356,24 @@ async def _backup(args, settings) -> int:
     return 0
 
 
+@with_db
+async def cmd_redact_stored(args, settings, db) -> int:
+    from .redact import redact_stored, redact_text  # noqa: PLC0415
+    from .store.tables import redact_local_md  # noqa: PLC0415
+
+    report = await asyncio.to_thread(redact_stored, settings.data_dir)
+    local_md = await redact_local_md(db, redact_text)
+    if args.json:
+        _print_json({"files": report.files, "changed": report.changed, "tokens": report.tokens,
+                     "skipped": report.skipped, "local_md_tokens": local_md})
+    else:
+        print(f"checked {report.files} stored uploads: replaced {report.tokens} token(s) in "
+              f"{len(report.changed)} file(s)" + (f"; {len(report.skipped)} replaced by an upload meanwhile "
+                                                  "(already redacted)" if report.skipped else "")
+              + f"; {local_md} token(s) in local CLAUDE.md files")
+    return 0
+
+
 # -- attribution ----------------------------------------------------------------------
 
 @with_db
@@ -564,6 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
     p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+
+    p = add("redact-stored", cmd_redact_stored, "Replace agnes_pat_ tokens in transcripts and local CLAUDE.md files "
+            "uploaded before uploads were redacted (a one-off; the watched directory is left alone).")
     p.add_argument("--json", action="store_true")
 
     p = add("attribution", cmd_attribution,

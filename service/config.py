@@ -77,8 +77,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Header carrying the signed-in user's email from a trusted SSO proxy; empty: disabled."),
     Setting("trusted_proxies", "AGNES_TRUSTED_PROXIES", "auth.trusted_proxies", list, [],
             "Proxy addresses or networks (comma-separated in the environment) allowed to set proxy_header."),
-    Setting("max_upload_mb", "AGNES_MAX_UPLOAD_MB", "ingest.max_upload_mb", int, 50,
-            "Largest accepted transcript upload, in MB, compressed or decompressed."),
+    Setting("max_upload_mb", "AGNES_MAX_UPLOAD_MB", "ingest.max_upload_mb", int, 512,
+            "Largest accepted transcript upload, in MB, compressed or decompressed (the client drops a "
+            "transcript for good on a 413)."),
     Setting("scan_interval", "AGNES_SCAN_INTERVAL", "ingest.scan_interval", float, 30.0,
             "Seconds between scans of session_dir and reprocess ticks."),
     Setting("parse_workers", "AGNES_PARSE_WORKERS", "ingest.parse_workers", int, 1,
@@ -128,7 +129,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     proxy_header: str = ""
     trusted_proxies: list[str] = []
     admin_emails: list[str] = []
-    max_upload_mb: int = 50
+    max_upload_mb: int = 512
     scan_interval: float = 30.0
     parse_workers: int = 1
     max_failures: int = 5

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
 
     from .web.auth import Identity, SessionSigner
+    from .web.clients import ClientTracker
     from .config import Settings
     from .cost import PriceTable
     from .db import Database
@@ -30,6 +31,8 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 MEMORY: web.AppKey[MemoryBundle] = web.AppKey("memory")
 # Model prices for estimated cost (genai-prices, with the operator's file on top).
 PRICES: web.AppKey[PriceTable] = web.AppKey("prices")
+# Each analyst's client version and OS, from the User-Agent of their API calls.
+CLIENTS: web.AppKey[ClientTracker] = web.AppKey("clients")
 # Clock used for windows and stamps; tests replace it to pin "now".
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
@@ -37,3 +40,5 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
 USER: web.RequestKey[User] = web.RequestKey("user")
+# When a file response's request started: it is counted and logged once sent (its status is final then).
+OBSERVE_AT_PREPARE = web.RequestKey("observe_at_prepare", float)

@@ -249,7 +249,7 @@ async def test_install_hero_and_acknowledge_in_a_real_browser(browser, site):
 
     hero = page.locator(".hero")
     assert await page.locator("[data-status-frame]").count() == 0
-    assert f"agnes init --server-url {base} --token <your-token>" in await hero.inner_text()
+    assert f"agnes init --server-url {base} --token-file ~/.agnes/token" in await hero.inner_text()
     assert dana.token not in await page.content()
     await page.screenshot(path=str(ARTIFACTS / "home-hero.png"), full_page=True)
     # On a phone the long `agnes init` line scrolls inside its box; the page itself never scrolls sideways.

@@ -19,6 +19,16 @@ async def test_healthz_works_with_the_database_closed(client):
     assert (await client.get("/healthz")).status == 200
 
 
+async def test_api_health_offers_gzip_uploads_without_a_credential_or_the_database(client):
+    # `agnes push` (0.84.8) gzips only when this answer carries the capability; it sends its token,
+    # a bad one included, and the probe must answer regardless.
+    await client.app[keys.DB].close()
+    for headers in ({}, {"Authorization": "Bearer agnes_pat_wrong"}):
+        resp = await client.get("/api/health", headers=headers)
+        assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        assert resp.headers["X-Agnes-Accepts"] == "session-gzip"
+
+
 async def test_readyz_ok(client):
     resp = await client.get("/readyz")
     assert resp.status == 200

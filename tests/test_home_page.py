@@ -173,7 +173,7 @@ async def test_switch_on_but_not_onboarded_shows_the_hero_without_querying(make_
     assert '<h2 id="hero-title">Connect Claude Code to Agnes</h2>' in html
     assert "then this page shows your sessions, prompts and tokens." in html
     assert f'<pre class="code"><code>agnes init --server-url http://{client.host}:{client.port} ' \
-           f'--token &lt;your-token&gt;</code></pre>' in html
+           f'--token-file ~/.agnes/token</code></pre>' in html
     assert f'<button type="submit" class="button primary">{ACK}</button>' in html
     assert '<input type="hidden" name="source" value="self_acknowledged">' in html
     assert alice.token not in html
@@ -236,7 +236,7 @@ async def test_public_url_is_the_server_in_the_init_line(make_client):
     client = await make_client(public_url="https://agnes.example.com/")
     carol = await make_caller(client.app[keys.DB], "carol@example.com", onboarded=False)
     html = await page(client, carol)
-    assert '<code>agnes init --server-url https://agnes.example.com --token &lt;your-token&gt;</code>' in html
+    assert '<code>agnes init --server-url https://agnes.example.com --token-file ~/.agnes/token</code>' in html
 
 
 @pytest.mark.parametrize("show_automode", [True, False])

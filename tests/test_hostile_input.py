@@ -347,7 +347,7 @@ def authenticated_routes() -> list[tuple[str, str]]:
     for path, ops in PATHS.items():
         for method, op in ops.items():
             if op.get("security") != []:
-                found.append((method.upper(), path.replace("{table_id}", "orders")))
+                found.append((method.upper(), path.replace("{table_id}", "orders").replace("{session_id}", "s-1")))
     return found
 
 
@@ -360,7 +360,7 @@ async def test_missing_malformed_and_revoked_tokens_are_401_everywhere(client, d
            "Basic " + base64.b64encode(b"alice:" + alice.token.encode()).decode(), "Bearer " + alice.token + " extra",
            "Bearer agnes_pat_' OR '1'='1", "Bearer agnes_pat_%", "Bearer " + revoked.token]
     routes = authenticated_routes()
-    assert len(routes) == 17  # every documented operation that needs a credential
+    assert len(routes) == 23  # every documented operation that needs a credential
     for method, path in routes:
         for header in bad:
             headers = {} if header is None else {"Authorization": header}

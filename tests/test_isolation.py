@@ -88,10 +88,14 @@ def routes() -> list[tuple[str, str]]:
     found = []
     for path, ops in PATHS.items():
         for method, op in ops.items():
-            if method in ("get", "head") and op.get("security") != [] and "{table_id}" not in path:
+            if method in ("get", "head") and op.get("security") != [] and "{" not in path:
                 found.append((method.upper(), path))
     for table_id in ("alice_only", "bob_only", "carol_only", "everyone"):
         found += [("GET", f"/api/data/{table_id}/download"), ("HEAD", f"/api/data/{table_id}/download")]
+    # carol's session, by its id: hers alone (another analyst gets the 404 of a session that never existed)
+    found += [("GET", "/api/me/sessions/carol-secret-session"), ("GET", "/activity/sessions/carol-secret-session"),
+              ("GET", "/activity?range=90d"), ("GET", "/api/me/activity?range=90d&format=csv"),
+              ("GET", "/api/me/sessions?range=90d&format=csv")]
     found += [("GET", "/home"), ("GET", "/home?window=7d"), ("GET", "/api/me/home-stats?window=7d"),
               ("GET", "/api/welcome?server_url=https://agnes.example")]
     return found
@@ -124,7 +128,11 @@ def check(name: str, seen: dict, markers: dict, stats: dict, own_id: int) -> Non
             for marker in markers[other]:
                 if marker in path:
                     continue  # the caller's own words echoed back ("No table 'bob_only' is available to you.")
+                if (name, marker) == ("bob", "/home/alice/"):
+                    continue  # bob uploaded a copy of alice's session himself: its directory is in his data
                 assert marker not in text, f"{name} saw {other}'s {marker!r} on {method} {path}"
+        if "carol-secret-session" in path:
+            assert status == (200 if name == "carol" else 404), (name, path, status)
         if path.startswith("/api/data/"):
             mine = path.split("/")[3] in (f"{name}_only", "everyone")
             assert status == ((200 if method != "RANGE" else 206) if mine else 404), (name, method, path, status)
@@ -165,6 +173,8 @@ async def test_no_route_shows_another_users_data_by_cookie(client, db, world):
             for other in NAMES:
                 if other != name:
                     for marker in markers[other]:
+                        if (name, marker) == ("bob", "/home/alice/"):
+                            continue  # his own copy of her session (see check)
                         assert marker in path or marker not in text, \
                             f"{name} (cookie) saw {other}'s {marker!r} on {method} {path}"
         assert body(seen, "/api/me")["email"] == f"{name}@example.com"

@@ -96,3 +96,32 @@ async def test_readyz_names_a_stale_heartbeat(client):
     body = await (await client.get("/readyz")).json()
     assert body["failed"] == ["worker"]
     assert re.search(r"no heartbeat for \d+s", body["checks"]["worker"])
+
+
+async def test_ranged_and_conditional_downloads_are_counted_and_logged_with_the_status_sent(
+        client, alice, db, settings, caplog):
+    from pathlib import Path
+
+    from service.store import tables
+
+    caplog.set_level("INFO", logger="service.access")
+    folder = Path(settings.data_dir) / "tables"
+    folder.mkdir(parents=True)
+    (folder / "t.csv").write_bytes(b"id\n" + b"1\n" * 100)
+    await tables.register(db, "t", "tables/t.csv", rows=100, public=True)
+    path = "/api/data/t/download"
+    whole = await client.get(path, headers=alice.headers)
+    etag = whole.headers["ETag"]
+    answers = [whole.status]
+    for extra in ({"Range": "bytes=0-0"}, {"Range": "bytes=10-19"}, {"Range": "bytes=999-"},
+                  {"If-None-Match": etag}, {"If-Match": '"other"'}):
+        answers.append((await client.get(path, headers={**alice.headers, **extra})).status)
+    answers.append((await client.head(path, headers={**alice.headers, "Range": "bytes=0-0"})).status)
+    assert answers == [200, 206, 206, 416, 304, 412, 206]
+    counts = client.app[keys.METRICS].request_counts()
+    route = "/api/data/{table_id}/download"
+    assert {s: counts.get(("GET", route, s)) for s in (200, 206, 304, 412, 416)} == \
+        {200: 1, 206: 2, 304: 1, 412: 1, 416: 1}
+    assert counts[("HEAD", route, 206)] == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "service.access" and "/api/data/t" in r.getMessage()]
+    assert [line.split()[2] for line in logged] == ["200", "206", "206", "416", "304", "412", "206"]

@@ -21,10 +21,12 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from service import keys
 from service.web.api import Profile
 from service.app import create_app
+from service.web.clients import PullConfirm
 from service.web.errors import ErrorBody
 from service.web.onboarding import OnboardedBody, OnboardedResult
 from service.web.openapi import DOCUMENT, PATHS
 from service.store import tables
+from service.store.clients import ClientSeen, LastPull
 from service.store.stats import HomeStats, Tokens
 from service.web.sync import LocalMd, Manifest, ManifestTable, MemoryBundle, MemoryItem
 from tests.conftest import SAMPLES, make_caller
@@ -107,6 +109,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(settings):
     (Profile, "Profile"), (HomeStats, "HomeStats"), (Tokens, "Tokens"), (OnboardedBody, "OnboardedBody"),
     (OnboardedResult, "OnboardedResult"), (Manifest, "Manifest"), (ManifestTable, "ManifestTable"),
     (MemoryBundle, "MemoryBundle"), (MemoryItem, "MemoryItem"), (LocalMd, "LocalMd"), (ErrorBody, "Error"),
+    (ClientSeen, "ClientSeen"), (LastPull, "LastPull"), (PullConfirm, "PullConfirm"),
 ])
 def test_the_documented_schemas_have_the_fields_of_the_code(struct, name):
     documented_schema = DOCUMENT["components"]["schemas"][name]
@@ -169,7 +172,7 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     auth = alice.headers
     sample = (SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl").read_bytes()
     for path in ("/api/me", "/api/me/profile", "/api/me/home-stats", "/api/sync/manifest", "/api/catalog/tables",
-                 "/api/memory/bundle", "/api/initial-workspace", "/api/welcome"):
+                 "/api/v2/catalog", "/api/memory/bundle", "/api/initial-workspace", "/api/welcome"):
         await r.call("GET", path, headers=auth)
         await r.call("GET", path)  # 401
     await r.call("GET", "/api/me/home-stats?window=7d", headers=auth)
@@ -202,6 +205,17 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     await r.call("POST", "/api/upload/local-md", headers={**auth, "Content-Type": "text/plain"}, data=b"x")
     await r.call("POST", "/api/upload/local-md", headers=json_h, data=io.BytesIO(b"x" * 2_000_000))
     await r.call("POST", "/api/upload/local-md", data=b"{}")
+    confirm = b'{"duration_ms": 812, "errors": 1, "direct_tables": {"added": 1}, "data_packages": {}}'
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=confirm)
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=b'{"errors": -1}')
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=b'{"errors": 1.5}')
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=b'{"errors": 2.0, "duration_ms": 1e3}')
+    await r.call("POST", "/api/sync/pull-confirm", headers={**auth, "Content-Type": "text/plain"}, data=confirm)
+    await r.call("POST", "/api/sync/pull-confirm", headers=json_h, data=io.BytesIO(b"x" * 100_000))
+    await r.call("POST", "/api/sync/pull-confirm", data=confirm)
+    await r.call("GET", "/api/me/profile", headers={**auth, "User-Agent": "agnes/0.84.8 (darwin)"})
+    await client.app[keys.DB].settle()
+    await r.call("GET", "/api/me", headers=auth)  # with client and last_pull filled in
     await client.app[keys.WORKER].drain()
     await r.call("GET", "/api/me/sessions/3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f", "/api/me/sessions/{session_id}",
                  headers=auth)
@@ -227,7 +241,7 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
         await r.call(method, "/api/data/nope/download", download, headers=auth)
         await r.call(method, "/api/data/orders/download", download)
 
-    for path in ("/cli/latest", "/healthz", "/readyz", "/metrics"):
+    for path in ("/cli/latest", "/healthz", "/api/health", "/readyz", "/metrics"):
         await r.call("GET", path)
     await r.call("GET", "/api/openapi.json")  # 401: every /api/* route identifies a user
     await r.call("GET", "/api/openapi.json", headers=auth)
@@ -242,6 +256,8 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     await r.call("POST", "/api/upload/sessions", data=upload_form("s.jsonl", sample))
     await r.call("POST", "/api/upload/local-md", json={"content": "x"})
     await r.call("POST", "/api/me/timezone", json={"tz": "UTC"})  # no CSRF token: 403
+    await r.call("POST", "/api/sync/pull-confirm", json={"errors": 0})
+    await r.call("POST", "/api/sync/pull-confirm", json={"errors": 0}, headers={"X-CSRF-Token": csrf})
     await r.call("POST", "/api/me/onboarded", data={"source": "self_acknowledged", "onboarded": "true",
                                                     "csrf_token": csrf})
 

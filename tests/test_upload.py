@@ -258,3 +258,14 @@ async def test_an_upload_answered_before_a_stop_is_processed_at_the_next_start(p
     for window in ("24h", "7d"):
         assert await stats(client, alice, window) == {**EXPECTED["users"]["alice"][window], "last_pull_at": None}
     assert await app[keys.DB].fetchval("SELECT COUNT(*) FROM session_files") == len(list(folder.iterdir()))
+
+
+async def test_a_transcript_past_50_mb_is_stored_under_the_default_cap(client, alice, settings):
+    # A long session's transcript passes 50 MB; the client gives a transcript up for good on a 413,
+    # so the default cap is 512 MB (streamed to disk: memory stays bounded). Sent gzipped, as 0.84.8 does.
+    assert settings.max_upload_mb == 512
+    line = b'{"type":"progress","data":"' + b"p" * 1000 + b'"}\n'
+    data = line * (51 * 1024 * 1024 // len(line) + 1)
+    resp = await upload(client, alice, "long.jsonl.gz", gzip.compress(data, compresslevel=1))
+    assert resp.status == 200 and await resp.json() == {"status": "ok", "filename": "long.jsonl", "size": len(data)}
+    assert (Path(settings.data_dir) / "sessions" / str(alice.user.id) / "long.jsonl").stat().st_size == len(data)

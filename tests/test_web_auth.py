@@ -21,7 +21,8 @@ async def test_me_with_bearer_returns_profile(client, alice):
         resp = await client.get(path, headers=alice.headers)
         assert resp.status == 200
         assert await resp.json() == {"id": alice.user.id, "email": "alice@example.com", "name": "Alice",
-                                     "onboarded": True, "last_pull_at": None}
+                                     "onboarded": True, "last_pull_at": None,
+                                     "client": None, "last_pull": None}
 
 
 async def test_missing_wrong_and_revoked_tokens_get_401_json(client, db, alice):

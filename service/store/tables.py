@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from ..db import Database
 from ..timeutil import to_store, utcnow
@@ -99,6 +100,22 @@ async def save_local_md(db: Database, user_id: int, content: str) -> None:
         "INSERT INTO user_local_md (user_id, content, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at",
         (user_id, content, to_store(utcnow())))
+
+
+async def redact_local_md(db: Database, redact: Callable[[str], tuple[str, int]]) -> int:
+    """Rewrite the stored local CLAUDE.md files that hold a token through ``redact`` (text -> (text,
+    count)) in one transaction; returns the tokens replaced."""
+    total = 0
+    async with db.transaction() as conn:
+        async with conn.execute("SELECT user_id, content FROM user_local_md WHERE content LIKE ? ESCAPE '\\'",
+                                ("%agnes\\_pat\\_%",)) as cur:
+            rows = await cur.fetchall()
+        for row in rows:
+            content, count = redact(row["content"])
+            if count:
+                await conn.execute("UPDATE user_local_md SET content = ? WHERE user_id = ?", (content, row["user_id"]))
+                total += count
+    return total
 
 
 async def local_md(db: Database, user_id: int) -> str | None:

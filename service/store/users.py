@@ -239,6 +239,34 @@ async def set_onboarded(db: Database, user_id: int, onboarded: bool, source: str
     return True
 
 
+ONBOARDING_ACTIONS = ("onboarded", "offboarded")
+
+
+async def has_onboarding_record(db: Database, user_id: int) -> bool:
+    """Whether the user was ever marked onboarded or offboarded (by any source)."""
+    return await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM audit_log WHERE user_id = ? AND action IN (?, ?))",
+        (user_id, *ONBOARDING_ACTIONS)) == 1
+
+
+async def onboard_first_time(db: Database, user_id: int, detail: str) -> bool:
+    """Mark the user onboarded (source agnes_init, audited) only if they are not onboarded and have no
+    onboarding record at all, checked in the writing transaction: it never undoes `onboarded off`.
+    Returns whether it did."""
+    now = to_store(utcnow())
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            "UPDATE users SET onboarded = 1 WHERE id = ? AND onboarded = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM audit_log WHERE user_id = ? AND action IN (?, ?))",
+            (user_id, user_id, *ONBOARDING_ACTIONS))
+        if cur.rowcount == 0:
+            return False
+        await conn.execute(
+            "INSERT INTO audit_log (user_id, action, source, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+            (user_id, "onboarded", "agnes_init", detail, now))
+    return True
+
+
 async def stamp_pull(db: Database, user_id: int, when=None) -> None:
     await db.execute_write("UPDATE users SET last_pull_at = ? WHERE id = ?",
                            (to_store(when or utcnow()), user_id))

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .. import keys
 from .errors import AppError
-from ..store import stats
+from ..store import clients, stats
 from ..store.users import User
 from ..timeutil import to_api
 
@@ -76,6 +76,9 @@ class Profile(msgspec.Struct):
     name: str
     onboarded: bool
     last_pull_at: str | None
+    # The `agnes` client last seen (User-Agent) and how the last pull ended (pull-confirm); null before any.
+    client: clients.ClientSeen | None = None
+    last_pull: clients.LastPull | None = None
 
 
 def profile_of(user: User) -> Profile:
@@ -84,7 +87,10 @@ def profile_of(user: User) -> Profile:
 
 async def me(request: web.Request) -> web.Response:
     """The caller's profile (GET /api/me and GET /api/me/profile)."""
-    return json(profile_of(request[keys.USER]))
+    user = request[keys.USER]
+    profile = profile_of(user)
+    client, last_pull = await clients.client_state(request.app[keys.DB], user.id)
+    return json(msgspec.structs.replace(profile, client=client, last_pull=last_pull))
 
 
 async def home_stats(request: web.Request) -> web.Response:

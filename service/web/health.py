@@ -11,12 +11,21 @@ from .auth import public
 from ..migrations import current_version, latest_version
 
 READY_TIMEOUT = 2.0
+# What `agnes push` (0.84.8 and later) looks for before it gzips transcripts; an old server without
+# it must never get .gz (it would store the compressed bytes), so the client asks each push run.
+ACCEPTS = {"X-Agnes-Accepts": "session-gzip"}
 
 
 @public
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers. No database work."""
     return web.json_response({"status": "ok"})
+
+
+@public
+async def api_health(request: web.Request) -> web.Response:
+    """GET /api/health: the client's capability probe. No credential and no database work, like /healthz."""
+    return web.json_response({"status": "ok"}, headers=ACCEPTS)
 
 
 @public

@@ -45,6 +45,8 @@ class Metrics:
                                  registry=r)
         self.version = Gauge("agnes_usage_processor_version", "USAGE_PROCESSOR_VERSION of this process.",
                              registry=r)
+        self.redacted_tokens = Counter("agnes_redacted_tokens", "agnes_pat_ tokens replaced in uploaded "
+                                       "transcripts before they were stored.", registry=r)
         self.heartbeat = Gauge("agnes_ingest_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.",
                                registry=r)
 

@@ -98,14 +98,19 @@ async def request_id_middleware(request: web.Request, handler):
     request_id_var.set(rid)
     user_id_var.set("-")
     started = time.perf_counter()
-    status = 500
     in_flight = request.app[keys.IN_FLIGHT]
     in_flight.enter()
+    status: int | None = 500
     try:
         response = await handler(request)
         status = response.status
         response.headers.update(SECURITY_HEADERS)
         response.headers["X-Request-Id"] = rid
+        if isinstance(response, web.FileResponse) and not response.prepared:
+            # A file response picks its status (200, 206, 304, 412, 416) only as it is sent: counting
+            # it now would log every ranged download as 200. observe_prepared() counts it then.
+            request[keys.OBSERVE_AT_PREPARE] = started
+            status = None
         return response
     except web.HTTPException as exc:
         status = exc.status
@@ -119,12 +124,26 @@ async def request_id_middleware(request: web.Request, handler):
         raise
     finally:
         in_flight.leave()
-        elapsed = time.perf_counter() - started
-        metrics = request.app.get(keys.METRICS)
-        if metrics is not None:
-            metrics.observe_request(request.method, route_name(request), status, elapsed)
-        access_logger.info("%s %s %s %.1fms", request.method, request.path, status, elapsed * 1000,
-                           extra={"status": status, "ms": round(elapsed * 1000, 2)})
+        if status is not None:
+            _observe(request, status, started)
+
+
+def _observe(request: web.Request, status: int, started: float) -> None:
+    """The request's metrics and access log line."""
+    elapsed = time.perf_counter() - started
+    metrics = request.app.get(keys.METRICS)
+    if metrics is not None:
+        metrics.observe_request(request.method, route_name(request), status, elapsed)
+    access_logger.info("%s %s %s %.1fms", request.method, request.path, status, elapsed * 1000,
+                       extra={"status": status, "ms": round(elapsed * 1000, 2)})
+
+
+async def observe_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: count a file response with the status it is sent with (its headers are final)."""
+    started = request.get(keys.OBSERVE_AT_PREPARE)
+    if started is not None:
+        del request[keys.OBSERVE_AT_PREPARE]
+        _observe(request, response.status, started)
 
 
 @web.middleware
@@ -193,6 +212,7 @@ async def auth_middleware(request: web.Request, handler):
     request[keys.IDENTITY] = identity
     request[keys.USER] = identity.user
     user_id_var.set(str(identity.user.id))
+    request.app[keys.CLIENTS].observe(request, identity)
     response = await handler(request)
     # Everything behind a credential is someone's own data: no shared or browser cache keeps it
     # (errors too: _render_error adds it to those).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import activity, admin, api, health, metrics, onboarding, openapi, sync, upload, views
+from . import activity, admin, api, clients, health, metrics, onboarding, openapi, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -14,6 +14,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", metrics.metrics_handler)
+    r.add_get("/api/health", health.api_health)
 
     r.add_get("/", views.index)
     r.add_get("/login", views.login_page)
@@ -39,8 +40,10 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
 
     # What the `agnes` client calls (SPEC.md "Wire compatibility").
     r.add_get("/api/sync/manifest", sync.manifest)
+    r.add_post("/api/sync/pull-confirm", clients.pull_confirm)
     r.add_get("/api/data/{table_id}/download", sync.download)  # add_get also answers HEAD
     r.add_get("/api/catalog/tables", sync.catalog)
+    r.add_get("/api/v2/catalog", sync.catalog)  # `agnes catalog`, which init suggests (exit 5 on a 404)
     r.add_get("/api/memory/bundle", sync.memory_bundle)
     r.add_get("/api/initial-workspace", sync.initial_workspace)
     r.add_get("/api/welcome", sync.welcome)

@@ -22,6 +22,7 @@ from .. import keys
 from .api import decode_json_body, json
 from .auth import public
 from .errors import AppError
+from ..redact import redact_text
 from ..store import tables, users
 from ..timeutil import to_api, utcnow
 from .views import server_url
@@ -278,7 +279,9 @@ def content_disposition(name: str) -> str:
 
 
 async def catalog(request: web.Request) -> web.Response:
-    """GET /api/catalog/tables: the caller's tables (`agnes init` uses it to prove the token)."""
+    """GET /api/catalog/tables and /api/v2/catalog: the caller's tables (`agnes init` proves its token with
+    the first, `agnes catalog` lists the second; each key it prints is there, `name` and `entity_type`
+    are optional to it)."""
     found = await tables.readable(request.app[keys.DB], request[keys.USER].id)
     return json({"tables": [{"id": t.id, "rows": t.rows or 0, "query_mode": t.query_mode,
                              "source_type": t.source_type} for t in found]})
@@ -298,19 +301,33 @@ _welcome_env = jinja2.Environment(  # plain text (Markdown) returned inside JSON
 
 
 async def welcome(request: web.Request) -> web.Response:
-    """GET /api/welcome?server_url=: the CLAUDE.md for the analyst's new workspace."""
+    """GET /api/welcome?server_url=: the CLAUDE.md for the analyst's new workspace.
+
+    `agnes init` (0.54.9 and 0.84.8 alike) never posts /api/me/onboarded: its first fetch of this text
+    is what onboards the analyst (source agnes_init), and only when they have no onboarding record at
+    all, since `agnes update` fetches it again at every Claude Code session start and must never undo
+    `agnes onboarded off`. Only with a bearer token: another site can make a signed-in browser GET a URL.
+    """
     url = request.query.get("server_url", "").strip()
     if not url.startswith(("http://", "https://")) or len(url) > 2048 or any(c in url for c in "\r\n\x00"):
         url = server_url(request)
     user = request[keys.USER]
+    db = request.app[keys.DB]
+    if (request.method == "GET" and request[keys.IDENTITY].method == "bearer" and not user.onboarded
+            and not await users.has_onboarding_record(db, user.id)):
+        if await users.onboard_first_time(db, user.id, "first GET /api/welcome"):
+            logger.info("onboarded=True source=agnes_init (first /api/welcome)")
     text = _welcome_env.get_template("welcome.md").render(server_url=url, user=user)
     return json({"content": text})
 
 
 async def upload_local_md(request: web.Request) -> web.Response:
-    """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md."""
+    """POST /api/upload/local-md {"content": "..."}: keep the analyst's local CLAUDE.md, our tokens
+    replaced as in transcripts (analysts document their setup there; the client redacts only JWTs)."""
     doc = await decode_json_body(request, LocalMd, limit=MAX_LOCAL_MD)
-    await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, doc.content)
+    redacted, count = redact_text(doc.content)
+    request.app[keys.METRICS].redacted_tokens.inc(count)
+    await tables.save_local_md(request.app[keys.DB], request[keys.USER].id, redacted)
     return json({"status": "ok", "size": len(doc.content.encode())})
 
 

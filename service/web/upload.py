@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .. import keys
 from .api import json, read_body
 from .errors import AppError
+from ..redact import TokenRedactor
 from ..store import ingest as store
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class _Sink:
         # a byte at a time, and a gzip taken for text would be stored past the decompressed cap.
         self._start: bytes | None = b""
         self._head = b""  # the first decompressed bytes, to refuse a gzip inside the gzip
+        self.redactor = TokenRedactor()  # our own tokens never reach the disk (service/redact.py)
 
     def write(self, chunk: bytes) -> None:
         self.raw += len(chunk)
@@ -113,7 +115,7 @@ class _Sink:
         if self.size > self.cap:
             raise AppError(413, f"Upload exceeds the {self.cap // (1024 * 1024)} MB limit once decompressed.",
                            "payload_too_large")
-        self._fh.write(data)
+        self._fh.write(self.redactor.feed(data))
 
     def finish(self) -> None:
         if self._start:  # a body shorter than the gzip magic: plain text
@@ -121,6 +123,7 @@ class _Sink:
         self._start = None
         if self._inflate is not None and not self._inflate.eof:
             raise AppError(400, "The gzip upload is truncated or corrupt.", "bad_gzip")
+        self._fh.write(self.redactor.close())
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
@@ -211,6 +214,7 @@ async def upload_session(request: web.Request) -> web.Response:
         raise
     final = target_dir / name
     os.replace(tmp, final)  # atomic: readers see the old file or the new one, never a mix
+    request.app[keys.METRICS].redacted_tokens.inc(sink.redactor.count)
     worker = request.app.get(keys.WORKER)
     file_id = await store.register_file(request.app[keys.DB], user.id, str(final), "upload", request.app[keys.CLOCK]())
     if worker is not None:
