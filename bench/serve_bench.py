@@ -48,6 +48,9 @@ ME = "me@example.com"
 MSGS_PER_DAY = 167
 PROMPTS_PER_DAY = 30
 SESSIONS_PER_DAY = 4
+# Messages cycle through these (cost and the by-model breakdown have something to price).
+MODELS = ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929", "claude-opus-4-5-20251101",
+          "claude-haiku-4-5-20251001")
 REUSE_HOURS = 12
 
 
@@ -88,7 +91,8 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
                 for m in range(MSGS_PER_DAY // SESSIONS_PER_DAY + (1 if s < MSGS_PER_DAY % SESSIONS_PER_DAY else 0)):
                     msg_rows.append((fid, f"msg_{uid}_{day}_{s}_{m}", uid, sid,
                                      _ts(start + timedelta(seconds=20 * m)), rng.randint(3, 40),
-                                     rng.randint(20, 2500), rng.randint(5000, 120000), rng.randint(0, 8000)))
+                                     rng.randint(20, 2500), rng.randint(5000, 120000), rng.randint(0, 8000),
+                                     MODELS[m % len(MODELS)]))
                 for p in range(PROMPTS_PER_DAY // SESSIONS_PER_DAY + (1 if s < PROMPTS_PER_DAY % SESSIONS_PER_DAY else 0)):
                     prm_rows.append((fid, f"uuid_{uid}_{day}_{s}_{p}", uid, sid, _ts(start + timedelta(seconds=90 * p))))
         conn.executemany("INSERT INTO session_files (id, user_id, path, origin, size, mtime_ns, content_hash, "
@@ -97,14 +101,14 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
                          "active_seconds, wall_seconds, project, processor_version, extracted_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", summaries)
         conn.executemany("INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, "
-                         "output_tokens, cache_read_tokens, cache_creation_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         msg_rows)
+                         "output_tokens, cache_read_tokens, cache_creation_tokens, model) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msg_rows)
         conn.executemany("INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts) "
                          "VALUES (?, ?, ?, ?, ?)", prm_rows)
         messages += len(msg_rows)
         prompts += len(prm_rows)
-    conn.execute("INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project) "
-                 "SELECT file_id, user_id, session_id, started_at, project FROM session_summaries")
+    conn.execute("INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project, last_ts) "
+                 "SELECT file_id, user_id, session_id, started_at, project, ended_at FROM session_summaries")
     conn.execute("COMMIT")
     # The per-user window tables that ingest keeps, derived by ingest's own statements.
     conn.executescript(REBUILD_WINDOWS_SCRIPT)

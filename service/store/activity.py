@@ -44,9 +44,18 @@ async def activity(db: Database, user_id: int, range_name: str, zone_name: str |
     """
     zone = parse_zone(zone_name)
     bounds = day_starts(now, RANGES[range_name], zone)
+    # Kept while the database is unchanged and the days are the same (Database.snapshot): callers
+    # must not change what they get.
+    version = db.snapshot()
+    key = ("activity", user_id, range_name, str(zone), bounds[0], prices.version)
+    kept = db.cached(version, key)
+    if kept is not None:
+        return kept
     messages, prompts, projects = await _rows(db, user_id, to_store(bounds[0]), to_store(bounds[-1]))
     dates = [b.astimezone(zone).date().isoformat() for b in bounds[:-1]]
-    return summarise(range_name, str(zone), bounds, messages, prompts, projects, prices, dates)
+    result = summarise(range_name, str(zone), bounds, messages, prompts, projects, prices, dates)
+    db.cache(version, key, result)
+    return result
 
 
 _SESSION_LASTS_SQL = """
@@ -78,13 +87,21 @@ async def _events(db: Database, user_id: int, session_ids: list[str], since: str
 async def sessions(db: Database, user_id: int, range_name: str, zone_name: str | None, now: datetime,
                    prices: PriceTable) -> list[SessionRow]:
     """Every session with activity in the range's local days, with its activity inside them (so their
-    sums equal the range's totals), unsorted."""
-    bounds = day_starts(now, RANGES[range_name], parse_zone(zone_name))
+    sums equal the range's totals), unsorted; kept as activity() is (callers must not change it)."""
+    zone = parse_zone(zone_name)
+    bounds = day_starts(now, RANGES[range_name], zone)
+    version = db.snapshot()
+    key = ("sessions", user_id, range_name, str(zone), bounds[0], prices.version)
+    kept = db.cached(version, key)
+    if kept is not None:
+        return kept
     since, until = to_store(bounds[0]), to_store(bounds[-1])
     messages, prompts, projects = await _rows(db, user_id, since, until)
     session_ids = sorted({m.session_id for m in messages} | {p.session_id for p in prompts})
     events = await _events(db, user_id, session_ids, since, until)
-    return session_rows(messages, prompts, events, projects, prices, to_api)
+    rows = session_rows(messages, prompts, events, projects, prices, to_api)
+    db.cache(version, key, rows)
+    return rows
 
 
 class ToolUse(msgspec.Struct):

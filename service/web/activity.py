@@ -53,12 +53,13 @@ async def _zone(request: web.Request, user: User) -> str:
 
 
 def _without_cost(result: Activity) -> Activity:
-    for row in (*result.days, *result.by_model, *result.by_project):
-        row.cost_usd = None
-    result.totals.cost_usd = None
-    result.totals.fast_messages = result.totals.unpriced_messages = 0
-    result.price_table = None
-    return result
+    """A copy with every cost left out (the store's answer may be shared by other requests)."""
+    data = msgspec.to_builtins(result)
+    for row in (*data["days"], *data["by_model"], *data["by_project"], data["totals"]):
+        row["cost_usd"] = None
+    data["totals"]["fast_messages"] = data["totals"]["unpriced_messages"] = 0
+    data["price_table"] = None
+    return msgspec.convert(data, Activity)
 
 
 async def _activity(request: web.Request) -> tuple[Activity, bool]:
@@ -137,8 +138,7 @@ async def _sessions(request: web.Request, limit: int) -> tuple[SessionsPage, str
                                               app[keys.PRICES]), sort)
     page = rows[offset:offset + limit]
     if not shows_cost(request, user):
-        for row in page:
-            row.cost_usd = None
+        page = [msgspec.structs.replace(row, cost_usd=None) for row in page]
     more = offset + limit < len(rows)
     price_table = app[keys.PRICES].version if shows_cost(request, user) else None
     return SessionsPage(page, str(offset + limit) if more else None, price_table), range_name, zone, sort
@@ -168,8 +168,8 @@ async def _detail(request: web.Request):
     if found is None:  # another analyst's session is as unknown as one that never existed
         raise AppError(404, "No such session among yours.", "not_found")
     if not shows_cost(request, user):
-        found.session.cost_usd = None
-        found.price_table = None
+        found = msgspec.structs.replace(found, session=msgspec.structs.replace(found.session, cost_usd=None),
+                                        price_table=None)
     return found
 
 
