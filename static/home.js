@@ -103,6 +103,23 @@
     });
   }
 
+  // The cards' context (change, trend, cost) is rendered by the server only: take it from the page
+  // of that window instead of repeating its rules here. Kept as it is when that fails.
+  function refreshContext(windowKey, ticket) {
+    if (!frame.querySelector("[data-context]")) return;
+    fetch("/home?window=" + encodeURIComponent(windowKey), { credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.text() : Promise.reject(); })
+      .then(function (html) {
+        if (ticket !== pending) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        frame.querySelectorAll("[data-context]").forEach(function (el) {
+          var other = fresh.querySelector('[data-context="' + el.dataset.context + '"]');
+          if (other) el.replaceWith(document.importNode(other, true));
+        });
+      })
+      .catch(function () {});
+  }
+
   function select(windowKey) {
     current = windowKey;
     frame.dataset.window = windowKey;
@@ -139,6 +156,7 @@
         if (ticket !== pending) return;
         render(data);
         select(data.window);
+        refreshContext(data.window, ticket);
         if (!quiet) history.replaceState(null, "", "/home?window=" + encodeURIComponent(data.window));
         say("");
       })

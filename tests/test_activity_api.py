@@ -12,6 +12,7 @@ import pytest
 from service import keys
 from service.app import create_app
 from service.config import load_settings
+from service.store.activity import frame_context
 from tests.conftest import NOW, ingest_files, make_caller, sample_files
 
 SESSION = "4b9e2f70-1c3a-4d5e-8f60-7a1b2c3d4e5f"
@@ -129,3 +130,20 @@ async def test_activity_is_behind_the_same_gates_as_home(client):
     assert "Set it up on Home" in page and "<h1>Your activity</h1>" not in page
     resp = await client.get("/activity", allow_redirects=False)
     assert resp.status in (302, 303) and "/login" in resp.headers["Location"]
+
+
+async def test_home_cards_show_the_change_against_the_previous_period_and_a_trend(client):
+    carol = await seed(client)
+    ctx = await frame_context(client.app[keys.DB], carol.user.id, "24h", NOW, client.app[keys.PRICES])
+    # The day before: the 9a417c25 session's own prompt and msg_13SurvC (15 + 240 + 8,700 + 600 tokens).
+    assert (ctx.previous.sessions, ctx.previous.prompts, ctx.previous.tokens, ctx.previous.projects) == (1, 1, 9555, 1)
+    # Hours from 2026-11-20 12:00: 5c0d3e81 at 16:00, 4b9e2f70 at 06:00, the resume's own prompt at 09:00.
+    assert len(ctx.trend.prompts) == 24
+    assert {i: n for i, n in enumerate(ctx.trend.prompts) if n} == {4: 2, 18: 3, 21: 1}
+    assert sum(ctx.trend.tokens) == 117497 and ctx.unpriced_messages == 0 and ctx.cost_usd > 0
+    page = await (await get(client, "/home", carol)).text()
+    assert "▲ 200% vs the previous 24h" in page  # sessions: 3 against 1
+    assert "▲ 500% vs the previous 24h" in page  # prompts: 6 against 1
+    assert f"≈ ${ctx.cost_usd:,.2f} estimated" in page
+    week = await (await get(client, "/home?window=7d", carol)).text()
+    assert "new against the previous 7d" in week  # nothing in the week before

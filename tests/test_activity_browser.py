@@ -87,6 +87,23 @@ async def test_activity_page_in_a_real_browser(browser, carol_site):  # noqa: F8
         await context.close()
 
 
+async def test_home_cards_context_follows_the_toggle(browser, carol_site):  # noqa: F811
+    server, carol, _ = carol_site
+    base = str(server.make_url("")).rstrip("/")
+    context, page = await open_activity(browser, base, carol.token, viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sessions = page.locator('[data-context="sessions"] .delta')
+    assert (await sessions.inner_text()).strip() == "▲ 200% vs the previous 24h"
+    assert await page.locator('[data-context="sessions"] svg.spark rect').count() == 24
+    await page.click("#tab-7d")
+    await page.wait_for_function(
+        "() => document.querySelector('[data-context=\"sessions\"] .delta').textContent.includes('7d')")
+    assert await page.locator('[data-context="sessions"] svg.spark rect').count() == 7
+    assert errors == []
+    await context.close()
+
+
 def test_screenshots_are_committed_where_the_readme_shows_them():
     readme = (ROOT / "README.md").read_text()
     for name in ("activity.png", "activity-narrow.png", "activity-dark.png"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -173,3 +173,90 @@ async def remember_zone(db: Database, user_id: int, zone_name: str) -> None:
     """Remember a validated zone name for the analyst's days (ValueError for one that is not a zone)."""
     parse_zone(zone_name)
     await db.execute_write("UPDATE users SET tz = ? WHERE id = ?", (zone_name, user_id))
+
+
+# --- The status frame's context on /home: the same numbers for the previous period of the same
+# length, a small trend over the window, and the window's estimated cost.
+
+
+class Counts(msgspec.Struct, frozen=True):
+    sessions: int
+    prompts: int
+    tokens: int
+    projects: int
+
+
+class Trend(msgspec.Struct, frozen=True):
+    sessions: tuple[int, ...]
+    prompts: tuple[int, ...]
+    tokens: tuple[int, ...]
+    projects: tuple[int, ...]
+
+
+class FrameContext(msgspec.Struct, frozen=True):  # frozen and hashable: it keys the page's fragment cache
+    previous: Counts  # in [now - 2w, now - w)
+    trend: Trend  # the same per bucket of the window, oldest first
+    cost_usd: float | None  # the window's priced messages
+    unpriced_messages: int
+
+
+_TREND = {"24h": (24, timedelta(hours=1)), "7d": (7, timedelta(days=1))}
+_CONTEXT_MESSAGES_SQL = """
+SELECT ts, session_id, model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,
+       cache_5m_tokens, cache_1h_tokens
+FROM user_messages WHERE user_id = ? AND ts >= ?
+"""
+_CONTEXT_PROMPTS_SQL = "SELECT ts, session_id FROM user_prompts WHERE user_id = ? AND ts >= ?"
+
+
+async def frame_context(db: Database, user_id: int, window: str, now: datetime, prices: PriceTable) -> FrameContext:
+    """Buckets are the window's hours (24h) or days (7d) ending at ``now``, as the frame's windows
+    are rolling; the previous period is the same length before the window. Kept for the minute."""
+    buckets, width = _TREND[window]
+    start = now - 2 * buckets * width
+    version = db.snapshot()
+    key = ("frame_context", user_id, window, now.replace(second=0, microsecond=0), prices.version)
+    kept = db.cached(version, key)
+    if kept is not None:
+        return kept
+    since = to_store(start)
+    sessions: list[set[str]] = [set() for _ in range(2 * buckets)]
+    prompts = [0] * (2 * buckets)
+    tokens = [0] * (2 * buckets)
+    cost, priced, unpriced = 0.0, False, 0
+
+    def bucket(ts: datetime) -> int:
+        return min(int((ts - start) / width), 2 * buckets - 1)
+
+    for r in await db.fetchall(_CONTEXT_MESSAGES_SQL, (user_id, since)):
+        m = MessageIn(from_store(r[0]), *tuple(r)[1:])
+        i = bucket(m.ts)
+        sessions[i].add(m.session_id)
+        tokens[i] += m.input + m.output + m.cache_read + m.cache_creation
+        if i >= buckets:
+            found = prices.message_cost(m.model, m.ts, m.speed, m.input, m.output, m.cache_read, m.cache_creation,
+                                        m.cache_5m, m.cache_1h)
+            if found is None:
+                unpriced += 1
+            else:
+                cost, priced = cost + found.usd, True
+    for r in await db.fetchall(_CONTEXT_PROMPTS_SQL, (user_id, since)):
+        i = bucket(from_store(r[0]))
+        sessions[i].add(r[1])
+        prompts[i] += 1
+    every = set().union(*sessions)
+    projects = {}
+    if every:
+        rows = await db.fetchall("SELECT s.session_id, s.project FROM json_each(?) AS j JOIN user_sessions s "
+                                 "ON s.user_id = ? AND s.session_id = j.value",
+                                 (msgspec.json.encode(sorted(every)).decode(), user_id))
+        projects = {r[0]: r[1] for r in rows}
+
+    before = set().union(*sessions[:buckets])
+    previous = Counts(len(before), sum(prompts[:buckets]), sum(tokens[:buckets]),
+                      len({projects[s] for s in before if projects.get(s)}))
+    trend = Trend(tuple(len(s) for s in sessions[buckets:]), tuple(prompts[buckets:]), tuple(tokens[buckets:]),
+                  tuple(len({projects[s] for s in b if projects.get(s)}) for b in sessions[buckets:]))
+    result = FrameContext(previous, trend, round(cost, 6) if priced else (None if unpriced else 0.0), unpriced)
+    db.cache(version, key, result)
+    return result

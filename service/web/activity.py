@@ -14,7 +14,8 @@ from .. import keys
 from ..activity import SESSION_SORTS, Activity, SessionRow, sort_sessions
 from ..days import DEFAULT_ZONE, RANGES, parse_zone
 from ..store import activity as store
-from ..store.users import User, normalise_email
+from ..store.users import User
+from . import base
 from ..timeutil import from_store, to_api
 from .api import decode_json_body, json
 from .auth import request_csrf_token
@@ -35,9 +36,7 @@ def clamp_range(value: str | None) -> str:
 
 
 def shows_cost(request: web.Request, user: User) -> bool:
-    """Analysts see cost unless the operator switched it off; operators always do."""
-    settings = request.app[keys.SETTINGS]
-    return settings.show_cost or user.email in {normalise_email(e) for e in settings.admin_emails}
+    return base.shows_cost(request.app[keys.SETTINGS], user)
 
 
 async def _zone(request: web.Request, user: User) -> str:

@@ -13,7 +13,9 @@ from aiohttp import web
 
 from .. import keys
 from . import clients
+from .base import shows_cost
 from .auth import clear_session_cookie, origin_refusal, public, read_form, request_csrf_token, set_session_cookie
+from ..store import activity as activity_store
 from ..store import clients as client_store, stats, users
 from ..timeutil import from_store, to_api
 
@@ -175,12 +177,16 @@ async def home(request: web.Request) -> web.Response:
     window = stats.clamp_window(request.query.get("window"))
     show_frame = settings.show_status_frame and user.onboarded
     frame = await stats.home_stats(app[keys.DB], user.id, window, now) if show_frame else None
+    context_ = await activity_store.frame_context(app[keys.DB], user.id, window, now, app[keys.PRICES]) \
+        if show_frame else None
     pull_errors = clients.pull_errors(await client_store.last_pull(app[keys.DB], user.id),
                                       frame.last_pull_at) if frame is not None and frame.last_pull_at else 0
     context = {
         "user": user,
         "csrf_token": request_csrf_token(request),
         "show_frame": show_frame,
+        "frame_context": context_,
+        "show_cost": show_frame and shows_cost(settings, user),
         "frame_switch_on": settings.show_status_frame,
         "show_automode": settings.show_automode,
         "stats": frame,
