@@ -160,3 +160,21 @@ async def test_a_session_view_lists_its_tools_and_hours_and_never_another_users_
     dora = await make_caller(db, "dora@example.com")
     assert await session_detail(db, dora.user.id, "4b9e2f70-1c3a-4d5e-8f60-7a1b2c3d4e5f", PRICES) is None
     assert await session_detail(db, carol.user.id, "f0e1d2c3-b4a5-4697-8877-665544332211", PRICES) is None
+
+
+async def test_alices_week_adds_up_to_her_status_frame(db):
+    alice = await make_caller(db, "alice@example.com")
+    await ingest_files(db, alice.user.id, sample_files("alice"))
+    week = await activity(db, alice.user.id, "7d", None, NOW, PRICES)
+    frame = EXPECTED["users"]["alice"]
+    assert (week.totals.sessions, week.totals.prompts, week.totals.tokens.total) == \
+        (frame["7d"]["sessions"], frame["7d"]["prompts"], frame["7d"]["tokens"]["total"])
+    # Nothing of hers between 12:00 and midnight yesterday: her last UTC day is her 24h frame.
+    today = week.days[-1]
+    assert (today.sessions, today.prompts, today.tokens.total) == \
+        (frame["24h"]["sessions"], frame["24h"]["prompts"], frame["24h"]["tokens"]["total"])
+    # The session that spans three days counts on each day it has activity, once in the totals.
+    assert [(d.date, d.sessions) for d in week.days if d.sessions] == [("2026-11-18", 1), ("2026-11-20", 1),
+                                                                       ("2026-11-21", 3)]
+    assert {m.model: m.messages for m in week.by_model} == {"claude-sonnet-4-5-20250929": 14,
+                                                            "claude-opus-4-1-20250805": 3}
