@@ -126,8 +126,14 @@ class _Sink:
         self._fh.close()
 
     def abort(self) -> None:
-        self._fh.close()
-        self.path.unlink(missing_ok=True)
+        """Remove the temporary file, whatever closing it says: on a full disk close() flushes the
+        buffered tail again and raises ENOSPC again, and the file must still go."""
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 def _malformed(exc: Exception) -> AppError:
