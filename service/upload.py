@@ -218,7 +218,15 @@ async def upload_session(request: web.Request) -> web.Response:
     final = target_dir / name
     os.replace(tmp, final)  # atomic: readers see the old file or the new one, never a mix
     worker = request.app.get(keys.WORKER)
-    file_id = await store.register_file(request.app[keys.DB], user.id, str(final), "upload", request.app[keys.CLOCK]())
+    try:
+        file_id = await store.register_file(request.app[keys.DB], user.id, str(final), "upload",
+                                            request.app[keys.CLOCK]())
+    except Exception:
+        # The file is in place but not in the database (a lock, a full disk): the worker's next
+        # tick registers it, so it is counted even if the client never sends it again.
+        if worker is not None:
+            worker.recheck_uploads()
+        raise
     if worker is not None:
         worker.enqueue(file_id, user_id=user.id)
     logger.info("stored upload", extra={"file": name, "bytes": sink.size, "file_id": file_id})
