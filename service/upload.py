@@ -24,6 +24,9 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
+# The client sends one part; a few more are tolerated. Each part costs a header parse whatever its
+# size, so their number is capped, not only their bytes (100k empty parts kept the loop busy 13 s).
+MAX_PARTS = 16
 
 
 def valid_file_name(name: str | None) -> bool:
@@ -142,22 +145,44 @@ def _malformed(exc: Exception) -> AppError:
 
 class _OtherParts:
     """Parts besides 'file' (the client sends none) are read and dropped, within a small budget:
-    the size cap counts the file, so unbounded extra parts would be free bytes past it."""
+    the size cap counts the file, so unbounded extra parts would be free bytes past it. Every
+    part's headers count against the same budget, the parts are at most MAX_PARTS, and the whole
+    body (chunked ones too, which announce no length) at most the cap plus that budget."""
 
     LIMIT = MULTIPART_OVERHEAD
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, cap: int) -> None:
         self.request = request
         self.left = self.LIMIT
+        self.parts = 0
+        self.body_cap = cap + self.LIMIT
+
+    def count(self, part: BodyPartReader | MultipartReader | None) -> None:
+        """Charge a part just read to the budgets; 413 past any of them."""
+        self.check_body()
+        if part is None:
+            return
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise AppError(413, f"A multipart upload may have at most {MAX_PARTS} parts.", "payload_too_large")
+        self.left -= sum(len(k) + len(v) + 4 for k, v in part.headers.items())
+        self._check_left()
+
+    def check_body(self) -> None:
+        if self.request.content.total_bytes > self.body_cap:
+            raise AppError(413, f"Upload exceeds the {self.body_cap // (1024 * 1024)} MB limit.", "payload_too_large")
+
+    def _check_left(self) -> None:
+        if self.left < 0:
+            raise AppError(413, f"Parts other than 'file', and all part headers, are limited to {self.LIMIT} "
+                                "bytes in all.", "payload_too_large")
 
     async def skip(self, part: BodyPartReader | MultipartReader) -> None:
         if not isinstance(part, BodyPartReader):
             raise AppError(400, "Nested multipart bodies are not accepted.", "bad_multipart")
         while chunk := await read_body(self.request, part.read_chunk(CHUNK)):
             self.left -= len(chunk)
-            if self.left < 0:
-                raise AppError(413, f"Parts other than 'file' are limited to {self.LIMIT} bytes in all.",
-                               "payload_too_large")
+            self._check_left()
 
     async def expect_closing_boundary(self, reader: MultipartReader) -> None:
         """The body must end with the closing delimiter after the file: a body cut short (a dropped
@@ -165,6 +190,7 @@ class _OtherParts:
         a good transcript with a truncated one."""
         try:
             while (part := await read_body(self.request, reader.next())) is not None:
+                self.count(part)
                 await self.skip(part)
         except (ValueError, HttpProcessingError) as exc:
             raise _malformed(exc) from None
@@ -183,13 +209,15 @@ async def upload_session(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise AppError(400, "Send the transcript as multipart/form-data with a part named 'file'.",
                        "bad_content_type")
-    others = _OtherParts(request)
+    others = _OtherParts(request, cap)
     try:
         reader = await request.multipart()
         part = await read_body(request, reader.next())
+        others.count(part)
         while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
             await others.skip(part)
             part = await read_body(request, reader.next())
+            others.count(part)
     except (ValueError, HttpProcessingError) as exc:
         raise _malformed(exc) from None
     if part is None:
@@ -209,6 +237,7 @@ async def upload_session(request: web.Request) -> web.Response:
     try:
         # Inflating, writing and the final fsync are blocking work: off the event loop.
         while chunk := await read_body(request, part.read_chunk(CHUNK)):
+            others.check_body()
             await asyncio.to_thread(sink.write, chunk)
         await others.expect_closing_boundary(reader)
         await asyncio.to_thread(sink.finish)
