@@ -21,7 +21,7 @@ SHARED = ROOT.parent / "shared"
 SAMPLES = SHARED / "samples"
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 NOW = from_store(EXPECTED["now"])  # the moment expected.json's windows are computed at
-SAMPLE_USERS = ("alice", "bob")
+SAMPLE_USERS = tuple(sorted(EXPECTED["users"]))  # alice, bob and carol (FORMAT.md revision 2)
 
 
 def sample_files(user: str) -> list[str]:

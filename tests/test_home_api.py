@@ -9,7 +9,7 @@ import pytest
 
 from service import keys
 from service.store import users
-from tests.conftest import make_caller
+from tests.conftest import SAMPLE_USERS, make_caller
 from tests.test_ingest import EXPECTED, NOW, ingest_files, sample_files
 from tests.test_parser import assistant, jsonl, usage, user
 from tests.test_upload import settle, upload
@@ -27,7 +27,7 @@ def expected(user: str, window: str, last_pull_at: str | None = None) -> dict:
 async def people(client, db):
     client.app[keys.CLOCK].fixed = NOW
     found = {}
-    for name in ("alice", "bob"):
+    for name in SAMPLE_USERS:
         found[name] = await make_caller(db, f"{name}@example.com", name=name.title())
         report = await ingest_files(db, found[name].user.id, sample_files(name))
         assert report.failed == 0, report.errors
@@ -43,7 +43,7 @@ async def get_stats(client, caller, query: str = "") -> dict:
 
 # --- GET /api/me/home-stats -------------------------------------------------------------------
 
-@pytest.mark.parametrize("user", ["alice", "bob"])
+@pytest.mark.parametrize("user", SAMPLE_USERS)
 @pytest.mark.parametrize("window", ["24h", "7d"])
 async def test_home_stats_match_the_samples(client, people, user, window):
     assert await get_stats(client, people[user], f"?window={window}") == expected(user, window)
@@ -61,9 +61,9 @@ async def test_last_pull_at_is_iso_utc(client, db, people):
 
 
 async def test_user_without_data_gets_zeros(client, db, people):
-    carol = await make_caller(db, "carol@example.com")
-    assert await get_stats(client, carol) == ZERO
-    assert await get_stats(client, carol, "?window=7d") == {**ZERO, "window": "7d"}
+    dave = await make_caller(db, "dave@example.com")
+    assert await get_stats(client, dave) == ZERO
+    assert await get_stats(client, dave, "?window=7d") == {**ZERO, "window": "7d"}
 
 
 def vanish_after_authentication(monkeypatch, db):

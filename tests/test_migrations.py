@@ -133,9 +133,10 @@ async def test_window_tables_are_backfilled_from_existing_activity(conn):
     """)
     await migrate(conn)
     rows = await conn.execute_fetchall("SELECT * FROM user_messages ORDER BY message_key")
+    # 0010: model, speed and the cache split stay empty until the file is reprocessed.
     assert [tuple(r) for r in rows] == [
-        (1, "msg_1", "S", "2026-11-20T10:00:04.000000Z", 10, 80, 100, 7),
-        (1, "msg_2", "S", "2026-11-20T10:05:00.000000Z", 1, 2, 3, 4)]
+        (1, "msg_1", "S", "2026-11-20T10:00:04.000000Z", 10, 80, 100, 7, None, None, 0, 0),
+        (1, "msg_2", "S", "2026-11-20T10:05:00.000000Z", 1, 2, 3, 4, None, None, 0, 0)]
     assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_prompts")] == [
         (1, "p1", "S", "2026-11-20T10:00:00.000000Z")]
     # 0007: the hourly totals of the same rows (hand-summed: msg_1 at its largest counters + msg_2).
@@ -143,10 +144,11 @@ async def test_window_tables_are_backfilled_from_existing_activity(conn):
         (1, "2026-11-20T10", 11, 82, 103, 11, 1)]
     assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM user_sessions")] == [
         (1, "S", "2026-11-20T10:05:00.000000Z", "/work/early")]
-    # 0008: each file's one session, from its summary (what a file not yet reprocessed holds).
+    # 0008: each file's one session, from its summary (what a file not yet reprocessed holds); 0010: its
+    # latest timestamp, from the file's activity rows (msg_1 at 10:00:05 in the first, msg_2 in the second).
     assert [tuple(r) for r in await conn.execute_fetchall("SELECT * FROM file_sessions ORDER BY file_id")] == [
-        (1, 1, "S", "2026-11-20T10:00:00.000000Z", "/work/late"),
-        (2, 1, "S", "2026-11-20T09:00:00.000000Z", "/work/early")]
+        (1, 1, "S", "2026-11-20T10:00:00.000000Z", "/work/late", "2026-11-20T10:00:05.000000Z"),
+        (2, 1, "S", "2026-11-20T09:00:00.000000Z", "/work/early", "2026-11-20T10:05:00.000000Z")]
 
 
 async def test_scripts_sort_on_disk_and_connections_in_memory(tmp_path, conn):

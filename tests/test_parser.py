@@ -24,6 +24,9 @@ RECEIVED = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 SESSION = "s-1"
 
 
+SONNET = "claude-sonnet-4-5-20250929"
+
+
 def jsonl(*objs: object) -> bytes:
     """One JSON text per line, each with its newline."""
     return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
@@ -59,7 +62,7 @@ def assistant(
     ts: str | None = "2026-11-21T10:00:01.000Z",
     usage: dict | None = None,
     content: list | None = None,
-    model: str = "claude-sonnet-4-5-20250929",
+    model: str = SONNET,
     **extra,
 ):
     message: dict = {"model": model, "role": "assistant", "content": content or []}
@@ -120,7 +123,7 @@ def test_sample_rows_of_the_tool_session() -> None:
     sid = "8d1e4b2a-0c3f-4a5b-8e9d-7f6a5b4c3d2e"
     assert result.lines == 18
     assert result.messages[0] == MessageRow(
-        "msg_02ToolA", sid, "2026-11-20T06:00:23.000000Z", 30, 120, 9000, 4000
+        "msg_02ToolA", sid, "2026-11-20T06:00:23.000000Z", 30, 120, 9000, 4000, SONNET, None, 0, 0
     )
     assert [m.key for m in result.messages] == [f"msg_02Tool{c}" for c in "ABCDEFG"]
     assert result.prompts == [
@@ -187,8 +190,8 @@ def test_streamed_message_counts_once_with_largest_values() -> None:
     )
     result = parse_bytes(data)
     assert result.messages == [
-        MessageRow("msg_X", SESSION, "2026-11-21T10:00:01.000000Z", 10, 40, 100, 8),
-        MessageRow("msg_Y", SESSION, "2026-11-21T10:00:04.000000Z", 1, 2, 3, 4),
+        MessageRow("msg_X", SESSION, "2026-11-21T10:00:01.000000Z", 10, 40, 100, 8, SONNET, None, 0, 0),
+        MessageRow("msg_Y", SESSION, "2026-11-21T10:00:04.000000Z", 1, 2, 3, 4, SONNET, None, 0, 0),
     ]
     s = result.summary
     assert (s.assistant_messages, s.input_tokens, s.output_tokens) == (2, 11, 42)
@@ -461,15 +464,26 @@ def test_tiny_read_chunks_give_identical_results(monkeypatch: pytest.MonkeyPatch
         monkeypatch.undo()
 
 
-def test_invalid_utf8_line_is_skipped() -> None:
+def test_non_utf8_bytes_make_a_line_bad_only_where_they_are_read() -> None:
+    # FORMAT.md revision 2: a bad byte in a prompt's text or a text block skips the line; one in
+    # tool output, thinking, tool input or an unknown field is ignored, and the line counts.
     good = jsonl(user("u1", "Café ☕ résumé"))
-    bad = b'{"type":"user","uuid":"u2","message":{"role":"user","content":"ok"},"x":"caf\xe9"}\n'
+    unknown_field = b'{"type":"user","uuid":"u2","message":{"role":"user","content":"ok"},"x":"caf\xe9"}\n'
     surrogate = b'{"type":"user","uuid":"u3","message":{"role":"user","content":"\xed\xa0\x80"}}\n'
-    data = good + bad + surrogate + jsonl(user("u4", "Après ça."))
+    tool_output = (b'{"type":"user","uuid":"u5","message":{"role":"user","content":[{"type":"tool_result",'
+                   b'"tool_use_id":"t1","is_error":true,"content":"r\xe9sultat"}]}}\n')
+    thinking = (b'{"type":"assistant","uuid":"a1","message":{"id":"msg_T","model":"m","content":[{"type":'
+                b'"thinking","thinking":"\xff"},{"type":"tool_use","id":"t1","name":"Bash","input":{"command":'
+                b'"cat caf\xe9"}}],"usage":{"input_tokens":3,"output_tokens":4}}}\n')
+    text_block = (b'{"type":"assistant","uuid":"a2","message":{"id":"msg_U","model":"m","content":[{"type":'
+                  b'"text","text":"caf\xe9"}],"usage":{"input_tokens":5,"output_tokens":6}}}\n')
+    data = good + unknown_field + surrogate + thinking + tool_output + text_block + jsonl(user("u4", "Après ça."))
     result = parse_bytes(data)
-    assert (result.lines, result.summary.skipped_lines) == (4, 2)
-    assert [p.key for p in result.prompts] == ["u1", "u4"]
-    assert result.summary.user_messages == 2
+    assert (result.lines, result.summary.skipped_lines) == (7, 2)
+    assert [p.key for p in result.prompts] == ["u1", "u2", "u4"]
+    assert result.summary.user_messages == 4
+    assert [m.key for m in result.messages] == ["msg_T"]
+    assert (result.summary.tool_calls, result.summary.tool_errors) == (1, 1)
 
 
 def test_lone_surrogate_escape_is_valid_json() -> None:
@@ -750,8 +764,9 @@ def test_slash_commands() -> None:
         ("slash_command", "agnes:explore", None, False),
         ("slash_command", "model-set_2", None, False),
         ("slash_command", "review", None, False),
+        ("slash_command", "clear", None, False),  # c6: the slash is optional (1.0.x); "9lives" is no NAME
     ]
-    assert result.summary.slash_commands == 4
+    assert result.summary.slash_commands == 5
     assert result.summary.prompts == 1  # c3: text before the tag is typed by the person
 
 

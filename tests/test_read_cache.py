@@ -198,7 +198,8 @@ async def test_kept_frames_equal_fresh_reads_around_every_boundary(settings, db)
     async with db.transaction() as conn:
         for i, ts in enumerate(stamps):
             if i % 3 == 0:
-                await conn.execute("INSERT INTO user_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                await conn.execute("INSERT INTO user_messages (user_id, message_key, session_id, ts, input_tokens, "
+                                   "output_tokens, cache_read_tokens, cache_creation_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                    (uid, f"m{i}", f"s{i % 7}", to_store(ts), i + 1, 2, 3, 4))
             elif i % 3 == 1:
                 await conn.execute("INSERT INTO user_prompts VALUES (?, ?, ?, ?)", (uid, f"p{i}", f"s{i % 7}", to_store(ts)))

@@ -49,8 +49,10 @@ async def test_owner_by_local_part_and_by_id_with_nested_dirs(watched):
         target = nested / path.name if path.name.startswith("agent-") else root / "alice" / path.name
         shutil.copy(path, target)
     shutil.copytree(SAMPLES / "bob", root / str(bob.user.id))  # bob by numeric user id
+    carol = await make_caller(db, "carol@example.com")
+    shutil.copytree(SAMPLES / "carol", root / "carol" / "-home-carol-work")
     await tick(client)
-    for name, caller in (("alice", alice), ("bob", bob)):
+    for name, caller in (("alice", alice), ("bob", bob), ("carol", carol)):
         for window in ("24h", "7d"):
             assert await stats(client, caller, window) == {**EXPECTED["users"][name][window], "last_pull_at": None}
 

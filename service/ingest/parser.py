@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 MAX_LINE_BYTES = 32 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 
-_UTF8_PIECE = 16 * 1024
 _BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -40,6 +39,7 @@ _ONE_SECOND = timedelta(seconds=1)
 _ACTIVITY_GAP = timedelta(seconds=600)
 _INT64_MAX = 2**63 - 1
 _SYNTHETIC = "<synthetic>"
+_FAST = "fast"
 _SUBAGENT_TOOLS = frozenset({"Task", "Agent"})
 _HARNESS_MARKERS = (
     "<command-name>",
@@ -55,7 +55,8 @@ _HARNESS_MARKERS = (
 )
 _COMMAND_TAG = "<command-name>"
 _NEWLINE_RUN = re.compile(rb"\n+")
-_COMMAND_RE = re.compile(r"<command-name>/([A-Za-z][\w:-]*)</command-name>")
+# The slash is optional: version 1.0.x writes <command-name>init</command-name> (FORMAT.md revision 2).
+_COMMAND_RE = re.compile(r"<command-name>/?([A-Za-z][\w:-]*)</command-name>")
 _EVENT_SEP = "\x1f"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK = object()  # a line of only white space: not a line at all
@@ -83,11 +84,18 @@ class _Block(msgspec.Struct, gc=False):
     text: str | None = None
 
 
+class _CacheCreation(msgspec.Struct, gc=False):
+    ephemeral_5m_input_tokens: Any = 0
+    ephemeral_1h_input_tokens: Any = 0
+
+
 class _Usage(msgspec.Struct, gc=False):
     input_tokens: Any = 0
     output_tokens: Any = 0
     cache_read_input_tokens: Any = 0
     cache_creation_input_tokens: Any = 0
+    cache_creation: _CacheCreation | None = None  # the 5-minute / 1-hour split: cost only
+    speed: Any = None  # "fast" in fast mode
 
 
 class _Message(msgspec.Struct, gc=False):
@@ -99,6 +107,25 @@ class _Message(msgspec.Struct, gc=False):
 
 class _Attachment(msgspec.Struct, gc=False):
     type: str | None = None
+    prompt: Any = None  # queued_command: the text typed while Claude was working
+
+
+_NO_DATA = msgspec.Raw()
+
+
+class _SubLine(msgspec.Struct, gc=False):
+    """A subagent's line inside a progress line's data.message (agent_progress)."""
+
+    type: str | None = None
+    uuid: str | None = None
+    timestamp: str | None = None
+    message: _Message | UnsetType = UNSET
+
+
+class _Progress(msgspec.Struct, gc=False):
+    type: str | None = None
+    # Raw: decoded only for agent_progress, and a shape we do not know never fails the line.
+    message: msgspec.Raw = _NO_DATA
 
 
 class _Line(msgspec.Struct, gc=False):
@@ -115,6 +142,11 @@ class _Line(msgspec.Struct, gc=False):
     attachment: _Attachment | None = None
     tool_use_id: str | None = None  # top-level tool_use_result lines (older versions)
     is_error: bool | None = None
+    subtype: str | None = None  # system lines: local_command
+    operation: str | None = None  # queue-operation lines: enqueue
+    content: str | None = None  # queue-operation and system lines
+    # progress lines: kept undecoded (most are hook and tool progress) until the type says agent_progress
+    data: msgspec.Raw = _NO_DATA
 
 
 class _LooseLine(msgspec.Struct, gc=False):
@@ -132,11 +164,17 @@ class _LooseLine(msgspec.Struct, gc=False):
     attachment: Any = None
     tool_use_id: Any = None
     is_error: Any = None
+    subtype: Any = None
+    operation: Any = None
+    content: Any = None
+    data: Any = None
 
 
 # float_hook: an out-of-range float (1e400) in an untyped field is valid JSON, not a reason to skip.
 _decode_strict = msgspec.json.Decoder(_Line, float_hook=float).decode
 _decode_loose = msgspec.json.Decoder(_LooseLine, float_hook=float).decode
+_decode_progress = msgspec.json.Decoder(_Progress).decode
+_decode_sub = msgspec.json.Decoder(_SubLine, float_hook=float).decode
 
 
 def parse_file(
@@ -326,6 +364,14 @@ def _is_prompt_text(text: str) -> bool:
     return bool(text) and not text.startswith(_HARNESS_MARKERS)
 
 
+def _counter(value: Any) -> int:
+    """A usage counter: 0 unless a non-negative int (bool is an int subclass, which `type() is int`
+    keeps out), saturating at SQLite's int64."""
+    if type(value) is not int or value < 0:
+        return 0
+    return value if value <= _INT64_MAX else _INT64_MAX
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -403,6 +449,7 @@ def _loose_line(line: memoryview) -> _Line | None:
         elif not isinstance(content, str):
             content = None
         usage = raw_msg.get("usage")
+        split = usage.get("cache_creation") if isinstance(usage, dict) else None
         message = _Message(
             id=_str(raw_msg.get("id")),
             model=_str(raw_msg.get("model")),
@@ -413,12 +460,16 @@ def _loose_line(line: memoryview) -> _Line | None:
                     usage.get("output_tokens", 0),
                     usage.get("cache_read_input_tokens", 0),
                     usage.get("cache_creation_input_tokens", 0),
+                    _CacheCreation(split.get("ephemeral_5m_input_tokens", 0),
+                                   split.get("ephemeral_1h_input_tokens", 0)) if isinstance(split, dict) else None,
+                    usage.get("speed"),
                 )
                 if isinstance(usage, dict)
                 else None
             ),
         )
     attachment = loose.attachment
+    data = loose.data
     return _Line(
         type=_str(loose.type),
         uuid=_str(loose.uuid),
@@ -430,10 +481,16 @@ def _loose_line(line: memoryview) -> _Line | None:
         isCompactSummary=_bool(loose.isCompactSummary),
         message=message,
         attachment=(
-            _Attachment(_str(attachment.get("type"))) if isinstance(attachment, dict) else None
+            _Attachment(_str(attachment.get("type")), attachment.get("prompt"))
+            if isinstance(attachment, dict) else None
         ),
         tool_use_id=_str(loose.tool_use_id),
         is_error=_bool(loose.is_error),
+        subtype=_str(loose.subtype),
+        operation=_str(loose.operation),
+        content=_str(loose.content),
+        # Back to JSON, so a progress line takes one path whichever decoder read it.
+        data=msgspec.Raw(msgspec.json.encode(data)) if isinstance(data, dict) else _NO_DATA,
     )
 
 
@@ -467,9 +524,16 @@ class _FileState:
         # The earliest timestamp of a harness-made line (not activity, but "the earliest timestamp
         # in the file" for the lines before the first one).
         self.earliest_synthetic: datetime | None = None
-        # key -> [ts text, input, output, cache_read, cache_creation, model, session of its first line]
+        # key -> [ts text, input, output, cache_read, cache_creation, model, session of its first line,
+        #         5-minute cache writes, 1-hour cache writes, speed]
         self.messages: dict[str, list[Any]] = {}
         self.prompts: dict[str, tuple[str | None, str | None]] = {}  # key -> (ts text, session)
+        # Queued (enqueue) texts not yet known to be written again: stripped text -> [(key, ts text,
+        # session)]. A queued_command attachment or a user line with the same text later in the
+        # file is that prompt already; what remains at the end is a prompt of its own.
+        self.pending_enqueues: dict[str, list[tuple[str, str | None, str | None]]] = {}
+        # session -> (its latest timestamp in the file, as parsed and as text)
+        self.session_last: dict[str | None, tuple[datetime, str]] = {}
         # (uuid part, tool id, type, tool name, skill, subagent type, command, ts text, session)
         self.events: list[tuple[Any, ...]] = []
         self.tool_ids: set[str] = set()
@@ -526,9 +590,8 @@ class _FileState:
         max_line = self.max_line
         decode = _decode_strict
         view = memoryview(buf)
-        # msgspec does not check UTF-8 inside the fields it skips, and FORMAT.md says such a line
-        # is bad: check the whole region at once, and line by line only when that fails.
-        check_lines = not buf.isascii() and not _valid_utf8_region(buf, start, end)
+        # No UTF-8 pass of its own: msgspec checks every string it decodes (a bad byte there fails
+        # the line), and bytes inside what it skips are ignored (FORMAT.md revision 2).
         records: list[tuple[int, _Line]] = []
         lines = skipped = 0
         find = buf.find
@@ -547,7 +610,7 @@ class _FileState:
             if nl > pos:
                 line = view[pos:nl]
                 rec: Any
-                if nl - pos > max_line or (check_lines and not _valid_utf8(line)):
+                if nl - pos > max_line:
                     rec = None
                 else:
                     try:
@@ -575,7 +638,6 @@ class _FileState:
     def _count(self, records: list[tuple[int, _Line]]) -> None:
         """Count decoded lines; state lives in locals for the loop and is written back after."""
         file_key = self.file_key
-        messages = self.messages
         prompts = self.prompts
         starts = self.block_starts
         ends = self.block_ends
@@ -583,6 +645,9 @@ class _FileState:
         last_raw = self.last_raw
         session = self.current_session
         projects = self.session_projects
+        session_last = self.session_last
+        pending = self.pending_enqueues
+        message = self._message
         fromiso = datetime.fromisoformat
         for lineno, rec in records:
             kind = rec.type
@@ -592,6 +657,7 @@ class _FileState:
             synthetic = kind == "assistant" and msg is not UNSET and msg.model == _SYNTHETIC
 
             raw = rec.timestamp
+            ts = None
             if raw is not None:
                 try:
                     ts = fromiso(raw)
@@ -599,6 +665,7 @@ class _FileState:
                         ts = ts.replace(tzinfo=_UTC) if ts.tzinfo is None else ts.astimezone(_UTC)
                 except (ValueError, OverflowError):
                     raw = last_raw
+                    ts = None
                 else:
                     last_raw = raw
                     if synthetic:
@@ -624,6 +691,11 @@ class _FileState:
                     projects[sid] = None
                     if self.session_id is None:
                         self.session_id = sid
+            if ts is not None:
+                # A session's latest line decides where a resumed session's copies belong.
+                latest = session_last.get(session)
+                if latest is None or ts > latest[0]:
+                    session_last[session] = (ts, raw)
             cwd = rec.cwd
             if cwd and projects.get(session) is None:
                 projects[session] = cwd
@@ -631,61 +703,8 @@ class _FileState:
                     self.project = cwd
 
             if kind == "assistant":
-                if msg is UNSET:
-                    continue
-                key = msg.id
-                if not key:
-                    key = f"uuid:{rec.uuid}" if rec.uuid else f"line:{file_key}:{lineno}"
-                usage = msg.usage
-                if usage is None:
-                    i = o = cr = cc = 0
-                else:
-                    # A counter that is not a non-negative int counts as 0; bool is an int
-                    # subclass, which `type() is int` keeps out. SQLite stores at most int64: a
-                    # larger counter saturates there (it must not count less than a smaller one).
-                    i = usage.input_tokens
-                    o = usage.output_tokens
-                    cr = usage.cache_read_input_tokens
-                    cc = usage.cache_creation_input_tokens
-                    if type(i) is not int or i < 0:
-                        i = 0
-                    elif i > _INT64_MAX:
-                        i = _INT64_MAX
-                    if type(o) is not int or o < 0:
-                        o = 0
-                    elif o > _INT64_MAX:
-                        o = _INT64_MAX
-                    if type(cr) is not int or cr < 0:
-                        cr = 0
-                    elif cr > _INT64_MAX:
-                        cr = _INT64_MAX
-                    if type(cc) is not int or cc < 0:
-                        cc = 0
-                    elif cc > _INT64_MAX:
-                        cc = _INT64_MAX
-                model = msg.model
-                if model and model not in self.models_seen:
-                    self.models_seen[model] = None
-                entry = messages.get(key)
-                if entry is None:
-                    messages[key] = [raw, i, o, cr, cc, model, session]
-                else:
-                    # Streamed copies repeat usage, growing: keep the largest of each counter.
-                    if i > entry[1]:
-                        entry[1] = i
-                    if o > entry[2]:
-                        entry[2] = o
-                    if cr > entry[3]:
-                        entry[3] = cr
-                    if cc > entry[4]:
-                        entry[4] = cc
-                    if entry[5] is None:
-                        entry[5] = model
-                content = msg.content
-                if content and type(content) is list:
-                    for n, block in enumerate(content):
-                        if block.type == "tool_use":
-                            self._tool_use(block, rec.uuid or f"line:{lineno}", n, raw, session)
+                if msg is not UNSET:
+                    message(msg, rec.uuid, lineno, raw, session)
             elif kind == "user":
                 user_messages += 1
                 content = None if msg is UNSET else msg.content
@@ -698,6 +717,8 @@ class _FileState:
                     if not quoting and _COMMAND_TAG in content:
                         self._slash(content, rec.uuid or f"line:{lineno}", 0, raw, session)
                     is_prompt = _is_prompt_text(content)
+                    if pending:
+                        pending.pop(content.strip(), None)
                 else:
                     has_result = False
                     for block in content:
@@ -712,17 +733,39 @@ class _FileState:
                                 commands = self._slash(text, rec.uuid or f"line:{lineno}", commands, raw, session)
                             if not is_prompt:
                                 is_prompt = _is_prompt_text(text)
+                            if pending:
+                                pending.pop(text.strip(), None)
                     if has_result:
                         is_prompt = False
                 if is_prompt and not quoting and rec.isSidechain is not True:
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
                         prompts[key] = (raw, session)
+            elif kind == "progress":
+                if rec.data:
+                    self._progress(rec.data, lineno, raw, session)
             elif kind == "attachment":
-                if rec.attachment is not None and rec.attachment.type == "queued_command":
+                attachment = rec.attachment
+                if attachment is not None and attachment.type == "queued_command":
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
                         prompts[key] = (raw, session)
+                    if pending and type(attachment.prompt) is str:
+                        pending.pop(attachment.prompt.strip(), None)
+            elif kind == "queue-operation":
+                text = rec.content
+                if rec.operation == "enqueue" and text is not None and _is_prompt_text(text):
+                    text = text.strip()
+                    # A command queued mid-turn runs as a command, not a prompt.
+                    if not text.startswith("/"):
+                        # Keyed by its timestamp and a hash of its text: the database holds no text.
+                        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+                        pending.setdefault(text, []).append((f"enqueue:{raw or ''}:{digest}", raw, session))
+            elif kind == "system":
+                text = rec.content
+                if rec.subtype == "local_command" and text is not None and _COMMAND_TAG in text:
+                    # Commands that run without the model (/model, /cost) are written only here (2.1.x).
+                    self._slash(text, rec.uuid or f"line:{lineno}", 0, raw, session)
             elif kind == "tool_use_result":
                 if rec.is_error is True and rec.tool_use_id:
                     self.error_ids.add(rec.tool_use_id)
@@ -730,6 +773,86 @@ class _FileState:
         self.user_messages = user_messages
         self.last_raw = last_raw
         self.current_session = session
+
+    def _message(self, msg: _Message, uuid: str | None, lineno: int, raw: str | None, session: str | None) -> None:
+        """One assistant line (of the file, or of a subagent inside a progress line)."""
+        key = msg.id
+        if not key:
+            key = f"uuid:{uuid}" if uuid else f"line:{self.file_key}:{lineno}"
+        usage = msg.usage
+        speed = None
+        if usage is None:
+            i = o = cr = cc = c5 = c1 = 0
+        else:
+            # A counter that is not a non-negative int counts as 0, and SQLite stores at most
+            # int64: a larger counter saturates there (it must not count less than a smaller one).
+            i = _counter(usage.input_tokens)
+            o = _counter(usage.output_tokens)
+            cr = _counter(usage.cache_read_input_tokens)
+            cc = _counter(usage.cache_creation_input_tokens)
+            split = usage.cache_creation
+            if split is None:
+                c5 = c1 = 0
+            else:
+                c5 = _counter(split.ephemeral_5m_input_tokens)
+                c1 = _counter(split.ephemeral_1h_input_tokens)
+            speed = usage.speed if type(usage.speed) is str else None
+        model = msg.model
+        if model and model not in self.models_seen:
+            self.models_seen[model] = None
+        entry = self.messages.get(key)
+        if entry is None:
+            self.messages[key] = [raw, i, o, cr, cc, model, session, c5, c1, speed]
+        else:
+            # Streamed copies repeat usage, growing: keep the largest of each counter.
+            if i > entry[1]:
+                entry[1] = i
+            if o > entry[2]:
+                entry[2] = o
+            if cr > entry[3]:
+                entry[3] = cr
+            if cc > entry[4]:
+                entry[4] = cc
+            if entry[5] is None:
+                entry[5] = model
+            if c5 > entry[7]:
+                entry[7] = c5
+            if c1 > entry[8]:
+                entry[8] = c1
+            if speed is not None and entry[9] != _FAST:
+                entry[9] = speed
+        content = msg.content
+        if content and type(content) is list:
+            for n, block in enumerate(content):
+                if block.type == "tool_use":
+                    self._tool_use(block, uuid or f"line:{lineno}", n, raw, session)
+
+    def _progress(self, data: msgspec.Raw, lineno: int, raw: str | None, session: str | None) -> None:
+        """A progress line: a running subagent's assistant line inside agent_progress counts as a
+        line of the subagent's file (FORMAT.md revision 2); its user lines count nowhere, but their
+        tool results still say which of its tool uses failed. A shape we do not know is ignored:
+        the progress line itself has counted already."""
+        try:
+            progress = _decode_progress(data)
+            if progress.type != "agent_progress" or not progress.message:
+                return
+            sub = _decode_sub(progress.message)
+        except (msgspec.DecodeError, RecursionError):  # ValidationError included
+            return
+        msg = sub.message
+        if msg is UNSET:
+            return
+        if sub.type == "assistant":
+            if msg.model == _SYNTHETIC:
+                return
+            stamp = sub.timestamp
+            if stamp is None or _parse_ts(stamp) is None:
+                stamp = raw
+            self._message(msg, sub.uuid, lineno, stamp, session)
+        elif sub.type == "user" and type(msg.content) is list:
+            for block in msg.content:
+                if block.type == "tool_result" and block.is_error is True and block.tool_use_id:
+                    self.error_ids.add(block.tool_use_id)
 
     def _tool_use(self, block: _Block, uuid_part: str, index: int, raw: str | None, session: str | None) -> None:
         """One event per tool id in the file; a block without an id is told apart by its place
@@ -789,8 +912,8 @@ class _FileState:
         message_rows = []
         totals = [0, 0, 0, 0]
         models: Counter[str] = Counter()
-        for key, (raw, i, o, cr, cc, model, session) in self.messages.items():
-            message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc))
+        for key, (raw, i, o, cr, cc, model, session, c5, c1, speed) in self.messages.items():
+            message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc, model, speed, c5, c1))
             totals[0] += i
             totals[1] += o
             totals[2] += cr
@@ -801,8 +924,16 @@ class _FileState:
         # ties go to the model seen first.
         primary_model = max(self.models_seen, key=models.__getitem__) if models else None
 
-        prompt_rows = [PromptRow(key, session or session_id, stamp(raw))
-                       for key, (raw, session) in self.prompts.items()]
+        prompts = self.prompts
+        for queued in self.pending_enqueues.values():
+            for key, raw, session in queued:
+                if key not in prompts:
+                    prompts[key] = (raw, session)
+        prompt_rows = [PromptRow(key, session or session_id, stamp(raw)) for key, (raw, session) in prompts.items()]
+        latest = dict(self.session_last)
+        before_last = latest.pop(None, None)
+        if before_last is not None and (session_id not in latest or before_last[0] > latest[session_id][0]):
+            latest[session_id] = before_last
 
         event_rows = []
         seen_events: set[str] = set()
@@ -857,48 +988,12 @@ class _FileState:
             messages=message_rows,
             prompts=prompt_rows,
             events=event_rows,
-            sessions=[SessionRow(sid, project) for sid, project in projects.items()],
+            sessions=[SessionRow(sid, project, stamp(latest[sid][1]) if sid in latest else None)
+                      for sid, project in projects.items()],
             lines=self.lines,
             bytes_read=self.bytes_read,
             content_hash=content_hash,
         )
-
-
-def _valid_utf8_region(buf: bytes | bytearray, start: int, end: int) -> bool:
-    """Whether buf[start:end] is UTF-8, checked in pieces so one wide character stays local.
-
-    Decoding a whole region at once is several times slower: the first character beyond Latin-1
-    turns the rest of the output into a wide string, even where the bytes are plain ASCII.
-    """
-    piece = _UTF8_PIECE
-    pos = start
-    while pos < end:
-        cut = pos + piece
-        if cut >= end:
-            cut = end
-        else:
-            # Cut before a character, not inside one (at most three continuation bytes: more is
-            # invalid anyway, and fails in the next piece).
-            for _ in range(3):
-                if buf[cut] & 0xC0 != 0x80:
-                    break
-                cut -= 1
-        chunk = buf[pos:cut]
-        if not chunk.isascii():
-            try:
-                str(chunk, "utf-8")
-            except UnicodeDecodeError:
-                return False
-        pos = cut
-    return True
-
-
-def _valid_utf8(line: memoryview) -> bool:
-    try:
-        str(line, "utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _add_activity(starts: list[datetime], ends: list[datetime], ts: datetime) -> None:

@@ -50,12 +50,16 @@ class MessageRow(msgspec.Struct, array_like=True, gc=False):
     output: int
     cache_read: int
     cache_creation: int
+    model: str | None  # message.model (the first named, of its lines)
+    speed: str | None  # usage.speed: "fast" wins over any other value among its lines
+    cache_5m: int  # usage.cache_creation's split of cache_creation: 5-minute writes
+    cache_1h: int  # and 1-hour writes (cost only; cache_creation stays the flat field)
 
 
 class PromptRow(msgspec.Struct, array_like=True, gc=False):
     """One prompt typed by the person (FORMAT.md "prompt")."""
 
-    key: str  # line uuid, or "line:<file_key>:<lineno>"
+    key: str  # line uuid, "line:<file_key>:<lineno>", or "enqueue:<timestamp>:<hash of the text>"
     session_id: str
     ts: str
 
@@ -79,6 +83,7 @@ class SessionRow(msgspec.Struct, array_like=True, gc=False):
 
     session_id: str
     project: str | None  # the cwd of the first of its lines in this file that has one
+    last_ts: str | None  # storage format: its latest parsable timestamp in this file (resumed sessions)
 
 
 class ParseResult(msgspec.Struct, gc=False):

@@ -283,9 +283,10 @@ CREATE TEMP TABLE IF NOT EXISTS stage_file (
     file_id INTEGER PRIMARY KEY, user_id INTEGER, size INTEGER, mtime_ns INTEGER, content_hash TEXT,
     version INTEGER, items INTEGER, stamp TEXT, {", ".join(_SUMMARY_COLS)});
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
-    file_id INTEGER, message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER);
+    file_id INTEGER, message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER,
+    model TEXT, speed TEXT, c5 INTEGER, c1 INTEGER);
 CREATE TEMP TABLE IF NOT EXISTS stage_prompts (file_id INTEGER, prompt_key TEXT, session_id TEXT, ts TEXT);
-CREATE TEMP TABLE IF NOT EXISTS stage_sessions (file_id INTEGER, session_id TEXT, project TEXT);
+CREATE TEMP TABLE IF NOT EXISTS stage_sessions (file_id INTEGER, session_id TEXT, project TEXT, last_ts TEXT);
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
     file_id INTEGER, event_id TEXT, session_id TEXT, event_type TEXT, tool_name TEXT, skill_name TEXT,
     subagent_type TEXT, command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
@@ -297,9 +298,9 @@ DELETE FROM temp.stage_events; DELETE FROM temp.stage_sessions; DELETE FROM temp
 DELETE FROM temp.touched_hours;
 """
 _STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
-_STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _STAGE_PROMPTS_SQL = "INSERT INTO temp.stage_prompts VALUES (?, ?, ?, ?)"
-_STAGE_SESSIONS_SQL = "INSERT INTO temp.stage_sessions VALUES (?, ?, ?)"
+_STAGE_SESSIONS_SQL = "INSERT INTO temp.stage_sessions VALUES (?, ?, ?, ?)"
 _STAGE_EVENTS_SQL = "INSERT INTO temp.stage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 _FILES = "(SELECT file_id FROM temp.stage_file)"
@@ -327,8 +328,35 @@ def _touched(user_col: str, key_col: str, kind: str) -> str:
             f"AND ({user_col}, {key_col}) IN ({touched.format('user_id, key')})")
 
 
-# A message or prompt belongs to the smallest session id among its copies: when that moves to or
-# from another file's session, that session is recomputed too (its owner before, and after).
+# A message or prompt belongs to the session it was copied from (FORMAT.md "Resumed sessions"): among
+# the sessions whose lines carry its key, the one whose latest line is earliest, ties to the smaller
+# id. A session's latest line is the largest last_ts of its rows in file_sessions, over all the
+# user's files; no timestamp at all sorts last.
+def _owner(table: str, key_col: str) -> str:
+    """The session a touched key (t.user_id, t.key) belongs to, among its rows in ``table``."""
+    last = ("(SELECT MAX(s.last_ts) FROM file_sessions s "
+            "WHERE s.user_id = c.user_id AND s.session_id = c.session_id)")
+    # One session among the copies (nearly every key): no need to compare sessions.
+    return (f"CASE WHEN MIN(a.session_id) = MAX(a.session_id) THEN MIN(a.session_id) ELSE "
+            f"(SELECT c.session_id FROM {table} c WHERE c.user_id = t.user_id AND c.{key_col} = t.key "
+            f"ORDER BY {last} IS NULL, {last}, c.session_id LIMIT 1) END")
+
+
+# When a file's sessions change (their latest line moves, or they appear or go), the keys that other
+# files hold under the same sessions may change owner: they are recomputed too.
+_TOUCH_SHARED = f"""
+INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+    SELECT a.user_id, 'm', a.message_key FROM temp.ingest_touched t
+    CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.key
+    CROSS JOIN activity_messages a ON a.file_id = s.file_id AND a.session_id = t.key
+    WHERE t.kind = 's' AND s.file_id NOT IN {_FILES}
+    UNION ALL SELECT p.user_id, 'p', p.prompt_key FROM temp.ingest_touched t
+    CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.key
+    CROSS JOIN activity_prompts p ON p.file_id = s.file_id AND p.session_id = t.key
+    WHERE t.kind = 's' AND s.file_id NOT IN {_FILES};
+"""
+# When a key moves to or from another file's session, that session is recomputed too (its owner
+# before, and after).
 _SESSIONS_OF_TOUCHED = f"""
 INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
     SELECT user_id, 's', session_id FROM user_messages WHERE {_touched("user_id", "message_key", "m")}
@@ -341,15 +369,18 @@ _DERIVE_WINDOWS = f"""
 {_TOUCH_HOURS}
 {_SESSIONS_OF_TOUCHED}
 DELETE FROM user_messages WHERE {_touched("user_id", "message_key", "m")};
-INSERT INTO user_messages
-    SELECT t.user_id, t.key, MIN(a.session_id), MIN(a.ts), MAX(a.input_tokens), MAX(a.output_tokens),
-           MAX(a.cache_read_tokens), MAX(a.cache_creation_tokens)
+INSERT INTO user_messages (user_id, message_key, session_id, ts, input_tokens, output_tokens, cache_read_tokens,
+                           cache_creation_tokens, model, speed, cache_5m_tokens, cache_1h_tokens)
+    SELECT t.user_id, t.key, {_owner("activity_messages", "message_key")}, MIN(a.ts), MAX(a.input_tokens),
+           MAX(a.output_tokens), MAX(a.cache_read_tokens), MAX(a.cache_creation_tokens), MAX(a.model),
+           CASE WHEN MAX(a.speed = 'fast') THEN 'fast' ELSE MAX(a.speed) END,
+           MAX(a.cache_5m_tokens), MAX(a.cache_1h_tokens)
     FROM temp.ingest_touched t
     CROSS JOIN activity_messages a ON a.user_id = t.user_id AND a.message_key = t.key
     WHERE t.kind = 'm' GROUP BY t.user_id, t.key;
 DELETE FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
-INSERT INTO user_prompts
-    SELECT t.user_id, t.key, MIN(a.session_id), MIN(a.ts)
+INSERT INTO user_prompts (user_id, prompt_key, session_id, ts)
+    SELECT t.user_id, t.key, {_owner("activity_prompts", "prompt_key")}, MIN(a.ts)
     FROM temp.ingest_touched t
     CROSS JOIN activity_prompts a ON a.user_id = t.user_id AND a.prompt_key = t.key
     WHERE t.kind = 'p' GROUP BY t.user_id, t.key;
@@ -376,8 +407,9 @@ DELETE FROM activity_messages WHERE file_id IN {_FILES};
 DELETE FROM activity_prompts WHERE file_id IN {_FILES};
 DELETE FROM usage_events WHERE file_id IN {_FILES};
 INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, output_tokens,
-                               cache_read_tokens, cache_creation_tokens)
-    SELECT m.file_id, m.message_key, f.user_id, m.session_id, m.ts, m.i, m.o, m.cr, m.cc
+                               cache_read_tokens, cache_creation_tokens, model, speed, cache_5m_tokens,
+                               cache_1h_tokens)
+    SELECT m.file_id, m.message_key, f.user_id, m.session_id, m.ts, m.i, m.o, m.cr, m.cc, m.model, m.speed, m.c5, m.c1
     FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id;
 INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts)
     SELECT p.file_id, p.prompt_key, f.user_id, p.session_id, p.ts
@@ -398,11 +430,12 @@ INSERT OR REPLACE INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_
                                           extracted_at)
     SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file;
 DELETE FROM file_sessions WHERE file_id IN {_FILES};
-INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project)
-    SELECT s.file_id, f.user_id, s.session_id, f.started_at, s.project
+INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project, last_ts)
+    SELECT s.file_id, f.user_id, s.session_id, f.started_at, s.project, s.last_ts
     FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
 {_DIRTY_DAYS}
 {_TOUCH}
+{_TOUCH_SHARED}
 {_DERIVE_WINDOWS}UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
        processor_version = f.version, items = f.items, last_error = NULL, failure_count = 0,
        next_attempt_at = NULL, quarantined_at = NULL, processed_at = f.stamp
@@ -469,12 +502,12 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime,
             (p.file_id, p.user_id, p.size, p.mtime_ns, p.result.content_hash, p.version, p.result.lines, stamp,
              *_summary_values(p.result)) for p in batch])
         await conn.executemany(_STAGE_MESSAGES_SQL, [
-            (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation)
-            for p in batch for m in p.result.messages])
+            (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation, m.model,
+             m.speed, m.cache_5m, m.cache_1h) for p in batch for m in p.result.messages])
         await conn.executemany(_STAGE_PROMPTS_SQL, [
             (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
         await conn.executemany(_STAGE_SESSIONS_SQL, [
-            (p.file_id, r.session_id, r.project) for p in batch for r in p.result.sessions])
+            (p.file_id, r.session_id, r.project, r.last_ts) for p in batch for r in p.result.sessions])
         await conn.executemany(_STAGE_EVENTS_SQL, [
             (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
              e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
