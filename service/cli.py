@@ -18,7 +18,7 @@ from . import logs
 from .config import MAX_RETENTION_DAYS, ConfigError, Settings, load_settings
 from .db import Database
 from .migrations import MigrationError, migrate
-from .store import users
+from .store import sessions, users
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +468,28 @@ async def cmd_tables_list(args, settings, db) -> int:
     return 0
 
 
+# -- browser sign-ins ---------------------------------------------------------------
+
+@with_db
+async def cmd_sessions_list(args, settings, db) -> int:
+    user_id = (await _user_or_fail(db, args.email)).id if args.email else None
+    found = await sessions.list_sessions(db, user_id)
+    if args.json:
+        _print_json(found)
+        return 0
+    for s in found:
+        print(f"{s.id}\t{s.email}\tsigned in {s.created_at}\texpires {s.expires_at}")
+    return 0
+
+
+@with_db
+async def cmd_sessions_revoke(args, settings, db) -> int:
+    user = await _user_or_fail(db, args.email)
+    count = await sessions.end_for_user(db, user.id)
+    print(f"ended {count} browser sign-in(s) of {user.email}; their cookies no longer work")
+    return 0
+
+
 # -- config ---------------------------------------------------------------------------
 
 async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -540,6 +562,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--id", type=int)
     group.add_argument("--prefix")
     group.add_argument("--email")
+
+    p_sessions = sub.add_parser("sessions", help="Browser sign-ins (kept on the server).",
+                                description="Browser sign-ins (kept on the server).")
+    sessions_sub = p_sessions.add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
+    p = add("list", cmd_sessions_list, "List browser sign-ins that are still valid.", sessions_sub)
+    p.add_argument("--email", help="only this user's sign-ins")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("revoke", cmd_sessions_revoke, "End every browser sign-in of a user at once (the browsers must "
+            "sign in again; the user's tokens keep working).", sessions_sub)
+    p.add_argument("--email", required=True, help="the user whose sign-ins end")
 
     p = add("ingest", cmd_ingest, "Ingest transcript files or directories for one user, with a progress bar.")
     p.add_argument("paths", nargs="+", metavar="PATH")

@@ -12,7 +12,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from . import keys
-from .auth import clear_session_cookie, origin_refusal, public, read_form, request_csrf_token, set_session_cookie
+from .auth import end_session, origin_refusal, public, read_form, request_csrf_token, set_session_cookie
 from .store import stats, users
 from .timeutil import from_store, to_api
 
@@ -143,7 +143,7 @@ async def login_submit(request: web.Request) -> web.Response:
             status=401)
     user, token_id = found
     response = web.HTTPSeeOther(target)
-    set_session_cookie(request, response, user.id, token_id)
+    await set_session_cookie(request, response, user.id, token_id)
     logger.info("signed in", extra={"signed_in_user": user.id})
     raise response
 
@@ -151,13 +151,14 @@ async def login_submit(request: web.Request) -> web.Response:
 @public
 async def logout(request: web.Request) -> web.Response:
     """Signing out always works: from a page whose session has died (a revoked token) or whose
-    CSRF token went stale (signed out and in again elsewhere). It only clears this browser's
-    cookie, so it needs no credential or CSRF token; another site still cannot post it."""
+    CSRF token went stale (signed out and in again elsewhere). It ends the sign-in the cookie
+    names and clears the cookie, so it needs no credential or CSRF token (ending one's own
+    sign-in is all it can do); another site still cannot post it."""
     refused = origin_refusal(request, opaque_ok=False)
     if refused is not None:
         raise refused
     response = web.HTTPSeeOther("/login")
-    clear_session_cookie(response)
+    await end_session(request, response)
     raise response
 
 
