@@ -46,8 +46,17 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
-async def open_db(settings: Settings) -> Database:
-    """Open the database and bring the schema up to date (every command needs both)."""
+async def open_db(settings: Settings, *, create: bool = False) -> Database:
+    """Open the database and bring the schema up to date (every command needs both).
+
+    Only the commands that set a database up (migrate, serve, demo) may create one: anywhere else a
+    missing file is a wrong AGNES_DB_PATH or directory, and writing users into a new empty database
+    there would hide the mistake.
+    """
+    if not create and settings.db_path != ":memory:" and not os.path.exists(settings.db_path):
+        raise CliError(f"no database at {os.path.abspath(settings.db_path)} (AGNES_DB_PATH, or database.path in "
+                       "the AGNES_CONFIG file, relative to the current directory). Point AGNES_DB_PATH at the "
+                       "existing database, or create one there with `agnes-home migrate`.")
     db = Database(settings.db_path, readers=1)
     try:
         await db.open()
@@ -58,14 +67,20 @@ async def open_db(settings: Settings) -> Database:
     return db
 
 
-def with_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]]) -> Command:
+def with_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]], *,
+            create: bool = False) -> Command:
     async def run(args: argparse.Namespace, settings: Settings) -> int:
-        db = await open_db(settings)
+        db = await open_db(settings, create=create)
         try:
             return await fn(args, settings, db)
         finally:
             await db.close()
     return run
+
+
+def creating_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]]) -> Command:
+    """with_db for the commands that may create the database (migrate, demo)."""
+    return with_db(fn, create=True)
 
 
 async def _user_or_fail(db: Database, email: str) -> users.User:
@@ -120,7 +135,7 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@with_db
+@creating_db
 async def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     from .migrations import current_version  # noqa: PLC0415
 
@@ -506,7 +521,7 @@ async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- demo ----------------------------------------------------------------------------
 
-@with_db
+@creating_db
 async def cmd_demo(args, settings, db) -> int:
     from .demo import load_demo  # noqa: PLC0415
 

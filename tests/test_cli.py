@@ -31,6 +31,11 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run(tmp_path: Path, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+    if ("AGNES_DB_PATH" not in extra and not (tmp_path / "cli.db").exists()
+            and args[:1] not in (("migrate",), ("demo",), ("serve",), ("config",), ("backup",))):
+        # Only migrate, serve and demo create a database (others refuse a missing one): set the
+        # tests' database up as an operator would.
+        run(tmp_path, "migrate")
     proc = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=cli_env(tmp_path, **extra),
                           capture_output=True, text=True, timeout=60)
     if check and proc.returncode != 0:
@@ -374,3 +379,18 @@ def test_demo_prints_an_address_a_browser_can_open(tmp_path):
     out = run(tmp_path, "demo", AGNES_HOST="0.0.0.0", AGNES_PORT="8123").stdout
     assert "open http://127.0.0.1:8123/login and paste the token below" in out
     assert out.strip().splitlines()[-1].startswith("agnes_pat_")
+
+
+def test_commands_other_than_migrate_serve_and_demo_never_create_a_database(tmp_path):
+    """A typo in AGNES_DB_PATH (or another directory) silently created an empty database and wrote to it."""
+    missing = tmp_path / "typo" / "agnes.db"
+    for args in (["users", "add", "ana@example.com"], ["users", "list"], ["tokens", "issue", "ana@example.com"],
+                 ["tokens", "list"], ["tables", "list"], ["quarantine", "list"], ["reprocess"], ["prune"],
+                 ["sessions", "list"], ["attribution", "list"], ["ingest", str(tmp_path), "--user", "a@b.c"]):
+        proc = run(tmp_path, *args, check=False, AGNES_DB_PATH=str(missing))
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert str(missing) in proc.stderr and "AGNES_DB_PATH" in proc.stderr and "migrate" in proc.stderr, proc.stderr
+        assert not missing.exists() and not missing.parent.exists(), args
+    run(tmp_path, "migrate", AGNES_DB_PATH=str(missing))
+    assert missing.exists()
+    run(tmp_path, "users", "add", "ana@example.com", AGNES_DB_PATH=str(missing))
