@@ -23,6 +23,7 @@ from .store import sessions, users
 logger = logging.getLogger(__name__)
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+JSON_HELP = "print JSON (for scripts)"
 
 
 class CliError(Exception):
@@ -202,7 +203,7 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
     elif len(prefix) > users.DISPLAYED_PREFIX:
         count = await users.revoke_token(db, token=prefix)  # the whole token, pasted
     elif prefix:
-        count = await users.revoke_token(db, prefix=prefix)
+        count = await users.revoke_token(db, token_id=await _one_token_by_prefix(db, prefix))
     elif args.email:
         count = await users.revoke_token(db, user_id=(await _user_or_fail(db, args.email)).id)
     else:
@@ -213,7 +214,19 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
     return 0
 
 
-# -- ingest ---------------------------------------------------------------------------
+async def _one_token_by_prefix(db: Database, prefix: str) -> int:
+    """The id of the one active token whose displayed prefix starts with ``prefix`` (with or
+    without the "agnes_pat_" part); an ambiguous prefix is refused with the matches listed."""
+    if not prefix.startswith(users.TOKEN_PREFIX) and not users.TOKEN_PREFIX.startswith(prefix):
+        prefix = users.TOKEN_PREFIX + prefix
+    found = await users.active_tokens_by_prefix(db, prefix)
+    if not found:
+        raise CliError("no active token matched (see `agnes-home tokens list`)")
+    if len(found) > 1:
+        listed = "\n".join(f"  id {t.id}\t{t.prefix}…\t{t.email}" for t in found)
+        raise CliError(f"{prefix!r} matches {len(found)} active tokens; give more of the prefix, or --id:\n{listed}")
+    return found[0].id
+
 
 def _parse_workers(args, settings) -> int:
     return settings.parse_workers if args.workers is None else args.workers
@@ -556,27 +569,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_users = sub.add_parser("users", help="Manage users.", description="Manage users.")
     users_sub = p_users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     p = add("add", cmd_users_add, "Add a user.", users_sub)
-    p.add_argument("email")
-    p.add_argument("--name", default="")
+    p.add_argument("email", help="the user's email address (their identity; case does not matter)")
+    p.add_argument("--name", default="", help="display name shown on /home")
     p.add_argument("--onboarded", action="store_true", help="mark the user onboarded already")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("list", cmd_users_list, "List users.", users_sub)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p_tokens = sub.add_parser("tokens", help="Manage personal access tokens.",
                               description="Manage personal access tokens.")
     tokens_sub = p_tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     p = add("issue", cmd_tokens_issue, "Issue a token; it is printed once, alone on the last line.", tokens_sub)
-    p.add_argument("email")
-    p.add_argument("--label", default="")
+    p.add_argument("email", help="the user the token belongs to")
+    p.add_argument("--label", default="", help="a note to recognise the token by in `tokens list`")
     p = add("list", cmd_tokens_list, "List tokens (prefixes only; tokens are stored hashed).", tokens_sub)
-    p.add_argument("--email")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--email", help="only this user's tokens")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("revoke", cmd_tokens_revoke, "Revoke a token by id or prefix, or all of a user's tokens.", tokens_sub)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--id", type=int)
-    group.add_argument("--prefix")
-    group.add_argument("--email")
+    group.add_argument("--id", type=int, help="the token's id (first column of `tokens list`)")
+    group.add_argument("--prefix", help="the start of the prefix `tokens list` shows (any unique part of it, with or "
+                                        "without agnes_pat_), or the whole token")
+    group.add_argument("--email", help="revoke every token of this user")
 
     p_sessions = sub.add_parser("sessions", help="Browser sign-ins (kept on the server).",
                                 description="Browser sign-ins (kept on the server).")
@@ -589,8 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", required=True, help="the user whose sign-ins end")
 
     p = add("ingest", cmd_ingest, "Ingest transcript files or directories for one user, with a progress bar.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="transcript files or directories (searched for *.jsonl)")
+    p.add_argument("--user", required=True, metavar="EMAIL", help="the analyst the transcripts belong to")
     p.add_argument("--workers", type=_bounded(0, 64), default=None,
                    help="parser processes, 0 parses in a thread (default: AGNES_PARSE_WORKERS)")
     p.add_argument("--force", action="store_true", help="reparse even when the content hash is unchanged")
@@ -598,49 +612,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(before_loop=_fork_parse_pool)
 
     p = add("reprocess", cmd_reprocess, "Force a full reprocess (of everything, or of one user's files).")
-    p.add_argument("--user", metavar="EMAIL")
+    p.add_argument("--user", metavar="EMAIL", help="only this user's files")
 
     p = add("quarantine", cmd_quarantine, "List quarantined files, or release them for another try.")
-    p.add_argument("action", choices=["list", "retry"])
+    p.add_argument("action", choices=["list", "retry"], help="list quarantined files, or retry them")
     p.add_argument("--id", type=int, help="retry only this file id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("prune", cmd_prune, "Delete usage events and activity older than the retention period.")
     p.add_argument("--days", type=_bounded(1, MAX_RETENTION_DAYS), help="override AGNES_RETENTION_DAYS (1-36500)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("path", help="where to write the copy (must not exist yet)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("attribution", cmd_attribution,
             "Map skills, subagent types and commands to plugin sources (curated wins over flea).")
-    p.add_argument("action", choices=["list", "set", "remove"])
-    p.add_argument("kind", nargs="?", choices=["skill", "agent", "command"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("source", nargs="?", choices=["curated", "flea"])
-    p.add_argument("ref_id", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", choices=["list", "set", "remove"], help="list the mappings, set one, or remove one")
+    p.add_argument("kind", nargs="?", choices=["skill", "agent", "command"],
+                   help="what NAME is: a skill, a subagent type or a slash command (set, remove)")
+    p.add_argument("name", nargs="?", help="the skill, subagent type or command name (set, remove)")
+    p.add_argument("source", nargs="?", choices=["curated", "flea"], help="the plugin source it belongs to (set, remove)")
+    p.add_argument("ref_id", nargs="?", help="the plugin's id in that source (set)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p_tables = sub.add_parser("tables", help="Manage the data tables the sync manifest distributes.",
                               description="Manage the data tables the sync manifest distributes.")
     tables_sub = p_tables.add_subparsers(dest="tables_command", required=True, metavar="ACTION")
     p = add("register", cmd_tables_register, "Register (or update) a table: a file under the data directory.",
             tables_sub)
-    p.add_argument("id")
-    p.add_argument("path")
+    p.add_argument("id", help="the table id clients see in the manifest")
+    p.add_argument("path", help="the table's file, under AGNES_DATA_DIR")
     p.add_argument("--rows", type=int, help="row count (default: counted for CSV/JSONL files)")
-    p.add_argument("--query-mode", choices=["local", "remote"], default="local")
-    p.add_argument("--source-type", default="")
+    p.add_argument("--query-mode", choices=["local", "remote"], default="local",
+                   help="local: clients download it (default); remote: clients skip it")
+    p.add_argument("--source-type", default="", help="free text passed to clients in the manifest")
     p.add_argument("--public", action="store_true", help="readable by every user (default: granted users only)")
     p = add("grant", cmd_tables_grant, "Let one user read a table.", tables_sub)
-    p.add_argument("id")
-    p.add_argument("email")
+    p.add_argument("id", help="the table id")
+    p.add_argument("email", help="the user who may read it")
     p = add("list", cmd_tables_list, "List tables and who may read them.", tables_sub)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("config", cmd_config, "Print the resolved settings, the YAML example or the README table.")
-    p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show")
+    p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show",
+                   help="show: the resolved settings (default); example: instance.yaml.example; table: the README table")
 
     add("demo", cmd_demo, "Load demo users, transcripts and a table; print how to sign in.")
     return parser

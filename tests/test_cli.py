@@ -394,3 +394,52 @@ def test_commands_other_than_migrate_serve_and_demo_never_create_a_database(tmp_
     run(tmp_path, "migrate", AGNES_DB_PATH=str(missing))
     assert missing.exists()
     run(tmp_path, "users", "add", "ana@example.com", AGNES_DB_PATH=str(missing))
+
+
+def test_tokens_revoke_takes_any_unique_prefix_or_the_whole_token_and_refuses_an_ambiguous_one(tmp_path):
+    run(tmp_path, "users", "add", "ana@example.com")
+    run(tmp_path, "users", "add", "ben@example.com")
+    issued = [run(tmp_path, "tokens", "issue", email).stdout.strip().splitlines()[-1]
+              for email in ("ana@example.com", "ana@example.com", "ben@example.com")]
+
+    def active() -> set[str]:
+        return {t["prefix"] for t in json.loads(run(tmp_path, "tokens", "list", "--json").stdout) if not t["revoked_at"]}
+
+    shown = [t[:16] for t in issued]  # what `tokens list` displays
+    assert active() == set(shown)
+    # Ambiguous: every token starts with "agnes_pat_"; refused, naming each match, nothing revoked.
+    proc = run(tmp_path, "tokens", "revoke", "--prefix", "agnes_pat_", check=False)
+    assert proc.returncode == 1 and "3 active tokens" in proc.stderr
+    assert all(p in proc.stderr for p in shown) and "ana@example.com" in proc.stderr
+    assert active() == set(shown)
+    # The shortest prefix of the displayed one that names only the first token.
+    unique = next(shown[0][:n] for n in range(11, 17) if sum(s.startswith(shown[0][:n]) for s in shown) == 1)
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", unique).stdout
+    assert active() == set(shown[1:])
+    # Without the "agnes_pat_" part, as someone copying from a listing might, and with the ellipsis.
+    short = next(shown[1][10:n] for n in range(13, 17) if sum(s[10:].startswith(shown[1][10:n]) for s in shown) == 1)
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", short + "…").stdout
+    # The whole token.
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", issued[2]).stdout
+    assert active() == set()
+    gone = run(tmp_path, "tokens", "revoke", "--prefix", shown[0], check=False)
+    assert gone.returncode == 1 and "no active token" in gone.stderr
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from service.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {action.dest}")
+
+    walk(build_parser(), "agnes-home")
+    assert missing == []

@@ -161,6 +161,15 @@ async def list_tokens(db: Database, user_id: int | None = None) -> list[Token]:
     return [Token(*tuple(r)) for r in rows]
 
 
+async def active_tokens_by_prefix(db: Database, prefix: str) -> list[Token]:
+    """Active tokens whose displayed prefix starts with ``prefix`` (for `tokens revoke --prefix`)."""
+    rows = await db.fetchall(
+        "SELECT t.id, t.user_id, u.email, t.prefix, t.label, t.created_at, t.last_used_at, t.revoked_at "
+        "FROM api_tokens t JOIN users u ON u.id = t.user_id "
+        "WHERE t.revoked_at IS NULL AND substr(t.prefix, 1, ?) = ? ORDER BY t.id", (len(prefix), prefix))
+    return [Token(*tuple(r)) for r in rows]
+
+
 async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str | None = None,
                        user_id: int | None = None, token: str | None = None) -> int:
     """Revoke by id, by displayed prefix, by the token itself, or every token of a user; returns how many."""
