@@ -547,7 +547,7 @@ async def cmd_demo(args, settings, db) -> int:
 Demo data loaded into {settings.db_path} ({loaded}; table demo_customers).
   Sign in:  open {url}/login and paste the token below
   API:      curl -H "Authorization: Bearer <token>" {url}/api/me
-Token for the demo analyst (shown once):
+Token for the demo analyst (shown once; tokens printed by earlier runs still work):
 {token}""")
     return 0
 

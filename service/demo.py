@@ -98,7 +98,8 @@ def write_demo_transcripts(folder: Path, local_part: str, now: datetime, seed: i
 
 
 async def load_demo(db: Database, settings: Settings, now: datetime | None = None) -> tuple[str, dict[str, Report]]:
-    """Create the demo users, transcripts and table (idempotent); return a new token for the first user."""
+    """Create the demo users, transcripts and table (idempotent); return a new token for the first user
+    (earlier demo tokens stay valid)."""
     now = now or utcnow()
     reports = {}
     for seed, (email, name, onboarded) in enumerate(DEMO_USERS):
@@ -120,8 +121,7 @@ async def load_demo(db: Database, settings: Settings, now: datetime | None = Non
                           source_type="demo")
     ana = await users.get_user_by_email(db, DEMO_USERS[0][0])
     assert ana is not None
-    for token in await users.list_tokens(db, ana.id):
-        if token.label == "demo" and token.revoked_at is None:
-            await users.revoke_token(db, token_id=token.id)
+    # A new token each run (only hashes are stored, so an earlier one cannot be shown again); the
+    # earlier ones keep working, so a browser signed in after the last `make run` stays signed in.
     token, _ = await users.issue_token(db, ana.id, "demo")
     return token, reports

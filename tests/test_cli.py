@@ -379,6 +379,14 @@ def test_demo_prints_an_address_a_browser_can_open(tmp_path):
     out = run(tmp_path, "demo", AGNES_HOST="0.0.0.0", AGNES_PORT="8123").stdout
     assert "open http://127.0.0.1:8123/login and paste the token below" in out
     assert out.strip().splitlines()[-1].startswith("agnes_pat_")
+    # Run again (`make run` twice): a new token, printed, and the first one still works.
+    again = run(tmp_path, "demo").stdout
+    assert "tokens printed by earlier runs still work" in again
+    first, second = out.strip().splitlines()[-1], again.strip().splitlines()[-1]
+    assert first != second
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL AND label = 'demo'"
+                            ).fetchone() == (2,)
 
 
 def test_commands_other_than_migrate_serve_and_demo_never_create_a_database(tmp_path):

@@ -25,6 +25,10 @@ async def test_demo_populates_both_windows_and_is_idempotent(db, settings):
 
     token2, _ = await load_demo(db, settings, now)
     assert token2 != token
-    assert await users.authenticate(db, token) is None  # the previous demo token is revoked
+    # A second `make run` must not sign out a browser that used the first run's token.
+    assert (await users.authenticate(db, token))[0].id == ana.id
+    assert (await users.authenticate(db, token2))[0].id == ana.id
+    assert await db.fetchval("SELECT COUNT(*) FROM api_tokens WHERE token_hash IN (?, ?)",
+                             (token, token2)) == 0  # stored as hashes only
     assert await stats.home_stats(db, ana.id, "7d", now) == week
     assert len(await users.list_users(db)) == len(DEMO_USERS)
