@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 import msgspec
 
 from . import logs
-from .config import MAX_RETENTION_DAYS, ConfigError, Settings, load_settings
+from .config import MAX_RETENTION_DAYS, ConfigError, Settings, load_settings, unknown_environment
 from .db import Database
 from .migrations import MigrationError, migrate
 from .store import sessions, users
@@ -521,14 +521,16 @@ async def cmd_sessions_revoke(args, settings, db) -> int:
 # -- config ---------------------------------------------------------------------------
 
 async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    from .config import markdown_table, yaml_example  # noqa: PLC0415
+    from .config import markdown_table, settings_json, settings_table, yaml_example  # noqa: PLC0415
 
     if args.what == "example":
         sys.stdout.write(yaml_example())
     elif args.what == "table":
         print(markdown_table())
+    elif args.json:
+        _print_json(settings_json(settings))
     else:
-        _print_json(settings if not settings.secret_key else msgspec.structs.replace(settings, secret_key="***"))
+        print(settings_table(settings))
     return 0
 
 
@@ -657,7 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("config", cmd_config, "Print the resolved settings, the YAML example or the README table.")
     p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show",
-                   help="show: the resolved settings (default); example: instance.yaml.example; table: the README table")
+                   help="show: the resolved settings and where each came from (default); example: "
+                        "instance.yaml.example; table: the README table")
+    p.add_argument("--json", action="store_true", help="with show: the settings as JSON, each with its source")
 
     add("demo", cmd_demo, "Load demo users, transcripts and a table; print how to sign in.")
     return parser
@@ -672,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agnes-home: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    for name, closest in unknown_environment():
+        # Unknown YAML keys stop start-up; a variable cannot be refused as surely (the environment is
+        # shared with everything else), but a misspelt one must not pass unseen.
+        logger.warning("%s is set but is not a setting of agnes-home; ignored%s (`agnes-home config table` "
+                       "lists them)", name, f" (did you mean {closest}?)" if closest else "")
     # Transcripts, the database and its backups are analysts' data: nothing this process
     # creates is readable by other local accounts (files 0600, folders 0700).
     os.umask(0o077)

@@ -451,3 +451,36 @@ def test_every_option_of_every_command_has_help_text():
 
     walk(build_parser(), "agnes-home")
     assert missing == []
+
+
+def test_config_show_is_a_readable_table_saying_where_each_value_came_from(tmp_path):
+    config = tmp_path / "instance.yaml"
+    config.write_text("server:\n  port: 9001\nauth:\n  secret_key: from-yaml-secret\n")
+    proc = run(tmp_path, "config", "show", AGNES_CONFIG=str(config), AGNES_SCAN_INTERVAL="7",
+               AGNES_PROXY_HEADER="X-Email")
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["setting", "value", "source"]
+    rows = {line.split()[0]: line for line in lines[2:] if line.strip()}
+    assert rows["port"].split()[1:] == ["9001", "YAML", f"({config}:", "server.port)"]
+    assert rows["scan_interval"].split()[1:] == ["7.0", "environment", "(AGNES_SCAN_INTERVAL)"]
+    assert rows["max_failures"].split()[1:] == ["5", "default"]
+    assert rows["secret_key"].split()[1] == "***" and "from-yaml-secret" not in proc.stdout  # masked
+    assert "AGNES_DB_PATH" in rows["db_path"]  # the test's environment sets it
+    # Scripts: --json, with the same sources; the secret masked there too.
+    data = json.loads(run(tmp_path, "config", "show", "--json", AGNES_CONFIG=str(config)).stdout)
+    assert data["port"] == {"value": 9001, "source": "yaml", "key": "server.port"}
+    assert data["max_failures"] == {"value": 5, "source": "default", "key": None}
+    assert data["db_path"]["source"] == "environment" and data["db_path"]["key"] == "AGNES_DB_PATH"
+    assert data["secret_key"]["value"] == "***"
+
+
+def test_unknown_agnes_environment_variables_are_warned_about_at_start(tmp_path):
+    """A misspelt name (AGNES_SCAN_INTERVALL) was silently ignored, while unknown YAML keys are refused."""
+    proc = run(tmp_path, "users", "list", AGNES_SCAN_INTERVALL="5", AGNES_HOME_SHOW_STATUSFRAME="0")
+    assert proc.returncode == 0
+    warned = [line for line in proc.stderr.splitlines() if "not a setting" in line]
+    assert len(warned) == 2
+    assert any("AGNES_SCAN_INTERVALL" in line and "AGNES_SCAN_INTERVAL?" in line for line in warned)
+    assert any("AGNES_HOME_SHOW_STATUSFRAME" in line and "AGNES_HOME_SHOW_STATUS_FRAME?" in line for line in warned)
+    quiet = run(tmp_path, "users", "list")
+    assert "not a setting" not in quiet.stderr
