@@ -549,6 +549,8 @@ async def cmd_demo(args, settings, db) -> int:
 Demo data loaded into {settings.db_path} ({loaded}; table demo_customers).
   Sign in:  open {url}/login and paste the token below
   API:      curl -H "Authorization: Bearer <token>" {url}/api/me
+  Also:     cleo@example.com has not set the client up (her /home shows the install hero);
+            `agnes-home tokens issue cleo@example.com` gives a token to sign in as her.
 Token for the demo analyst (shown once; tokens printed by earlier runs still work):
 {token}""")
     return 0

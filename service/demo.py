@@ -16,6 +16,8 @@ from .store import ingest as ingest_store
 from .store import tables, users
 from .timeutil import utcnow
 
+# Ana and Ben are onboarded analysts with a week of activity; Cleo has not set the client up, so
+# her /home shows the install hero (README "Two commands" says how to sign in as her).
 DEMO_USERS = (
     ("ana@example.com", "Ana Analyst", True),
     ("ben@example.com", "Ben Builder", True),
@@ -110,6 +112,9 @@ async def load_demo(db: Database, settings: Settings, now: datetime | None = Non
         paths = write_demo_transcripts(folder, email.split("@")[0], now, seed)
         await ingest_store.register_files(db, user.id, paths, "upload", now)
         reports[email] = await ingest_paths(db, user.id, paths, workers=0, clock=lambda: now)
+        # As if each had run `agnes pull` (Last sync would read "never" otherwise): Ana minutes ago,
+        # Ben yesterday, so both the minutes and the hours of the relative time show.
+        await users.stamp_pull(db, user.id, now - (timedelta(minutes=3) if seed == 0 else timedelta(hours=26)))
     table_dir = Path(settings.data_dir) / "tables"
     table_dir.mkdir(parents=True, exist_ok=True)
     csv = table_dir / "demo_customers.csv"

@@ -64,6 +64,17 @@ def reltime(value: str | datetime | None, now: datetime) -> str:
     return f"{seconds // 86400}d ago"
 
 
+def day_label(day: str | None) -> str:
+    """'2025-10-03' as '3 Oct 2025' (English month abbreviations, whatever the locale); '' for None."""
+    if not day:
+        return ""
+    year, month, date = day.split("-")
+    return f"{int(date)} {_MONTHS[int(month) - 1]} {year}"
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def utc_label(value: str | datetime | None) -> str:
     """An exact moment for a title attribute: 2026-11-21 11:57:00 UTC."""
     if isinstance(value, str) and len(value) >= 20 and value[10] == "T" and value.endswith("Z"):
@@ -175,6 +186,9 @@ async def home(request: web.Request) -> web.Response:
     window = stats.clamp_window(request.query.get("window"))
     show_frame = settings.show_status_frame and user.onboarded
     frame = await stats.home_stats(app[keys.DB], user.id, window, now) if show_frame else None
+    # An empty window says when the analyst was last active (or that nothing arrived yet), rather
+    # than five bare zeros; read for any window, since the toggle can land on an empty one.
+    last_active = await stats.last_active_day(app[keys.DB], user.id) if show_frame else None
     context = {
         "user": user,
         "csrf_token": request_csrf_token(request),
@@ -182,6 +196,7 @@ async def home(request: web.Request) -> web.Response:
         "frame_switch_on": settings.show_status_frame,
         "show_automode": settings.show_automode,
         "stats": frame,
+        "last_active": day_label(last_active),
         "window": window,
         "windows": WINDOW_LABELS,
         "now": now,

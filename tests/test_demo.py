@@ -19,6 +19,10 @@ async def test_demo_populates_both_windows_and_is_idempotent(db, settings):
     assert day.sessions == 5 and week.sessions == 14
     assert 0 < day.prompts < week.prompts and 0 < day.tokens.total < week.tokens.total
     assert 1 <= day.projects <= week.projects <= 4
+    # A pull is simulated, so Last sync does not read "never".
+    assert day.last_pull_at == "2026-11-21T11:57:00Z"
+    ben = await users.get_user_by_email(db, "ben@example.com")
+    assert (await stats.home_stats(db, ben.id, "24h", now)).last_pull_at == "2026-11-20T10:00:00Z"
     cleo = await users.get_user_by_email(db, "cleo@example.com")
     assert cleo.onboarded is False
     assert [t.id for t in await tables.readable(db, cleo.id)] == ["demo_customers"]
