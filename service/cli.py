@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--id", type=int, help="the token's id (first column of `tokens list`)")
     group.add_argument("--prefix", help="the start of the prefix `tokens list` shows (any unique part of it, with or "
-                                        "without agnes_pat_), or the whole token")
+                                        "without agnes_pat_), or the whole token; write --prefix=P when P starts with '-'")
     group.add_argument("--email", help="revoke every token of this user")
 
     p_sessions = sub.add_parser("sessions", help="Browser sign-ins (kept on the server).",

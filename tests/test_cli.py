@@ -426,7 +426,8 @@ def test_tokens_revoke_takes_any_unique_prefix_or_the_whole_token_and_refuses_an
     assert active() == set(shown[1:])
     # Without the "agnes_pat_" part, as someone copying from a listing might, and with the ellipsis.
     short = next(shown[1][10:n] for n in range(13, 17) if sum(s[10:].startswith(shown[1][10:n]) for s in shown) == 1)
-    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", short + "…").stdout
+    # `--prefix=`: a token's random part may start with "-", which argparse would take for an option.
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", f"--prefix={short}…").stdout
     # The whole token.
     assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", issued[2]).stdout
     assert active() == set()
