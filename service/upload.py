@@ -9,8 +9,9 @@ import re
 import secrets
 import zlib
 from pathlib import Path
+from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import keys
@@ -139,6 +140,28 @@ class _Sink:
             self.path.unlink(missing_ok=True)
 
 
+class _CappedStream:
+    """The request body as the multipart reader reads it: each read first checks the bytes received
+    so far against the body cap, so a body with no Content-Length (chunked) is refused once past it
+    even while aiohttp is still parsing (a preamble of millions of lines before the first boundary
+    is read inside one reader.next())."""
+
+    def __init__(self, stream: StreamReader, others: _OtherParts) -> None:
+        self._stream = stream
+        self._others = others
+
+    async def readline(self, *args: Any, **kwargs: Any) -> bytes:
+        self._others.check_body()
+        return await self._stream.readline(*args, **kwargs)
+
+    async def read(self, n: int = -1) -> bytes:
+        self._others.check_body()
+        return await self._stream.read(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _malformed(exc: Exception) -> AppError:
     return AppError(400, f"Malformed multipart body: {type(exc).__name__}", "bad_multipart")
 
@@ -212,6 +235,8 @@ async def upload_session(request: web.Request) -> web.Response:
     others = _OtherParts(request, cap)
     try:
         reader = await request.multipart()
+        # The reader and its part readers read through this (aiohttp keeps the stream as _content).
+        reader._content = _CappedStream(reader._content, others)  # type: ignore[assignment]
         part = await read_body(request, reader.next())
         others.count(part)
         while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):

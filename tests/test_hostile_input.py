@@ -261,7 +261,9 @@ async def test_a_flood_of_multipart_parts_is_refused_early_and_holds_no_one_up(c
     cases = [(client, alice, [empty] * 100_000, True, "parts"), (client, alice, [empty] * 100_000, False, "parts"),
              (client, alice, [fat_headers] * 15, True, "header"),
              # 1 MB cap: a chunked body past it (no Content-Length to refuse up front) in few parts.
-             (small_client, small_caller, [blank] * 10 + [file_head] + [b" " * 60_000] * 60, True, "MB")]
+             (small_client, small_caller, [blank] * 10 + [file_head] + [b" " * 60_000] * 60, True, "MB"),
+             # Past the cap before the first boundary: a preamble aiohttp reads line by line.
+             (small_client, small_caller, [b"x" * 62 + b"\r\n"] * 100_000, True, "MB")]
     for app_client, caller, parts, chunked, says in cases:
         health = asyncio.ensure_future(app_client.get("/healthz"))
         status, body, sent = await flood(app_client.server.port, caller.token, parts, chunked=chunked)
