@@ -386,3 +386,22 @@ async def test_revoking_the_token_or_the_users_sessions_ends_sign_ins_at_once(cl
         assert (await _with_cookie(client, cookie)).status == 401
     assert (await _with_cookie(client, bobs)).status == 200  # only alice's
     assert (await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})).status == 200  # tokens live on
+
+
+async def test_ended_and_expired_sign_ins_are_pruned_and_live_ones_kept(client, db, alice):
+    from datetime import timedelta
+
+    from service.store import sessions
+    from service.timeutil import utcnow
+
+    ended = await _copied_cookie(client, alice)
+    client.session.cookie_jar.update_cookies({"agnes_session": ended})
+    assert (await client.post("/logout", allow_redirects=False)).status == 303
+    live = await _copied_cookie(client, alice)
+    assert await db.fetchval("SELECT COUNT(*) FROM browser_sessions") == 2
+    assert await sessions.prune(db, utcnow()) == 0  # ended just now: kept a day
+    assert await sessions.prune(db, utcnow() + timedelta(days=2)) == 1
+    assert (await _with_cookie(client, live)).status == 200
+    max_age = client.app[keys.SETTINGS].session_max_age
+    assert await sessions.prune(db, utcnow() + timedelta(seconds=max_age + 60)) == 1  # expired
+    assert await db.fetchval("SELECT COUNT(*) FROM browser_sessions") == 0

@@ -16,7 +16,7 @@ from .. import ingest
 from ..config import Settings
 from ..db import Database
 from ..store import ingest as store
-from ..store import users
+from ..store import sessions, users
 from . import scanner
 from .processor import Outcome, Processor
 
@@ -306,6 +306,7 @@ class IngestWorker:
     async def _prune_step(self, now: datetime) -> None:
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
+            await sessions.prune(self.db, now)
             counts = await store.prune(self.db, now - timedelta(days=self.settings.retention_days))
             if any(counts.values()):
                 logger.info("pruned old activity", extra=counts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -80,3 +80,11 @@ async def list_sessions(db: Database, user_id: int | None = None) -> list[Browse
         sql += " AND s.user_id = ?"
         params += (user_id,)
     return [BrowserSession(*tuple(r)) for r in await db.fetchall(sql + " ORDER BY s.id DESC", params)]
+
+
+async def prune(db: Database, now: datetime) -> int:
+    """Delete sign-ins that expired, or ended more than a day ago (the audit log keeps revocations);
+    returns how many. The worker runs it with the hourly retention pass."""
+    return await db.execute_write(
+        "DELETE FROM browser_sessions WHERE expires_at < ? OR ended_at < ?",
+        (to_store(now), to_store(now - timedelta(days=1))))
