@@ -406,6 +406,9 @@ async def test_a_folder_flipped_with_a_symlink_twin_never_reads_another_users_fi
     bob_sessions = {r[0] for r in await db.fetchall(
         "SELECT session_id FROM session_summaries WHERE user_id = ?", (bob.user.id,))}
     assert bob_sessions
+    # A name only bob's folder has: the scan must never list it as gina's either.
+    resp = await client.post("/api/upload/sessions", headers=bob.headers, data=_multipart(body, "only-bob.jsonl"))
+    assert resp.status == 200
 
     # gina's own file, of another size, so each flip makes a scan see a change and re-queue it.
     proj = root / "gina" / "proj"
@@ -434,6 +437,8 @@ async def test_a_folder_flipped_with_a_symlink_twin_never_reads_another_users_fi
             await asyncio.wait_for(tick(client), 30)
             ticks += 1
             assert await leaked() == set(), f"another user's session counted for the owner after {ticks} scans"
+            assert not await db.fetchval("SELECT COUNT(*) FROM session_files WHERE user_id = ? AND path LIKE ?",
+                                         (gina.user.id, "%only-bob.jsonl")), f"listed bob's folder after {ticks} scans"
     finally:
         flipper.kill()
         _, err = flipper.communicate()
