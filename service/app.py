@@ -13,19 +13,21 @@ import jinja2
 from aiohttp import web
 
 from . import keys
-from .auth import load_secret, make_signer
 from .config import ConfigError, Settings
+from .cost import load_price_table
 from .db import Database
-from .fragments import FragmentCache
 from .ingest.worker import IngestWorker
-from .middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
-from .metrics import Metrics
 from .migrations import migrate
-from .routes import setup_routes
-from .sync import load_memory
 from .timeutil import Clock
-from .upload import remove_stale_uploads
-from .views import template_filters
+from .web.activity import activity_filters
+from .web.auth import load_secret, make_signer
+from .web.fragments import FragmentCache
+from .web.metrics import Metrics
+from .web.middlewares import InFlight, auth_middleware, error_middleware, request_id_middleware
+from .web.routes import setup_routes
+from .web.sync import load_memory
+from .web.upload import remove_stale_uploads
+from .web.views import template_filters
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ def setup_templates(app: web.Application) -> None:
     # aiohttp hashes the file on every url_for call; assets only change with a deploy, so once is enough.
     env.globals["static"] = functools.cache(lambda path: str(app.router["static"].url_for(filename=path)))
     env.filters.update(template_filters())
+    env.filters.update(activity_filters())
 
 
 def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
@@ -92,6 +95,10 @@ def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:
         app[keys.MEMORY] = load_memory(settings.memory_file)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"instance.memory_file ({settings.memory_file}): {exc}") from None
+    try:
+        app[keys.PRICES] = load_price_table(settings.prices_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"instance.prices_file ({settings.prices_file}): {exc}") from None
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
     setup_templates(app)

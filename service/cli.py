@@ -442,7 +442,7 @@ async def cmd_tables_register(args, settings, db) -> int:
     from pathlib import Path  # noqa: PLC0415
 
     from .store import tables  # noqa: PLC0415
-    from .sync import private_reason  # noqa: PLC0415
+    from .web.sync import private_reason  # noqa: PLC0415
 
     if not tables.valid_table_id(args.id):
         raise CliError(f"invalid table id {args.id!r}: use ^[A-Za-z0-9_.-]{{1,128}}$ without a leading dot")

@@ -41,6 +41,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Show the status frame on /home (operator switch; users must also be onboarded)."),
     Setting("show_automode", "AGNES_HOME_SHOW_AUTOMODE", "instance.home.show_automode", bool, True,
             "Show the auto-mode card on /home."),
+    Setting("show_cost", "AGNES_HOME_SHOW_COST", "instance.home.show_cost", bool, True,
+            "Show estimated cost to analysts (/home, /activity and their API); off: operators still see it."),
+    Setting("prices_file", "AGNES_PRICES_FILE", "instance.prices_file", str, "",
+            "YAML/JSON file of negotiated prices per model ({models: {name: {input, output, cache_read, "
+            "cache_write, cache_write_1h, fast}}}, USD per million tokens) over genai-prices'; empty: none."),
     Setting("public_url", "AGNES_PUBLIC_URL", "instance.public_url", str, "",
             "Base URL analysts use to reach this server (shown in `agnes init`); defaults to the request's host."),
     Setting("memory_file", "AGNES_MEMORY_FILE", "instance.memory_file", str, "",
@@ -106,6 +111,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     show_status_frame: bool = True
     show_automode: bool = True
+    show_cost: bool = True
+    prices_file: str = ""
     public_url: str = ""
     memory_file: str = ""
     db_path: str = "var/agnes.db"

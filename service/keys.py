@@ -8,14 +8,15 @@ from aiohttp import web
 
 if TYPE_CHECKING:
 
-    from .auth import Identity, SessionSigner
+    from .web.auth import Identity, SessionSigner
     from .config import Settings
+    from .cost import PriceTable
     from .db import Database
     from .ingest.worker import IngestWorker
-    from .metrics import Metrics
-    from .middlewares import InFlight
+    from .web.metrics import Metrics
+    from .web.middlewares import InFlight
     from .store.users import User
-    from .sync import MemoryBundle
+    from .web.sync import MemoryBundle
     from .timeutil import Clock
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -27,6 +28,8 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 # Memory rules served to `agnes pull` (operator-configured, validated at start-up).
 MEMORY: web.AppKey[MemoryBundle] = web.AppKey("memory")
+# Model prices for estimated cost (genai-prices, with the operator's file on top).
+PRICES: web.AppKey[PriceTable] = web.AppKey("prices")
 # Clock used for windows and stamps; tests replace it to pin "now".
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 

@@ -12,7 +12,7 @@ from service import keys
 from service.app import create_app
 from service.config import load_settings
 from service.store import stats, users
-from service.views import abbreviate, grouped, reltime, utc_label
+from service.web.views import abbreviate, grouped, reltime, utc_label
 from tests.conftest import make_caller
 from tests.test_ingest import NOW, ingest_files, sample_files
 
@@ -126,7 +126,7 @@ async def test_window_7d_is_rendered_on_the_server(make_client, monkeypatch):
 
 
 async def test_kept_fragments_follow_the_window_and_new_numbers(make_client):
-    """The pills and cards are rendered once per window and set of numbers (service/fragments.py):
+    """The pills and cards are rendered once per window and set of numbers (service/web/fragments.py):
     pages that alternate windows, and a page after new data arrives, are still exact."""
     client = await make_client()
     db = client.app[keys.DB]
@@ -136,7 +136,7 @@ async def test_kept_fragments_follow_the_window_and_new_numbers(make_client):
     assert 'aria-selected="true" title="Last 24 hours">24h</a>' in day
     assert 'aria-selected="true" title="Last 7 days">7d</a>' in week
     assert 'data-field="prompts" title="9">9</span>' in day and 'data-field="prompts" title="12">12</span>' in week
-    kept = len(client.app[aiohttp_jinja2.APP_KEY].extensions["service.fragments.FragmentCache"].kept)
+    kept = len(client.app[aiohttp_jinja2.APP_KEY].extensions["service.web.fragments.FragmentCache"].kept)
     assert kept == 6  # pills and cards per window, the auto-mode card, the offboard form (its CSRF token)
 
     await ingest_files(db, alice.user.id, sample_files("bob"))  # more of alice's activity

@@ -21,7 +21,7 @@ from yarl import URL
 from service import keys
 from service.app import create_app
 from service.config import load_settings
-from service.openapi import PATHS
+from service.web.openapi import PATHS
 from service.store import tables, users
 from tests.conftest import NOW, make_caller
 

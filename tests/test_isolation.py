@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from service import keys
-from service.openapi import PATHS
+from service.web.openapi import PATHS
 from service.store import tables, users
 from tests.conftest import NOW, SAMPLES, expected_stats, make_caller
 

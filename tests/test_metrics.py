@@ -45,7 +45,7 @@ async def test_request_metrics_by_route_pattern_and_status(client, alice):
 
 def test_latency_buckets_count_a_request_at_its_bound_and_above():
     """Prometheus buckets are cumulative and "le" is inclusive: 1 ms lands in le=0.001."""
-    from service.metrics import Metrics
+    from service.web.metrics import Metrics
 
     metrics = Metrics()
     for seconds in (0.001, 0.0010001, 0.3, 30.0):

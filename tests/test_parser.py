@@ -15,7 +15,7 @@ import pytest
 
 from service.ingest import parser
 from service.ingest.parser import parse_file, parse_stream
-from service.ingest.records import EventRow, MessageRow, ParseResult, PromptRow, Summary
+from service.records import EventRow, MessageRow, ParseResult, PromptRow, Summary
 from service.timeutil import to_store
 from tests.conftest import EXPECTED, SAMPLES
 

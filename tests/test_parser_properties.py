@@ -21,7 +21,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from service.db import Database
 from service.ingest import bulk, parser
 from service.ingest.parser import parse_stream
-from service.ingest.records import ParseResult
+from service.records import ParseResult
 from service.migrations import migrate
 from service.store import stats, users
 from service.timeutil import from_store, to_store

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service import keys, sync
+from service import keys
+from service.web import sync
 from service.store import tables, users
 from tests.conftest import NOW, make_caller
 

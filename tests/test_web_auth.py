@@ -234,7 +234,7 @@ async def test_proxy_header_only_from_trusted_addresses(aiohttp_client, settings
 
 
 async def test_server_error_has_no_traceback(client, alice, monkeypatch):
-    from service import api
+    from service.web import api
 
     def boom(_user):
         raise RuntimeError("secret internals")

@@ -13,7 +13,7 @@ from datetime import datetime
 import msgspec
 
 from .parser import open_regular, parse_file
-from .records import ParseResult
+from ..records import ParseResult
 
 PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still runs
 

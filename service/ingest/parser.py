@@ -21,7 +21,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..timeutil import to_store
-from .records import EventRow, MessageRow, ParseResult, PromptRow, SessionRow, Summary
+from ..records import EventRow, MessageRow, ParseResult, PromptRow, SessionRow, Summary
 
 __all__ = ["MAX_LINE_BYTES", "READ_CHUNK", "open_regular", "parse_file", "parse_stream"]
 

@@ -19,7 +19,7 @@ from ..store import ingest as store
 from ..timeutil import from_store
 from . import jobs
 from .jobs import exit_with_service, hash_job, parse_job, parse_job_packed, unpack_result
-from .records import ParseResult
+from ..records import ParseResult
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Iterable, NamedTuple
 import msgspec
 
 from ..db import Database
-from ..ingest.records import EventRow, ParseResult
+from ..records import EventRow, ParseResult
 from ..timeutil import to_store
 
 

@@ -188,7 +188,7 @@ async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str
         cur = await conn.execute(
             f"UPDATE api_tokens SET revoked_at = ? WHERE revoked_at IS NULL AND {where}", (now, *params))
         count = cur.rowcount
-        # Browser sign-ins made with a revoked token end with it (schema 0011).
+        # Browser sign-ins made with a revoked token end with it (schema 0012).
         await conn.execute(
             "UPDATE browser_sessions SET ended_at = ? WHERE ended_at IS NULL AND token_id IN "
             f"(SELECT id FROM api_tokens WHERE revoked_at = ? AND {where})", (now, now, *params))

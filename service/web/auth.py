@@ -17,12 +17,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from . import keys
-from .config import Settings
+from .. import keys
+from ..config import Settings
 from .api import read_body
 from .errors import AppError
-from .store import sessions, users
-from .store.users import User
+from ..store import sessions, users
+from ..store.users import User
 
 logger = logging.getLogger(__name__)
 

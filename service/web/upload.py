@@ -14,10 +14,10 @@ from typing import Any
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import keys
+from .. import keys
 from .api import json, read_body
 from .errors import AppError
-from .store import ingest as store
+from ..store import ingest as store
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from typing import Any, Awaitable, Callable, TypeVar
 import msgspec
 from aiohttp import web
 
-from . import keys
+from .. import keys
 from .errors import AppError
-from .store import stats
-from .store.users import User
-from .timeutil import to_api
+from ..store import stats
+from ..store.users import User
+from ..timeutil import to_api
 
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")

@@ -15,11 +15,11 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import web
 
-from . import keys
+from .. import keys
 from .auth import check_csrf, identify
-from .db import bounded_writes, is_busy
+from ..db import bounded_writes, is_busy
 from .errors import AppError, code_for, error_response
-from .logs import request_id_var, user_id_var
+from ..logs import request_id_var, user_id_var
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")

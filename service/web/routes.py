@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin, api, health, metrics, onboarding, openapi, sync, upload, views
+from . import activity, admin, api, health, metrics, onboarding, openapi, sync, upload, views
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -20,11 +20,17 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_post("/login", views.login_submit)
     r.add_post("/logout", views.logout)
     r.add_get("/home", views.home)
+    r.add_get("/activity", activity.activity_page)
+    r.add_get("/activity/sessions/{session_id}", activity.session_page)
 
     r.add_get("/api/me", api.me)
     r.add_get("/api/me/profile", api.me)
     r.add_get("/api/me/home-stats", api.home_stats)
     r.add_post("/api/me/onboarded", onboarding.onboarded)
+    r.add_get("/api/me/activity", activity.activity_json)
+    r.add_get("/api/me/sessions", activity.sessions_json)
+    r.add_get("/api/me/sessions/{session_id}", activity.session_json)
+    r.add_post("/api/me/timezone", activity.set_zone)
     r.add_post("/api/upload/sessions", upload.upload_session)
 
     r.add_post("/api/admin/reprocess", admin.reprocess)

@@ -15,12 +15,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .store.tables import TABLE_ID
+from ..store.tables import TABLE_ID
 from .upload import FILE_NAME
 
 # ISO 8601 UTC as timeutil.to_api writes it: 2026-11-21T12:00:00Z or ...12:00:00.400Z.
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$"}
 COUNT = {"type": "integer", "minimum": 0}
+DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+USD = {"type": ["number", "null"], "minimum": 0, "description": "Estimated US dollars; null when hidden."}
+CSV = "text/csv"
 JSON = "application/json"
 
 
@@ -95,6 +98,37 @@ SCHEMAS: dict[str, Any] = {
     "RetryBody": {**_obj({"id": {"type": ["integer", "null"], "description": "Only this file."}}, []),
                   "description": "No body, or no `id`: every quarantined file."},
     "RetryResult": _obj({"status": {"const": "ok"}, "released": {"type": "array", "items": COUNT}}),
+    "ActivityDay": _obj({"date": DATE, "sessions": COUNT, "prompts": COUNT, "messages": COUNT,
+                         "tokens": _ref("Tokens"), "cost_usd": USD, "active_seconds": COUNT}),
+    "ModelUsage": _obj({"model": {"type": "string"}, "messages": COUNT, "tokens": _ref("Tokens"),
+                        "cost_usd": {**USD, "description": "null: the model has no known price (or cost is hidden)."}}),
+    "ProjectUsage": _obj({"project": {"type": ["string", "null"]}, "sessions": COUNT, "prompts": COUNT,
+                          "messages": COUNT, "tokens": _ref("Tokens"), "cost_usd": USD, "active_seconds": COUNT}),
+    "ActivityTotals": _obj({"sessions": COUNT, "prompts": COUNT, "messages": COUNT, "tokens": _ref("Tokens"),
+                            "cost_usd": USD, "unpriced_messages": COUNT, "fast_messages": COUNT,
+                            "active_seconds": COUNT}),
+    "Activity": _obj({"range": {"enum": ["7d", "30d", "90d"]}, "tz": {"type": "string"},
+                      "price_table": {"type": ["string", "null"], "description": "The price table's version."},
+                      "totals": _ref("ActivityTotals"), "days": {"type": "array", "items": _ref("ActivityDay")},
+                      "by_model": {"type": "array", "items": _ref("ModelUsage")},
+                      "by_project": {"type": "array", "items": _ref("ProjectUsage")}}),
+    "SessionSummary": _obj({"session_id": {"type": "string"}, "project": {"type": ["string", "null"]},
+                            "started_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+                            "ended_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}, "active_seconds": COUNT,
+                            "prompts": COUNT, "messages": COUNT, "tokens": _ref("Tokens"), "cost_usd": USD,
+                            "primary_model": {"type": ["string", "null"]}, "tool_calls": COUNT,
+                            "tool_errors": COUNT}),
+    "SessionsPage": _obj({"sessions": {"type": "array", "items": _ref("SessionSummary")},
+                          "next_cursor": {"type": ["string", "null"]},
+                          "price_table": {"type": ["string", "null"]}}),
+    "SessionDetail": _obj({"session": _ref("SessionSummary"), "price_table": {"type": ["string", "null"]},
+                           "hours": {"type": "array", "items": _obj({"hour": TIMESTAMP, "prompts": COUNT,
+                                                                     "messages": COUNT, "tokens": COUNT})},
+                           "tools": {"type": "array", "items": _obj({
+                               "kind": {"enum": ["tool_use", "subagent", "mcp_call", "skill", "slash_command"]},
+                               "name": {"type": "string"}, "uses": COUNT, "errors": COUNT})}}),
+    "TimezoneBody": _obj({"tz": {"type": "string", "description": "An IANA zone name such as Europe/Prague."}}),
+    "TimezoneResult": _obj({"tz": {"type": "string"}}),
     "Health": _obj({"status": {"const": "ok"}}),
     "Ready": _obj({"status": {"const": "ok"},
                    "checks": {"type": "object", "additionalProperties": {"const": "ok"}}}),
@@ -137,6 +171,13 @@ def _get(operation_id: str, summary: str, responses: dict[str, Any], *, tag: str
     return op
 
 
+_RANGE_PARAM = {"name": "range", "in": "query", "required": False, "schema": {"type": "string"},
+                "description": "7d, 30d or 90d; anything else (or nothing) means 30d."}
+_TZ_PARAM = {"name": "tz", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "An IANA zone (Area/City) for the days; default: the one remembered, else UTC. "
+                            "A name that is not a zone is a 400."}
+_FORMAT_PARAM = {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]},
+                 "description": "csv: the same numbers as a CSV file."}
 _profile = _get("getProfile", "The caller's profile.", {"200": _json(_ref("Profile"), "The profile.")})
 _download_params = [
     {"name": "table_id", "in": "path", "required": True, "schema": {"type": "string"},
@@ -168,6 +209,38 @@ PATHS: dict[str, Any] = {
         {"200": _json(_ref("HomeStats"), "Activity inside the window; zeros and null for a user without data.")},
         parameters=[{"name": "window", "in": "query", "required": False, "schema": {"type": "string"},
                      "description": "24h or 7d; anything else (or nothing) means 24h, not an error."}])},
+    "/api/me/activity": {"get": _get(
+        "getActivity", "The caller's activity over local days: daily series, by model, by project, cost.",
+        {"200": {"description": "The range's numbers (JSON), or its days as CSV with format=csv.",
+                 "content": {JSON: {"schema": _ref("Activity")}, CSV: {"schema": {"type": "string"}}}},
+         "400": _error("BadRequest")},
+        parameters=[_RANGE_PARAM, _TZ_PARAM, _FORMAT_PARAM])},
+    "/api/me/sessions": {"get": _get(
+        "listSessions", "The caller's sessions with activity in the range, newest first unless sorted.",
+        {"200": {"description": "A page of sessions (JSON), or as CSV with format=csv.",
+                 "content": {JSON: {"schema": _ref("SessionsPage")}, CSV: {"schema": {"type": "string"}}}},
+         "400": _error("BadRequest")},
+        parameters=[_RANGE_PARAM, _TZ_PARAM, _FORMAT_PARAM,
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer"},
+                     "description": "Sessions per page: default 50, clamped to 1-200."},
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "next_cursor of the previous page."},
+                    {"name": "sort", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": "^([+-]?(start|project|duration|active|prompts|tokens|"
+                                                            "cost|model|tool_calls|tool_errors))?$"},
+                     "description": "Largest (newest) first; a leading + sorts ascending."}])},
+    "/api/me/sessions/{session_id}": {"get": _get(
+        "getSession", "One of the caller's sessions: counters, activity per hour, tools (never its text).",
+        {"200": _json(_ref("SessionDetail"), "The session."), "404": _error("NotFound")},
+        parameters=[{"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"},
+                     "description": "Another analyst's session id is as unknown as a made-up one."}])},
+    "/api/me/timezone": {"post": {
+        "operationId": "setTimezone", "summary": "Remember the zone the caller's days are counted in.",
+        "tags": ["me"],
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("TimezoneBody")}}},
+        "responses": {"200": _json(_ref("TimezoneResult"), "Remembered."), "400": _error("BadRequest"),
+                      "413": _error("TooLarge"), "415": _error("UnsupportedMediaType"), **_WRITE_ERRORS}}},
     "/api/me/onboarded": {"post": {
         "operationId": "setOnboarded", "summary": "Mark the caller onboarded or offboarded (idempotent, audited).",
         "tags": ["me"],

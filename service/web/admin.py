@@ -7,13 +7,13 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from . import keys
+from .. import keys
 from .api import decode_json_body, json
 from .errors import AppError
-from .store import ingest as ingest_store
-from .store import users
-from .store.users import normalise_email
-from .timeutil import to_api
+from ..store import ingest as ingest_store
+from ..store import users
+from ..store.users import normalise_email
+from ..timeutil import to_api
 
 
 class ReprocessBody(msgspec.Struct, forbid_unknown_fields=True):

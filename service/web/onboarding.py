@@ -8,11 +8,11 @@ from typing import Literal, get_args
 import msgspec
 from aiohttp import web
 
-from . import keys
+from .. import keys
 from .api import decode_json_body, json
 from .auth import CSRF_FIELD, read_form
 from .errors import AppError
-from .store import users
+from ..store import users
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from . import keys
+from .. import keys
 from .auth import public
-from .migrations import current_version, latest_version
+from ..migrations import current_version, latest_version
 
 READY_TIMEOUT = 2.0
 

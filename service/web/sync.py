@@ -18,12 +18,12 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import keys
+from .. import keys
 from .api import decode_json_body, json
 from .auth import public
 from .errors import AppError
-from .store import tables, users
-from .timeutil import to_api, utcnow
+from ..store import tables, users
+from ..timeutil import to_api, utcnow
 from .views import server_url
 
 logger = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ async def initial_workspace(request: web.Request) -> web.Response:
 
 
 _welcome_env = jinja2.Environment(  # plain text (Markdown) returned inside JSON: nothing to HTML-escape
-    loader=jinja2.FileSystemLoader(str(Path(__file__).resolve().parent.parent / "templates")),
+    loader=jinja2.FileSystemLoader(str(Path(__file__).resolve().parents[2] / "templates")),
     autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 

@@ -1,4 +1,4 @@
--- 0011: browser sign-ins kept on the server, one row per sign-in, named by the cookie.
+-- 0012: browser sign-ins kept on the server, one row per sign-in, named by the cookie.
 -- A signed cookie alone stayed valid after sign-out (a copy of it worked until its token was
 -- revoked or it expired); now sign-out, token revocation and `agnes-home sessions revoke` end
 -- the row, and a cookie whose row is ended, expired or missing signs no one in.

@@ -11,10 +11,10 @@ from typing import Any, Callable
 import aiohttp_jinja2
 from aiohttp import web
 
-from . import keys
+from .. import keys
 from .auth import end_session, origin_refusal, public, read_form, request_csrf_token, set_session_cookie
-from .store import stats, users
-from .timeutil import from_store, to_api
+from ..store import stats, users
+from ..timeutil import from_store, to_api
 
 logger = logging.getLogger(__name__)
 

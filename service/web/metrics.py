@@ -14,14 +14,14 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from . import ingest, keys
+from .. import ingest, keys
 from .auth import public
-from .store import ingest as ingest_store
+from ..store import ingest as ingest_store
 
 if TYPE_CHECKING:
-    from .db import Database
-    from .ingest.processor import Outcome
-    from .ingest.worker import IngestWorker
+    from ..db import Database
+    from ..ingest.processor import Outcome
+    from ..ingest.worker import IngestWorker
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

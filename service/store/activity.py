@@ -1,0 +1,158 @@
+"""The analyst's activity over local days: the deduplicated per-user rows of a range, summarised."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from ..activity import (Activity, EventIn, MessageIn, PromptIn, SessionRow, dedupe_events, session_rows,
+                        summarise)
+from ..cost import PriceTable
+from ..days import RANGES, day_starts, parse_zone
+from ..db import Database
+from ..timeutil import from_store, to_api, to_store
+
+# Every row comes from the per-user tables ingest keeps (schema 0005 and 0010): one row per
+# deduplicated message and prompt, each already owned by FORMAT.md's session (a resumed session's
+# copies belong to the session they were copied from), and each session's project.
+_MESSAGES_SQL = """
+SELECT ts, session_id, model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,
+       cache_5m_tokens, cache_1h_tokens
+FROM user_messages WHERE user_id = ? AND ts >= ? AND ts < ?
+"""
+_PROMPTS_SQL = "SELECT ts, session_id FROM user_prompts WHERE user_id = ? AND ts >= ? AND ts < ?"
+_PROJECTS_SQL = """
+SELECT session_id, project FROM user_sessions WHERE user_id = ? AND last_ts >= ?
+"""
+
+
+async def _rows(db: Database, user_id: int, since: str, until: str
+                ) -> tuple[list[MessageIn], list[PromptIn], dict[str, str | None]]:
+    messages = [MessageIn(from_store(r[0]), *tuple(r)[1:])
+                for r in await db.fetchall(_MESSAGES_SQL, (user_id, since, until))]
+    prompts = [PromptIn(from_store(r[0]), r[1]) for r in await db.fetchall(_PROMPTS_SQL, (user_id, since, until))]
+    projects = {r[0]: r[1] for r in await db.fetchall(_PROJECTS_SQL, (user_id, since))}
+    return messages, prompts, projects
+
+
+async def activity(db: Database, user_id: int, range_name: str, zone_name: str | None, now: datetime,
+                   prices: PriceTable) -> Activity:
+    """The activity page's numbers for ``range_name`` (7d, 30d or 90d) in the zone ``zone_name``.
+
+    ValueError for an unknown zone; an unknown range is the caller's to clamp.
+    """
+    zone = parse_zone(zone_name)
+    bounds = day_starts(now, RANGES[range_name], zone)
+    messages, prompts, projects = await _rows(db, user_id, to_store(bounds[0]), to_store(bounds[-1]))
+    dates = [b.astimezone(zone).date().isoformat() for b in bounds[:-1]]
+    return summarise(range_name, str(zone), bounds, messages, prompts, projects, prices, dates)
+
+
+_SESSION_LASTS_SQL = """
+SELECT s.session_id, MAX(s.last_ts) FROM json_each(?) AS j
+JOIN file_sessions s ON s.user_id = ? AND s.session_id = j.value GROUP BY s.session_id
+"""
+_EVENTS_SQL = """
+SELECT e.ts, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type, e.command_name,
+       MAX(e.is_error)
+FROM json_each(?) AS j JOIN usage_events e ON e.user_id = ? AND e.session_id = j.value
+WHERE e.ts >= ? AND e.ts < ?
+GROUP BY e.session_id, e.event_id
+"""
+
+
+async def _events(db: Database, user_id: int, session_ids: list[str], since: str, until: str) -> list[EventIn]:
+    """Usage events of the sessions (each once: files holding copies of a line share its event id), the
+    copies a resumed session holds of another's tool uses left to the session that owns them."""
+    if not session_ids:
+        return []
+    ids = msgspec.json.encode(session_ids).decode()
+    rows = await db.fetchall(_EVENTS_SQL, (ids, user_id, since, until))
+    lasts = {r[0]: r[1] for r in await db.fetchall(_SESSION_LASTS_SQL, (ids, user_id))}
+    rank = {sid: (last is None, last or "") for sid, last in lasts.items()}
+    events = [EventIn(from_store(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
+    return dedupe_events(events, rank)
+
+
+async def sessions(db: Database, user_id: int, range_name: str, zone_name: str | None, now: datetime,
+                   prices: PriceTable) -> list[SessionRow]:
+    """Every session with activity in the range's local days, with its activity inside them (so their
+    sums equal the range's totals), unsorted."""
+    bounds = day_starts(now, RANGES[range_name], parse_zone(zone_name))
+    since, until = to_store(bounds[0]), to_store(bounds[-1])
+    messages, prompts, projects = await _rows(db, user_id, since, until)
+    session_ids = sorted({m.session_id for m in messages} | {p.session_id for p in prompts})
+    events = await _events(db, user_id, session_ids, since, until)
+    return session_rows(messages, prompts, events, projects, prices, to_api)
+
+
+class ToolUse(msgspec.Struct):
+    kind: str  # tool_use | subagent | mcp_call | skill | slash_command
+    name: str
+    uses: int = 0
+    errors: int = 0
+
+
+class SessionDetail(msgspec.Struct):
+    session: SessionRow
+    price_table: str
+    hours: list[dict]  # [{"hour": ISO UTC, "prompts", "messages", "tokens"}] with activity
+    tools: list[ToolUse]
+
+
+_SESSION_MESSAGES_SQL = """
+SELECT ts, session_id, model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,
+       cache_5m_tokens, cache_1h_tokens
+FROM user_messages WHERE user_id = ? AND session_id = ?
+"""
+_SESSION_PROMPTS_SQL = "SELECT ts, session_id FROM user_prompts WHERE user_id = ? AND session_id = ?"
+_SESSION_PROJECT_SQL = "SELECT project FROM user_sessions WHERE user_id = ? AND session_id = ?"
+
+
+async def session_detail(db: Database, user_id: int, session_id: str, prices: PriceTable) -> SessionDetail | None:
+    """One of the user's sessions, whole; None when the user has no such session (another user's
+    session id is as unknown as a made-up one)."""
+    messages = [MessageIn(from_store(r[0]), *tuple(r)[1:])
+                for r in await db.fetchall(_SESSION_MESSAGES_SQL, (user_id, session_id))]
+    prompts = [PromptIn(from_store(r[0]), r[1])
+               for r in await db.fetchall(_SESSION_PROMPTS_SQL, (user_id, session_id))]
+    if not messages and not prompts:
+        return None
+    project = await db.fetchval(_SESSION_PROJECT_SQL, (user_id, session_id))
+    events = await _events(db, user_id, [session_id], "", "\uffff")
+    (row,) = session_rows(messages, prompts, events, {session_id: project}, prices, to_api)
+    hours: dict[str, dict] = {}
+    for ts, is_prompt, total in ([(p.ts, 1, 0) for p in prompts]
+                                 + [(m.ts, 0, m.input + m.output + m.cache_read + m.cache_creation)
+                                    for m in messages]):
+        key = to_api(ts.replace(minute=0, second=0, microsecond=0))
+        hour = hours.setdefault(key, {"hour": key, "prompts": 0, "messages": 0, "tokens": 0})
+        hour["prompts" if is_prompt else "messages"] += 1
+        hour["tokens"] += total
+    tools: dict[tuple[str, str], ToolUse] = {}
+    for ev in events:
+        if ev.event_type == "tool_use" and ev.skill_name:
+            kind, name = "skill", ev.skill_name
+        elif ev.event_type == "subagent":
+            kind, name = "subagent", ev.subagent_type or ev.tool_name or "(unnamed)"
+        elif ev.event_type == "slash_command":
+            kind, name = "slash_command", ev.command_name or "(unnamed)"
+        else:
+            kind, name = ev.event_type, ev.tool_name or "(unnamed)"
+        use = tools.setdefault((kind, name), ToolUse(kind, name))
+        use.uses += 1
+        use.errors += ev.is_error
+    return SessionDetail(row, prices.version, [hours[k] for k in sorted(hours)],
+                         sorted(tools.values(), key=lambda t: (t.kind, -t.uses, t.name)))
+
+
+async def stored_zone(db: Database, user_id: int) -> str | None:
+    """The analyst's remembered time zone (an IANA name), or None when none was stored."""
+    return await db.fetchval("SELECT tz FROM users WHERE id = ?", (user_id,))
+
+
+async def remember_zone(db: Database, user_id: int, zone_name: str) -> None:
+    """Remember a validated zone name for the analyst's days (ValueError for one that is not a zone)."""
+    parse_zone(zone_name)
+    await db.execute_write("UPDATE users SET tz = ? WHERE id = ?", (zone_name, user_id))

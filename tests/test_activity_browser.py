@@ -1,0 +1,97 @@
+"""/activity in a real headless Chromium: the browser's zone remembered, charts readable by keyboard,
+the numbers equal the API's, and screenshots (wide, narrow, dark) for docs/ and the README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service import keys
+from service.app import create_app
+from service.store import activity as activity_store
+from tests.conftest import ROOT, make_caller
+from tests.test_browser import browser, require_browser, sign_in  # noqa: F401 (fixture)
+from tests.test_ingest import NOW, ingest_files, sample_files
+
+DOCS = ROOT / "docs"
+
+
+@pytest.fixture
+async def carol_site(aiohttp_server, settings):
+    app = create_app(settings)
+    server = await aiohttp_server(app)
+    app[keys.CLOCK].fixed = NOW
+    db = app[keys.DB]
+    carol = await make_caller(db, "carol@example.com", name="Carol")
+    report = await ingest_files(db, carol.user.id, sample_files("carol"))
+    assert report.failed == 0, report.errors
+    return server, carol, db
+
+
+async def open_activity(browser, base: str, token: str, **context_options):
+    context = await browser.new_context(**context_options)
+    page = await context.new_page()
+    await sign_in(page, base, token)
+    return context, page
+
+
+async def test_activity_page_in_a_real_browser(browser, carol_site):  # noqa: F811
+    server, carol, db = carol_site
+    base = str(server.make_url("")).rstrip("/")
+    context, page = await open_activity(browser, base, carol.token, viewport={"width": 1280, "height": 900},
+                                        timezone_id="Europe/Prague")
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{base}/activity?range=7d")
+    # No zone stored yet: the page's script stores the browser's, then shows the days in it.
+    await page.wait_for_function("() => document.body.textContent.includes('Europe/Prague')")
+    assert await activity_store.stored_zone(db, carol.user.id) == "Europe/Prague"
+    api = await page.evaluate("fetch('/api/me/activity?range=7d').then(r => r.json())")
+    assert api["tz"] == "Europe/Prague" and api["totals"]["prompts"] == 12
+    cards = [t.strip() for t in await page.locator(".totals .stat-value").all_inner_texts()]
+    assert cards[:3] == ["7", "12", "226k"]  # 225,900 tokens, abbreviated as on /home
+    # Keyboard: each day of a chart is focusable and says its exact values.
+    await page.locator("#chart-tokens").scroll_into_view_if_needed()
+    day = page.locator("figure:has(#chart-tokens) g.day").last
+    await day.focus()
+    label = await day.get_attribute("aria-label")
+    last = api["days"][-1]
+    assert label.startswith(f"{last['date']}: {last['tokens']['total']:,}")
+    assert f"input {last['tokens']['input']:,}" in label
+    # The sessions table links to a session's page.
+    rows = page.locator("section.sessions tbody tr")
+    assert await rows.count() == 7
+    DOCS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(DOCS / "activity.png"), full_page=True)
+    await rows.first.locator("a").click()
+    await page.wait_for_url(f"{base}/activity/sessions/**")
+    assert "Tools, skills, subagents and commands" in await page.content()
+    await page.screenshot(path=str(DOCS / "activity-session.png"), full_page=True)
+    assert errors == []
+    await context.close()
+
+    for name, options in (("activity-narrow.png", {"viewport": {"width": 390, "height": 844},
+                                                   "device_scale_factor": 2, "is_mobile": True, "has_touch": True}),
+                          ("activity-dark.png", {"viewport": {"width": 1280, "height": 900},
+                                                 "color_scheme": "dark"})):
+        context, page = await open_activity(browser, base, carol.token, timezone_id="Europe/Prague", **options)
+        await page.goto(f"{base}/activity?range=7d")
+        # Nothing may overflow sideways except inside the sessions table's own scroller.
+        overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        wide = await page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e =>
+            e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).slice(0, 8).map(e =>
+            e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+        assert overflow <= 0, (name, wide)
+        await page.screenshot(path=str(DOCS / name), full_page=True)
+        await context.close()
+
+
+def test_screenshots_are_committed_where_the_readme_shows_them():
+    readme = (ROOT / "README.md").read_text()
+    for name in ("activity.png", "activity-narrow.png", "activity-dark.png"):
+        assert f"docs/{name}" in readme, name
+        assert (DOCS / name).is_file() or pytest.skip("screenshots are written by the browser test")
+
+
+_ = (Path, require_browser)
