@@ -439,6 +439,10 @@ async def test_a_folder_flipped_with_a_symlink_twin_never_reads_another_users_fi
             assert await leaked() == set(), f"another user's session counted for the owner after {ticks} scans"
             assert not await db.fetchval("SELECT COUNT(*) FROM session_files WHERE user_id = ? AND path LIKE ?",
                                          (gina.user.id, "%only-bob.jsonl")), f"listed bob's folder after {ticks} scans"
+            # Not even the other file's size or mtime is recorded for the owner's file.
+            assert not await db.fetchval(
+                "SELECT COUNT(*) FROM session_files WHERE user_id = ? AND (size = ? OR failed_size = ?)",
+                (gina.user.id, len(body), len(body))), f"stored bob's file's stat after {ticks} scans"
     finally:
         flipper.kill()
         _, err = flipper.communicate()
