@@ -15,14 +15,15 @@ from typing import Any, Awaitable, Callable
 import msgspec
 
 from . import logs
-from .config import MAX_RETENTION_DAYS, ConfigError, Settings, load_settings
+from .config import MAX_RETENTION_DAYS, ConfigError, Settings, load_settings, unknown_environment
 from .db import Database
 from .migrations import MigrationError, migrate
-from .store import users
+from .store import sessions, users
 
 logger = logging.getLogger(__name__)
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+JSON_HELP = "print JSON (for scripts)"
 
 
 class CliError(Exception):
@@ -46,8 +47,17 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
-async def open_db(settings: Settings) -> Database:
-    """Open the database and bring the schema up to date (every command needs both)."""
+async def open_db(settings: Settings, *, create: bool = False) -> Database:
+    """Open the database and bring the schema up to date (every command needs both).
+
+    Only the commands that set a database up (migrate, serve, demo) may create one: anywhere else a
+    missing file is a wrong AGNES_DB_PATH or directory, and writing users into a new empty database
+    there would hide the mistake.
+    """
+    if not create and settings.db_path != ":memory:" and not os.path.exists(settings.db_path):
+        raise CliError(f"no database at {os.path.abspath(settings.db_path)} (AGNES_DB_PATH, or database.path in "
+                       "the AGNES_CONFIG file, relative to the current directory). Point AGNES_DB_PATH at the "
+                       "existing database, or create one there with `agnes-home migrate`.")
     db = Database(settings.db_path, readers=1)
     try:
         await db.open()
@@ -58,14 +68,20 @@ async def open_db(settings: Settings) -> Database:
     return db
 
 
-def with_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]]) -> Command:
+def with_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]], *,
+            create: bool = False) -> Command:
     async def run(args: argparse.Namespace, settings: Settings) -> int:
-        db = await open_db(settings)
+        db = await open_db(settings, create=create)
         try:
             return await fn(args, settings, db)
         finally:
             await db.close()
     return run
+
+
+def creating_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]]) -> Command:
+    """with_db for the commands that may create the database (migrate, demo)."""
+    return with_db(fn, create=True)
 
 
 async def _user_or_fail(db: Database, email: str) -> users.User:
@@ -120,7 +136,7 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@with_db
+@creating_db
 async def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     from .migrations import current_version  # noqa: PLC0415
 
@@ -187,7 +203,7 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
     elif len(prefix) > users.DISPLAYED_PREFIX:
         count = await users.revoke_token(db, token=prefix)  # the whole token, pasted
     elif prefix:
-        count = await users.revoke_token(db, prefix=prefix)
+        count = await users.revoke_token(db, token_id=await _one_token_by_prefix(db, prefix))
     elif args.email:
         count = await users.revoke_token(db, user_id=(await _user_or_fail(db, args.email)).id)
     else:
@@ -198,7 +214,19 @@ async def cmd_tokens_revoke(args, settings, db) -> int:
     return 0
 
 
-# -- ingest ---------------------------------------------------------------------------
+async def _one_token_by_prefix(db: Database, prefix: str) -> int:
+    """The id of the one active token whose displayed prefix starts with ``prefix`` (with or
+    without the "agnes_pat_" part); an ambiguous prefix is refused with the matches listed."""
+    if not prefix.startswith(users.TOKEN_PREFIX) and not users.TOKEN_PREFIX.startswith(prefix):
+        prefix = users.TOKEN_PREFIX + prefix
+    found = await users.active_tokens_by_prefix(db, prefix)
+    if not found:
+        raise CliError("no active token matched (see `agnes-home tokens list`)")
+    if len(found) > 1:
+        listed = "\n".join(f"  id {t.id}\t{t.prefix}…\t{t.email}" for t in found)
+        raise CliError(f"{prefix!r} matches {len(found)} active tokens; give more of the prefix, or --id:\n{listed}")
+    return found[0].id
+
 
 def _parse_workers(args, settings) -> int:
     return settings.parse_workers if args.workers is None else args.workers
@@ -486,23 +514,47 @@ async def cmd_tables_list(args, settings, db) -> int:
     return 0
 
 
+# -- browser sign-ins ---------------------------------------------------------------
+
+@with_db
+async def cmd_sessions_list(args, settings, db) -> int:
+    user_id = (await _user_or_fail(db, args.email)).id if args.email else None
+    found = await sessions.list_sessions(db, user_id)
+    if args.json:
+        _print_json(found)
+        return 0
+    for s in found:
+        print(f"{s.id}\t{s.email}\tsigned in {s.created_at}\texpires {s.expires_at}")
+    return 0
+
+
+@with_db
+async def cmd_sessions_revoke(args, settings, db) -> int:
+    user = await _user_or_fail(db, args.email)
+    count = await sessions.end_for_user(db, user.id)
+    print(f"ended {count} browser sign-in(s) of {user.email}; their cookies no longer work")
+    return 0
+
+
 # -- config ---------------------------------------------------------------------------
 
 async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    from .config import markdown_table, yaml_example  # noqa: PLC0415
+    from .config import markdown_table, settings_json, settings_table, yaml_example  # noqa: PLC0415
 
     if args.what == "example":
         sys.stdout.write(yaml_example())
     elif args.what == "table":
         print(markdown_table())
+    elif args.json:
+        _print_json(settings_json(settings))
     else:
-        _print_json(settings if not settings.secret_key else msgspec.structs.replace(settings, secret_key="***"))
+        print(settings_table(settings))
     return 0
 
 
 # -- demo ----------------------------------------------------------------------------
 
-@with_db
+@creating_db
 async def cmd_demo(args, settings, db) -> int:
     from .demo import load_demo  # noqa: PLC0415
 
@@ -515,7 +567,9 @@ async def cmd_demo(args, settings, db) -> int:
 Demo data loaded into {settings.db_path} ({loaded}; table demo_customers).
   Sign in:  open {url}/login and paste the token below
   API:      curl -H "Authorization: Bearer <token>" {url}/api/me
-Token for the demo analyst (shown once):
+  Also:     cleo@example.com has not set the client up (her /home shows the install hero);
+            `agnes-home tokens issue cleo@example.com` gives a token to sign in as her.
+Token for the demo analyst (shown once; tokens printed by earlier runs still work):
 {token}""")
     return 0
 
@@ -537,31 +591,42 @@ def build_parser() -> argparse.ArgumentParser:
     p_users = sub.add_parser("users", help="Manage users.", description="Manage users.")
     users_sub = p_users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     p = add("add", cmd_users_add, "Add a user.", users_sub)
-    p.add_argument("email")
-    p.add_argument("--name", default="")
+    p.add_argument("email", help="the user's email address (their identity; case does not matter)")
+    p.add_argument("--name", default="", help="display name shown on /home")
     p.add_argument("--onboarded", action="store_true", help="mark the user onboarded already")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("list", cmd_users_list, "List users.", users_sub)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p_tokens = sub.add_parser("tokens", help="Manage personal access tokens.",
                               description="Manage personal access tokens.")
     tokens_sub = p_tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     p = add("issue", cmd_tokens_issue, "Issue a token; it is printed once, alone on the last line.", tokens_sub)
-    p.add_argument("email")
-    p.add_argument("--label", default="")
+    p.add_argument("email", help="the user the token belongs to")
+    p.add_argument("--label", default="", help="a note to recognise the token by in `tokens list`")
     p = add("list", cmd_tokens_list, "List tokens (prefixes only; tokens are stored hashed).", tokens_sub)
-    p.add_argument("--email")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--email", help="only this user's tokens")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("revoke", cmd_tokens_revoke, "Revoke a token by id or prefix, or all of a user's tokens.", tokens_sub)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--id", type=int)
-    group.add_argument("--prefix")
-    group.add_argument("--email")
+    group.add_argument("--id", type=int, help="the token's id (first column of `tokens list`)")
+    group.add_argument("--prefix", help="the start of the prefix `tokens list` shows (any unique part of it, with or "
+                                        "without agnes_pat_), or the whole token; write --prefix=P when P starts with '-'")
+    group.add_argument("--email", help="revoke every token of this user")
+
+    p_sessions = sub.add_parser("sessions", help="Browser sign-ins (kept on the server).",
+                                description="Browser sign-ins (kept on the server).")
+    sessions_sub = p_sessions.add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
+    p = add("list", cmd_sessions_list, "List browser sign-ins that are still valid.", sessions_sub)
+    p.add_argument("--email", help="only this user's sign-ins")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("revoke", cmd_sessions_revoke, "End every browser sign-in of a user at once (the browsers must "
+            "sign in again; the user's tokens keep working).", sessions_sub)
+    p.add_argument("--email", required=True, help="the user whose sign-ins end")
 
     p = add("ingest", cmd_ingest, "Ingest transcript files or directories for one user, with a progress bar.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="transcript files or directories (searched for *.jsonl)")
+    p.add_argument("--user", required=True, metavar="EMAIL", help="the analyst the transcripts belong to")
     p.add_argument("--workers", type=_bounded(0, 64), default=None,
                    help="parser processes, 0 parses in a thread (default: AGNES_PARSE_WORKERS)")
     p.add_argument("--force", action="store_true", help="reparse even when the content hash is unchanged")
@@ -569,53 +634,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(before_loop=_fork_parse_pool)
 
     p = add("reprocess", cmd_reprocess, "Force a full reprocess (of everything, or of one user's files).")
-    p.add_argument("--user", metavar="EMAIL")
+    p.add_argument("--user", metavar="EMAIL", help="only this user's files")
 
     p = add("quarantine", cmd_quarantine, "List quarantined files, or release them for another try.")
-    p.add_argument("action", choices=["list", "retry"])
+    p.add_argument("action", choices=["list", "retry"], help="list quarantined files, or retry them")
     p.add_argument("--id", type=int, help="retry only this file id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("prune", cmd_prune, "Delete usage events and activity older than the retention period.")
     p.add_argument("--days", type=_bounded(1, MAX_RETENTION_DAYS), help="override AGNES_RETENTION_DAYS (1-36500)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("path", help="where to write the copy (must not exist yet)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("redact-stored", cmd_redact_stored, "Replace agnes_pat_ tokens in transcripts and local CLAUDE.md files "
             "uploaded before uploads were redacted (a one-off; the watched directory is left alone).")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("attribution", cmd_attribution,
             "Map skills, subagent types and commands to plugin sources (curated wins over flea).")
-    p.add_argument("action", choices=["list", "set", "remove"])
-    p.add_argument("kind", nargs="?", choices=["skill", "agent", "command"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("source", nargs="?", choices=["curated", "flea"])
-    p.add_argument("ref_id", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", choices=["list", "set", "remove"], help="list the mappings, set one, or remove one")
+    p.add_argument("kind", nargs="?", choices=["skill", "agent", "command"],
+                   help="what NAME is: a skill, a subagent type or a slash command (set, remove)")
+    p.add_argument("name", nargs="?", help="the skill, subagent type or command name (set, remove)")
+    p.add_argument("source", nargs="?", choices=["curated", "flea"], help="the plugin source it belongs to (set, remove)")
+    p.add_argument("ref_id", nargs="?", help="the plugin's id in that source (set)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p_tables = sub.add_parser("tables", help="Manage the data tables the sync manifest distributes.",
                               description="Manage the data tables the sync manifest distributes.")
     tables_sub = p_tables.add_subparsers(dest="tables_command", required=True, metavar="ACTION")
     p = add("register", cmd_tables_register, "Register (or update) a table: a file under the data directory.",
             tables_sub)
-    p.add_argument("id")
-    p.add_argument("path")
+    p.add_argument("id", help="the table id clients see in the manifest")
+    p.add_argument("path", help="the table's file, under AGNES_DATA_DIR")
     p.add_argument("--rows", type=int, help="row count (default: counted for CSV/JSONL files)")
-    p.add_argument("--query-mode", choices=["local", "remote"], default="local")
-    p.add_argument("--source-type", default="")
+    p.add_argument("--query-mode", choices=["local", "remote"], default="local",
+                   help="local: clients download it (default); remote: clients skip it")
+    p.add_argument("--source-type", default="", help="free text passed to clients in the manifest")
     p.add_argument("--public", action="store_true", help="readable by every user (default: granted users only)")
     p = add("grant", cmd_tables_grant, "Let one user read a table.", tables_sub)
-    p.add_argument("id")
-    p.add_argument("email")
+    p.add_argument("id", help="the table id")
+    p.add_argument("email", help="the user who may read it")
     p = add("list", cmd_tables_list, "List tables and who may read them.", tables_sub)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("config", cmd_config, "Print the resolved settings, the YAML example or the README table.")
-    p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show")
+    p.add_argument("what", choices=["show", "example", "table"], nargs="?", default="show",
+                   help="show: the resolved settings and where each came from (default); example: "
+                        "instance.yaml.example; table: the README table")
+    p.add_argument("--json", action="store_true", help="with show: the settings as JSON, each with its source")
 
     add("demo", cmd_demo, "Load demo users, transcripts and a table; print how to sign in.")
     return parser
@@ -630,6 +700,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agnes-home: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    for name, closest in unknown_environment():
+        # Unknown YAML keys stop start-up; a variable cannot be refused as surely (the environment is
+        # shared with everything else), but a misspelt one must not pass unseen.
+        logger.warning("%s is set but is not a setting of agnes-home; ignored%s (`agnes-home config table` "
+                       "lists them)", name, f" (did you mean {closest}?)" if closest else "")
     # Transcripts, the database and its backups are analysts' data: nothing this process
     # creates is readable by other local accounts (files 0600, folders 0700).
     os.umask(0o077)

@@ -8,6 +8,7 @@ cannot drift apart (a test checks the example and the README).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -254,6 +255,79 @@ def _check(setting: Setting, value: Any, source: str) -> None:
                 ipaddress.ip_network(entry.strip(), strict=False)
             except ValueError:
                 raise ConfigError(f"{source}: {entry!r} is not an IP address or network (CIDR)") from None
+
+
+SECRETS = frozenset({"secret_key"})  # shown masked by `config show`
+
+
+class Source(msgspec.Struct, frozen=True):
+    """Where a setting's value came from: kind is environment, yaml or default; key names the variable
+    or YAML key (None for a default)."""
+
+    kind: str
+    key: str | None = None
+
+
+def sources(environ: Mapping[str, str] | None = None) -> dict[str, Source]:
+    """Where each setting's value comes from, by the same precedence as load_settings."""
+    environ = os.environ if environ is None else environ
+    config = environ.get("AGNES_CONFIG")
+    yaml_values = _read_yaml(config) if config else {}
+    found = {}
+    for setting in SETTINGS:
+        if setting.env and setting.env in environ:
+            found[setting.name] = Source("environment", setting.env)
+        elif setting.yaml in yaml_values:
+            found[setting.name] = Source("yaml", setting.yaml)
+        else:
+            found[setting.name] = Source("default")
+    return found
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """AGNES_* variables that are not settings (a misspelt name is otherwise silently ignored), each
+    with the closest real name, or None."""
+    environ = os.environ if environ is None else environ
+    known = {s.env for s in SETTINGS if s.env} | {"AGNES_CONFIG"}
+    unknown = sorted(name for name in environ if name.startswith("AGNES_") and name not in known)
+    return [(name, next(iter(difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)), None))
+            for name in unknown]
+
+
+def shown_value(name: str, value: Any) -> Any:
+    """A value as `config show` prints it: secrets masked."""
+    return "***" if name in SECRETS and value else value
+
+
+def settings_table(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """`config show`: one row per setting with its value and where it came from."""
+    environ = os.environ if environ is None else environ
+    config = environ.get("AGNES_CONFIG", "")
+    found = sources(environ)
+    rows = [("setting", "value", "source")]
+    for setting in SETTINGS:
+        value = shown_value(setting.name, getattr(settings, setting.name))
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list):
+            text = ",".join(value) or "(empty)"
+        else:
+            text = str(value) if value != "" else "(empty)"
+        source = found[setting.name]
+        where = {"environment": f"environment ({source.key})", "yaml": f"YAML ({config}: {source.key})",
+                 "default": "default"}[source.kind]
+        rows.append((setting.name, text, where))
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{a:<{width[0]}}  {b:<{width[1]}}  {c}" for a, b, c in rows]
+    lines.insert(1, f"{'-' * width[0]}  {'-' * width[1]}  {'-' * 6}")
+    return "\n".join(lines)
+
+
+def settings_json(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`config show --json`: {name: {"value", "source", "key"}}."""
+    found = sources(environ)
+    return {s.name: {"value": shown_value(s.name, getattr(settings, s.name)), "source": found[s.name].kind,
+                     "key": found[s.name].key} for s in SETTINGS}
 
 
 def yaml_example() -> str:

@@ -7,12 +7,13 @@ functions in ``service/store/``, which use this class.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sqlite3
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 
 import aiosqlite
 
@@ -24,8 +25,35 @@ BUSY_TIMEOUT_MS = 5000
 INLINE_READ_BUDGET_S = 0.001
 _PROGRESS_EVERY = 1000  # SQLite VM steps between budget checks (~10-20 us of work)
 _RETRY_ON_THREAD = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# How long a request's write may wait for a write lock held by another process (agnes-home in a
+# shell, a backup); None (the worker, the CLI): the connection's busy timeout.
+_WRITE_WAIT: contextvars.ContextVar[float | None] = contextvars.ContextVar("write_wait", default=None)
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 # Cached answers kept at most (a token's user, a status frame: one per active analyst and window).
 CACHE_MAX_ENTRIES = 10_000
+
+
+class DatabaseBusy(Exception):
+    """Another process held the write lock for longer than this write may wait."""
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked" (another connection holds the lock)."""
+    return isinstance(exc, DatabaseBusy) or (
+        isinstance(exc, sqlite3.OperationalError)
+        and getattr(exc, "sqlite_errorcode", 0) & 0xFF in _BUSY_CODES)
+
+
+@contextmanager
+def bounded_writes(seconds: float) -> Iterator[None]:
+    """Writes started inside wait at most ``seconds`` (from when each is asked for) for a lock held
+    by another process, then raise DatabaseBusy. Waiting for this process's own writer (the ingest
+    worker's transactions) is not bounded: only another process's lock can end in DatabaseBusy."""
+    token = _WRITE_WAIT.set(seconds)
+    try:
+        yield
+    finally:
+        _WRITE_WAIT.reset(token)
 
 
 async def prepare(conn: aiosqlite.Connection) -> None:
@@ -185,6 +213,7 @@ class Database:
         close() waits for what is still pending.
         """
         async def run() -> None:
+            _WRITE_WAIT.set(None)  # not the request's: nobody waits for it, so no hurry to give up
             try:
                 await self.execute_write(sql, params)
             except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
@@ -260,20 +289,43 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction on the writer: committed whole, or rolled back whole."""
+        """One write transaction on the writer: committed whole, or rolled back whole.
+
+        Inside bounded_writes() (a request), BEGIN waits for another process's lock only until the
+        bound, counted from the call: writes queued behind a blocked one share its wait rather
+        than each waiting the full busy timeout in turn.
+        """
+        wait = _WRITE_WAIT.get()
+        asked = time.monotonic()
         async with self._write_lock:
             conn = self.writer
             try:
                 # Inside the try: a task cancelled while waiting for BEGIN has still queued it on
                 # the connection's thread, and must roll it back (a no-op when nothing began), or
                 # every later write would fail inside a transaction nobody ends.
-                await conn.execute("BEGIN IMMEDIATE")
+                if wait is None:
+                    await conn.execute("BEGIN IMMEDIATE")
+                else:
+                    await self._begin_within(conn, asked + wait)
                 yield conn
             except BaseException:
                 await conn.rollback()
                 raise
             else:
                 await conn.commit()
+
+    @staticmethod
+    async def _begin_within(conn: aiosqlite.Connection, deadline: float) -> None:
+        left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        await conn.execute(f"PRAGMA busy_timeout = {left_ms}")
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                raise DatabaseBusy("the database is locked by another process") from None
+            raise
+        finally:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     async def execute_write(self, sql: str, params: Sequence[Any] | dict = ()) -> int:
         """Run one write statement in its own transaction; returns the row count."""

@@ -16,6 +16,8 @@ from .store import ingest as ingest_store
 from .store import tables, users
 from .timeutil import utcnow
 
+# Ana and Ben are onboarded analysts with a week of activity; Cleo has not set the client up, so
+# her /home shows the install hero (README "Two commands" says how to sign in as her).
 DEMO_USERS = (
     ("ana@example.com", "Ana Analyst", True),
     ("ben@example.com", "Ben Builder", True),
@@ -98,7 +100,8 @@ def write_demo_transcripts(folder: Path, local_part: str, now: datetime, seed: i
 
 
 async def load_demo(db: Database, settings: Settings, now: datetime | None = None) -> tuple[str, dict[str, Report]]:
-    """Create the demo users, transcripts and table (idempotent); return a new token for the first user."""
+    """Create the demo users, transcripts and table (idempotent); return a new token for the first user
+    (earlier demo tokens stay valid)."""
     now = now or utcnow()
     reports = {}
     for seed, (email, name, onboarded) in enumerate(DEMO_USERS):
@@ -109,6 +112,9 @@ async def load_demo(db: Database, settings: Settings, now: datetime | None = Non
         paths = write_demo_transcripts(folder, email.split("@")[0], now, seed)
         await ingest_store.register_files(db, user.id, paths, "upload", now)
         reports[email] = await ingest_paths(db, user.id, paths, workers=0, clock=lambda: now)
+        # As if each had run `agnes pull` (Last sync would read "never" otherwise): Ana minutes ago,
+        # Ben yesterday, so both the minutes and the hours of the relative time show.
+        await users.stamp_pull(db, user.id, now - (timedelta(minutes=3) if seed == 0 else timedelta(hours=26)))
     table_dir = Path(settings.data_dir) / "tables"
     table_dir.mkdir(parents=True, exist_ok=True)
     csv = table_dir / "demo_customers.csv"
@@ -120,8 +126,7 @@ async def load_demo(db: Database, settings: Settings, now: datetime | None = Non
                           source_type="demo")
     ana = await users.get_user_by_email(db, DEMO_USERS[0][0])
     assert ana is not None
-    for token in await users.list_tokens(db, ana.id):
-        if token.label == "demo" and token.revoked_at is None:
-            await users.revoke_token(db, token_id=token.id)
+    # A new token each run (only hashes are stored, so an earlier one cannot be shown again); the
+    # earlier ones keep working, so a browser signed in after the last `make run` stays signed in.
     token, _ = await users.issue_token(db, ana.id, "demo")
     return token, reports

@@ -101,6 +101,20 @@
     ["input", "output", "cache_read", "cache_creation"].forEach(function (key) {
       setNumber("tokens." + key, data.tokens[key], true);
     });
+    renderEmpty(data);
+  }
+
+  // Five zeros say nothing: an empty window says when the analyst was last active (the page
+  // rendered the day), or keeps the page's "nothing has arrived yet".
+  var emptyEl = frame.querySelector("[data-empty-hint]");
+  function renderEmpty(data) {
+    if (!emptyEl) return;
+    var empty = !(data.sessions || data.prompts || data.tokens.total || data.projects);
+    emptyEl.hidden = !empty;
+    var day = emptyEl.dataset.lastActive;
+    if (empty && day) {
+      emptyEl.textContent = "No activity in the " + labelEl.textContent.toLowerCase() + "; last active " + day + ".";
+    }
   }
 
   // The cards' context (change, trend, cost) is rendered by the server only: take it from the page
@@ -154,6 +168,7 @@
       })
       .then(function (data) {
         if (ticket !== pending) return;
+        select(data.window);  // first: the empty-window hint names the window's label
         render(data);
         select(data.window);
         refreshContext(data.window, ticket);

@@ -267,3 +267,48 @@ async def test_install_hero_and_acknowledge_in_a_real_browser(browser, site):
     assert [(r["action"], r["source"]) for r in await users.audit_rows(server.app[keys.DB], dana.user.id)
             if r["action"] == "onboarded"] == [("onboarded", "self_acknowledged")]
     await context.close()
+
+
+def _luminance(css_color: str) -> float:
+    """Relative luminance (0 black .. 1 white) of a computed `rgb(r, g, b)` colour."""
+    import re
+
+    r, g, b = (int(v) / 255 for v in re.findall(r"\d+", css_color)[:3])
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+async def test_dark_mode_follows_the_browser_and_touch_screens_are_told_to_tap(browser, site):
+    """A browser set to dark got the light page; on a touch screen the Tokens card said "hover"."""
+    server, alice = site
+    base = str(server.make_url("")).rstrip("/")
+    styles = "el => [getComputedStyle(el).color, getComputedStyle(el).backgroundColor]"
+    for scheme in ("light", "dark"):
+        context = await browser.new_context(color_scheme=scheme)
+        page = await context.new_page()
+        await sign_in(page, base, alice.token)
+        fg, bg = await page.locator("body").evaluate(styles)
+        card_fg = await page.locator(".stat-tokens .stat-value").evaluate("el => getComputedStyle(el).color")
+        card_bg = await page.locator(".stat-tokens").evaluate("el => getComputedStyle(el).backgroundColor")
+        if scheme == "dark":
+            assert _luminance(bg) < 0.05 and _luminance(fg) > 0.5, (fg, bg)
+            assert _luminance(card_bg) < 0.1 and _luminance(card_fg) > 0.5, (card_fg, card_bg)
+        else:
+            assert _luminance(bg) > 0.8 and _luminance(fg) < 0.1, (fg, bg)
+        # Text keeps at least 4.5:1 contrast on the cards in both schemes.
+        light, dark = sorted((_luminance(card_fg), _luminance(card_bg)), reverse=True)
+        assert (light + 0.05) / (dark + 0.05) >= 4.5, scheme
+        hint = (await page.locator(".stat-tokens .stat-hint").inner_text()).strip()
+        assert hint == "input, output and cache: hover for the split", hint
+        await context.close()
+
+    # A phone: no hover, a touch screen.
+    context = await browser.new_context(has_touch=True, is_mobile=True, viewport={"width": 390, "height": 844})
+    page = await context.new_page()
+    await sign_in(page, base, alice.token)
+    assert await page.evaluate("matchMedia('(hover: none)').matches")
+    hint = (await page.locator(".stat-tokens .stat-hint").inner_text()).strip()
+    assert hint == "input, output and cache: tap for the split", hint
+    await page.locator(".stat-tokens").tap()
+    await page.wait_for_function(SPLIT_OPEN)
+    await context.close()

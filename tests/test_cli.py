@@ -31,6 +31,11 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run(tmp_path: Path, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+    if ("AGNES_DB_PATH" not in extra and not (tmp_path / "cli.db").exists()
+            and args[:1] not in (("migrate",), ("demo",), ("serve",), ("config",), ("backup",))):
+        # Only migrate, serve and demo create a database (others refuse a missing one): set the
+        # tests' database up as an operator would.
+        run(tmp_path, "migrate")
     proc = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=cli_env(tmp_path, **extra),
                           capture_output=True, text=True, timeout=60)
     if check and proc.returncode != 0:
@@ -374,3 +379,109 @@ def test_demo_prints_an_address_a_browser_can_open(tmp_path):
     out = run(tmp_path, "demo", AGNES_HOST="0.0.0.0", AGNES_PORT="8123").stdout
     assert "open http://127.0.0.1:8123/login and paste the token below" in out
     assert out.strip().splitlines()[-1].startswith("agnes_pat_")
+    # Run again (`make run` twice): a new token, printed, and the first one still works.
+    again = run(tmp_path, "demo").stdout
+    assert "tokens printed by earlier runs still work" in again
+    first, second = out.strip().splitlines()[-1], again.strip().splitlines()[-1]
+    assert first != second
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL AND label = 'demo'"
+                            ).fetchone() == (2,)
+
+
+def test_commands_other_than_migrate_serve_and_demo_never_create_a_database(tmp_path):
+    """A typo in AGNES_DB_PATH (or another directory) silently created an empty database and wrote to it."""
+    missing = tmp_path / "typo" / "agnes.db"
+    for args in (["users", "add", "ana@example.com"], ["users", "list"], ["tokens", "issue", "ana@example.com"],
+                 ["tokens", "list"], ["tables", "list"], ["quarantine", "list"], ["reprocess"], ["prune"],
+                 ["sessions", "list"], ["attribution", "list"], ["ingest", str(tmp_path), "--user", "a@b.c"]):
+        proc = run(tmp_path, *args, check=False, AGNES_DB_PATH=str(missing))
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert str(missing) in proc.stderr and "AGNES_DB_PATH" in proc.stderr and "migrate" in proc.stderr, proc.stderr
+        assert not missing.exists() and not missing.parent.exists(), args
+    run(tmp_path, "migrate", AGNES_DB_PATH=str(missing))
+    assert missing.exists()
+    run(tmp_path, "users", "add", "ana@example.com", AGNES_DB_PATH=str(missing))
+
+
+def test_tokens_revoke_takes_any_unique_prefix_or_the_whole_token_and_refuses_an_ambiguous_one(tmp_path):
+    run(tmp_path, "users", "add", "ana@example.com")
+    run(tmp_path, "users", "add", "ben@example.com")
+    issued = [run(tmp_path, "tokens", "issue", email).stdout.strip().splitlines()[-1]
+              for email in ("ana@example.com", "ana@example.com", "ben@example.com")]
+
+    def active() -> set[str]:
+        return {t["prefix"] for t in json.loads(run(tmp_path, "tokens", "list", "--json").stdout) if not t["revoked_at"]}
+
+    shown = [t[:16] for t in issued]  # what `tokens list` displays
+    assert active() == set(shown)
+    # Ambiguous: every token starts with "agnes_pat_"; refused, naming each match, nothing revoked.
+    proc = run(tmp_path, "tokens", "revoke", "--prefix", "agnes_pat_", check=False)
+    assert proc.returncode == 1 and "3 active tokens" in proc.stderr
+    assert all(p in proc.stderr for p in shown) and "ana@example.com" in proc.stderr
+    assert active() == set(shown)
+    # The shortest prefix of the displayed one that names only the first token.
+    unique = next(shown[0][:n] for n in range(11, 17) if sum(s.startswith(shown[0][:n]) for s in shown) == 1)
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", unique).stdout
+    assert active() == set(shown[1:])
+    # Without the "agnes_pat_" part, as someone copying from a listing might, and with the ellipsis.
+    short = next(shown[1][10:n] for n in range(13, 17) if sum(s[10:].startswith(shown[1][10:n]) for s in shown) == 1)
+    # `--prefix=`: a token's random part may start with "-", which argparse would take for an option.
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", f"--prefix={short}…").stdout
+    # The whole token.
+    assert "revoked 1 token(s)" in run(tmp_path, "tokens", "revoke", "--prefix", issued[2]).stdout
+    assert active() == set()
+    gone = run(tmp_path, "tokens", "revoke", "--prefix", shown[0], check=False)
+    assert gone.returncode == 1 and "no active token" in gone.stderr
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from service.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {action.dest}")
+
+    walk(build_parser(), "agnes-home")
+    assert missing == []
+
+
+def test_config_show_is_a_readable_table_saying_where_each_value_came_from(tmp_path):
+    config = tmp_path / "instance.yaml"
+    config.write_text("server:\n  port: 9001\nauth:\n  secret_key: from-yaml-secret\n")
+    proc = run(tmp_path, "config", "show", AGNES_CONFIG=str(config), AGNES_SCAN_INTERVAL="7",
+               AGNES_PROXY_HEADER="X-Email")
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["setting", "value", "source"]
+    rows = {line.split()[0]: line for line in lines[2:] if line.strip()}
+    assert rows["port"].split()[1:] == ["9001", "YAML", f"({config}:", "server.port)"]
+    assert rows["scan_interval"].split()[1:] == ["7.0", "environment", "(AGNES_SCAN_INTERVAL)"]
+    assert rows["max_failures"].split()[1:] == ["5", "default"]
+    assert rows["secret_key"].split()[1] == "***" and "from-yaml-secret" not in proc.stdout  # masked
+    assert "AGNES_DB_PATH" in rows["db_path"]  # the test's environment sets it
+    # Scripts: --json, with the same sources; the secret masked there too.
+    data = json.loads(run(tmp_path, "config", "show", "--json", AGNES_CONFIG=str(config)).stdout)
+    assert data["port"] == {"value": 9001, "source": "yaml", "key": "server.port"}
+    assert data["max_failures"] == {"value": 5, "source": "default", "key": None}
+    assert data["db_path"]["source"] == "environment" and data["db_path"]["key"] == "AGNES_DB_PATH"
+    assert data["secret_key"]["value"] == "***"
+
+
+def test_unknown_agnes_environment_variables_are_warned_about_at_start(tmp_path):
+    """A misspelt name (AGNES_SCAN_INTERVALL) was silently ignored, while unknown YAML keys are refused."""
+    proc = run(tmp_path, "users", "list", AGNES_SCAN_INTERVALL="5", AGNES_HOME_SHOW_STATUSFRAME="0")
+    assert proc.returncode == 0
+    warned = [line for line in proc.stderr.splitlines() if "not a setting" in line]
+    assert len(warned) == 2
+    assert any("AGNES_SCAN_INTERVALL" in line and "AGNES_SCAN_INTERVAL?" in line for line in warned)
+    assert any("AGNES_HOME_SHOW_STATUSFRAME" in line and "AGNES_HOME_SHOW_STATUS_FRAME?" in line for line in warned)
+    quiet = run(tmp_path, "users", "list")
+    assert "not a setting" not in quiet.stderr

@@ -336,3 +336,21 @@ async def test_assets_are_versioned_by_content(client, alice):
     assert css, "stylesheet URL carries a content version"
     resp = await client.get(css.group(1))
     assert resp.status == 200 and "text/css" in resp.headers["Content-Type"]
+
+
+async def test_an_empty_window_says_when_the_analyst_was_last_active_or_how_to_send_data(make_client):
+    """Five zeros with no hint left analysts wondering whether anything was broken."""
+    client = await make_client()
+    db = client.app[keys.DB]
+    alice = await alice_with_data(db)
+    html = await page(client, alice)  # at the samples' now: numbers, no hint
+    assert re.search(r'<p class="frame-empty muted" data-empty-hint data-last-active="21 Nov 2026" hidden>', html)
+    client.app[keys.CLOCK].fixed = NOW + timedelta(days=30)
+    for window, label in (("", "last 24 hours"), ("?window=7d", "last 7 days")):
+        html = await page(client, alice, window)
+        hint = re.search(r'<p class="frame-empty muted" data-empty-hint data-last-active="21 Nov 2026">([^<]*)</p>', html)
+        assert hint and hint.group(1) == f"No activity in the {label}; last active 21 Nov 2026.", html
+    bob = await make_caller(db, "bob@example.com")
+    html = await page(client, bob)
+    assert '<p class="frame-empty muted" data-empty-hint data-last-active="">Nothing has arrived from your Claude Code ' \
+           'yet: run <code>agnes push</code>' in html

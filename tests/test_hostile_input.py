@@ -215,6 +215,67 @@ async def test_oversize_bodies_are_413_and_store_nothing(small_cap):
     assert (await users.get_user(client.app[keys.DB], caller.user.id)).onboarded is True
 
 
+async def flood(port: int, token: str, parts: list[bytes], *, chunked: bool) -> tuple[int, bytes, int]:
+    """Send a multipart body part by part while reading the answer; returns the status, the body and
+    how many parts had been sent when the answer came (a refusal must not wait for the rest)."""
+    body_len = sum(map(len, parts)) + len(b"--f--\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {body_len}"
+    writer.write((f"POST /api/upload/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=f\r\n{framing}\r\n\r\n").encode())
+    answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    sent = 0
+    step = min(200, max(1, len(parts) // 20))
+    try:
+        for start in range(0, len(parts), step):
+            if answer.done():
+                break
+            batch = b"".join(parts[start:start + step])
+            writer.write(b"%x\r\n%s\r\n" % (len(batch), batch) if chunked else batch)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                break
+            sent = start + step
+            await asyncio.sleep(0.005)  # the server's turn to read what arrived
+        else:
+            writer.write(b"7\r\n--f--\r\n\r\n0\r\n\r\n" if chunked else b"--f--\r\n")
+        head = await asyncio.wait_for(answer, 30)
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+        body = await asyncio.wait_for(reader.readexactly(length), 10)
+    finally:
+        answer.cancel()
+        writer.close()
+    return int(head.split(b" ", 2)[1]), body, sent
+
+
+async def test_a_flood_of_multipart_parts_is_refused_early_and_holds_no_one_up(client, settings, alice, small_cap):
+    """Empty parts cost nothing against the 64 KB budget, and a chunked body had no total cap:
+    100k empty parts kept the server busy 13 s while /healthz waited."""
+    empty = b'--f\r\nContent-Disposition: form-data; name="x"\r\n\r\n\r\n'
+    fat_headers = (b'--f\r\nContent-Disposition: form-data; name="x"\r\n'
+                   + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"h" * 4000) for i in range(8)) + b"\r\n\r\n")
+    blank = b"--f\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n" + b" " * 4_000 + b"\r\n"
+    file_head = b'--f\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+    small_client, small_settings, small_caller = small_cap
+    cases = [(client, alice, [empty] * 100_000, True, "parts"), (client, alice, [empty] * 100_000, False, "parts"),
+             (client, alice, [fat_headers] * 15, True, "header"),
+             # 1 MB cap: a chunked body past it (no Content-Length to refuse up front) in few parts.
+             (small_client, small_caller, [blank] * 10 + [file_head] + [b" " * 60_000] * 60, True, "MB"),
+             # Past the cap before the first boundary: a preamble aiohttp reads line by line.
+             (small_client, small_caller, [b"x" * 62 + b"\r\n"] * 100_000, True, "MB")]
+    for app_client, caller, parts, chunked, says in cases:
+        health = asyncio.ensure_future(app_client.get("/healthz"))
+        status, body, sent = await flood(app_client.server.port, caller.token, parts, chunked=chunked)
+        assert status == 413, (says, status, body)
+        error = json.loads(body)
+        assert error["code"] == "payload_too_large" and says in error["detail"], error
+        assert sent < len(parts) / 2, (says, sent)  # refused before the rest of the body was read
+        assert (await asyncio.wait_for(health, 5)).status == 200
+    await nothing_stored(client, settings)
+    await nothing_stored(small_client, small_settings)
+
+
 async def test_gzip_bombs_are_refused_quickly_and_store_nothing(small_cap):
     client, settings, caller = small_cap
     started = time.monotonic()

@@ -125,3 +125,26 @@ async def test_ranged_and_conditional_downloads_are_counted_and_logged_with_the_
     assert counts[("HEAD", route, 206)] == 1
     logged = [r.getMessage() for r in caplog.records if r.name == "service.access" and "/api/data/t" in r.getMessage()]
     assert [line.split()[2] for line in logged] == ["200", "206", "206", "416", "304", "412", "206"]
+
+
+async def test_files_ingested_by_the_cli_show_in_the_servers_metrics(client, alice, settings):
+    """`agnes-home ingest` runs in its own process: /metrics stayed at zero after it. The stored
+    files, by origin, are read from the database, so every process's ingests count."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    files = sorted((SAMPLES / "alice").glob("*.jsonl"))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AGNES_DB_PATH": settings.db_path,
+           "AGNES_DATA_DIR": settings.data_dir, "AGNES_PARSE_WORKERS": "0"}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "service.cli", "ingest", *map(str, files), "--user", alice.user.email],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    m = samples_of(await (await client.get("/metrics")).text())
+    assert m[("agnes_stored_files", (("origin", "cli"),))] == len(files)
+    assert m[("agnes_stored_bytes", (("origin", "cli"),))] == sum(f.stat().st_size for f in files)
+    assert m[("agnes_stored_files", (("origin", "upload"),))] == 0
+    # The worker's own counters are this process's, and say nothing about the CLI's run.
+    assert m.get(("agnes_ingest_files_total", (("outcome", "processed"),)), 0) == 0

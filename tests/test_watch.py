@@ -368,3 +368,93 @@ async def test_a_quarantined_file_is_retried_when_it_changes(aiohttp_client, tmp
     await asyncio.wait_for(tick(client), 30)
     assert await store.quarantined(db) == []
     assert (await stats(client, ida, "24h"))["prompts"] == 5
+
+
+_FLIPPER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+a, b, stop_at = os.fsencode(sys.argv[1]), os.fsencode(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+print("flipping", flush=True)
+while time.monotonic() < stop_at:
+    if libc.syscall(316, AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0:  # renameat2 on x86_64
+        sys.exit("renameat2: errno %d" % ctypes.get_errno())
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="renameat2's syscall number is x86_64's")
+async def test_a_folder_flipped_with_a_symlink_twin_never_reads_another_users_file(watched, tmp_path):
+    """A watched folder swapped for a symlink to another analyst's uploads between check and open
+    (renameat2 RENAME_EXCHANGE in a loop, in another process) must never count their file for the owner."""
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    client, root = watched
+    db = client.app[keys.DB]
+    gina = await make_caller(db, "gina@example.com")
+    bob = await make_caller(db, "bob@example.com")
+    bob_sample = SAMPLES / "bob" / "6f5e4d3c-2b1a-4098-8f7e-6d5c4b3a2918.jsonl"
+    body = bob_sample.read_bytes()
+    resp = await client.post("/api/upload/sessions", headers=bob.headers,
+                             data=_multipart(body, "x.jsonl"))
+    assert resp.status == 200, await resp.text()
+    await client.app[keys.WORKER].drain()
+    bob_dir = tmp_path / "data" / "sessions" / str(bob.user.id)
+    assert (bob_dir / "x.jsonl").read_bytes() == body
+    bob_sessions = {r[0] for r in await db.fetchall(
+        "SELECT session_id FROM session_summaries WHERE user_id = ?", (bob.user.id,))}
+    assert bob_sessions
+    # A name only bob's folder has: the scan must never list it as gina's either.
+    resp = await client.post("/api/upload/sessions", headers=bob.headers, data=_multipart(body, "only-bob.jsonl"))
+    assert resp.status == 200
+
+    # gina's own file, of another size, so each flip makes a scan see a change and re-queue it.
+    proj = root / "gina" / "proj"
+    proj.mkdir(parents=True)
+    (proj / "x.jsonl").write_bytes((SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes())
+    (root / "gina" / "proj-twin").symlink_to(bob_dir, target_is_directory=True)
+    await asyncio.wait_for(tick(client), 30)
+    assert (await stats(client, gina, "7d"))["prompts"] == 5
+
+    async def leaked() -> set[str]:
+        rows = await db.fetchall("SELECT session_id FROM session_summaries WHERE user_id = ?", (gina.user.id,))
+        return {r[0] for r in rows} & bob_sessions
+
+    flipper = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(proj), str(root / "gina" / "proj-twin"), "10"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker = client.app[keys.WORKER]
+    try:
+        assert flipper.stdout.readline() == b"flipping\n"
+        ticks = 0
+        end = time.monotonic() + 10
+        while time.monotonic() < end and flipper.poll() is None:
+            # Force a re-read each round as well: the scan alone queues only what looks changed.
+            await db.execute_write("UPDATE session_files SET processor_version = 0, failure_count = 0, "
+                                   "next_attempt_at = NULL, quarantined_at = NULL WHERE user_id = ?",
+                                   (gina.user.id,))
+            await asyncio.wait_for(tick(client), 30)
+            ticks += 1
+            assert await leaked() == set(), f"another user's session counted for the owner after {ticks} scans"
+            assert not await db.fetchval("SELECT COUNT(*) FROM session_files WHERE user_id = ? AND path LIKE ?",
+                                         (gina.user.id, "%only-bob.jsonl")), f"listed bob's folder after {ticks} scans"
+            # Not even the other file's size or mtime is recorded for the owner's file.
+            assert not await db.fetchval(
+                "SELECT COUNT(*) FROM session_files WHERE user_id = ? AND (size = ? OR failed_size = ?)",
+                (gina.user.id, len(body), len(body))), f"stored bob's file's stat after {ticks} scans"
+    finally:
+        flipper.kill()
+        _, err = flipper.communicate()
+    assert b"renameat2" not in err, err
+    assert ticks > 10
+    assert await leaked() == set()
+    assert worker.depth == 0
+
+
+def _multipart(body: bytes, name: str):
+    from aiohttp import FormData
+
+    form = FormData()
+    form.add_field("file", body, filename=name, content_type="application/octet-stream")
+    return form

@@ -330,3 +330,79 @@ async def test_a_stored_secret_key_left_empty_is_replaced_not_signed_with(aiohtt
     assert (await (await client.get("/api/me")).json())["email"] == "alice@example.com"
     # The key is kept: the next start signs with the same one.
     assert create_app(s)[keys.SECRET] == stored
+
+
+async def _copied_cookie(client, caller) -> str:
+    resp = await sign_in(client, caller.token)
+    assert resp.status == 303
+    client.session.cookie_jar.clear()  # the copy travels alone, in a Cookie header
+    return resp.cookies["agnes_session"].value
+
+
+async def _with_cookie(client, value: str):
+    """A request carrying a copy of a cookie (another browser), apart from the client's own jar."""
+    return await client.get("/api/me", headers={"Cookie": f"agnes_session={value}"})
+
+
+async def test_signing_out_ends_the_sign_in_so_a_copied_cookie_stops_working(client, alice):
+    copied = await _copied_cookie(client, alice)
+    assert (await _with_cookie(client, copied)).status == 200
+    client.session.cookie_jar.update_cookies({"agnes_session": copied})
+    resp = await client.post("/logout", allow_redirects=False)
+    assert resp.status == 303
+    after = await _with_cookie(client, copied)
+    assert after.status == 401 and (await after.json())["code"] == "unauthorized"
+    page = await client.get("/home", headers={"Cookie": f"agnes_session={copied}"}, allow_redirects=False)
+    assert page.status in (302, 303) and page.headers["Location"].startswith("/login")
+    # Another sign-in of the same analyst (another browser) is untouched.
+    other = await _copied_cookie(client, alice)
+    assert (await _with_cookie(client, other)).status == 200
+
+
+async def test_revoking_the_token_or_the_users_sessions_ends_sign_ins_at_once(client, db, alice, bob, tmp_path):
+    import asyncio
+    import subprocess
+    import sys
+
+    first = await _copied_cookie(client, alice)
+    await users.revoke_token(db, token_id=(await users.list_tokens(db, alice.user.id))[0].id)
+    assert (await _with_cookie(client, first)).status == 401
+    assert await db.fetchval("SELECT COUNT(*) FROM browser_sessions WHERE user_id = ? AND ended_at IS NULL",
+                             (alice.user.id,)) == 0
+
+    # The operator's command, run as a real process against the same database.
+    token, _ = await users.issue_token(db, alice.user.id)
+    second, third = [await _copied_cookie(client, type(alice)(alice.user, token)) for _ in range(2)]
+    bobs = await _copied_cookie(client, bob)
+    settings = client.app[keys.SETTINGS]
+    env = {"PATH": "/usr/bin:/bin", "AGNES_DB_PATH": settings.db_path, "AGNES_DATA_DIR": settings.data_dir}
+    await db.settle()
+    # In a thread: the server's loop keeps running (and finishing its own writes) meanwhile.
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "service.cli", "sessions", "revoke", "--email", "alice@example.com"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "ended 2 browser sign-in(s)" in done.stdout
+    for cookie in (second, third):
+        assert (await _with_cookie(client, cookie)).status == 401
+    assert (await _with_cookie(client, bobs)).status == 200  # only alice's
+    assert (await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})).status == 200  # tokens live on
+
+
+async def test_ended_and_expired_sign_ins_are_pruned_and_live_ones_kept(client, db, alice):
+    from datetime import timedelta
+
+    from service.store import sessions
+    from service.timeutil import utcnow
+
+    ended = await _copied_cookie(client, alice)
+    client.session.cookie_jar.update_cookies({"agnes_session": ended})
+    assert (await client.post("/logout", allow_redirects=False)).status == 303
+    live = await _copied_cookie(client, alice)
+    assert await db.fetchval("SELECT COUNT(*) FROM browser_sessions") == 2
+    assert await sessions.prune(db, utcnow()) == 0  # ended just now: kept a day
+    assert await sessions.prune(db, utcnow() + timedelta(days=2)) == 1
+    assert (await _with_cookie(client, live)).status == 200
+    max_age = client.app[keys.SETTINGS].session_max_age
+    assert await sessions.prune(db, utcnow() + timedelta(seconds=max_age + 60)) == 1  # expired
+    assert await db.fetchval("SELECT COUNT(*) FROM browser_sessions") == 0

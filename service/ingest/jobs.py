@@ -4,6 +4,7 @@ process starts as a fork with the parser already loaded."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -12,7 +13,7 @@ from datetime import datetime
 
 import msgspec
 
-from .parser import open_regular, parse_file
+from .parser import _open_without_links, open_regular, parse_file
 from ..records import ParseResult
 
 PARENT_CHECK_S = 0.5  # how often a parse process checks that the service still runs
@@ -44,6 +45,26 @@ def hash_job(path: str, follow_symlinks: bool) -> str:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def stat_file(path: str, follow_symlinks: bool) -> os.stat_result:
+    """The file's stat. Without ``follow_symlinks`` (watched files) its folders are opened from the
+    root down without following a symlink, and a symlink in the last place is stat'ed itself: a
+    folder swapped for a symlink must not record another user's file's size and mtime as the
+    owner's (the open refuses such a path the same way)."""
+    if follow_symlinks:
+        return os.stat(path)
+    folder, name = os.path.split(path)
+    try:
+        fd = _open_without_links(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # the folder itself is a symlink now
+            raise ValueError(f"{path} is reached through a symbolic link") from None
+        raise
+    try:
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
 
 
 def exit_with_service(service_pid: int) -> None:

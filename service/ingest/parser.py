@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -200,16 +201,18 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
 
     A FIFO or device would block the parse process forever (O_NONBLOCK makes opening a FIFO
     return at once, then fstat refuses it). Without ``follow_symlinks`` (files of the watched
-    directory, which others can write), a path reached through a symlink anywhere, in its last
-    part (O_NOFOLLOW) or a parent directory (the real path differs), is refused: a symlink put in
-    place of a registered file or folder could point at another user's upload.
+    directory, which others can write), a path reached through a symlink anywhere is refused: a
+    symlink put in place of a registered file or folder could point at another user's upload.
+    Checking the path first and opening it after is a race (a folder swapped for a symlink in
+    between, RENAME_EXCHANGE in a loop), so every component is opened from the root down,
+    relative to its parent's descriptor, with O_NOFOLLOW: what is checked is what is read.
+    Watched files are registered by their real path, so no component of it may be a symlink.
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
-        if os.path.realpath(path) != os.path.abspath(path):
-            raise ValueError(f"{os.fspath(path)} is reached through a symbolic link")
-    fd = os.open(path, flags)
+    if follow_symlinks:
+        fd = os.open(path, flags)
+    else:
+        fd = _open_without_links(os.fspath(path), flags | os.O_NOFOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{os.fspath(path)} is not a regular file")
@@ -218,6 +221,34 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_without_links(path: str, flags: int) -> int:
+    """Open an absolute path one component at a time (``dir_fd``), none of them a symlink."""
+    if not os.path.isabs(path) or os.path.normpath(path) != path:
+        raise ValueError(f"{path} is not an absolute, normalised path")
+    *folders, name = path.split(os.sep)[1:]
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    current = os.open(os.sep, dir_flags)
+    try:
+        for folder in folders:
+            try:
+                child = os.open(folder, dir_flags, dir_fd=current)
+            except OSError as exc:
+                # A symlink opened with O_NOFOLLOW | O_DIRECTORY is ENOTDIR (ELOOP on some systems).
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ValueError(f"{path} is reached through a symbolic link") from None
+                raise
+            os.close(current)
+            current = child
+        try:
+            return os.open(name, flags, dir_fd=current)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ValueError(f"{path} is reached through a symbolic link") from None
+            raise
+    finally:
+        os.close(current)
 
 
 def parse_stream(

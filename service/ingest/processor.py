@@ -18,7 +18,7 @@ from ..db import Database
 from ..store import ingest as store
 from ..timeutil import from_store
 from . import jobs
-from .jobs import exit_with_service, hash_job, parse_job, parse_job_packed, unpack_result
+from .jobs import exit_with_service, hash_job, parse_job, parse_job_packed, stat_file, unpack_result
 from ..records import ParseResult
 
 logger = logging.getLogger(__name__)
@@ -206,8 +206,9 @@ class Processor:
         """(size, mtime_ns) of a file as a scan sees it (a symlink's own), or None."""
         state = await store.get_file(self.db, file_id)
         try:
-            st = os.stat(state.path, follow_symlinks=False) if state is not None else None
-        except OSError:
+            st = None if state is None else (stat_file(state.path, follow_symlinks=False) if state.origin == "watch"
+                                             else os.stat(state.path, follow_symlinks=False))
+        except (OSError, ValueError):  # ValueError: reached through a symlinked folder
             return None
         return None if st is None else (st.st_size, st.st_mtime_ns)
 
@@ -217,11 +218,12 @@ class Processor:
             outcome = Outcome(file_id, "gone")
             self._report(outcome)
             return outcome
-        st = os.stat(state.path)
         version = ingest.USAGE_PROCESSOR_VERSION
-        # The watched directory can be written by others: its files are never read through a
-        # symlink. Uploads are written by the service, and paths given to `ingest` by the operator.
+        # The watched directory can be written by others: its files are never read (or stat'ed)
+        # through a symlink. Uploads are written by the service, and paths given to `ingest` by the
+        # operator.
         follow = state.origin != "watch"
+        st = stat_file(state.path, follow)
         if not force and state.content_hash and state.processor_version >= version:
             # Processed by this version already: an unchanged size and mtime is an unchanged file
             # (an `agnes-home ingest` run again over an archive); one touched but maybe not

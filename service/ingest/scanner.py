@@ -42,7 +42,9 @@ def scan(root: str) -> list[Found]:
             continue
         if not owner_dir.is_dir() or owner_dir.name.startswith("."):
             continue
-        for dirpath, dirnames, filenames in os.walk(owner_dir, followlinks=False):
+        # fwalk descends through directory descriptors opened without following symlinks, so a
+        # folder swapped for a symlink mid-walk is not listed as if its target's files were here.
+        for dirpath, dirnames, filenames, dirfd in os.fwalk(owner_dir, follow_symlinks=False):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if not name.endswith(SUFFIXES) or name.startswith("."):
@@ -55,7 +57,7 @@ def scan(root: str) -> list[Found]:
                         logger.warning("not scanning %r: its name is not UTF-8", path)
                     continue
                 try:
-                    st = os.stat(path, follow_symlinks=False)
+                    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):  # not a symlink, FIFO, socket or device

@@ -16,7 +16,7 @@ from .. import ingest
 from ..config import Settings
 from ..db import Database
 from ..store import ingest as store
-from ..store import users
+from ..store import sessions, users
 from . import scanner
 from .processor import Outcome, Processor
 
@@ -143,6 +143,7 @@ class IngestWorker:
         self.ticks = 0
         self.ticked = asyncio.Event()  # set after each completed tick (tests and start-up waits)
         self.quarantined_count = 0
+        self._recheck_uploads = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -231,7 +232,8 @@ class IngestWorker:
         self.ticks += 1
         now = self.clock()
         steps = (self._scan_step, self._queue_step, self._rollup_step, self._quarantine_step, self._prune_step)
-        if self.ticks == 1:
+        if self.ticks == 1 or self._recheck_uploads:
+            self._recheck_uploads = False
             steps = (self._uploads_step, *steps)
         for step in steps:
             await self._step(step, now)
@@ -246,6 +248,11 @@ class IngestWorker:
             raise
         except Exception:  # noqa: BLE001 - logged and retried next tick; the other steps still run
             logger.exception("ingest tick step %s failed", step.__name__.strip("_"))
+
+    def recheck_uploads(self) -> None:
+        """Look for stored uploads the database does not describe at the next tick (an upload whose
+        registration failed after its file was put in place)."""
+        self._recheck_uploads = True
 
     async def _uploads_step(self, now: datetime) -> None:
         """At start-up: stored uploads the database does not describe go back in line.
@@ -299,6 +306,7 @@ class IngestWorker:
     async def _prune_step(self, now: datetime) -> None:
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
+            await sessions.prune(self.db, now)
             counts = await store.prune(self.db, now - timedelta(days=self.settings.retention_days))
             if any(counts.values()):
                 logger.info("pruned old activity", extra=counts)

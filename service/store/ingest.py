@@ -600,3 +600,16 @@ async def summaries_for_user(db: Database, user_id: int) -> list[dict]:
         f"SELECT f.path, {', '.join('s.' + c for c in _SUMMARY_COLS)}, s.processor_version FROM session_summaries s "
         "JOIN session_files f ON f.id = s.file_id WHERE s.user_id = ? ORDER BY f.path", (user_id,))
     return [dict(r) for r in rows]
+
+
+ORIGINS = ("upload", "watch", "cli")
+
+
+async def stored_by_origin(db: Database) -> dict[str, tuple[int, int]]:
+    """Processed transcript files and their bytes, by origin (upload, watch, cli), whichever process
+    ingested them: /metrics reads it, so `agnes-home ingest` runs count too."""
+    rows = await db.fetchall("SELECT origin, COUNT(*) AS files, TOTAL(size) AS bytes FROM session_files "
+                             "WHERE processed_at IS NOT NULL GROUP BY origin")
+    found = {origin: (0, 0) for origin in ORIGINS}
+    found.update({r["origin"]: (r["files"], int(r["bytes"])) for r in rows})
+    return found

@@ -110,3 +110,10 @@ async def home_stats(db: Database, user_id: int, window: str | None, now: dateti
     # leaves the numbers as they are (nothing newer exists until a commit changes the version).
     db.cache(version, key, (now, from_store(row["next_out"]), answer))
     return answer
+
+
+async def last_active_day(db: Database, user_id: int) -> str | None:
+    """The UTC day ('YYYY-MM-DD') of the user's latest counted activity, or None when nothing has
+    arrived: what /home says when a window is empty. One seek to the end of user_hours' key."""
+    hour = await db.fetchval("SELECT MAX(hour) FROM user_hours WHERE user_id = ?", (user_id,))
+    return hour[:10] if hour else None

@@ -161,6 +161,15 @@ async def list_tokens(db: Database, user_id: int | None = None) -> list[Token]:
     return [Token(*tuple(r)) for r in rows]
 
 
+async def active_tokens_by_prefix(db: Database, prefix: str) -> list[Token]:
+    """Active tokens whose displayed prefix starts with ``prefix`` (for `tokens revoke --prefix`)."""
+    rows = await db.fetchall(
+        "SELECT t.id, t.user_id, u.email, t.prefix, t.label, t.created_at, t.last_used_at, t.revoked_at "
+        "FROM api_tokens t JOIN users u ON u.id = t.user_id "
+        "WHERE t.revoked_at IS NULL AND substr(t.prefix, 1, ?) = ? ORDER BY t.id", (len(prefix), prefix))
+    return [Token(*tuple(r)) for r in rows]
+
+
 async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str | None = None,
                        user_id: int | None = None, token: str | None = None) -> int:
     """Revoke by id, by displayed prefix, by the token itself, or every token of a user; returns how many."""
@@ -179,6 +188,10 @@ async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str
         cur = await conn.execute(
             f"UPDATE api_tokens SET revoked_at = ? WHERE revoked_at IS NULL AND {where}", (now, *params))
         count = cur.rowcount
+        # Browser sign-ins made with a revoked token end with it (schema 0013).
+        await conn.execute(
+            "UPDATE browser_sessions SET ended_at = ? WHERE ended_at IS NULL AND token_id IN "
+            f"(SELECT id FROM api_tokens WHERE revoked_at = ? AND {where})", (now, now, *params))
         await conn.execute(
             "INSERT INTO audit_log (action, source, detail, created_at) VALUES ('token_revoked', 'cli', ?, ?)",
             (f"{where.split(' ')[0]}={params[0]} count={count}", now))

@@ -21,7 +21,7 @@ from .. import keys
 from ..config import Settings
 from .api import read_body
 from .errors import AppError
-from ..store import users
+from ..store import sessions, users
 from ..store.users import User
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,9 @@ class SessionSigner:
                 data, signed = self._serializer.loads(raw, max_age=max_age, return_timestamp=True)
             except BadSignature:
                 return None
-            if not isinstance(data, dict) or not isinstance(data.get("u"), int) or not isinstance(data.get("n"), str):
-                return None
+            if (not isinstance(data, dict) or not isinstance(data.get("u"), int) or not isinstance(data.get("n"), str)
+                    or not isinstance(data.get("s"), str) or not data["s"].isascii()):
+                return None  # "s" names the sign-in's row; cookies signed before rows existed have none
             checked = (data, int(signed.timestamp()))
             if len(self._checked) >= MAX_CHECKED_COOKIES:
                 self._checked.clear()
@@ -122,15 +123,24 @@ def csrf_token(secret: bytes, user_id: int, nonce: str) -> str:
     return hmac.new(secret, f"csrf:{user_id}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
-def set_session_cookie(request: web.Request, response: web.StreamResponse, user_id: int,
-                       token_id: int | None) -> None:
+async def set_session_cookie(request: web.Request, response: web.StreamResponse, user_id: int,
+                             token_id: int | None) -> None:
+    """Record the sign-in on the server and give the browser a signed cookie naming it."""
     settings = request.app[keys.SETTINGS]
-    value = request.app[keys.SIGNER].dumps({"u": user_id, "t": token_id, "n": secrets.token_urlsafe(12)})
+    secret = await sessions.start(request.app[keys.DB], user_id, token_id, settings.session_max_age)
+    value = request.app[keys.SIGNER].dumps({"u": user_id, "t": token_id, "n": secrets.token_urlsafe(12),
+                                            "s": secret})
     response.set_cookie(COOKIE_NAME, value, max_age=settings.session_max_age, httponly=True,
                         samesite="Lax", secure=settings.cookie_secure, path="/")
 
 
-def clear_session_cookie(response: web.StreamResponse) -> None:
+async def end_session(request: web.Request, response: web.StreamResponse) -> None:
+    """Sign-out: end the sign-in the cookie names on the server (a copy of the cookie dies with it)
+    and clear the browser's cookie."""
+    raw = request.cookies.get(COOKIE_NAME)
+    data = request.app[keys.SIGNER].loads(raw, request.app[keys.SETTINGS].session_max_age) if raw else None
+    if data is not None:
+        await sessions.end(request.app[keys.DB], data["s"])
     response.del_cookie(COOKIE_NAME, path="/")
 
 
@@ -205,6 +215,8 @@ async def identify(request: web.Request) -> Identity | None:
             return None
         if data.get("t") is not None and not await users.token_active(db, data["t"]):
             return None
+        if not await sessions.active(db, user.id, data["s"]):
+            return None  # signed out, revoked by an operator, or expired
         return Identity(user, "cookie", data["n"])
     return None
 

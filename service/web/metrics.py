@@ -16,6 +16,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import ingest, keys
 from .auth import public
+from ..store import ingest as ingest_store
 
 if TYPE_CHECKING:
     from ..db import Database
@@ -49,6 +50,12 @@ class Metrics:
                                        "transcripts before they were stored.", registry=r)
         self.heartbeat = Gauge("agnes_ingest_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.",
                                registry=r)
+        # The agnes_ingest_* counters are this process's worker; these are read from the database at
+        # each scrape, so files that `agnes-home ingest` (another process) stored count too.
+        self.stored_files = Gauge("agnes_stored_files", "Processed transcript files in the database by origin "
+                                  "(upload, watch, cli), whichever process ingested them.", ["origin"], registry=r)
+        self.stored_bytes = Gauge("agnes_stored_bytes", "Bytes of the processed transcript files in the database "
+                                  "by origin.", ["origin"], registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self._requests.observe(method, route, status, seconds)
@@ -75,6 +82,11 @@ class Metrics:
     def bind_database(self, db: Database) -> None:
         """Reads by where they ran, read from the database's own counters at scrape time."""
         self.registry.register(_DatabaseReads(db))
+
+    def set_stored(self, by_origin: dict[str, tuple[int, int]]) -> None:
+        for origin, (files, size) in by_origin.items():
+            self.stored_files.labels(origin).set(files)
+            self.stored_bytes.labels(origin).set(size)
 
     def render(self) -> bytes:
         self.version.set(ingest.USAGE_PROCESSOR_VERSION)
@@ -142,5 +154,7 @@ class _DatabaseReads(Collector):
 @public
 async def metrics_handler(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text exposition (no user data, so no credential)."""
-    body = request.app[keys.METRICS].render()
+    metrics = request.app[keys.METRICS]
+    metrics.set_stored(await ingest_store.stored_by_origin(request.app[keys.DB]))
+    body = metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import re
 import secrets
+import sqlite3
 import time
 from urllib.parse import quote
 
@@ -15,6 +17,7 @@ from aiohttp import web
 
 from .. import keys
 from .auth import check_csrf, identify
+from ..db import bounded_writes, is_busy
 from .errors import AppError, code_for, error_response
 from ..logs import request_id_var, user_id_var
 
@@ -146,11 +149,19 @@ async def observe_prepared(request: web.Request, response: web.StreamResponse) -
         _observe(request, response.status, started)
 
 
+# A request's write waits at most this long for another process's lock (then 503 database_busy);
+# the agnes client re-queues a push answered 5xx.
+REQUEST_WRITE_WAIT_S = 1.0
+BUSY_RETRY_AFTER_S = 5
+FULL_RETRY_AFTER_S = 60
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     """JSON {"detail", "code"} for /api; an error page for pages; tracebacks only in the log."""
     try:
-        return await handler(request)
+        with bounded_writes(REQUEST_WRITE_WAIT_S):
+            return await handler(request)
     except ConnectionResetError:
         # The client went away mid-request (a dropped upload; aiohttp's own exception for it
         # subclasses this one): nothing can be sent, and it is not a server error.
@@ -171,10 +182,28 @@ async def error_middleware(request: web.Request, handler):
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return _render_error(request, exc.status, detail, code_for(exc.status),
                              {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
-    except Exception:
+    except Exception as exc:
+        if is_busy(exc):
+            # A lock held by another process (an operator's command, a backup): the client retries.
+            logger.warning("database is locked by another process; %s %s answered 503 database_busy",
+                           request.method, request.path)
+            return _render_error(request, 503, "The database is busy; try again in a moment.", "database_busy",
+                                 {"Retry-After": str(BUSY_RETRY_AFTER_S)})
+        if _is_full(exc):
+            logger.error("no space left for %s %s (%s); answered 503 storage_full: free space under the data "
+                         "directory or the database's folder", request.method, request.path, type(exc).__name__)
+            return _render_error(request, 503, "The server is out of disk space; try again later.", "storage_full",
+                                 {"Retry-After": str(FULL_RETRY_AFTER_S)})
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return _render_error(request, 500, "Internal server error; the request id is in the logs.",
                              "internal_error", {})
+
+
+def _is_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT from a file write, or SQLite's SQLITE_FULL."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
 
 
 def _render_error(request: web.Request, status: int, detail: str, code: str,

@@ -164,11 +164,14 @@ RESPONSES: dict[str, Any] = {
                                  "another origin.", "content": _ERROR},
     "NotFound": {"description": "Nothing here for this caller.", "content": _ERROR},
     "TooLarge": {"description": "The body exceeds the limit.", "content": _ERROR},
+    "Unavailable": {"description": "`database_busy` (another process holds the database's write lock) or "
+                                   "`storage_full` (no space left): retry after `Retry-After` seconds.",
+                    "headers": {"Retry-After": {"schema": {"type": "string"}}}, "content": _ERROR},
     "UnsupportedMediaType": {"description": "The body is not JSON.", "content": _ERROR},
 }
 
 _AUTH_ERRORS = {"401": _error("Unauthorized")}
-_WRITE_ERRORS = {"401": _error("Unauthorized"), "403": _error("Forbidden")}
+_WRITE_ERRORS = {"401": _error("Unauthorized"), "403": _error("Forbidden"), "503": _error("Unavailable")}
 _RANGE = {"Content-Length": {"schema": {"type": "integer", "minimum": 0}},
           "Accept-Ranges": {"schema": {"const": "bytes"}},
           "ETag": {"schema": {"type": "string"}}}

@@ -9,8 +9,9 @@ import re
 import secrets
 import zlib
 from pathlib import Path
+from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import keys
@@ -25,6 +26,9 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
+# The client sends one part; a few more are tolerated. Each part costs a header parse whatever its
+# size, so their number is capped, not only their bytes (100k empty parts kept the loop busy 13 s).
+MAX_PARTS = 16
 
 
 def valid_file_name(name: str | None) -> bool:
@@ -129,8 +133,36 @@ class _Sink:
         self._fh.close()
 
     def abort(self) -> None:
-        self._fh.close()
-        self.path.unlink(missing_ok=True)
+        """Remove the temporary file, whatever closing it says: on a full disk close() flushes the
+        buffered tail again and raises ENOSPC again, and the file must still go."""
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+class _CappedStream:
+    """The request body as the multipart reader reads it: each read first checks the bytes received
+    so far against the body cap, so a body with no Content-Length (chunked) is refused once past it
+    even while aiohttp is still parsing (a preamble of millions of lines before the first boundary
+    is read inside one reader.next())."""
+
+    def __init__(self, stream: StreamReader, others: _OtherParts) -> None:
+        self._stream = stream
+        self._others = others
+
+    async def readline(self, *args: Any, **kwargs: Any) -> bytes:
+        self._others.check_body()
+        return await self._stream.readline(*args, **kwargs)
+
+    async def read(self, n: int = -1) -> bytes:
+        self._others.check_body()
+        return await self._stream.read(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _malformed(exc: Exception) -> AppError:
@@ -139,22 +171,44 @@ def _malformed(exc: Exception) -> AppError:
 
 class _OtherParts:
     """Parts besides 'file' (the client sends none) are read and dropped, within a small budget:
-    the size cap counts the file, so unbounded extra parts would be free bytes past it."""
+    the size cap counts the file, so unbounded extra parts would be free bytes past it. Every
+    part's headers count against the same budget, the parts are at most MAX_PARTS, and the whole
+    body (chunked ones too, which announce no length) at most the cap plus that budget."""
 
     LIMIT = MULTIPART_OVERHEAD
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, cap: int) -> None:
         self.request = request
         self.left = self.LIMIT
+        self.parts = 0
+        self.body_cap = cap + self.LIMIT
+
+    def count(self, part: BodyPartReader | MultipartReader | None) -> None:
+        """Charge a part just read to the budgets; 413 past any of them."""
+        self.check_body()
+        if part is None:
+            return
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise AppError(413, f"A multipart upload may have at most {MAX_PARTS} parts.", "payload_too_large")
+        self.left -= sum(len(k) + len(v) + 4 for k, v in part.headers.items())
+        self._check_left()
+
+    def check_body(self) -> None:
+        if self.request.content.total_bytes > self.body_cap:
+            raise AppError(413, f"Upload exceeds the {self.body_cap // (1024 * 1024)} MB limit.", "payload_too_large")
+
+    def _check_left(self) -> None:
+        if self.left < 0:
+            raise AppError(413, f"Parts other than 'file', and all part headers, are limited to {self.LIMIT} "
+                                "bytes in all.", "payload_too_large")
 
     async def skip(self, part: BodyPartReader | MultipartReader) -> None:
         if not isinstance(part, BodyPartReader):
             raise AppError(400, "Nested multipart bodies are not accepted.", "bad_multipart")
         while chunk := await read_body(self.request, part.read_chunk(CHUNK)):
             self.left -= len(chunk)
-            if self.left < 0:
-                raise AppError(413, f"Parts other than 'file' are limited to {self.LIMIT} bytes in all.",
-                               "payload_too_large")
+            self._check_left()
 
     async def expect_closing_boundary(self, reader: MultipartReader) -> None:
         """The body must end with the closing delimiter after the file: a body cut short (a dropped
@@ -162,6 +216,7 @@ class _OtherParts:
         a good transcript with a truncated one."""
         try:
             while (part := await read_body(self.request, reader.next())) is not None:
+                self.count(part)
                 await self.skip(part)
         except (ValueError, HttpProcessingError) as exc:
             raise _malformed(exc) from None
@@ -180,13 +235,17 @@ async def upload_session(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise AppError(400, "Send the transcript as multipart/form-data with a part named 'file'.",
                        "bad_content_type")
-    others = _OtherParts(request)
+    others = _OtherParts(request, cap)
     try:
         reader = await request.multipart()
+        # The reader and its part readers read through this (aiohttp keeps the stream as _content).
+        reader._content = _CappedStream(reader._content, others)  # type: ignore[assignment]
         part = await read_body(request, reader.next())
+        others.count(part)
         while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
             await others.skip(part)
             part = await read_body(request, reader.next())
+            others.count(part)
     except (ValueError, HttpProcessingError) as exc:
         raise _malformed(exc) from None
     if part is None:
@@ -206,6 +265,7 @@ async def upload_session(request: web.Request) -> web.Response:
     try:
         # Inflating, writing and the final fsync are blocking work: off the event loop.
         while chunk := await read_body(request, part.read_chunk(CHUNK)):
+            others.check_body()
             await asyncio.to_thread(sink.write, chunk)
         await others.expect_closing_boundary(reader)
         await asyncio.to_thread(sink.finish)
@@ -216,7 +276,15 @@ async def upload_session(request: web.Request) -> web.Response:
     os.replace(tmp, final)  # atomic: readers see the old file or the new one, never a mix
     request.app[keys.METRICS].redacted_tokens.inc(sink.redactor.count)
     worker = request.app.get(keys.WORKER)
-    file_id = await store.register_file(request.app[keys.DB], user.id, str(final), "upload", request.app[keys.CLOCK]())
+    try:
+        file_id = await store.register_file(request.app[keys.DB], user.id, str(final), "upload",
+                                            request.app[keys.CLOCK]())
+    except Exception:
+        # The file is in place but not in the database (a lock, a full disk): the worker's next
+        # tick registers it, so it is counted even if the client never sends it again.
+        if worker is not None:
+            worker.recheck_uploads()
+        raise
     if worker is not None:
         worker.enqueue(file_id, user_id=user.id)
     logger.info("stored upload", extra={"file": name, "bytes": sink.size, "file_id": file_id})

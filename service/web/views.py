@@ -14,7 +14,7 @@ from aiohttp import web
 from .. import keys
 from . import clients
 from .base import shows_cost
-from .auth import clear_session_cookie, origin_refusal, public, read_form, request_csrf_token, set_session_cookie
+from .auth import end_session, origin_refusal, public, read_form, request_csrf_token, set_session_cookie
 from ..store import activity as activity_store
 from ..store import clients as client_store, stats, users
 from ..timeutil import from_store, to_api
@@ -65,6 +65,17 @@ def reltime(value: str | datetime | None, now: datetime) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h ago"
     return f"{seconds // 86400}d ago"
+
+
+def day_label(day: str | None) -> str:
+    """'2025-10-03' as '3 Oct 2025' (English month abbreviations, whatever the locale); '' for None."""
+    if not day:
+        return ""
+    year, month, date = day.split("-")
+    return f"{int(date)} {_MONTHS[int(month) - 1]} {year}"
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def utc_label(value: str | datetime | None) -> str:
@@ -146,7 +157,7 @@ async def login_submit(request: web.Request) -> web.Response:
             status=401)
     user, token_id = found
     response = web.HTTPSeeOther(target)
-    set_session_cookie(request, response, user.id, token_id)
+    await set_session_cookie(request, response, user.id, token_id)
     logger.info("signed in", extra={"signed_in_user": user.id})
     raise response
 
@@ -154,13 +165,14 @@ async def login_submit(request: web.Request) -> web.Response:
 @public
 async def logout(request: web.Request) -> web.Response:
     """Signing out always works: from a page whose session has died (a revoked token) or whose
-    CSRF token went stale (signed out and in again elsewhere). It only clears this browser's
-    cookie, so it needs no credential or CSRF token; another site still cannot post it."""
+    CSRF token went stale (signed out and in again elsewhere). It ends the sign-in the cookie
+    names and clears the cookie, so it needs no credential or CSRF token (ending one's own
+    sign-in is all it can do); another site still cannot post it."""
     refused = origin_refusal(request, opaque_ok=False)
     if refused is not None:
         raise refused
     response = web.HTTPSeeOther("/login")
-    clear_session_cookie(response)
+    await end_session(request, response)
     raise response
 
 
@@ -181,6 +193,9 @@ async def home(request: web.Request) -> web.Response:
         if show_frame else None
     pull_errors = clients.pull_errors(await client_store.last_pull(app[keys.DB], user.id),
                                       frame.last_pull_at) if frame is not None and frame.last_pull_at else 0
+    # An empty window says when the analyst was last active (or that nothing arrived yet), rather
+    # than five bare zeros; read for any window, since the toggle can land on an empty one.
+    last_active = await stats.last_active_day(app[keys.DB], user.id) if show_frame else None
     context = {
         "user": user,
         "csrf_token": request_csrf_token(request),
@@ -191,6 +206,7 @@ async def home(request: web.Request) -> web.Response:
         "show_automode": settings.show_automode,
         "stats": frame,
         "pull_errors": pull_errors,
+        "last_active": day_label(last_active),
         "window": window,
         "windows": WINDOW_LABELS,
         "now": now,
