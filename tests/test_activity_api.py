@@ -147,3 +147,16 @@ async def test_home_cards_show_the_change_against_the_previous_period_and_a_tren
     assert f"≈ ${ctx.cost_usd:,.2f} estimated" in page
     week = await (await get(client, "/home?window=7d", carol)).text()
     assert "new against the previous 7d" in week  # nothing in the week before
+
+
+async def test_the_kept_activity_page_changes_as_soon_as_new_data_arrives(client, tmp_path):
+    carol = await seed(client)
+    first = await (await get(client, "/activity?range=7d", carol)).text()
+    assert first == await (await get(client, "/activity?range=7d", carol)).text()  # kept: the same page
+    assert ">12<" in first  # prompts
+    extra = tmp_path / "more.jsonl"
+    extra.write_text('{"type":"user","uuid":"late-1","sessionId":"late","timestamp":"2026-11-21T11:00:00Z",'
+                     '"cwd":"/home/carol/work/late","message":{"role":"user","content":"One more."}}\n')
+    await ingest_files(client.app[keys.DB], carol.user.id, [str(extra)])
+    second = await (await get(client, "/activity?range=7d", carol)).text()
+    assert ">13<" in second and "late" in second

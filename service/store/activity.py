@@ -165,8 +165,15 @@ async def session_detail(db: Database, user_id: int, session_id: str, prices: Pr
 
 
 async def stored_zone(db: Database, user_id: int) -> str | None:
-    """The analyst's remembered time zone (an IANA name), or None when none was stored."""
-    return await db.fetchval("SELECT tz FROM users WHERE id = ?", (user_id,))
+    """The analyst's remembered time zone (an IANA name), or None when none was stored; kept while
+    the database is unchanged."""
+    version = db.snapshot()
+    kept = db.cached(version, ("tz", user_id))
+    if kept is not None:
+        return kept or None
+    zone = await db.fetchval("SELECT tz FROM users WHERE id = ?", (user_id,))
+    db.cache(version, ("tz", user_id), zone or "")
+    return zone
 
 
 async def remember_zone(db: Database, user_id: int, zone_name: str) -> None:

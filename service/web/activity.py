@@ -266,14 +266,19 @@ async def activity_page(request: web.Request) -> web.Response:
     """/activity: the same sign-in and gates as /home; without them, a pointer to /home's setup."""
     user = request[keys.USER]
     context: dict[str, Any] = {"user": user, "csrf_token": request_csrf_token(request), "gated": _gated(request, user),
-                               "ranges": RANGE_LABELS, "operator_view": None}
+                               "ranges": RANGE_LABELS, "operator_view": None, "body_key": None}
     if context["gated"]:
         result, cost = await _activity(request)
         page, _, zone, sort = await _sessions(request, PAGE_SIZE)
         stored = await store.stored_zone(request.app[keys.DB], user.id)
-        context.update(a=result, cost=cost, charts=_charts(result, cost), page=page, sort=sort, zone=zone,
-                       zone_stored=stored, range=result.range, sorts=_SORTS,
-                       cursor=request.query.get("cursor") or "0")
+        cursor = request.query.get("cursor") or "0"
+        # One rendering of the body per set of numbers: the store's answers are kept while the
+        # database is unchanged (the snapshot's version), and the key names all else the body reads.
+        version = request.app[keys.DB].snapshot()
+        body_key = None if version is None else (
+            "activity", user.id, version, result.range, zone, result.days[0].date, sort, cursor, cost, stored or "")
+        context.update(a=result, cost=cost, charts=lambda: _charts(result, cost), page=page, sort=sort, zone=zone,
+                       zone_stored=stored, range=result.range, sorts=_SORTS, cursor=cursor, body_key=body_key)
     return aiohttp_jinja2.render_template("activity.html", request, context)
 
 
