@@ -19,7 +19,6 @@ from .db import Database
 from .ingest.worker import IngestWorker
 from .migrations import migrate
 from .timeutil import Clock
-from .web.activity import activity_filters
 from .web.auth import load_secret, make_signer
 from .web.clients import ClientTracker
 from .web.fragments import FragmentCache
@@ -28,7 +27,7 @@ from .web.middlewares import InFlight, auth_middleware, error_middleware, observ
 from .web.routes import setup_routes
 from .web.sync import load_memory
 from .web.upload import remove_stale_uploads
-from .web.views import template_filters
+from .web.filters import template_filters
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,6 @@ def setup_templates(app: web.Application) -> None:
     # aiohttp hashes the file on every url_for call; assets only change with a deploy, so once is enough.
     env.globals["static"] = functools.cache(lambda path: str(app.router["static"].url_for(filename=path)))
     env.filters.update(template_filters())
-    env.filters.update(activity_filters())
 
 
 def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:

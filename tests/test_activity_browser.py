@@ -11,7 +11,7 @@ from service import keys
 from service.app import create_app
 from service.store import activity as activity_store
 from tests.conftest import ROOT, make_caller
-from tests.test_browser import browser, require_browser, sign_in  # noqa: F401 (fixture)
+from tests.test_browser import browser, require_browser, sign_in  # noqa: F401,F811 (browser is a fixture)
 from tests.test_ingest import NOW, ingest_files, sample_files
 
 DOCS = ROOT / "docs"

@@ -16,7 +16,7 @@ import pytest
 from service import keys
 from service.app import create_app
 from service.store import users
-from service.web.views import abbreviate, exact_note, grouped, reltime
+from service.web.filters import abbreviate, exact_note, grouped, reltime
 from tests.conftest import ROOT, make_caller
 from tests.test_home_page import ABBREVIATIONS, RELATIVE
 from tests.test_ingest import EXPECTED, NOW, ingest_files, sample_files

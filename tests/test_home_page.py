@@ -12,7 +12,7 @@ from service import keys
 from service.app import create_app
 from service.config import load_settings
 from service.store import stats, users
-from service.web.views import abbreviate, grouped, reltime, utc_label
+from service.web.filters import abbreviate, grouped, reltime, utc_label
 from tests.conftest import make_caller
 from tests.test_ingest import NOW, ingest_files, sample_files
 

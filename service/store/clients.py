@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 
 from ..db import Database
-from ..timeutil import to_api, to_store
+from ..timeutil import from_store, to_api, to_store
 
 
 class ClientSeen(msgspec.Struct):
@@ -57,3 +57,12 @@ async def last_pull(db: Database, user_id: int) -> LastPull | None:
     row = await db.fetchone("SELECT finished_at, errors, duration_ms FROM pull_outcomes WHERE user_id = ?",
                             (user_id,))
     return LastPull(to_api(row["finished_at"]), row["errors"], row["duration_ms"]) if row is not None else None
+
+
+def pull_errors(last_pull: LastPull | None, last_pull_at: str | None) -> int:
+    """Errors of the last pull when its confirm belongs to the Last sync shown (it came at or after the
+    manifest stamp; a later pull by a client that sends no confirm makes it stale), else 0."""
+    if last_pull is None or not last_pull.errors or last_pull_at is None:
+        return 0
+    finished, stamped = from_store(last_pull.finished_at), from_store(last_pull_at)
+    return last_pull.errors if finished is not None and stamped is not None and finished >= stamped else 0

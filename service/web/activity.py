@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp_jinja2
 import msgspec
 from aiohttp import web
 
 from .. import keys
-from ..activity import SESSION_SORTS, Activity, SessionRow, sort_sessions
+from ..activity import Activity, SessionRow, sort_sessions
 from ..days import DEFAULT_ZONE, RANGES, parse_zone
 from ..store import activity as store
 from ..store.users import User
+from ..timeutil import to_api
 from . import base
-from ..timeutil import from_store, to_api
-from .api import decode_json_body, json
 from .auth import request_csrf_token
+from .base import decode_json_body, json
 from .charts import bar_chart
 from .errors import AppError
-from .views import abbreviate, grouped
+from .filters import duration, grouped, usd
 
 DEFAULT_RANGE = "30d"
 RANGE_LABELS = {"7d": "Last 7 days", "30d": "Last 30 days", "90d": "Last 90 days"}
@@ -192,48 +192,6 @@ async def set_zone(request: web.Request) -> web.Response:
 
 
 # --- Pages.
-
-
-def usd(value: float | None) -> str:
-    """$12.34; under a cent "<$0.01"; unknown "—"."""
-    if value is None:
-        return "—"
-    if 0 < value < 0.005:
-        return "<$0.01"
-    return f"${value:,.2f}"
-
-
-def duration(seconds: float | None) -> str:
-    """3h 05m, 12m, 40s."""
-    s = int(seconds or 0)
-    if s < 60:
-        return f"{s}s"
-    hours, minutes = divmod(s // 60, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
-
-
-def session_span(row: SessionRow) -> str:
-    """From a session's first to its last activity."""
-    return duration(SESSION_SORTS["duration"](row))
-
-
-def local_time(value: str | None, zone: str) -> str:
-    """An ISO UTC moment as the analyst's wall clock: 2026-11-21 10:00."""
-    when = from_store(value)
-    return when.astimezone(parse_zone(zone)).strftime("%Y-%m-%d %H:%M") if when else "—"
-
-
-def project_name(path: str | None) -> str:
-    """A project directory by its last part (the whole path is in the cell's title)."""
-    if not path:
-        return "(unknown)"
-    return path.rstrip("/").rsplit("/", 1)[-1] or path
-
-
-def activity_filters() -> dict[str, Callable[..., Any]]:
-    return {"usd": usd, "duration": duration, "session_span": session_span, "local_time": local_time,
-            "project_name": project_name}
-
 
 def _charts(result: Activity, cost: bool) -> list:
     dates = [d.date for d in result.days]

@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 
 from .. import keys
-from .api import decode_json_body, json
+from .base import decode_json_body, json
 from .errors import AppError
 from ..store import ingest as ingest_store
 from ..store import users

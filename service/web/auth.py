@@ -19,7 +19,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from .. import keys
 from ..config import Settings
-from .api import read_body
+from .base import read_body
 from .errors import AppError
 from ..store import sessions, users
 from ..store.users import User

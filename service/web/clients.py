@@ -17,10 +17,9 @@ import msgspec
 from aiohttp import web
 
 from .. import keys
-from .api import decode_json_body, json
+from .base import decode_json_body, json
 from .errors import AppError
 from ..store import clients as store
-from ..timeutil import from_store
 
 if TYPE_CHECKING:
     from .auth import Identity
@@ -102,10 +101,3 @@ async def pull_confirm(request: web.Request) -> web.Response:
     return json({"status": "ok", "recorded": recorded})
 
 
-def pull_errors(last_pull: store.LastPull | None, last_pull_at: str | None) -> int:
-    """Errors of the last pull when its confirm belongs to the Last sync shown (it came at or after the
-    manifest stamp; a later pull by a client that sends no confirm makes it stale), else 0."""
-    if last_pull is None or not last_pull.errors or last_pull_at is None:
-        return 0
-    finished, stamped = from_store(last_pull.finished_at), from_store(last_pull_at)
-    return last_pull.errors if finished is not None and stamped is not None and finished >= stamped else 0

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from .. import keys
-from .api import decode_json_body, json
+from .base import decode_json_body, json
 from .auth import CSRF_FIELD, read_form
 from .errors import AppError
 from ..store import users

@@ -19,13 +19,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .. import keys
-from .api import decode_json_body, json
+from .base import decode_json_body, json
 from .auth import public
 from .errors import AppError
 from ..redact import redact_text
 from ..store import tables, users
 from ..timeutil import to_api, utcnow
-from .views import server_url
+from .base import server_url
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import keys
-from .api import json, read_body
+from .base import json, read_body
 from .errors import AppError
 from ..redact import TokenRedactor
 from ..store import ingest as store
