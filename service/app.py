@@ -80,6 +80,8 @@ def setup_templates(app: web.Application) -> None:
     # aiohttp hashes the file on every url_for call; assets only change with a deploy, so once is enough.
     env.globals["static"] = functools.cache(lambda path: str(app.router["static"].url_for(filename=path)))
     env.filters.update(template_filters())
+    # URLs of named routes (web/routes.py): url("session", session_id=...) -> /activity/sessions/...
+    env.globals["url"] = lambda name, **parts: str(app.router[name].url_for(**{k: str(v) for k, v in parts.items()}))
 
 
 def create_app(settings: Settings, *, extra_ctx: tuple = ()) -> web.Application:

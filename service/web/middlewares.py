@@ -10,7 +10,6 @@ import re
 import secrets
 import sqlite3
 import time
-from urllib.parse import quote
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -230,9 +229,9 @@ async def auth_middleware(request: web.Request, handler):
     if identity is None:
         if not is_api(request) and "Authorization" not in request.headers and request.method in ("GET", "HEAD"):
             target = request.path_qs
-            raise web.HTTPFound(f"/login?next={quote(target, safe='/')}")
+            raise web.HTTPFound(request.app.router["login"].url_for().with_query(next=target))
         if is_browser_form(request):
-            raise web.HTTPSeeOther("/login?next=/home")
+            raise web.HTTPSeeOther(request.app.router["login"].url_for().with_query(next="/home"))
         raise AppError(401, "Missing or invalid credentials: send 'Authorization: Bearer <token>' or sign in.",
                        "unauthorized", {"WWW-Authenticate": 'Bearer realm="agnes"'})
     refused = await check_csrf(request, identity)

@@ -76,5 +76,5 @@ async def onboarded(request: web.Request) -> web.StreamResponse:
         raise AppError(404, "Your user account no longer exists.", "user_not_found")
     logger.info("onboarded=%s source=%s", body.onboarded, body.source)
     if is_form:
-        raise web.HTTPSeeOther("/home")
+        raise web.HTTPSeeOther(request.app.router["home"].url_for())
     return json(OnboardedResult("ok", body.onboarded))

@@ -35,7 +35,7 @@ def _safe_next(value: str | None) -> str:
 
 @public
 async def index(request: web.Request) -> web.Response:
-    raise web.HTTPFound("/home")
+    raise web.HTTPFound(request.app.router["home"].url_for())
 
 
 @public
@@ -76,7 +76,7 @@ async def logout(request: web.Request) -> web.Response:
     refused = origin_refusal(request, opaque_ok=False)
     if refused is not None:
         raise refused
-    response = web.HTTPSeeOther("/login")
+    response = web.HTTPSeeOther(request.app.router["login"].url_for())
     await end_session(request, response)
     raise response
 
