@@ -13,7 +13,7 @@ import sqlite3
 import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 
 import aiosqlite
 
@@ -113,6 +113,7 @@ class Database:
         self._cache_version: int | None = None
         self._snapshot_held = False
         self.cache_hits = 0
+        self._flights: dict[Any, asyncio.Task] = {}
 
     async def open(self) -> None:
         # data_version counts per connection: a reopened database's numbers start over.
@@ -195,6 +196,32 @@ class Database:
         if value is not None:
             self.cache_hits += 1
         return value
+
+    async def cached_read(self, key: Any, read: Callable[[], Awaitable[Any]]) -> Any:
+        """``read()``'s answer, kept under ``key`` while the database is unchanged (snapshot()).
+
+        Requests that ask for the same key while it is being read wait for that one read instead of
+        each starting their own: after a commit empties the cache, thirty-two requests for a heavy
+        answer cost one read, not thirty-two. The read runs as its own task, so a client that hangs
+        up does not cancel it for the others. With the cache off, every call reads.
+        """
+        version = self.snapshot()
+        kept = self.cached(version, key)
+        if kept is not None:
+            return kept
+        if version is None:
+            return await read()
+        flight = (version, key)
+        task = self._flights.get(flight)
+        if task is None:
+            task = self._flights[flight] = asyncio.ensure_future(read())
+
+            def landed(done: asyncio.Task) -> None:
+                self._flights.pop(flight, None)
+                if not done.cancelled() and done.exception() is None:
+                    self.cache(version, key, done.result())
+            task.add_done_callback(landed)
+        return await asyncio.shield(task)
 
     def cache(self, version: int | None, key: Any, value: Any) -> None:
         """Keep an answer read under ``version`` (from snapshot(), taken before the read)."""

@@ -86,3 +86,22 @@ async def test_a_write_cancelled_while_beginning_leaves_no_transaction_behind(da
     assert not database.writer.in_transaction
     await database.execute_write("INSERT INTO t (k, v) VALUES (2, 'later')")
     assert [tuple(r) for r in await database.fetchall("SELECT k, v FROM t")] == [(2, "later")]
+
+
+async def test_concurrent_reads_of_one_key_share_one_read_and_a_hung_up_caller_does_not_stop_it(db):
+    calls = 0
+
+    async def read():
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return {"answer": calls}
+
+    first = asyncio.ensure_future(db.cached_read(("k",), read))
+    await asyncio.sleep(0)
+    first.cancel()  # the client that started the read hangs up
+    answers = await asyncio.gather(*(db.cached_read(("k",), read) for _ in range(10)))
+    assert calls == 1 and answers == [{"answer": 1}] * 10
+    assert await db.cached_read(("k",), read) == {"answer": 1}  # kept afterwards, while nothing changed
+    await db.execute_write("CREATE TABLE moved (x INTEGER)")  # a commit: the next call reads again
+    assert await db.cached_read(("k",), read) == {"answer": 2}

@@ -44,18 +44,14 @@ async def activity(db: Database, user_id: int, range_name: str, zone_name: str |
     """
     zone = parse_zone(zone_name)
     bounds = day_starts(now, RANGES[range_name], zone)
-    # Kept while the database is unchanged and the days are the same (Database.snapshot): callers
-    # must not change what they get.
-    version = db.snapshot()
-    key = ("activity", user_id, range_name, str(zone), bounds[0], prices.version)
-    kept = db.cached(version, key)
-    if kept is not None:
-        return kept
-    messages, prompts, projects = await _rows(db, user_id, to_store(bounds[0]), to_store(bounds[-1]))
-    dates = [b.astimezone(zone).date().isoformat() for b in bounds[:-1]]
-    result = summarise(range_name, str(zone), bounds, messages, prompts, projects, prices, dates)
-    db.cache(version, key, result)
-    return result
+
+    async def read() -> Activity:
+        messages, prompts, projects = await _rows(db, user_id, to_store(bounds[0]), to_store(bounds[-1]))
+        dates = [b.astimezone(zone).date().isoformat() for b in bounds[:-1]]
+        return summarise(range_name, str(zone), bounds, messages, prompts, projects, prices, dates)
+
+    # Kept while the database is unchanged and the days are the same: callers must not change it.
+    return await db.cached_read(("activity", user_id, range_name, str(zone), bounds[0], prices.version), read)
 
 
 _SESSION_LASTS_SQL = """
@@ -90,18 +86,15 @@ async def sessions(db: Database, user_id: int, range_name: str, zone_name: str |
     sums equal the range's totals), unsorted; kept as activity() is (callers must not change it)."""
     zone = parse_zone(zone_name)
     bounds = day_starts(now, RANGES[range_name], zone)
-    version = db.snapshot()
-    key = ("sessions", user_id, range_name, str(zone), bounds[0], prices.version)
-    kept = db.cached(version, key)
-    if kept is not None:
-        return kept
     since, until = to_store(bounds[0]), to_store(bounds[-1])
-    messages, prompts, projects = await _rows(db, user_id, since, until)
-    session_ids = sorted({m.session_id for m in messages} | {p.session_id for p in prompts})
-    events = await _events(db, user_id, session_ids, since, until)
-    rows = session_rows(messages, prompts, events, projects, prices, to_api)
-    db.cache(version, key, rows)
-    return rows
+
+    async def read() -> list[SessionRow]:
+        messages, prompts, projects = await _rows(db, user_id, since, until)
+        session_ids = sorted({m.session_id for m in messages} | {p.session_id for p in prompts})
+        events = await _events(db, user_id, session_ids, since, until)
+        return session_rows(messages, prompts, events, projects, prices, to_api)
+
+    return await db.cached_read(("sessions", user_id, range_name, str(zone), bounds[0], prices.version), read)
 
 
 class ToolUse(msgspec.Struct):
@@ -167,13 +160,10 @@ async def session_detail(db: Database, user_id: int, session_id: str, prices: Pr
 async def stored_zone(db: Database, user_id: int) -> str | None:
     """The analyst's remembered time zone (an IANA name), or None when none was stored; kept while
     the database is unchanged."""
-    version = db.snapshot()
-    kept = db.cached(version, ("tz", user_id))
-    if kept is not None:
-        return kept or None
-    zone = await db.fetchval("SELECT tz FROM users WHERE id = ?", (user_id,))
-    db.cache(version, ("tz", user_id), zone or "")
-    return zone
+    async def read() -> str:
+        return await db.fetchval("SELECT tz FROM users WHERE id = ?", (user_id,)) or ""
+
+    return await db.cached_read(("tz", user_id), read) or None
 
 
 async def remember_zone(db: Database, user_id: int, zone_name: str) -> None:
@@ -219,13 +209,14 @@ _CONTEXT_PROMPTS_SQL = "SELECT ts, session_id FROM user_prompts WHERE user_id = 
 async def frame_context(db: Database, user_id: int, window: str, now: datetime, prices: PriceTable) -> FrameContext:
     """Buckets are the window's hours (24h) or days (7d) ending at ``now``, as the frame's windows
     are rolling; the previous period is the same length before the window. Kept for the minute."""
+    key = ("frame_context", user_id, window, now.replace(second=0, microsecond=0), prices.version)
+    return await db.cached_read(key, lambda: _frame_context(db, user_id, window, now, prices))
+
+
+async def _frame_context(db: Database, user_id: int, window: str, now: datetime, prices: PriceTable
+                         ) -> FrameContext:
     buckets, width = _TREND[window]
     start = now - 2 * buckets * width
-    version = db.snapshot()
-    key = ("frame_context", user_id, window, now.replace(second=0, microsecond=0), prices.version)
-    kept = db.cached(version, key)
-    if kept is not None:
-        return kept
     since = to_store(start)
     sessions: list[set[str]] = [set() for _ in range(2 * buckets)]
     prompts = [0] * (2 * buckets)
@@ -264,6 +255,4 @@ async def frame_context(db: Database, user_id: int, window: str, now: datetime, 
                       len({projects[s] for s in before if projects.get(s)}))
     trend = Trend(tuple(len(s) for s in sessions[buckets:]), tuple(prompts[buckets:]), tuple(tokens[buckets:]),
                   tuple(len({projects[s] for s in b if projects.get(s)}) for b in sessions[buckets:]))
-    result = FrameContext(previous, trend, round(cost, 6) if priced else (None if unpriced else 0.0), unpriced)
-    db.cache(version, key, result)
-    return result
+    return FrameContext(previous, trend, round(cost, 6) if priced else (None if unpriced else 0.0), unpriced)
