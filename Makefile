@@ -56,3 +56,4 @@ bench: install
 		echo "ccusage not installed: that comparison will be reported as blocked" >&2
 	$(BIN)/python bench/ingest_bench.py $(BENCH_ARGS) --ccusage /tmp/ccusage
 	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/activity_bench.py --reuse
