@@ -3,30 +3,18 @@ the numbers equal the API's, and screenshots (wide, narrow, dark) for docs/ and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from service import keys
-from service.app import create_app
 from service.store import activity as activity_store
-from tests.conftest import ROOT, make_caller
-from tests.test_browser import browser, require_browser, sign_in  # noqa: F401,F811 (browser is a fixture)
-from tests.test_ingest import NOW, ingest_files, sample_files
+from tests.conftest import ROOT
+from tests.test_browser import browser, sample_site, sign_in  # noqa: F401 (browser is a fixture)
 
 DOCS = ROOT / "docs"
 
 
 @pytest.fixture
 async def carol_site(aiohttp_server, settings):
-    app = create_app(settings)
-    server = await aiohttp_server(app)
-    app[keys.CLOCK].fixed = NOW
-    db = app[keys.DB]
-    carol = await make_caller(db, "carol@example.com", name="Carol")
-    report = await ingest_files(db, carol.user.id, sample_files("carol"))
-    assert report.failed == 0, report.errors
-    return server, carol, db
+    return await sample_site(aiohttp_server, settings, "carol")
 
 
 async def open_activity(browser, base: str, token: str, **context_options):
@@ -110,5 +98,3 @@ def test_screenshots_are_committed_where_the_readme_shows_them():
         assert f"docs/{name}" in readme, name
         assert (DOCS / name).is_file() or pytest.skip("screenshots are written by the browser test")
 
-
-_ = (Path, require_browser)

@@ -51,16 +51,22 @@ async def browser():
             await chromium.close()
 
 
-@pytest.fixture
-async def site(aiohttp_server, settings):
-    """A real server on a socket, the samples ingested for alice, her last pull 3 minutes before now."""
+async def sample_site(aiohttp_server, settings, name: str):
+    """A real server on a socket, one analyst's samples ingested, its clock at NOW: (server, caller, db)."""
     app = create_app(settings)
     server = await aiohttp_server(app)
     app[keys.CLOCK].fixed = NOW
     db = app[keys.DB]
-    alice = await make_caller(db, "alice@example.com", name="Alice")
-    report = await ingest_files(db, alice.user.id, sample_files("alice"))
+    caller = await make_caller(db, f"{name}@example.com", name=name.title())
+    report = await ingest_files(db, caller.user.id, sample_files(name))
     assert report.failed == 0, report.errors
+    return server, caller, db
+
+
+@pytest.fixture
+async def site(aiohttp_server, settings):
+    """alice's samples, her last pull 3 minutes before now."""
+    server, alice, db = await sample_site(aiohttp_server, settings, "alice")
     await users.stamp_pull(db, alice.user.id, NOW - timedelta(minutes=3))
     return server, alice
 
