@@ -38,17 +38,15 @@ async def start(db: Database, user_id: int, token_id: int | None, max_age: int) 
 async def active(db: Database, user_id: int, secret: str) -> bool:
     """Whether the sign-in named by ``secret`` belongs to the user and is neither ended nor expired,
     nor made with a token since revoked. Cached while the database is unchanged (a sign-out is a commit)."""
-    version = db.snapshot()
     digest = _hash(secret)
-    key = ("browser_session", digest)
-    row = db.cached(version, key)
-    if row is None:
+
+    async def read() -> tuple[int | None, str, bool]:
         found = await db.fetchone(
             "SELECT s.user_id, s.expires_at, s.ended_at IS NULL AND (t.id IS NULL OR t.revoked_at IS NULL) AS live "
             "FROM browser_sessions s LEFT JOIN api_tokens t ON t.id = s.token_id WHERE s.secret_hash = ?", (digest,))
-        row = (found["user_id"], found["expires_at"], bool(found["live"])) if found else (None, "", False)
-        db.cache(version, key, row)
-    owner, expires_at, live = row
+        return (found["user_id"], found["expires_at"], bool(found["live"])) if found else (None, "", False)
+
+    owner, expires_at, live = await db.cached_read(("browser_session", digest), read)
     return live and owner == user_id and to_store(utcnow()) < expires_at
 
 

@@ -93,14 +93,10 @@ async def add_user(db: Database, email: str, name: str = "", onboarded: bool = F
 
 async def get_user(db: Database, user_id: int) -> User | None:
     """The user with this id (cached while the database is unchanged: every signed-in page asks)."""
-    version = db.snapshot()
-    key = ("user", user_id)
-    user = db.cached(version, key)
-    if user is None:
-        user = _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)))
-        if user is not None:
-            db.cache(version, key, user)
-    return user
+    async def read() -> User | None:
+        return _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)))
+
+    return await db.cached_read(("user", user_id), read)
 
 
 async def get_user_by_email(db: Database, email: str) -> User | None:
@@ -230,13 +226,10 @@ async def authenticate(db: Database, token: str) -> tuple[User, int] | None:
 
 async def token_active(db: Database, token_id: int) -> bool:
     """Whether the token exists and is not revoked (cached like get_user)."""
-    version = db.snapshot()
-    key = ("token_active", token_id)
-    active = db.cached(version, key)
-    if active is None:
-        active = await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = ?", (token_id,)) == 1
-        db.cache(version, key, active)
-    return active
+    async def read() -> bool:
+        return await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = ?", (token_id,)) == 1
+
+    return await db.cached_read(("token_active", token_id), read)
 
 
 async def set_onboarded(db: Database, user_id: int, onboarded: bool, source: str) -> bool:
