@@ -85,6 +85,7 @@ class PriceTable:
 
     version: str
     overrides: dict[str, ModelPrices] = field(default_factory=dict)
+    _thresholds: tuple[int, ...] | None = None
 
     def prices(self, model: str | None, at: datetime) -> ModelPrices | None:
         """None: no known price (another provider's model, or one the table does not list)."""
@@ -107,12 +108,34 @@ class PriceTable:
         ``cache_creation`` (all of it without a split) at the 5-minute price. ``cache_5m`` is only
         the split's own figure: the flat field stays the token count, as everywhere else.
         """
+        one_hour = min(cache_1h, cache_creation)
+        return self.group_cost(model, at, speed == _FAST, input_tokens + cache_read + cache_creation,
+                               input_tokens, output_tokens, cache_read, cache_creation - one_hour, one_hour)
+
+    def thresholds(self) -> tuple[int, ...]:
+        """Every prompt size above which some model is priced higher, ascending: messages on the same
+        side of each can be priced from their sums (group_cost)."""
+        if self._thresholds is None:
+            from genai_prices import data_snapshot
+            from genai_prices.data_snapshot import find_provider_by_id
+
+            found = {t.above for p in self.overrides.values() for t in p.tiers}
+            provider = find_provider_by_id(data_snapshot.get_snapshot().providers, "anthropic")
+            for info in provider.models if provider is not None else ():
+                for moment in _moments(info):
+                    found |= {t.above for t in _library_prices(info.id, moment)[1].tiers}
+            self._thresholds = tuple(sorted(found))
+        return self._thresholds
+
+    def group_cost(self, model: str | None, at: datetime, fast: bool, prompt_tokens: int, input_tokens: int,
+                   output_tokens: int, cache_read: int, five_min: int, one_hour: int) -> MessageCost | None:
+        """The cost of messages that share a model, a speed and a price tier (``prompt_tokens``: one of
+        their requests' prompt size), from their summed counters: prices are per token, so the sum of
+        the messages' costs. None when the model has no known price."""
         prices = self.prices(model, at)
         if prices is None:
             return None
-        one_hour = min(cache_1h, cache_creation)
-        five_min = cache_creation - one_hour
-        rates, fast = prices.rates(input_tokens + cache_read + cache_creation, speed == _FAST)
+        rates, fast = prices.rates(prompt_tokens, fast)
         usd = (input_tokens * rates.input + output_tokens * rates.output + cache_read * rates.cache_read
                + five_min * rates.cache_write_5m + one_hour * rates.cache_write_1h) / _PER_MTOK
         return MessageCost(usd, fast)
@@ -153,6 +176,16 @@ def _from_library(price: Any) -> ModelPrices:
 
     # genai-prices' tier "start" is the first prompt size priced higher: "above 200,000" is start 200,000.
     return ModelPrices(at(None), tuple(_Tier(t, at(t)) for t in thresholds))
+
+
+def _moments(info: Any) -> list[date]:
+    """A day in each price period of a model (its prices' start dates, and today)."""
+    days = {datetime.now().date()}
+    for conditional in info.prices if isinstance(info.prices, list) else ():
+        start = getattr(conditional.constraint, "start_date", None)
+        if isinstance(start, date):
+            days.add(start)
+    return sorted(days)
 
 
 @lru_cache(maxsize=4096)

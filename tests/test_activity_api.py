@@ -13,6 +13,7 @@ from service import keys
 from service.app import create_app
 from service.config import load_settings
 from service.store.activity import frame_context
+from service.timeutil import from_store
 from tests.conftest import NOW, ingest_files, make_caller, sample_files
 
 SESSION = "4b9e2f70-1c3a-4d5e-8f60-7a1b2c3d4e5f"
@@ -160,3 +161,14 @@ async def test_the_kept_activity_page_changes_as_soon_as_new_data_arrives(client
     await ingest_files(client.app[keys.DB], carol.user.id, [str(extra)])
     second = await (await get(client, "/activity?range=7d", carol)).text()
     assert ">13<" in second and "late" in second
+
+
+async def test_the_cards_cost_is_the_sum_of_the_windows_messages_priced_one_by_one(client):
+    carol = await seed(client)
+    db, prices = client.app[keys.DB], client.app[keys.PRICES]
+    ctx = await frame_context(db, carol.user.id, "7d", NOW, prices)
+    rows = await db.fetchall("SELECT model, ts, speed, input_tokens, output_tokens, cache_read_tokens, "
+                             "cache_creation_tokens, cache_5m_tokens, cache_1h_tokens FROM user_messages "
+                             "WHERE user_id = ? AND ts >= '2026-11-14T12:00:00.000000Z'", (carol.user.id,))
+    one_by_one = sum(prices.message_cost(r[0], from_store(r[1]), *tuple(r)[2:]).usd for r in rows)
+    assert len(rows) == 17 and ctx.cost_usd == pytest.approx(one_by_one, abs=1e-6)

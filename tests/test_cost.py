@@ -94,3 +94,25 @@ def test_a_price_file_with_an_unknown_key_is_refused_naming_it(tmp_path):
     path.write_text("models:\n  x:\n    input: 1\n    output: 1\n    cache_read: 1\n    cache_write: 1\n    extra: 2\n")
     with pytest.raises(ValueError, match="extra"):
         load_price_table(str(path))
+
+
+def test_the_table_knows_every_prompt_size_where_a_price_turns(table):
+    """Summed reads (the /home cards' cost) group messages by these thresholds: each must be listed."""
+    from genai_prices import data_snapshot
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    provider = find_provider_by_id(data_snapshot.get_snapshot().providers, "anthropic")
+    seen = set()
+    for model in provider.models:
+        prices = table.prices(model.id, AT)
+        if prices is not None:
+            seen |= {tier.above for tier in prices.tiers}
+    assert 200_000 in seen and seen <= set(table.thresholds())
+    assert list(table.thresholds()) == sorted(table.thresholds())
+
+
+def test_a_group_of_messages_costs_the_sum_of_their_costs(table):
+    one = table.message_cost(OPUS, AT, None, 6, 150, 12000, 4000, 1000, 3000).usd
+    two = table.message_cost(OPUS, AT, None, 8, 400, 16000, 600, 600, 0).usd
+    group = table.group_cost(OPUS, AT, False, 0, 14, 550, 28000, 1600, 3000).usd
+    assert group == pytest.approx(one + two, rel=1e-12)

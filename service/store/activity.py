@@ -198,12 +198,37 @@ class FrameContext(msgspec.Struct, frozen=True):  # frozen and hashable: it keys
 
 
 _TREND = {"24h": (24, timedelta(hours=1)), "7d": (7, timedelta(days=1))}
-_CONTEXT_MESSAGES_SQL = """
-SELECT ts, session_id, model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,
-       cache_5m_tokens, cache_1h_tokens
-FROM user_messages WHERE user_id = ? AND ts >= ?
+# Bucket b of [start, now): the window's buckets are n..2n-1, the previous period's 0..n-1; the split
+# between the two periods is the exact text comparison with :since (julianday only places the bucket).
+_BUCKET = """CASE WHEN ts < :since THEN MIN(b, :n - 1) ELSE MAX(MIN(b, 2 * :n - 1), :n) END"""
+_CONTEXT_MESSAGES_SQL = f"""
+SELECT {_BUCKET} AS bucket, session_id, TOTAL(tokens) FROM (
+    SELECT ts, session_id, input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens AS tokens,
+           CAST((julianday(ts) - julianday(:start)) * :per_day AS INTEGER) AS b
+    FROM user_messages WHERE user_id = :user AND ts >= :start)
+GROUP BY bucket, session_id
 """
-_CONTEXT_PROMPTS_SQL = "SELECT ts, session_id FROM user_prompts WHERE user_id = ? AND ts >= ?"
+_CONTEXT_PROMPTS_SQL = f"""
+SELECT {_BUCKET} AS bucket, session_id, COUNT(*) FROM (
+    SELECT ts, session_id, CAST((julianday(ts) - julianday(:start)) * :per_day AS INTEGER) AS b
+    FROM user_prompts WHERE user_id = :user AND ts >= :start)
+GROUP BY bucket, session_id
+"""
+
+
+def _cost_sql(thresholds: tuple[int, ...]) -> str:
+    """The window's messages summed per model, speed and price tier (how many of the price table's
+    thresholds their prompt passes): prices are per token, so each group is priced from its sums."""
+    tier = " + ".join(["0"] + [f"(prompt > {int(t)})" for t in thresholds])
+    return f"""
+SELECT model, speed = 'fast', {tier} AS tier, TOTAL(input_tokens), TOTAL(output_tokens), TOTAL(cache_read_tokens),
+       TOTAL(cache_creation_tokens - one_hour), TOTAL(one_hour), MIN(ts), COUNT(*)
+FROM (SELECT model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ts,
+             input_tokens + cache_read_tokens + cache_creation_tokens AS prompt,
+             MIN(cache_1h_tokens, cache_creation_tokens) AS one_hour
+      FROM user_messages WHERE user_id = :user AND ts >= :since)
+GROUP BY 1, 2, 3
+"""
 
 
 async def frame_context(db: Database, user_id: int, window: str, now: datetime, prices: PriceTable) -> FrameContext:
@@ -217,31 +242,27 @@ async def _frame_context(db: Database, user_id: int, window: str, now: datetime,
                          ) -> FrameContext:
     buckets, width = _TREND[window]
     start = now - 2 * buckets * width
-    since = to_store(start)
+    params = {"user": user_id, "start": to_store(start), "since": to_store(now - buckets * width), "n": buckets,
+              "per_day": timedelta(days=1) / width}
     sessions: list[set[str]] = [set() for _ in range(2 * buckets)]
     prompts = [0] * (2 * buckets)
     tokens = [0] * (2 * buckets)
+    for bucket, session_id, total in await db.fetchall(_CONTEXT_MESSAGES_SQL, params):
+        sessions[bucket].add(session_id)
+        tokens[bucket] += int(total)
+    for bucket, session_id, count in await db.fetchall(_CONTEXT_PROMPTS_SQL, params):
+        sessions[bucket].add(session_id)
+        prompts[bucket] += count
+    thresholds = prices.thresholds()
     cost, priced, unpriced = 0.0, False, 0
-
-    def bucket(ts: datetime) -> int:
-        return min(int((ts - start) / width), 2 * buckets - 1)
-
-    for r in await db.fetchall(_CONTEXT_MESSAGES_SQL, (user_id, since)):
-        m = MessageIn(from_store(r[0]), *tuple(r)[1:])
-        i = bucket(m.ts)
-        sessions[i].add(m.session_id)
-        tokens[i] += m.input + m.output + m.cache_read + m.cache_creation
-        if i >= buckets:
-            found = prices.message_cost(m.model, m.ts, m.speed, m.input, m.output, m.cache_read, m.cache_creation,
-                                        m.cache_5m, m.cache_1h)
-            if found is None:
-                unpriced += 1
-            else:
-                cost, priced = cost + found.usd, True
-    for r in await db.fetchall(_CONTEXT_PROMPTS_SQL, (user_id, since)):
-        i = bucket(from_store(r[0]))
-        sessions[i].add(r[1])
-        prompts[i] += 1
+    for model, fast, tier, i, o, cr, five, one_hour, first, count in await db.fetchall(_cost_sql(thresholds), params):
+        prompt = thresholds[tier - 1] + 1 if tier else 0
+        found = prices.group_cost(model, from_store(first), bool(fast), prompt, int(i), int(o), int(cr), int(five),
+                                  int(one_hour))
+        if found is None:
+            unpriced += count
+        else:
+            cost, priced = cost + found.usd, True
     every = set().union(*sessions)
     projects = {}
     if every:
@@ -249,7 +270,6 @@ async def _frame_context(db: Database, user_id: int, window: str, now: datetime,
                                  "ON s.user_id = ? AND s.session_id = j.value",
                                  (msgspec.json.encode(sorted(every)).decode(), user_id))
         projects = {r[0]: r[1] for r in rows}
-
     before = set().union(*sessions[:buckets])
     previous = Counts(len(before), sum(prompts[:buckets]), sum(tokens[:buckets]),
                       len({projects[s] for s in before if projects.get(s)}))
