@@ -115,6 +115,59 @@ SCHEMAS: dict[str, Any] = {
     "Quarantine": _obj({"files": {"type": "array", "items": _ref("QuarantinedFile")}}),
     "RetryBody": {**_obj({"id": {"type": ["integer", "null"], "description": "Only this file."}}, []),
                   "description": "No body, or no `id`: every quarantined file."},
+    "AdminUsage": {**_obj({
+        "range": {"enum": ["7d", "30d", "90d"]}, "price_table": {"type": "string"}, "days_are": {"const": "UTC"},
+        "per_analyst": {"type": "boolean"},
+        "min_group": {"type": ["integer", "null"], "description": "With per_analyst off: the fewest analysts a "
+                                                                  "shown row covers."},
+        "kpis": {**_ref("AdminKpis")},
+        "days": {"type": "array", "items": _ref("AdminDay")},
+        "by_model": {"type": "array", "items": _obj({"model": {"type": "string"}, "analysts": COUNT, "messages": COUNT,
+                                                       "cost_usd": USD}, ["model", "analysts", "cost_usd"])},
+        "unpriced_messages": {"type": ["integer", "null"], "minimum": 0},
+        "analysts": {"type": "array", "items": _ref("AdminAnalyst"),
+                     "description": "Absent when per-analyst rows are off (AGNES_ADMIN_PER_ANALYST)."},
+        "tools": {"type": "array", "items": _obj({
+            "kind": {"enum": ["tool_use", "mcp_call", "subagent", "skill", "slash_command", "other"]},
+            "name": {"type": "string"}, "source": {"type": "string"}, "invocations": COUNT, "analysts": COUNT,
+            "sessions": COUNT, "errors": COUNT})},
+        "needs_help": {"type": "object", "additionalProperties": False,
+                       "required": ["never_synced", "no_transcripts", "inactive_14d"],
+                       "properties": {key: {"anyOf": [COUNT, {"type": "array", "items": _obj(
+                           {"email": {"type": "string"}, "name": {"type": "string"}})}]}
+                           for key in ("never_synced", "no_transcripts", "inactive_14d")},
+                       "description": "Names with per-analyst rows on, counts with them off."},
+        "health": _obj({"queue_depth": COUNT, "lag_seconds": {"type": "number", "minimum": 0},
+                        "files_last_hour": COUNT, "skipped_lines": COUNT, "failing": COUNT,
+                        "quarantined": {"type": "array", "items": _obj({
+                            "id": COUNT, "failure_count": COUNT, "last_error": {"type": ["string", "null"]},
+                            "quarantined_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+                            "email": {"type": "string"}, "path": {"type": "string"}},
+                            ["id", "failure_count", "last_error", "quarantined_at"])},
+                        "processor_version": COUNT, "awaiting_reprocess": COUNT})},
+        [k for k in ("range", "price_table", "days_are", "per_analyst", "min_group", "kpis", "days", "by_model",
+                     "unpriced_messages", "tools", "needs_help", "health")]),
+        "description": "The operators' view of the team over UTC days (issue 22)."},
+    "AdminKpis": _obj({
+        "active_analysts": {"type": ["integer", "null"], "minimum": 0}, "onboarded": COUNT,
+        "sessions": {"type": ["integer", "null"], "minimum": 0}, "prompts": {"type": ["integer", "null"], "minimum": 0},
+        "tokens": {"anyOf": [_ref("Tokens"), {"type": "null"}]}, "cost_usd": USD,
+        "active_seconds": {"type": ["integer", "null"], "minimum": 0},
+        "suppressed": {"const": True, "description": "The period covers fewer than min_group analysts."},
+        "previous": {"$ref": "#/components/schemas/AdminKpis"}},
+        ["active_analysts", "onboarded", "sessions", "prompts", "tokens", "cost_usd", "active_seconds"]),
+    "AdminDay": _obj({
+        "date": DATE, "active_analysts": {"type": ["integer", "null"], "minimum": 0},
+        "sessions": {"type": ["integer", "null"], "minimum": 0}, "prompts": {"type": ["integer", "null"], "minimum": 0},
+        "tokens": {"anyOf": [_ref("Tokens"), {"type": "null"}]}, "cost_usd": USD,
+        "active_seconds": {"type": ["integer", "null"], "minimum": 0},
+        "suppressed": {"const": True, "description": "Fewer than min_group analysts: every figure is null."}},
+        ["date", "active_analysts", "sessions", "prompts", "tokens", "cost_usd", "active_seconds"]),
+    "AdminAnalyst": _obj({
+        "user_id": {"type": "integer", "minimum": 1}, "email": {"type": "string"}, "name": {"type": "string"},
+        "onboarded": {"type": "boolean"}, "last_pull_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+        "last_active_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}, "client_version": {"type": ["string", "null"]},
+        "sessions": COUNT, "prompts": COUNT, "tokens": _ref("Tokens"), "cost_usd": USD, "active_seconds": COUNT}),
     "RetryResult": _obj({"status": {"const": "ok"}, "released": {"type": "array", "items": COUNT}}),
     "ActivityDay": _obj({"date": DATE, "sessions": COUNT, "prompts": COUNT, "messages": COUNT,
                          "tokens": _ref("Tokens"), "cost_usd": USD, "active_seconds": COUNT}),
@@ -294,11 +347,31 @@ PATHS: dict[str, Any] = {
     "/api/admin/quarantine": {"get": _get(
         "adminQuarantine", "Quarantined files with their last error (operators only).",
         {"200": _json(_ref("Quarantine"), "The files."), "403": _error("Forbidden")}, tag="admin")},
+    "/api/admin/usage": {"get": _get(
+        "adminUsage", "The team's adoption, spend, tools and pipeline health over UTC days (operators only).",
+        {"200": {"description": "The range's figures (JSON), or one of its tables as CSV with format=csv.",
+                 "content": {JSON: {"schema": _ref("AdminUsage")}, CSV: {"schema": {"type": "string"}}}},
+         "400": _error("BadRequest"), "403": _error("Forbidden")},
+        tag="admin", parameters=[
+            {"name": "range", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "7d, 30d or 90d; anything else (or nothing) means 7d."},
+            _FORMAT_PARAM,
+            {"name": "table", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "With format=csv: analysts, tools or days (default); analysts is a 400 when "
+                            "per-analyst rows are off."}])},
     "/api/admin/quarantine/retry": {"post": {
         "operationId": "adminQuarantineRetry", "summary": "Release quarantined files for another try (operators only).",
         "tags": ["admin"],
-        "requestBody": {"required": False, "content": {JSON: {"schema": _ref("RetryBody")}}},
-        "responses": {"200": _json(_ref("RetryResult"), "The released file ids."), "400": _error("BadRequest"),
+        "requestBody": {"required": False, "content": {
+            JSON: {"schema": _ref("RetryBody")},
+            "application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "properties": {"id": {"type": "string", "pattern": "^[0-9]*$"},
+                                                 "csrf_token": {"type": "string"}},
+                "description": "/admin's retry button (a browser's cookie also needs csrf_token)."}}}},
+        "responses": {"200": _json(_ref("RetryResult"), "The released file ids."),
+                      "303": {"description": "A form post: released; back to /admin.",
+                              "headers": {"Location": {"schema": {"type": "string"}}}},
+                      "400": _error("BadRequest"),
                       "413": _error("TooLarge"), "415": _error("UnsupportedMediaType"), **_WRITE_ERRORS}}},
     "/api/upload/local-md": {"post": {
         "operationId": "uploadLocalMd", "summary": "Keep the analyst's local CLAUDE.md (at most 1 MB).",
