@@ -61,6 +61,8 @@ async def quarantine(request: web.Request) -> web.Response:
     """GET /api/admin/quarantine: files that failed too often, with their last error."""
     require_admin(request)
     rows = await ingest_store.quarantined(request.app[keys.DB])
+    if not request.app[keys.SETTINGS].admin_per_analyst:  # a transcript's path names its analyst too
+        rows = [{**row, "email": None, "path": None} for row in rows]
     return json({"files": [{**row, "quarantined_at": to_api(row["quarantined_at"])} for row in rows]})
 
 

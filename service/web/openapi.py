@@ -109,7 +109,7 @@ SCHEMAS: dict[str, Any] = {
     "ReprocessBody": {**_obj({"user": {"type": ["string", "null"], "description": "Only this user's files."}}, []),
                       "description": "No body, or no `user`: every file."},
     "ReprocessResult": _obj({"status": {"const": "ok"}, "files": COUNT}),
-    "QuarantinedFile": _obj({"id": COUNT, "email": {"type": "string"}, "path": {"type": "string"},
+    "QuarantinedFile": _obj({"id": COUNT, "email": {"type": ["string", "null"]}, "path": {"type": ["string", "null"]},
                              "failure_count": COUNT, "last_error": {"type": ["string", "null"]},
                              "quarantined_at": {"anyOf": [TIMESTAMP, {"type": "null"}]}}),
     "Quarantine": _obj({"files": {"type": "array", "items": _ref("QuarantinedFile")}}),
