@@ -200,7 +200,8 @@ async def activity_page(request: web.Request) -> web.Response:
     """/activity: the same sign-in and gates as /home; without them, a pointer to /home's setup."""
     user = request[keys.USER]
     context: dict[str, Any] = {"user": user, "csrf_token": request_csrf_token(request), "gated": _gated(request, user),
-                               "ranges": RANGE_LABELS, "operator_view": None, "body_key": None}
+                               "ranges": RANGE_LABELS, "operator_view": None, "body_key": None,
+                               "page_url": str(request.app.router["activity"].url_for())}
     if context["gated"]:
         result, cost = await _activity(request)
         page, _, zone, sort = await _sessions(request, PAGE_SIZE)

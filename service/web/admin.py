@@ -151,13 +151,13 @@ async def usage_json(request: web.Request) -> web.Response:
                  for a in found["analysts"]], f"admin-analysts-{range_name}")
 
 
-def _charts(days: list[dict]) -> list:
+def _charts(days: list[dict], kpis: dict) -> list:
     dates = [d["date"] for d in days]
 
     def values(get) -> list[float]:  # a suppressed day draws as no bar
         return [0 if d.get("suppressed") else get(d) for d in days]
 
-    return [
+    charts = [
         bar_chart("analysts", "Active analysts", dates, [("s-sessions", "analysts", values(lambda d: d["active_analysts"]))],
                   lambda v: grouped(int(v))),
         bar_chart("sessions", "Sessions", dates, [("s-sessions", "sessions", values(lambda d: d["sessions"]))],
@@ -174,6 +174,10 @@ def _charts(days: list[dict]) -> list:
         bar_chart("active", "Active time", dates, [("s-active", "active", values(lambda d: d["active_seconds"]))],
                   duration),
     ]
+    # Analysts and sessions are distinct over the range, not the sum of the days (a session may span two).
+    for chart, key in ((charts[0], "active_analysts"), (charts[1], "sessions")):
+        chart.total = grouped(kpis[key]) if kpis.get(key) is not None else ""
+    return charts
 
 
 _ANALYST_SORTS = {"email": lambda a: a["email"], "name": lambda a: (a["name"] or "").lower(),
@@ -206,7 +210,7 @@ async def admin_page(request: web.Request) -> web.Response:
     changes["tokens"] = _change((kpis.get("tokens") or {}).get("total"), (previous.get("tokens") or {}).get("total"))
     return aiohttp_jinja2.render_template("admin.html", request, {
         "user": request[keys.USER], "csrf_token": request_csrf_token(request), "u": found, "range": range_name,
-        "ranges": RANGE_LABELS, "charts": _charts(found["days"]), "analysts": analysts, "sort": sort,
+        "ranges": RANGE_LABELS, "charts": _charts(found["days"], kpis), "analysts": analysts, "sort": sort,
         "changes": changes})
 
 
