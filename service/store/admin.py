@@ -93,23 +93,30 @@ def _noon(day: str) -> datetime:
 
 
 class _Costs:
-    """Cost of the model aggregates, each (model, day, speed, tier) priced once."""
+    """Cost of the model aggregates: each (model, day, speed, tier) resolves its rates once, then every
+    analyst's row of it is a product of sums (linear within a tier, so it equals the per-message cost)."""
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
-        self.seen: dict[tuple, Any] = {}
+        self.seen: dict[tuple, tuple[float, float, float, float, float] | None] = {}
 
     def cost(self, r) -> float | None:
         key = (r["model"], r["day"], r["speed"], r["long_context"])
-        if key not in self.seen:
-            self.seen[key] = self.prices.prices(r["model"] or None, _noon(r["day"])) is not None
-        if not self.seen[key]:
+        rates = self.seen.get(key, False)
+        if rates is False:
+            unit = self.prices.sums_cost(r["model"] or None, _noon(r["day"]), r["speed"] or None,
+                                         bool(r["long_context"]), 1_000_000, 0, 0, 0, 0)
+            if unit is None:
+                rates = None
+            else:  # the five prices per token, read back from one-million-token probes
+                rates = tuple(self.prices.sums_cost(
+                    r["model"] or None, _noon(r["day"]), r["speed"] or None, bool(r["long_context"]),
+                    *(1_000_000 if i == j else 0 for j in range(5))).usd / 1_000_000 for i in range(5))
+            self.seen[key] = rates
+        if rates is None:
             return None
-        found = self.prices.sums_cost(r["model"] or None, _noon(r["day"]), r["speed"] or None,
-                                      bool(r["long_context"]), int(r["input_tokens"]), int(r["output_tokens"]),
-                                      int(r["cache_read_tokens"]), int(r["cache_5m_tokens"]),
-                                      int(r["cache_1h_tokens"]))
-        return None if found is None else found.usd
+        return (r["input_tokens"] * rates[0] + r["output_tokens"] * rates[1] + r["cache_read_tokens"] * rates[2]
+                + r["cache_5m_tokens"] * rates[3] + r["cache_1h_tokens"] * rates[4])
 
 
 async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
@@ -227,7 +234,23 @@ def _fold(rows: list[dict], analysts_of: dict[int, set[int]], min_group: int, ot
 async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
                 min_group: int, processor_version: int, queue_depth: int = 0, lag_seconds: float = 0.0) -> dict:
     """GET /api/admin/usage's document (issue 22): the range's figures against the period before,
-    per day, per model, per analyst (``per_analyst`` only), per tool, who needs help and the pipeline."""
+    per day, per model, per analyst (``per_analyst`` only), per tool, who needs help and the pipeline.
+
+    Kept while the database is unchanged (Database.snapshot) within the minute; the worker's queue
+    and lag are filled in afresh. Callers must not change what they get."""
+    version = db.snapshot()
+    key = ("admin_usage", range_name, now.replace(second=0, microsecond=0), prices.version, per_analyst, min_group,
+           processor_version)
+    found = db.cached(version, key)
+    if found is None:
+        found = await _usage(db, range_name, now, prices, per_analyst=per_analyst, min_group=min_group,
+                             processor_version=processor_version)
+        db.cache(version, key, found)
+    return {**found, "health": {**found["health"], "queue_depth": queue_depth, "lag_seconds": round(lag_seconds, 3)}}
+
+
+async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
+                 min_group: int, processor_version: int) -> dict:
     n = RANGES[range_name]
     costs = _Costs(prices)
     days, previous_days = day_list(now, n), day_list(now, n, offset=1)
@@ -313,7 +336,7 @@ async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable
         if per_analyst:  # a transcript's path names its analyst
             row.update(email=r["email"], path=r["path"])
         quarantined.append(row)
-    health = {"queue_depth": queue_depth, "lag_seconds": round(lag_seconds, 3),
+    health = {"queue_depth": 0, "lag_seconds": 0.0,
               "files_last_hour": health_row["files_last_hour"], "skipped_lines": int(health_row["skipped_lines"]),
               "failing": health_row["failing"], "quarantined": quarantined, "processor_version": processor_version,
               "awaiting_reprocess": health_row["awaiting_reprocess"]}
