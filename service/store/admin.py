@@ -132,23 +132,22 @@ async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
     unpriced = 0
     for r in await db.fetchall(_MODELS_SQL, (since, until)):
         usd = costs.cost(r)
-        model = models.setdefault(r["model"] or "(none)", {
-            "model": r["model"] or "(none)", "messages": 0, "tokens": _tokens(), "cost_usd": 0.0,
-            "users": set(), "days": defaultdict(float), "day_users": defaultdict(set), "priced": True})
+        name, day, user_id = r["model"] or "(none)", r["day"], r["user_id"]
+        model = models.get(name)
+        if model is None:
+            model = models[name] = {"model": name, "messages": 0, "cost_usd": 0.0, "users": set(),
+                                    "days": defaultdict(float), "day_users": defaultdict(set), "priced": True}
         model["messages"] += r["messages"]
-        for key, col in zip(_TOKEN_KEYS, ("input_tokens", "output_tokens", "cache_read_tokens")):
-            model["tokens"][key] += int(r[col])
-        model["tokens"]["cache_creation"] += int(r["cache_5m_tokens"] + r["cache_1h_tokens"])
-        model["users"].add(r["user_id"])
-        model["day_users"][r["day"]].add(r["user_id"])
+        model["users"].add(user_id)
+        model["day_users"][day].add(user_id)
         if usd is None:
             unpriced += r["messages"]
             model["priced"] = False
             continue
         model["cost_usd"] += usd
-        model["days"][r["day"]] += usd
-        day_cost[r["day"]] += usd
-        user_cost[r["user_id"]] += usd
+        model["days"][day] += usd
+        day_cost[day] += usd
+        user_cost[user_id] += usd
     out_days = []
     for day in days:
         r = day_rows.get(day)
@@ -236,21 +235,38 @@ async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable
     """GET /api/admin/usage's document (issue 22): the range's figures against the period before,
     per day, per model, per analyst (``per_analyst`` only), per tool, who needs help and the pipeline.
 
-    Kept while the database is unchanged (Database.snapshot) within the minute; the worker's queue
-    and lag are filled in afresh. Callers must not change what they get."""
+    Kept while the database is unchanged (Database.snapshot) and the UTC day is the same; the
+    pipeline's health is read afresh (the files of the last hour move with the clock). Callers must
+    not change what they get."""
     version = db.snapshot()
-    key = ("admin_usage", range_name, now.replace(second=0, microsecond=0), prices.version, per_analyst, min_group,
-           processor_version)
+    key = ("admin_usage", range_name, now.astimezone(UTC).date(), prices.version, per_analyst, min_group)
     found = db.cached(version, key)
     if found is None:
-        found = await _usage(db, range_name, now, prices, per_analyst=per_analyst, min_group=min_group,
-                             processor_version=processor_version)
+        found = await _usage(db, range_name, now, prices, per_analyst=per_analyst, min_group=min_group)
         db.cache(version, key, found)
-    return {**found, "health": {**found["health"], "queue_depth": queue_depth, "lag_seconds": round(lag_seconds, 3)}}
+    health = await _health(db, now, per_analyst, processor_version)
+    health.update(queue_depth=queue_depth, lag_seconds=round(lag_seconds, 3))
+    return {**found, "health": health}
+
+
+async def _health(db: Database, now: datetime, per_analyst: bool, processor_version: int) -> dict:
+    """The pipeline: files of the last hour, failing and quarantined files, the reprocess still to do."""
+    health_row = await db.fetchone(_HEALTH_SQL, (to_store(now - timedelta(hours=1)), processor_version))
+    quarantined = []
+    for r in await db.fetchall(_QUARANTINED_SQL):
+        row = {"id": r["id"], "failure_count": r["failure_count"], "last_error": r["last_error"],
+               "quarantined_at": to_api(r["quarantined_at"])}
+        if per_analyst:  # a transcript's path names its analyst
+            row.update(email=r["email"], path=r["path"])
+        quarantined.append(row)
+    return {"queue_depth": 0, "lag_seconds": 0.0, "files_last_hour": health_row["files_last_hour"],
+            "skipped_lines": int(health_row["skipped_lines"]), "failing": health_row["failing"],
+            "quarantined": quarantined, "processor_version": processor_version,
+            "awaiting_reprocess": health_row["awaiting_reprocess"]}
 
 
 async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
-                 min_group: int, processor_version: int) -> dict:
+                 min_group: int) -> dict:
     n = RANGES[range_name]
     costs = _Costs(prices)
     days, previous_days = day_list(now, n), day_list(now, n, offset=1)
@@ -315,7 +331,7 @@ async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTabl
                        "sessions": 0, "errors": 0}, add_tool)
 
     # Who needs help.
-    cutoff = to_store(now - timedelta(days=INACTIVE_DAYS))
+    cutoff = (now.astimezone(UTC).date() - timedelta(days=INACTIVE_DAYS)).isoformat()  # days, as the key
     never_synced = [p for p in people if p["onboarded"] and p["last_pull_at"] is None]
     no_transcripts = [p for p in people if p["last_pull_at"] is not None and not p["has_files"]]
     inactive = [p for p in people if p["last_active_at"] is not None and p["last_active_at"] < cutoff]
@@ -327,19 +343,6 @@ async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTabl
                    "inactive_14d": names(inactive)} if per_analyst else
                   {"never_synced": len(never_synced), "no_transcripts": len(no_transcripts),
                    "inactive_14d": len(inactive)})
-
-    health_row = await db.fetchone(_HEALTH_SQL, (to_store(now - timedelta(hours=1)), processor_version))
-    quarantined = []
-    for r in await db.fetchall(_QUARANTINED_SQL):
-        row = {"id": r["id"], "failure_count": r["failure_count"], "last_error": r["last_error"],
-               "quarantined_at": to_api(r["quarantined_at"])}
-        if per_analyst:  # a transcript's path names its analyst
-            row.update(email=r["email"], path=r["path"])
-        quarantined.append(row)
-    health = {"queue_depth": 0, "lag_seconds": 0.0,
-              "files_last_hour": health_row["files_last_hour"], "skipped_lines": int(health_row["skipped_lines"]),
-              "failing": health_row["failing"], "quarantined": quarantined, "processor_version": processor_version,
-              "awaiting_reprocess": health_row["awaiting_reprocess"]}
 
     result = {"range": range_name, "price_table": prices.version, "days_are": "UTC",
               "per_analyst": per_analyst, "min_group": None if per_analyst else min_group,
@@ -358,5 +361,5 @@ async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTabl
                 "cost_usd": round(current["user_cost"].get(p["id"], 0.0), 6),
                 "active_seconds": int(a["active"]) if a else 0})
         result["analysts"] = analysts
-    result.update(tools=tools, needs_help=needs_help, health=health)
+    result.update(tools=tools, needs_help=needs_help)
     return result
