@@ -56,8 +56,11 @@ INSERT INTO admin_session_days (user_id, day, session_id, prompts)
     ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts;
 -- Active seconds: each stamp's gap to the session's stamp before it, when at most 600 s, split at
 -- the UTC midnight between them.
-UPDATE admin_session_days SET active_seconds = CAST(ROUND(g.seconds) AS INTEGER) FROM (
-    SELECT user_id, session_id, day, TOTAL(MAX(0, MIN(t, day_end) - MAX(prev, day_start))) AS seconds FROM (
+CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, session_id TEXT NOT NULL,
+                                             seconds REAL NOT NULL, PRIMARY KEY (user_id, day, session_id)) WITHOUT ROWID;
+DELETE FROM temp.day_active;
+INSERT INTO temp.day_active (user_id, session_id, day, seconds)
+    SELECT user_id, session_id, day, TOTAL(MAX(0, MIN(t, day_end) - MAX(prev, day_start))) FROM (
         SELECT s.user_id, s.session_id, d.value AS day, s.t, s.prev,
                (julianday(d.value) - 2440587.5) * 86400 AS day_start,
                (julianday(d.value) - 2440587.5) * 86400 + 86400 AS day_end
@@ -66,9 +69,12 @@ UPDATE admin_session_days SET active_seconds = CAST(ROUND(g.seconds) AS INTEGER)
                     UNION ALL SELECT user_id, session_id, (julianday(ts) - 2440587.5) * 86400 FROM user_prompts)) s
         CROSS JOIN json_each(json_array(date(s.prev / 86400 + 2440587.5), date(s.t / 86400 + 2440587.5))) d
         WHERE s.t - s.prev <= 600 AND (d.key = 1 OR d.value <> date(s.t / 86400 + 2440587.5)))
-    GROUP BY user_id, session_id, day) g
-WHERE admin_session_days.user_id = g.user_id AND admin_session_days.session_id = g.session_id
-  AND admin_session_days.day = g.day;
+    GROUP BY user_id, session_id, day;
+-- A keyed lookup per row: an UPDATE ... FROM (subquery) compares every row with every row.
+UPDATE admin_session_days SET active_seconds = COALESCE((
+    SELECT CAST(ROUND(a.seconds) AS INTEGER) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
+    AND a.day = admin_session_days.day AND a.session_id = admin_session_days.session_id), 0);
+DROP TABLE temp.day_active;
 
 INSERT INTO admin_model_days
     SELECT user_id, substr(ts, 1, 10), COALESCE(model, ''), COALESCE(speed, ''),

@@ -15,7 +15,7 @@ from service.app import create_app
 from service.config import load_settings
 from service.store import ingest as ingest_store
 from service.store.ingest import REBUILD_WINDOWS_SCRIPT
-from tests.conftest import EXPECTED, NOW, SAMPLE_USERS, ingest_files, make_caller, sample_files
+from tests.conftest import EXPECTED, NOW, ROOT, SAMPLE_USERS, ingest_files, make_caller, sample_files
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 NAMES = ("alice", "bob", "carol", "Alice", "Bob", "Carol")
@@ -259,3 +259,20 @@ async def test_the_aggregates_kept_by_ingest_equal_a_rebuild_from_scratch(client
     after = await snapshot()
     assert {r[1] for r in after[0]} == {"2026-11-17", "2026-11-18", "2026-11-19", "2026-11-20", "2026-11-21"}
     assert [r for r in after[0] if r[1] >= "2026-11-18"] == [r for r in kept[0] if r[1] >= "2026-11-18"]
+
+
+async def test_the_migration_s_backfill_equals_what_ingest_keeps(client, seeded):
+    """Schema 0014 fills the aggregates of a database ingested before it, as ingest would have."""
+    db = client.app[keys.DB]
+    script = (ROOT / "schema" / "0014_admin_daily.sql").read_text()
+    backfill = script[script.index("INSERT INTO admin_session_days"):]
+
+    async def snapshot():
+        return ([tuple(r) for r in await db.fetchall("SELECT * FROM admin_session_days ORDER BY 1, 2, 3")],
+                [tuple(r) for r in await db.fetchall("SELECT * FROM admin_model_days ORDER BY 1, 2, 3, 4, 5")])
+
+    kept = await snapshot()
+    async with db.writing() as conn:
+        await conn.executescript("BEGIN; DELETE FROM admin_session_days; DELETE FROM admin_model_days; "
+                                 + backfill + "\nCOMMIT;")
+    assert await snapshot() == kept

@@ -287,18 +287,23 @@ _RECOMPUTE_DAYS = (
     CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.ts >= d.day AND p.ts < d.day || 'U'
     WHERE true GROUP BY d.user_id, d.day, p.session_id
     ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
-    f"""UPDATE admin_session_days SET active_seconds = CAST(ROUND(g.seconds) AS INTEGER) FROM (
-        SELECT user_id, day, session_id,
-               TOTAL(MAX(0, MIN(t, day_start + 86400) - MAX(prev, day_start))) AS seconds
+    # Into a keyed table first: an UPDATE ... FROM (subquery) compared every row with every row.
+    "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
+    "session_id TEXT NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (user_id, day, session_id)) WITHOUT ROWID",
+    f"""INSERT INTO temp.day_active (user_id, day, session_id, seconds)
+        SELECT user_id, day, session_id, TOTAL(MAX(0, MIN(t, day_start + 86400) - MAX(prev, day_start)))
         FROM (SELECT user_id, day, session_id, t, {_EPOCH.format("day")} AS day_start,
                      LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
               FROM (SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} AS t FROM temp.touched_days d
                     {_DAY_STAMPS.format(table="user_messages")}
                     UNION ALL SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} FROM temp.touched_days d
                     {_DAY_STAMPS.format(table="user_prompts")}))
-        WHERE t - prev <= 600 GROUP BY user_id, day, session_id) g
-    WHERE admin_session_days.user_id = g.user_id AND admin_session_days.day = g.day
-      AND admin_session_days.session_id = g.session_id""",
+        WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
+    f"""UPDATE admin_session_days SET active_seconds = (
+        SELECT CAST(ROUND(a.seconds) AS INTEGER) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
+        AND a.day = admin_session_days.day AND a.session_id = admin_session_days.session_id)
+    WHERE {_TOUCHED_DAYS} AND (user_id, day, session_id) IN (SELECT user_id, day, session_id FROM temp.day_active)""",
+    "DELETE FROM temp.day_active",
     f"DELETE FROM admin_model_days WHERE {_TOUCHED_DAYS}",
     """INSERT INTO admin_model_days
     SELECT d.user_id, d.day, COALESCE(m.model, ''), COALESCE(m.speed, ''),
