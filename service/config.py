@@ -52,6 +52,12 @@ SETTINGS: tuple[Setting, ...] = (
             "YAML/JSON file of memory rules `agnes pull` fetches ({mandatory: [...], approved: [...]}); empty: none."),
     Setting("admin_emails", "AGNES_ADMIN_EMAILS", "auth.admin_emails", list, [],
             "Users (by email; comma-separated in the environment) allowed to call /api/admin/*."),
+    Setting("admin_per_analyst", "AGNES_ADMIN_PER_ANALYST", "instance.admin.per_analyst", bool, True,
+            "Show operators (/admin and /api/admin/usage) one row per analyst, their drill-down and who needs "
+            "help by name; off: team figures only, every row covering fewer than admin_min_group analysts "
+            "suppressed."),
+    Setting("admin_min_group", "AGNES_ADMIN_MIN_GROUP", "instance.admin.min_group", int, 3,
+            "With admin_per_analyst off: the fewest analysts a shown row (a day, a tool, a model) may cover."),
     Setting("db_path", "AGNES_DB_PATH", "database.path", str, "var/agnes.db",
             "SQLite database file."),
     Setting("data_dir", "AGNES_DATA_DIR", "storage.data_dir", str, "var/data",
@@ -100,7 +106,7 @@ _CHOICES = {"log_format": ("text", "json"), "log_level": ("DEBUG", "INFO", "WARN
 _UPPER = frozenset({"log_level"})
 # An empty database path is a temporary database SQLite throws away; an empty data dir is the cwd.
 _REQUIRED = frozenset({"db_path", "data_dir"})
-_POSITIVE = {"port", "max_upload_mb", "scan_interval", "max_failures",
+_POSITIVE = {"port", "admin_min_group", "max_upload_mb", "scan_interval", "max_failures",
              "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout", "client_timeout"}
 # "Keep forever" written as a huge number of days would put the cutoff before year 1 (a date
 # overflow in every ingest and prune): a century is the ceiling.
@@ -116,6 +122,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     prices_file: str = ""
     public_url: str = ""
     memory_file: str = ""
+    admin_per_analyst: bool = True
+    admin_min_group: int = 3
     db_path: str = "var/agnes.db"
     read_cache: bool = True
     data_dir: str = "var/data"

@@ -13,10 +13,13 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["MessageCost", "PriceTable", "Rates", "load_price_table"]
+__all__ = ["LONG_CONTEXT", "MessageCost", "PriceTable", "Rates", "load_price_table"]
 
 _PER_MTOK = 1_000_000
 _FAST = "fast"
+# FORMAT.md "Cost": the prompt size above which a tiered model's long-context price applies (the
+# operators' aggregates, schema 0014, keep messages above it apart).
+LONG_CONTEXT = 200_000
 
 
 class Rates(msgspec.Struct, frozen=True):
@@ -138,6 +141,21 @@ class PriceTable:
         rates, fast = prices.rates(prompt_tokens, fast)
         usd = (input_tokens * rates.input + output_tokens * rates.output + cache_read * rates.cache_read
                + five_min * rates.cache_write_5m + one_hour * rates.cache_write_1h) / _PER_MTOK
+        return MessageCost(usd, fast)
+
+
+    def sums_cost(self, model: str | None, at: datetime, speed: str | None, long_context: bool,
+                  input_tokens: int, output_tokens: int, cache_read: int, cache_5m: int,
+                  cache_1h: int) -> MessageCost | None:
+        """The cost of many messages of one model, speed and tier, from their token sums (the
+        operators' aggregates): ``long_context`` says their prompts were above LONG_CONTEXT tokens,
+        ``cache_5m`` / ``cache_1h`` are the cache writes already split as message_cost splits them."""
+        prices = self.prices(model, at)
+        if prices is None:
+            return None
+        rates, fast = prices.rates(LONG_CONTEXT + 1 if long_context else 0, speed == _FAST)
+        usd = (input_tokens * rates.input + output_tokens * rates.output + cache_read * rates.cache_read
+               + cache_5m * rates.cache_write_5m + cache_1h * rates.cache_write_1h) / _PER_MTOK
         return MessageCost(usd, fast)
 
 

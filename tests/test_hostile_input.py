@@ -421,7 +421,7 @@ async def test_missing_malformed_and_revoked_tokens_are_401_everywhere(client, d
            "Basic " + base64.b64encode(b"alice:" + alice.token.encode()).decode(), "Bearer " + alice.token + " extra",
            "Bearer agnes_pat_' OR '1'='1", "Bearer agnes_pat_%", "Bearer " + revoked.token]
     routes = authenticated_routes()
-    assert len(routes) == 23  # every documented operation that needs a credential
+    assert len(routes) == 24  # every documented operation that needs a credential
     for method, path in routes:
         for header in bad:
             headers = {} if header is None else {"Authorization": header}

@@ -232,6 +232,11 @@ async def test_real_responses_of_every_operation_match_the_document(client, db, 
     await r.call("POST", "/api/admin/reprocess", headers=ops_json, data=b'{"user": "nobody@example.com"}')
     for headers in (ops.headers, auth, {}):
         await r.call("GET", "/api/admin/quarantine", headers=headers)
+    for headers in (ops.headers, auth, {}):
+        await r.call("GET", "/api/admin/usage?range=30d", "/api/admin/usage", headers=headers)
+    for query in ("format=csv&table=analysts", "format=csv&table=tools", "format=csv", "format=csv&table=nope"):
+        await r.call("GET", f"/api/admin/usage?{query}", "/api/admin/usage", headers=ops.headers)
+    await r.call("POST", "/api/admin/quarantine/retry", headers=ops.headers, data={"id": "1"})  # a form: 303
 
     download = "/api/data/{table_id}/download"
     for method in ("GET", "HEAD"):

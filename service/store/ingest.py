@@ -255,6 +255,67 @@ INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
     UNION ALL SELECT p.user_id, substr(p.ts, 1, 13) FROM temp.ingest_touched t
     CROSS JOIN user_prompts p ON p.user_id = t.user_id AND p.prompt_key = t.key WHERE t.kind = 'p';
 """
+# The operators' aggregates per (user, UTC day) (schema 0014) are recomputed for the days of the
+# touched hours, and the day beside an hour that touches midnight (a session's active span may cross
+# it). Active seconds: consecutive stamps of a session at most 600 s apart, the span cut at midnight;
+# the stamps read are the day's and 600 s either side of it.
+_DAYS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_days "
+               "(user_id INTEGER NOT NULL, day TEXT NOT NULL, PRIMARY KEY (user_id, day))")
+_EPOCH = "(julianday({}) - 2440587.5) * 86400"
+_TOUCHED_DAYS = ("user_id IN (SELECT user_id FROM temp.touched_days) AND day IN (SELECT day FROM temp.touched_days) "
+                 "AND (user_id, day) IN (SELECT user_id, day FROM temp.touched_days)")
+_DAY_STAMPS = ("CROSS JOIN {table} m ON m.user_id = d.user_id "
+               "AND m.ts >= strftime('%Y-%m-%dT%H:%M:%f', d.day, '-600 seconds') "
+               "AND m.ts < strftime('%Y-%m-%dT%H:%M:%f', d.day, '+1 day', '+600 seconds')")
+_RECOMPUTE_DAYS = (
+    _DAYS_TABLE,
+    """INSERT OR IGNORE INTO temp.touched_days (user_id, day)
+    SELECT user_id, substr(hour, 1, 10) FROM temp.touched_hours
+    UNION ALL SELECT user_id, date(substr(hour, 1, 10), '-1 day') FROM temp.touched_hours WHERE substr(hour, 12) = '00'
+    UNION ALL SELECT user_id, date(substr(hour, 1, 10), '+1 day') FROM temp.touched_hours WHERE substr(hour, 12) = '23'""",
+    f"DELETE FROM admin_session_days WHERE {_TOUCHED_DAYS}",
+    """INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
+                                    cache_read_tokens, cache_creation_tokens)
+    SELECT d.user_id, d.day, m.session_id, COUNT(*), TOTAL(m.input_tokens), TOTAL(m.output_tokens),
+           TOTAL(m.cache_read_tokens), TOTAL(m.cache_creation_tokens)
+    FROM temp.touched_days d
+    CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
+    GROUP BY d.user_id, d.day, m.session_id""",
+    """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
+    SELECT d.user_id, d.day, p.session_id, COUNT(*)
+    FROM temp.touched_days d
+    CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.ts >= d.day AND p.ts < d.day || 'U'
+    WHERE true GROUP BY d.user_id, d.day, p.session_id
+    ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
+    # Into a keyed table first: an UPDATE ... FROM (subquery) compared every row with every row.
+    "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
+    "session_id TEXT NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (user_id, day, session_id)) WITHOUT ROWID",
+    f"""INSERT INTO temp.day_active (user_id, day, session_id, seconds)
+        SELECT user_id, day, session_id, TOTAL(MAX(0, MIN(t, day_start + 86400) - MAX(prev, day_start)))
+        FROM (SELECT user_id, day, session_id, t, {_EPOCH.format("day")} AS day_start,
+                     LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
+              FROM (SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} AS t FROM temp.touched_days d
+                    {_DAY_STAMPS.format(table="user_messages")}
+                    UNION ALL SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} FROM temp.touched_days d
+                    {_DAY_STAMPS.format(table="user_prompts")}))
+        WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
+    f"""UPDATE admin_session_days SET active_seconds = (
+        SELECT CAST(ROUND(a.seconds) AS INTEGER) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
+        AND a.day = admin_session_days.day AND a.session_id = admin_session_days.session_id)
+    WHERE {_TOUCHED_DAYS} AND (user_id, day, session_id) IN (SELECT user_id, day, session_id FROM temp.day_active)""",
+    "DELETE FROM temp.day_active",
+    f"DELETE FROM admin_model_days WHERE {_TOUCHED_DAYS}",
+    """INSERT INTO admin_model_days
+    SELECT d.user_id, d.day, COALESCE(m.model, ''), COALESCE(m.speed, ''),
+           m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens > 200000, COUNT(*),
+           TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
+           TOTAL(m.cache_creation_tokens - MIN(m.cache_1h_tokens, m.cache_creation_tokens)),
+           TOTAL(MIN(m.cache_1h_tokens, m.cache_creation_tokens))
+    FROM temp.touched_days d
+    CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
+    GROUP BY 1, 2, 3, 4, 5""",
+    "DELETE FROM temp.touched_days",
+)
 # Separate statements (not a script) so that retention can run them inside its transaction.
 # Every timestamp of hour 'YYYY-MM-DDTHH' sorts in [hour, hour || ';'): ':' follows the hour.
 _RECOMPUTE_HOURS = (
@@ -274,6 +335,7 @@ _RECOMPUTE_HOURS = (
     JOIN user_prompts p ON p.user_id = h.user_id AND p.ts >= h.hour AND p.ts < h.hour || ';'
     WHERE true GROUP BY h.user_id, h.hour
     ON CONFLICT (user_id, hour) DO UPDATE SET prompts = excluded.prompts""",
+    *_RECOMPUTE_DAYS,
     "DELETE FROM temp.touched_hours",
 )
 _RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in _RECOMPUTE_HOURS)
@@ -524,6 +586,7 @@ REBUILD_WINDOWS_SCRIPT = f"""
 BEGIN IMMEDIATE;
 {_STAGING}
 DELETE FROM user_messages; DELETE FROM user_prompts; DELETE FROM user_sessions; DELETE FROM user_hours;
+DELETE FROM admin_session_days; DELETE FROM admin_model_days;
 INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
     SELECT user_id, 'm', message_key FROM activity_messages
     UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts
@@ -588,8 +651,14 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         await conn.execute(_HOURS_TABLE)
         await conn.execute("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
                            "SELECT user_id, hour FROM user_hours WHERE hour = ?", (cutoff[:13],))
+        # The operators' day it cuts through is recomputed for whoever had activity that day.
+        await conn.execute("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
+                           "SELECT DISTINCT user_id, ? FROM admin_session_days WHERE day = ?",
+                           (cutoff[:13], cutoff[:10]))
         for statement in _RECOMPUTE_HOURS:
             await conn.execute(statement)
+        await conn.execute("DELETE FROM admin_session_days WHERE day < ?", (cutoff[:10],))
+        await conn.execute("DELETE FROM admin_model_days WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
     return counts

@@ -19,9 +19,8 @@ from ..timeutil import to_api
 from . import base
 from .auth import request_csrf_token
 from .base import decode_json_body, json
-from .charts import bar_chart
+from .charts import activity_charts
 from .errors import AppError
-from .filters import duration, grouped, usd
 
 DEFAULT_RANGE = "30d"
 RANGE_LABELS = {"7d": "Last 7 days", "30d": "Last 30 days", "90d": "Last 90 days"}
@@ -193,29 +192,6 @@ async def set_zone(request: web.Request) -> web.Response:
 
 # --- Pages.
 
-def _charts(result: Activity, cost: bool) -> list:
-    dates = [d.date for d in result.days]
-    days = result.days
-    charts = [
-        bar_chart("tokens", "Tokens", dates, [
-            ("s-input", "input", [d.tokens.input for d in days]),
-            ("s-output", "output", [d.tokens.output for d in days]),
-            ("s-cache-read", "cache read", [d.tokens.cache_read for d in days]),
-            ("s-cache-write", "cache write", [d.tokens.cache_creation for d in days])], lambda v: grouped(int(v))),
-    ]
-    if cost:
-        charts.append(bar_chart("cost", "Estimated cost", dates, [("s-cost", "cost", [d.cost_usd for d in days])], usd))
-    charts += [
-        bar_chart("prompts", "Prompts", dates, [("s-prompts", "prompts", [d.prompts for d in days])],
-                  lambda v: grouped(int(v))),
-        bar_chart("sessions", "Sessions", dates, [("s-sessions", "sessions", [d.sessions for d in days])],
-                  lambda v: grouped(int(v))),
-        bar_chart("active", "Active time", dates, [("s-active", "active", [d.active_seconds for d in days])],
-                  duration),
-    ]
-    return charts
-
-
 def _gated(request: web.Request, user: User) -> bool:
     return request.app[keys.SETTINGS].show_status_frame and user.onboarded
 
@@ -224,7 +200,8 @@ async def activity_page(request: web.Request) -> web.Response:
     """/activity: the same sign-in and gates as /home; without them, a pointer to /home's setup."""
     user = request[keys.USER]
     context: dict[str, Any] = {"user": user, "csrf_token": request_csrf_token(request), "gated": _gated(request, user),
-                               "ranges": RANGE_LABELS, "operator_view": None, "body_key": None}
+                               "ranges": RANGE_LABELS, "operator_view": None, "body_key": None,
+                               "page_url": str(request.app.router["activity"].url_for())}
     if context["gated"]:
         result, cost = await _activity(request)
         page, _, zone, sort = await _sessions(request, PAGE_SIZE)
@@ -235,7 +212,7 @@ async def activity_page(request: web.Request) -> web.Response:
         version = request.app[keys.DB].snapshot()
         body_key = None if version is None else (
             "activity", user.id, version, result.range, zone, result.days[0].date, sort, cursor, cost, stored or "")
-        context.update(a=result, cost=cost, charts=lambda: _charts(result, cost), page=page, sort=sort, zone=zone,
+        context.update(a=result, cost=cost, charts=lambda: activity_charts(result, cost), page=page, sort=sort, zone=zone,
                        zone_stored=stored, range=result.range, sorts=_SORTS, cursor=cursor, body_key=body_key)
     return aiohttp_jinja2.render_template("activity.html", request, context)
 

@@ -5,7 +5,12 @@ block), each day a focusable group whose label says its exact values."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from .filters import duration, grouped, usd
+
+if TYPE_CHECKING:
+    from ..activity import Activity
 
 WIDTH = 640
 HEIGHT = 180
@@ -72,3 +77,27 @@ def bar_chart(chart_id: str, title: str, dates: Sequence[str], series: Sequence[
     ticks = [(round(_LEFT + i * step + step / 2, 2), dates[i][5:]) for i in range(0, days, every)]
     return Chart(chart_id, title, fmt(sum(sums)), columns, ticks, fmt(top if any(sums) else 0),
                  [(css, name) for css, name, _ in series] if len(series) > 1 else [])
+
+
+def activity_charts(result: Activity, cost: bool) -> list[Chart]:
+    """/activity's daily charts (also an operator's view of it)."""
+    dates = [d.date for d in result.days]
+    days = result.days
+    charts = [
+        bar_chart("tokens", "Tokens", dates, [
+            ("s-input", "input", [d.tokens.input for d in days]),
+            ("s-output", "output", [d.tokens.output for d in days]),
+            ("s-cache-read", "cache read", [d.tokens.cache_read for d in days]),
+            ("s-cache-write", "cache write", [d.tokens.cache_creation for d in days])], lambda v: grouped(int(v))),
+    ]
+    if cost:
+        charts.append(bar_chart("cost", "Estimated cost", dates, [("s-cost", "cost", [d.cost_usd for d in days])], usd))
+    charts += [
+        bar_chart("prompts", "Prompts", dates, [("s-prompts", "prompts", [d.prompts for d in days])],
+                  lambda v: grouped(int(v))),
+        bar_chart("sessions", "Sessions", dates, [("s-sessions", "sessions", [d.sessions for d in days])],
+                  lambda v: grouped(int(v))),
+        bar_chart("active", "Active time", dates, [("s-active", "active", [d.active_seconds for d in days])],
+                  duration),
+    ]
+    return charts

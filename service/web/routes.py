@@ -42,6 +42,9 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_post("/api/upload/sessions", upload.upload_session, name="upload_session")
 
     # Operators (AGNES_ADMIN_EMAILS).
+    r.add_get("/admin", admin.admin_page, name="admin")
+    r.add_get("/admin/analysts/{user_id}/activity", admin.analyst_activity_page, name="admin_analyst_activity")
+    r.add_get("/api/admin/usage", admin.usage_json, name="admin_usage")
     r.add_post("/api/admin/reprocess", admin.reprocess, name="admin_reprocess")
     r.add_get("/api/admin/quarantine", admin.quarantine, name="admin_quarantine")
     r.add_post("/api/admin/quarantine/retry", admin.quarantine_retry, name="admin_quarantine_retry")

@@ -1,0 +1,64 @@
+"""The operators' view's speed: /api/admin/usage (7d, 30d, 90d) and /admin on serve_bench's dataset
+(200 analysts x 60 days), at 8 connections, read cache on and off.
+
+    python bench/admin_bench.py [--users 200] [--days 60] [--seconds 8] [--reuse]
+
+Issue 22's targets: /api/admin/usage?range=30d p99 < 100 ms and /admin p99 < 150 ms at 8 connections.
+The dataset has no usage events (serve_bench builds none), so the tools table costs nothing here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
+import loadgen  # noqa: E402
+from serve_bench import BIN, ME, Server, _get_json, setup  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=200)
+    ap.add_argument("--days", type=int, default=60)
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--port", type=int, default=18280)
+    ap.add_argument("--work", default="/tmp/agnes-bench/admin")
+    ap.add_argument("--reuse", action="store_true", help="keep a dataset an earlier run built in the last 12 hours")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "admin.json"))
+    args = ap.parse_args()
+    common.compile_service()
+    res: dict = {}
+    env, info, token = setup(Path(args.work), "activity", args.users, args.days, args.port, args.reuse)
+    env["AGNES_ADMIN_EMAILS"] = ME
+    res["dataset"] = info
+    auth = [f"Authorization: Bearer {token}"]
+    for cache in ("1", "0"):
+        env["AGNES_READ_CACHE"] = cache
+        srv = Server([str(BIN / "agnes-home"), "serve"], env, args.port, "/healthz")
+        part: dict = {}
+        try:
+            base = srv.base
+            kpis = _get_json(f"{base}/api/admin/usage?range=30d", token)["kpis"]
+            part["kpis_30d"] = {k: v for k, v in kpis.items() if k != "previous"}
+            for rng in ("7d", "30d", "90d"):
+                part[f"usage_{rng}_8conn"] = loadgen.run(f"{base}/api/admin/usage?range={rng}", 8, args.seconds, auth)
+            part["admin_page_30d_8conn"] = loadgen.run(f"{base}/admin?range=30d", 8, args.seconds, auth)
+        finally:
+            srv.stop()
+        part["p99_ms"] = {"usage_30d": part["usage_30d_8conn"]["p99_ms"],
+                          "admin_page_30d": part["admin_page_30d_8conn"]["p99_ms"]}
+        res["cache_on" if cache == "1" else "cache_off"] = part
+        print(json.dumps({("cache_on" if cache == "1" else "cache_off"): part["p99_ms"]}), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
