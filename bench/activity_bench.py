@@ -10,7 +10,6 @@ the read cache on and again off (AGNES_READ_CACHE=0: every request reads and sum
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,15 +24,8 @@ from serve_bench import BIN, Server, _get_json, setup  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, default=200)
-    ap.add_argument("--days", type=int, default=60)
-    ap.add_argument("--seconds", type=float, default=8)
-    ap.add_argument("--port", type=int, default=18180)
-    ap.add_argument("--work", default="/tmp/agnes-bench/serve")
-    ap.add_argument("--reuse", action="store_true", help="keep a dataset an earlier run built in the last 12 hours")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "activity.json"))
-    args = ap.parse_args()
+    args = common.dataset_args(__doc__, port=18180, work="/tmp/agnes-bench/serve",
+                               out=str(ROOT / "bench" / "results" / "activity.json"))
     common.compile_service()
     res: dict = {}
     hello = Server([sys.executable, str(ROOT / "bench" / "hello.py"), str(args.port + 1)], dict(os.environ),

@@ -9,9 +9,7 @@ The dataset has no usage events (serve_bench builds none), so the tools table co
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,15 +22,8 @@ from serve_bench import BIN, ME, Server, _get_json, setup  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, default=200)
-    ap.add_argument("--days", type=int, default=60)
-    ap.add_argument("--seconds", type=float, default=8)
-    ap.add_argument("--port", type=int, default=18280)
-    ap.add_argument("--work", default="/tmp/agnes-bench/admin")
-    ap.add_argument("--reuse", action="store_true", help="keep a dataset an earlier run built in the last 12 hours")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "admin.json"))
-    args = ap.parse_args()
+    args = common.dataset_args(__doc__, port=18280, work="/tmp/agnes-bench/admin",
+                               out=str(ROOT / "bench" / "results" / "admin.json"))
     common.compile_service()
     res: dict = {}
     env, info, token = setup(Path(args.work), "activity", args.users, args.days, args.port, args.reuse)

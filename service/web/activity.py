@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import aiohttp_jinja2
@@ -18,7 +16,7 @@ from ..store.users import User
 from ..timeutil import to_api
 from . import base
 from .auth import request_csrf_token
-from .base import decode_json_body, json
+from .base import csv_response, decode_json_body, json
 from .charts import activity_charts
 from .errors import AppError
 
@@ -70,18 +68,6 @@ async def _activity(request: web.Request) -> tuple[Activity, bool]:
     return (result if cost else _without_cost(result)), cost
 
 
-def _csv(header: list[str], rows: list[list[Any]], name: str) -> web.Response:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    for row in rows:
-        # A cell a spreadsheet would run as a formula (=, +, -, @) is quoted as text: project paths
-        # and model names come from transcripts.
-        writer.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row])
-    return web.Response(text=out.getvalue(), content_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
-
-
 _TOKEN_COLUMNS = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "total_tokens"]
 
 
@@ -89,7 +75,7 @@ def _tokens(t) -> list[int]:
     return [t.input, t.output, t.cache_read, t.cache_creation, t.total]
 
 
-def _wants_csv(request: web.Request) -> bool:
+def _wantscsv_response(request: web.Request) -> bool:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise AppError(400, "format must be json or csv.", "invalid_format")
@@ -98,10 +84,10 @@ def _wants_csv(request: web.Request) -> bool:
 
 async def activity_json(request: web.Request) -> web.Response:
     """GET /api/me/activity?range=7d|30d|90d&tz=Area/City[&format=csv]."""
-    csv_wanted = _wants_csv(request)
+    csv_wanted = _wantscsv_response(request)
     result, _ = await _activity(request)
     if csv_wanted:
-        return _csv(["date", "sessions", "prompts", "messages", *_TOKEN_COLUMNS, "cost_usd", "active_seconds"],
+        return csv_response(["date", "sessions", "prompts", "messages", *_TOKEN_COLUMNS, "cost_usd", "active_seconds"],
                     [[d.date, d.sessions, d.prompts, d.messages, *_tokens(d.tokens), d.cost_usd, d.active_seconds]
                      for d in result.days], f"activity-{result.range}")
     return json(result)
@@ -147,11 +133,11 @@ _SORTS = ("start", "project", "duration", "active", "prompts", "tokens", "cost",
 
 async def sessions_json(request: web.Request) -> web.Response:
     """GET /api/me/sessions?range=&limit=&cursor=&sort=[&format=csv]: newest first unless sorted."""
-    csv_wanted = _wants_csv(request)
+    csv_wanted = _wantscsv_response(request)
     limit = _int(request.query.get("limit"), 50, 1, MAX_LIMIT, "limit")
     page, range_name, _, _ = await _sessions(request, limit)
     if csv_wanted:
-        return _csv(["session_id", "project", "started_at", "ended_at", "active_seconds", "prompts", "messages",
+        return csv_response(["session_id", "project", "started_at", "ended_at", "active_seconds", "prompts", "messages",
                      *_TOKEN_COLUMNS, "cost_usd", "primary_model", "tool_calls", "tool_errors"],
                     [[s.session_id, s.project, s.started_at, s.ended_at, s.active_seconds, s.prompts, s.messages,
                       *_tokens(s.tokens), s.cost_usd, s.primary_model, s.tool_calls, s.tool_errors]

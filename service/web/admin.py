@@ -3,8 +3,6 @@ they see it, a full reprocess, and quarantined files listed and released."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated, Any
 
 import aiohttp_jinja2
@@ -21,7 +19,7 @@ from ..store import users
 from ..store.users import normalise_email
 from ..timeutil import to_api
 from .auth import request_csrf_token
-from .base import decode_json_body, json
+from .base import csv_response, decode_json_body, json
 from .charts import activity_charts, bar_chart
 from .errors import AppError
 from .filters import duration, grouped, usd
@@ -109,17 +107,6 @@ def _tokens(t: dict | None) -> list[Any]:
     return [None] * 5 if t is None else [t["input"], t["output"], t["cache_read"], t["cache_creation"], t["total"]]
 
 
-def _csv(header: list[str], rows: list[list[Any]], name: str) -> web.Response:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    for row in rows:
-        # A cell a spreadsheet would run as a formula is quoted as text: names and tools come from users.
-        writer.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row])
-    return web.Response(text=out.getvalue(), content_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
-
-
 async def usage_json(request: web.Request) -> web.Response:
     """GET /api/admin/usage?range=7d|30d|90d[&format=csv&table=analysts|tools|days]."""
     require_admin(request)
@@ -137,14 +124,14 @@ async def usage_json(request: web.Request) -> web.Response:
     if fmt == "json":
         return json(found)
     if table == "days":
-        return _csv(["date", "active_analysts", "sessions", "prompts", *_TOKEN_COLUMNS, "cost_usd", "active_seconds"],
+        return csv_response(["date", "active_analysts", "sessions", "prompts", *_TOKEN_COLUMNS, "cost_usd", "active_seconds"],
                     [[d["date"], d["active_analysts"], d["sessions"], d["prompts"], *_tokens(d["tokens"]),
                       d["cost_usd"], d["active_seconds"]] for d in found["days"]], f"admin-days-{range_name}")
     if table == "tools":
-        return _csv(["kind", "name", "source", "invocations", "analysts", "sessions", "errors"],
+        return csv_response(["kind", "name", "source", "invocations", "analysts", "sessions", "errors"],
                     [[t["kind"], t["name"], t["source"], t["invocations"], t["analysts"], t["sessions"], t["errors"]]
                      for t in found["tools"]], f"admin-tools-{range_name}")
-    return _csv(["email", "name", "onboarded", "last_pull_at", "last_active_at", "client_version", "sessions",
+    return csv_response(["email", "name", "onboarded", "last_pull_at", "last_active_at", "client_version", "sessions",
                  "prompts", *_TOKEN_COLUMNS, "cost_usd", "active_seconds"],
                 [[a["email"], a["name"], a["onboarded"], a["last_pull_at"], a["last_active_at"], a["client_version"],
                   a["sessions"], a["prompts"], *_tokens(a["tokens"]), a["cost_usd"], a["active_seconds"]]

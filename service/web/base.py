@@ -4,6 +4,8 @@ the policies every page and API applies alike. Handlers import this and the stor
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import re
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -97,3 +99,15 @@ def is_operator(settings: Settings, user: User) -> bool:
 def shows_cost(settings: Settings, user: User) -> bool:
     """Analysts see estimated cost unless the operator switched it off; operators always do."""
     return settings.show_cost or is_operator(settings, user)
+
+
+def csv_response(header: list[str], rows: list[list[Any]], name: str) -> web.Response:
+    """A CSV attachment. A cell a spreadsheet would run as a formula (=, +, -, @) is written as text:
+    project paths, model, tool and analysts' names come from users."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row])
+    return web.Response(text=out.getvalue(), content_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
