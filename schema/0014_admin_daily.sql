@@ -6,11 +6,12 @@
 --       (FORMAT.md active_seconds: consecutive stamps of the session at most 600 s apart, the span
 --       cut at UTC midnight). Kept per session because distinct sessions (and analysts) cannot be
 --       summed over days: a range counts COUNT(DISTINCT ...) over its rows.
---   admin_model_days: one row per (user, day, model, speed, long_context) with the token sums a
+--   admin_model_days: one row per (user, day, model, speed, price_tier) with the token sums a
 --       cost needs (cache writes split into the 5-minute and 1-hour parts as FORMAT.md "Cost" does
---       per message); long_context: the message's prompt (input + cache read + cache write) was
---       above 200,000 tokens, the tier threshold. The cost itself is computed at read time from
---       these sums with the app's price table, so a new price table needs no rewrite.
+--       per message); price_tier: how many of the prompt sizes where a price turns (100,000 and
+--       200,000 tokens: service/cost.py PRICE_TIERS) the message's prompt (input + cache read +
+--       cache write) passed. The cost itself is computed at read time from these sums with the
+--       app's price table, so a new price table needs no rewrite.
 -- Ingest recomputes the (user, day) pairs of every hour it recomputes in user_hours (and the
 -- neighbouring day where an hour touches midnight), in the same transaction; retention drops the
 -- days wholly before its cutoff and recomputes the day it cuts through.
@@ -34,14 +35,14 @@ CREATE TABLE admin_model_days (
     day               TEXT    NOT NULL,
     model             TEXT    NOT NULL,  -- '' when the message named none
     speed             TEXT    NOT NULL,  -- '' when the message named none
-    long_context      INTEGER NOT NULL,
+    price_tier        INTEGER NOT NULL,
     messages          INTEGER NOT NULL,
     input_tokens      INTEGER NOT NULL,
     output_tokens     INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL,
     cache_5m_tokens   INTEGER NOT NULL,
     cache_1h_tokens   INTEGER NOT NULL,
-    PRIMARY KEY (user_id, day, model, speed, long_context)
+    PRIMARY KEY (user_id, day, model, speed, price_tier)
 ) WITHOUT ROWID;
 CREATE INDEX admin_model_days_day ON admin_model_days(day);
 
@@ -78,7 +79,8 @@ DROP TABLE temp.day_active;
 
 INSERT INTO admin_model_days
     SELECT user_id, substr(ts, 1, 10), COALESCE(model, ''), COALESCE(speed, ''),
-           input_tokens + cache_read_tokens + cache_creation_tokens > 200000, COUNT(*), TOTAL(input_tokens),
+           (input_tokens + cache_read_tokens + cache_creation_tokens > 100000)
+           + (input_tokens + cache_read_tokens + cache_creation_tokens > 200000), COUNT(*), TOTAL(input_tokens),
            TOTAL(output_tokens), TOTAL(cache_read_tokens),
            TOTAL(cache_creation_tokens - MIN(COALESCE(cache_1h_tokens, 0), cache_creation_tokens)),
            TOTAL(MIN(COALESCE(cache_1h_tokens, 0), cache_creation_tokens))

@@ -13,13 +13,25 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["LONG_CONTEXT", "MessageCost", "PriceTable", "Rates", "load_price_table"]
+__all__ = ["PRICE_TIERS", "MessageCost", "PriceTable", "Rates", "load_price_table", "tier_sql"]
 
 _PER_MTOK = 1_000_000
 _FAST = "fast"
-# FORMAT.md "Cost": the prompt size above which a tiered model's long-context price applies (the
-# operators' aggregates, schema 0014, keep messages above it apart).
-LONG_CONTEXT = 200_000
+# FORMAT.md "Cost": every prompt size (input + cache read + cache write) above which some model's price
+# turns (genai-prices 0.2.5: 100k for claude-haiku-5-5, 200k for long context). Summed reads group
+# messages by how many of these their prompt passes (a message's "tier"), so each group is priced from
+# its sums; schema 0014 stores that tier. tests/test_cost.py fails when the library adds another.
+PRICE_TIERS = (100_000, 200_000)
+
+
+def tier_sql(prompt: str) -> str:
+    """SQL for the tier of a prompt-size expression: how many of PRICE_TIERS it passes."""
+    return " + ".join(f"({prompt} > {t})" for t in PRICE_TIERS)
+
+
+def tier_prompt(tier: int) -> int:
+    """A prompt size of that tier, to pick its rates."""
+    return PRICE_TIERS[tier - 1] + 1 if tier else 0
 
 
 class Rates(msgspec.Struct, frozen=True):
@@ -88,7 +100,6 @@ class PriceTable:
 
     version: str
     overrides: dict[str, ModelPrices] = field(default_factory=dict)
-    _thresholds: tuple[int, ...] | None = None
 
     def prices(self, model: str | None, at: datetime) -> ModelPrices | None:
         """None: no known price (another provider's model, or one the table does not list)."""
@@ -115,48 +126,29 @@ class PriceTable:
         return self.group_cost(model, at, speed == _FAST, input_tokens + cache_read + cache_creation,
                                input_tokens, output_tokens, cache_read, cache_creation - one_hour, one_hour)
 
-    def thresholds(self) -> tuple[int, ...]:
-        """Every prompt size above which some model is priced higher, ascending: messages on the same
-        side of each can be priced from their sums (group_cost)."""
-        if self._thresholds is None:
-            from genai_prices import data_snapshot
-            from genai_prices.data_snapshot import find_provider_by_id
-
-            found = {t.above for p in self.overrides.values() for t in p.tiers}
-            provider = find_provider_by_id(data_snapshot.get_snapshot().providers, "anthropic")
-            for info in provider.models if provider is not None else ():
-                for moment in _moments(info):
-                    found |= {t.above for t in _library_prices(info.id, moment)[1].tiers}
-            self._thresholds = tuple(sorted(found))
-        return self._thresholds
+    def rates(self, model: str | None, at: datetime, fast: bool, prompt_tokens: int) -> tuple[Rates, bool] | None:
+        """A request's rates (per million tokens) and whether its fast-mode price applied; None when the
+        model has no known price."""
+        prices = self.prices(model, at)
+        return None if prices is None else prices.rates(prompt_tokens, fast)
 
     def group_cost(self, model: str | None, at: datetime, fast: bool, prompt_tokens: int, input_tokens: int,
                    output_tokens: int, cache_read: int, five_min: int, one_hour: int) -> MessageCost | None:
-        """The cost of messages that share a model, a speed and a price tier (``prompt_tokens``: one of
-        their requests' prompt size), from their summed counters: prices are per token, so the sum of
-        the messages' costs. None when the model has no known price."""
-        prices = self.prices(model, at)
-        if prices is None:
+        """The cost of messages that share a model, a speed and a tier (``prompt_tokens``: one of their
+        requests' prompt size), from their summed counters: prices are per token, so the sum of the
+        messages' costs. None when the model has no known price."""
+        found = self.rates(model, at, fast, prompt_tokens)
+        if found is None:
             return None
-        rates, fast = prices.rates(prompt_tokens, fast)
-        usd = (input_tokens * rates.input + output_tokens * rates.output + cache_read * rates.cache_read
-               + five_min * rates.cache_write_5m + one_hour * rates.cache_write_1h) / _PER_MTOK
-        return MessageCost(usd, fast)
+        rates, fast = found
+        return MessageCost(cost_of(rates, input_tokens, output_tokens, cache_read, five_min, one_hour), fast)
 
 
-    def sums_cost(self, model: str | None, at: datetime, speed: str | None, long_context: bool,
-                  input_tokens: int, output_tokens: int, cache_read: int, cache_5m: int,
-                  cache_1h: int) -> MessageCost | None:
-        """The cost of many messages of one model, speed and tier, from their token sums (the
-        operators' aggregates): ``long_context`` says their prompts were above LONG_CONTEXT tokens,
-        ``cache_5m`` / ``cache_1h`` are the cache writes already split as message_cost splits them."""
-        prices = self.prices(model, at)
-        if prices is None:
-            return None
-        rates, fast = prices.rates(LONG_CONTEXT + 1 if long_context else 0, speed == _FAST)
-        usd = (input_tokens * rates.input + output_tokens * rates.output + cache_read * rates.cache_read
-               + cache_5m * rates.cache_write_5m + cache_1h * rates.cache_write_1h) / _PER_MTOK
-        return MessageCost(usd, fast)
+def cost_of(rates: Rates, input_tokens: float, output_tokens: float, cache_read: float, five_min: float,
+            one_hour: float) -> float:
+    """US dollars of these token counts at these rates."""
+    return (input_tokens * rates.input + output_tokens * rates.output + cache_read * rates.cache_read
+            + five_min * rates.cache_write_5m + one_hour * rates.cache_write_1h) / _PER_MTOK
 
 
 def _library_version() -> str:
@@ -194,16 +186,6 @@ def _from_library(price: Any) -> ModelPrices:
 
     # genai-prices' tier "start" is the first prompt size priced higher: "above 200,000" is start 200,000.
     return ModelPrices(at(None), tuple(_Tier(t, at(t)) for t in thresholds))
-
-
-def _moments(info: Any) -> list[date]:
-    """A day in each price period of a model (its prices' start dates, and today)."""
-    days = {datetime.now().date()}
-    for conditional in info.prices if isinstance(info.prices, list) else ():
-        start = getattr(conditional.constraint, "start_date", None)
-        if isinstance(start, date):
-            days.add(start)
-    return sorted(days)
 
 
 @lru_cache(maxsize=4096)

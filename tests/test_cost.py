@@ -96,10 +96,13 @@ def test_a_price_file_with_an_unknown_key_is_refused_naming_it(tmp_path):
         load_price_table(str(path))
 
 
-def test_the_table_knows_every_prompt_size_where_a_price_turns(table):
-    """Summed reads (the /home cards' cost) group messages by these thresholds: each must be listed."""
+def test_every_prompt_size_where_a_library_price_turns_is_a_stored_tier(table):
+    """Summed reads and schema 0014 group messages by PRICE_TIERS: a library update with another
+    threshold must fail here, not misprice quietly."""
     from genai_prices import data_snapshot
     from genai_prices.data_snapshot import find_provider_by_id
+
+    from service.cost import PRICE_TIERS
 
     provider = find_provider_by_id(data_snapshot.get_snapshot().providers, "anthropic")
     seen = set()
@@ -107,8 +110,7 @@ def test_the_table_knows_every_prompt_size_where_a_price_turns(table):
         prices = table.prices(model.id, AT)
         if prices is not None:
             seen |= {tier.above for tier in prices.tiers}
-    assert 200_000 in seen and seen <= set(table.thresholds())
-    assert list(table.thresholds()) == sorted(table.thresholds())
+    assert seen == set(PRICE_TIERS) and list(PRICE_TIERS) == sorted(PRICE_TIERS)
 
 
 def test_a_group_of_messages_costs_the_sum_of_their_costs(table):
@@ -116,3 +118,15 @@ def test_a_group_of_messages_costs_the_sum_of_their_costs(table):
     two = table.message_cost(OPUS, AT, None, 8, 400, 16000, 600, 600, 0).usd
     group = table.group_cost(OPUS, AT, False, 0, 14, 550, 28000, 1600, 3000).usd
     assert group == pytest.approx(one + two, rel=1e-12)
+
+
+def test_a_group_in_the_100k_tier_is_priced_as_its_messages_are(table):
+    """claude-haiku-5-5 turns at 100,000 prompt tokens: a group of that tier (tier 1) must not be taken
+    for one below it, as a single long-context flag at 200,000 did."""
+    from service.cost import tier_prompt
+
+    one = table.message_cost("claude-haiku-5-5", AT, None, 140_000, 500, 10_000, 0, 0, 0)
+    below = table.message_cost("claude-haiku-5-5", AT, None, 90_000, 500, 0, 0, 0, 0)
+    group = table.group_cost("claude-haiku-5-5", AT, False, tier_prompt(1), 140_000, 500, 10_000, 0, 0)
+    assert group.usd == pytest.approx(one.usd, rel=1e-12)
+    assert one.usd / 150_500 > below.usd / 90_500  # the tier's price per token is higher

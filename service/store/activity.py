@@ -8,7 +8,7 @@ import msgspec
 
 from ..activity import (Activity, EventIn, MessageIn, PromptIn, SessionRow, dedupe_events, session_rows,
                         summarise)
-from ..cost import PriceTable
+from ..cost import PriceTable, tier_prompt, tier_sql
 from ..days import RANGES, day_starts, parse_zone
 from ..db import Database
 from ..timeutil import from_store, to_api, to_store
@@ -216,13 +216,11 @@ GROUP BY bucket, session_id
 """
 
 
-def _cost_sql(thresholds: tuple[int, ...]) -> str:
-    """The window's messages summed per model, speed and price tier (how many of the price table's
-    thresholds their prompt passes): prices are per token, so each group is priced from its sums."""
-    tier = " + ".join(["0"] + [f"(prompt > {int(t)})" for t in thresholds])
-    return f"""
-SELECT model, speed = 'fast', {tier} AS tier, TOTAL(input_tokens), TOTAL(output_tokens), TOTAL(cache_read_tokens),
-       TOTAL(cache_creation_tokens - one_hour), TOTAL(one_hour), MIN(ts), COUNT(*)
+# The window's messages summed per model, speed and price tier: prices are per token, so each group
+# is priced from its sums.
+_CONTEXT_COST_SQL = f"""
+SELECT model, speed = 'fast', {tier_sql("prompt")} AS tier, TOTAL(input_tokens), TOTAL(output_tokens),
+       TOTAL(cache_read_tokens), TOTAL(cache_creation_tokens - one_hour), TOTAL(one_hour), MIN(ts), COUNT(*)
 FROM (SELECT model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ts,
              input_tokens + cache_read_tokens + cache_creation_tokens AS prompt,
              MIN(cache_1h_tokens, cache_creation_tokens) AS one_hour
@@ -253,12 +251,10 @@ async def _frame_context(db: Database, user_id: int, window: str, now: datetime,
     for bucket, session_id, count in await db.fetchall(_CONTEXT_PROMPTS_SQL, params):
         sessions[bucket].add(session_id)
         prompts[bucket] += count
-    thresholds = prices.thresholds()
     cost, priced, unpriced = 0.0, False, 0
-    for model, fast, tier, i, o, cr, five, one_hour, first, count in await db.fetchall(_cost_sql(thresholds), params):
-        prompt = thresholds[tier - 1] + 1 if tier else 0
-        found = prices.group_cost(model, from_store(first), bool(fast), prompt, int(i), int(o), int(cr), int(five),
-                                  int(one_hour))
+    for model, fast, tier, i, o, cr, five, one_hour, first, count in await db.fetchall(_CONTEXT_COST_SQL, params):
+        found = prices.group_cost(model, from_store(first), bool(fast), tier_prompt(tier), int(i), int(o), int(cr),
+                                  int(five), int(one_hour))
         if found is None:
             unpriced += count
         else:

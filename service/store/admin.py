@@ -9,7 +9,7 @@ from typing import Callable
 
 import msgspec
 
-from ..cost import PriceTable
+from ..cost import PriceTable, Rates, cost_of, tier_prompt
 from ..db import Database
 from ..timeutil import to_api, to_store
 
@@ -54,7 +54,7 @@ SELECT user_id, COUNT(DISTINCT session_id) AS sessions, TOTAL(prompts) AS prompt
 FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY user_id
 """
 _MODELS_SQL = """
-SELECT user_id, day, model, speed, long_context, messages, input_tokens, output_tokens, cache_read_tokens,
+SELECT user_id, day, model, speed, price_tier, messages, input_tokens, output_tokens, cache_read_tokens,
        cache_5m_tokens, cache_1h_tokens
 FROM admin_model_days WHERE day >= ? AND day <= ?
 """
@@ -94,29 +94,23 @@ def _noon(day: str) -> datetime:
 
 class _Costs:
     """Cost of the model aggregates: each (model, day, speed, tier) resolves its rates once, then every
-    analyst's row of it is a product of sums (linear within a tier, so it equals the per-message cost)."""
+    analyst's row of it is priced from its sums (linear within a tier: the sum of its messages' costs)."""
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
-        self.seen: dict[tuple, tuple[float, float, float, float, float] | None] = {}
+        self.seen: dict[tuple, Rates | None] = {}
 
     def cost(self, r) -> float | None:
-        key = (r["model"], r["day"], r["speed"], r["long_context"])
-        rates = self.seen.get(key, False)
-        if rates is False:
-            unit = self.prices.sums_cost(r["model"] or None, _noon(r["day"]), r["speed"] or None,
-                                         bool(r["long_context"]), 1_000_000, 0, 0, 0, 0)
-            if unit is None:
-                rates = None
-            else:  # the five prices per token, read back from one-million-token probes
-                rates = tuple(self.prices.sums_cost(
-                    r["model"] or None, _noon(r["day"]), r["speed"] or None, bool(r["long_context"]),
-                    *(1_000_000 if i == j else 0 for j in range(5))).usd / 1_000_000 for i in range(5))
-            self.seen[key] = rates
+        key = (r["model"], r["day"], r["speed"], r["price_tier"])
+        if key not in self.seen:
+            found = self.prices.rates(r["model"] or None, _noon(r["day"]), r["speed"] == "fast",
+                                      tier_prompt(r["price_tier"]))
+            self.seen[key] = None if found is None else found[0]
+        rates = self.seen[key]
         if rates is None:
             return None
-        return (r["input_tokens"] * rates[0] + r["output_tokens"] * rates[1] + r["cache_read_tokens"] * rates[2]
-                + r["cache_5m_tokens"] * rates[3] + r["cache_1h_tokens"] * rates[4])
+        return cost_of(rates, r["input_tokens"], r["output_tokens"], r["cache_read_tokens"], r["cache_5m_tokens"],
+                       r["cache_1h_tokens"])
 
 
 async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
@@ -238,12 +232,9 @@ async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable
     Kept while the database is unchanged (Database.snapshot) and the UTC day is the same; the
     pipeline's health is read afresh (the files of the last hour move with the clock). Callers must
     not change what they get."""
-    version = db.snapshot()
     key = ("admin_usage", range_name, now.astimezone(UTC).date(), prices.version, per_analyst, min_group)
-    found = db.cached(version, key)
-    if found is None:
-        found = await _usage(db, range_name, now, prices, per_analyst=per_analyst, min_group=min_group)
-        db.cache(version, key, found)
+    found = await db.cached_read(
+        key, lambda: _usage(db, range_name, now, prices, per_analyst=per_analyst, min_group=min_group))
     health = await _health(db, now, per_analyst, processor_version)
     health.update(queue_depth=queue_depth, lag_seconds=round(lag_seconds, 3))
     return {**found, "health": health}

@@ -9,6 +9,7 @@ from typing import Iterable, NamedTuple
 
 import msgspec
 
+from ..cost import tier_sql
 from ..db import Database
 from ..records import EventRow, ParseResult
 from ..timeutil import to_store
@@ -305,9 +306,9 @@ _RECOMPUTE_DAYS = (
     WHERE {_TOUCHED_DAYS} AND (user_id, day, session_id) IN (SELECT user_id, day, session_id FROM temp.day_active)""",
     "DELETE FROM temp.day_active",
     f"DELETE FROM admin_model_days WHERE {_TOUCHED_DAYS}",
-    """INSERT INTO admin_model_days
+    f"""INSERT INTO admin_model_days
     SELECT d.user_id, d.day, COALESCE(m.model, ''), COALESCE(m.speed, ''),
-           m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens > 200000, COUNT(*),
+           {tier_sql("(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)")}, COUNT(*),
            TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
            TOTAL(m.cache_creation_tokens - MIN(m.cache_1h_tokens, m.cache_creation_tokens)),
            TOTAL(MIN(m.cache_1h_tokens, m.cache_creation_tokens))
