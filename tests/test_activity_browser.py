@@ -7,7 +7,7 @@ import pytest
 
 from service.store import activity as activity_store
 from tests.conftest import ROOT
-from tests.test_browser import browser, sample_site, sign_in  # noqa: F401 (browser is a fixture)
+from tests.test_browser import DARK, NARROW, browser, fits_and_shoot, sample_site, sign_in  # noqa: F401 (fixture)
 
 DOCS = ROOT / "docs"
 
@@ -59,19 +59,10 @@ async def test_activity_page_in_a_real_browser(browser, carol_site):  # noqa: F8
     assert errors == []
     await context.close()
 
-    for name, options in (("activity-narrow.png", {"viewport": {"width": 390, "height": 844},
-                                                   "device_scale_factor": 2, "is_mobile": True, "has_touch": True}),
-                          ("activity-dark.png", {"viewport": {"width": 1280, "height": 900},
-                                                 "color_scheme": "dark"})):
+    for name, options in (("activity-narrow.png", NARROW), ("activity-dark.png", DARK)):
         context, page = await open_activity(browser, base, carol.token, timezone_id="Europe/Prague", **options)
         await page.goto(f"{base}/activity?range=7d")
-        # Nothing may overflow sideways except inside the sessions table's own scroller.
-        overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        wide = await page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e =>
-            e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).slice(0, 8).map(e =>
-            e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
-        assert overflow <= 0, (name, wide)
-        await page.screenshot(path=str(DOCS / name), full_page=True)
+        await fits_and_shoot(page, DOCS / name)
         await context.close()
 
 

@@ -10,7 +10,7 @@ from service import keys
 from service.app import create_app
 from service.store import ingest as ingest_store
 from tests.conftest import ROOT, SAMPLE_USERS, make_caller
-from tests.test_browser import browser, require_browser, sign_in  # noqa: F401,F811 (browser is a fixture)
+from tests.test_browser import DARK, NARROW, browser, fits_and_shoot, require_browser, sign_in  # noqa: F401,F811
 from tests.test_ingest import NOW, ingest_files, sample_files
 
 DOCS = ROOT / "docs"
@@ -61,16 +61,9 @@ async def test_admin_page_in_a_real_browser(browser, team_site):  # noqa: F811
     assert errors == []
     await context.close()
 
-    for name, options in (("admin-narrow.png", {"viewport": {"width": 390, "height": 844},
-                                                "device_scale_factor": 2, "is_mobile": True, "has_touch": True}),
-                          ("admin-dark.png", {"viewport": {"width": 1280, "height": 900}, "color_scheme": "dark"})):
+    for name, options in (("admin-narrow.png", NARROW), ("admin-dark.png", DARK)):
         context, page = await open_admin(browser, base, ops.token, **options)
-        overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        wide = await page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e =>
-            e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).slice(0, 8).map(e =>
-            e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
-        assert overflow <= 0, (name, wide)
-        await page.screenshot(path=str(DOCS / name), full_page=True)
+        await fits_and_shoot(page, DOCS / name)
         await context.close()
 
 

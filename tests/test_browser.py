@@ -51,6 +51,21 @@ async def browser():
             await chromium.close()
 
 
+NARROW = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+DARK = {"viewport": {"width": 1280, "height": 900}, "color_scheme": "dark"}
+
+
+async def fits_and_shoot(page, path) -> None:
+    """Nothing overflows the page sideways (wide tables scroll in their own wrapper); then a full-page
+    screenshot at ``path``."""
+    overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    wide = await page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e =>
+        e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).slice(0, 8).map(e =>
+        e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+    assert overflow <= 0, (str(path), wide)
+    await page.screenshot(path=str(path), full_page=True)
+
+
 async def sample_site(aiohttp_server, settings, name: str):
     """A real server on a socket, one analyst's samples ingested, its clock at NOW: (server, caller, db)."""
     app = create_app(settings)
