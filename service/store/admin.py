@@ -7,9 +7,8 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Callable
 
-import msgspec
 
-from ..cost import PriceTable, Rates, cost_of, tier_prompt
+from ..cost import PriceTable, Rates, tier_prompt
 from ..db import Database
 from ..timeutil import to_api, to_store
 
@@ -53,6 +52,13 @@ SELECT user_id, COUNT(DISTINCT session_id) AS sessions, TOTAL(prompts) AS prompt
        TOTAL(active_seconds) AS active
 FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY user_id
 """
+_USERS_SQL = "SELECT DISTINCT day, user_id FROM admin_session_days WHERE day >= ? AND day <= ?"
+_ANALYSTS_SQL = """
+SELECT user_id, COUNT(DISTINCT session_id) AS sessions, TOTAL(prompts) AS prompts, TOTAL(input_tokens) AS i,
+       TOTAL(output_tokens) AS o, TOTAL(cache_read_tokens) AS cr, TOTAL(cache_creation_tokens) AS cc,
+       TOTAL(active_seconds) AS active
+FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY user_id
+"""
 _MODELS_SQL = """
 SELECT user_id, day, model, speed, price_tier, messages, input_tokens, output_tokens, cache_read_tokens,
        cache_5m_tokens, cache_1h_tokens
@@ -64,17 +70,15 @@ SELECT u.id, u.email, u.name, u.onboarded, u.last_pull_at, c.version AS client_v
        EXISTS (SELECT 1 FROM session_files f WHERE f.user_id = u.id) AS has_files
 FROM users u LEFT JOIN client_seen c ON c.user_id = u.id ORDER BY u.email
 """
-# Each event once per user (files holding copies of a session share event ids), as the rollups count.
+# From the per (day, analyst, session) tool aggregates ingest's rollups keep (schema 0015): a session
+# is one analyst's, and may span days.
 _TOOLS_SQL = """
-SELECT kind, name, source, user_id, COUNT(*) AS invocations, TOTAL(is_error) AS errors,
-       COUNT(DISTINCT session_id) AS sessions
-FROM (SELECT e.user_id, MIN(e.session_id) AS session_id, MAX(e.is_error) AS is_error, MIN(e.source) AS source,
-             CASE WHEN MIN(e.skill_name) IS NOT NULL THEN 'skill' ELSE MIN(e.event_type) END AS kind,
-             COALESCE(MIN(e.skill_name), CASE MIN(e.event_type) WHEN 'subagent' THEN MIN(e.subagent_type)
-                      WHEN 'slash_command' THEN '/' || MIN(e.command_name) END, MIN(e.tool_name), '(unnamed)') AS name
-      FROM usage_events e WHERE e.ts >= ? AND e.ts < ? GROUP BY e.user_id, e.event_id)
-GROUP BY kind, name, source, user_id
+SELECT kind, name, source, SUM(invocations) AS invocations, SUM(errors) AS errors,
+       COUNT(DISTINCT user_id) AS analysts, COUNT(DISTINCT user_id || ':' || session_id) AS sessions
+FROM admin_tool_days WHERE day >= ? AND day <= ? GROUP BY kind, name, source
+ORDER BY SUM(invocations) DESC, kind, name, source
 """
+_TOOL_USERS_SQL = "SELECT DISTINCT kind, name, source, user_id FROM admin_tool_days WHERE day >= ? AND day <= ?"
 _HEALTH_SQL = """
 SELECT (SELECT COUNT(*) FROM session_files WHERE processed_at >= ?) AS files_last_hour,
        (SELECT COUNT(*) FROM session_files WHERE next_attempt_at IS NOT NULL AND quarantined_at IS NULL) AS failing,
@@ -92,56 +96,73 @@ def _noon(day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day), time(12), UTC)
 
 
-class _Costs:
-    """Cost of the model aggregates: each (model, day, speed, tier) resolves its rates once, then every
-    analyst's row of it is priced from its sums (linear within a tier: the sum of its messages' costs)."""
+# Rates resolved per (price table, model, speed, tier, day): the same few keys come back on every
+# request, and genai-prices' lookup is the costly part of pricing.
+_RATES: dict[tuple, Rates | None] = {}
+_RATES_MAX = 100_000
+_KEYS_SQL = "SELECT DISTINCT model, speed, price_tier FROM admin_model_days WHERE day >= ? AND day <= ?"
+# One row of the rates table handed to SQL: (model, speed, tier, first day, last day, then US dollars
+# per million tokens of input, output, cache read, 5-minute and 1-hour cache writes). Cast for PostgreSQL,
+# which types a VALUES list's parameters from them.
+_RATE_ROW = ("(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS TEXT), CAST(? AS TEXT), "
+             + ", ".join(["CAST(? AS DOUBLE PRECISION)"] * 5) + ")")
+_NO_RATES = ("", "", -1, "", "", 0.0, 0.0, 0.0, 0.0, 0.0)  # matches no row: every model unpriced
+_COST = ("(m.input_tokens * r.i + m.output_tokens * r.o + m.cache_read_tokens * r.cr + m.cache_5m_tokens * r.c5"
+         " + m.cache_1h_tokens * r.c1) / 1000000.0")
+_PRICED = ("WITH r(model, speed, tier, since, until, i, o, cr, c5, c1) AS (VALUES {rows}) SELECT {select} "
+           "FROM admin_model_days m {join} r ON r.model = m.model AND r.speed = m.speed AND r.tier = m.price_tier "
+           "AND m.day >= r.since AND m.day <= r.until")
+# Days shown in privacy mode: those of at least :min_group analysts (the same test as _suppressed_day's).
+_SHOWN_DAYS = ("SELECT day FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY day "
+               "HAVING COUNT(DISTINCT user_id) >= ?")
 
-    def __init__(self, prices: PriceTable) -> None:
-        self.prices = prices
-        self.seen: dict[tuple, Rates | None] = {}
 
-    def cost(self, r) -> float | None:
-        key = (r["model"], r["day"], r["speed"], r["price_tier"])
-        if key not in self.seen:
-            found = self.prices.rates(r["model"] or None, _noon(r["day"]), r["speed"] == "fast",
-                                      tier_prompt(r["price_tier"]))
-            self.seen[key] = None if found is None else found[0]
-        rates = self.seen[key]
-        if rates is None:
-            return None
-        return cost_of(rates, r["input_tokens"], r["output_tokens"], r["cache_read_tokens"], r["cache_5m_tokens"],
-                       r["cache_1h_tokens"])
+def _day_rates(prices: PriceTable, model: str, speed: str, tier: int, day: str) -> Rates | None:
+    key = (prices.version, model, speed, tier, day)
+    if key not in _RATES:
+        if len(_RATES) >= _RATES_MAX:
+            _RATES.clear()
+        found = prices.rates(model or None, _noon(day), speed == "fast", tier_prompt(tier))
+        _RATES[key] = None if found is None else found[0]
+    return _RATES[key]
 
 
-async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
-    """Everything of one period that the figures need, per day, per analyst and per model."""
+async def _rates(db: Database, prices: PriceTable, days: list[str]) -> tuple[str, list]:
+    """The rates of every (model, speed, tier) of these days, as a VALUES list SQL can join the model
+    aggregates with (so SQL sums each row's cost, linear in its token sums within a tier): consecutive
+    days with the same rates share one row. A model without a known price has no row (unpriced)."""
+    rows = []
+    for k in await db.fetchall(_KEYS_SQL, (days[0], days[-1])):
+        model, speed, tier = k["model"], k["speed"], k["price_tier"]
+        run: list = []
+        for day in days:
+            rates = _day_rates(prices, model, speed, tier, day)
+            if run and run[-1][1] == rates:
+                run[-1][0][1] = day
+            else:
+                run.append(([day, day], rates))
+        rows.extend((model, speed, tier, since, until, r.input, r.output, r.cache_read, r.cache_write_5m,
+                     r.cache_write_1h) for (since, until), r in run if r is not None)
+    rows = rows or [_NO_RATES]
+    return ", ".join([_RATE_ROW] * len(rows)), [v for row in rows for v in row]
+
+
+async def _priced(db: Database, rates: tuple[str, list], select: str, where: str, params: tuple,
+                  group: str, join: str = "JOIN") -> list:
+    """``select`` over the range's model aggregates ``m`` joined with their rates ``r`` (``{cost}``: a
+    row's US dollars)."""
+    values, rate_params = rates
+    sql = f"{_PRICED.format(select=select.format(cost=_COST), join=join, rows=values)} WHERE {where} GROUP BY {group}"
+    return await db.fetchall(sql, (*rate_params, *params))
+
+
+async def _period(db: Database, days: list[str], prices: PriceTable, *, full: bool) -> dict:
+    """What the figures of one period need: per day, and (``full``) per analyst and per model."""
     since, until = days[0], days[-1]
+    rates = await _rates(db, prices, days)
     day_rows = {r["day"]: r for r in await db.fetchall(_DAYS_SQL, (since, until))}
-    day_users: dict[str, set[int]] = defaultdict(set)
-    for r in await db.fetchall(_DAY_USERS_SQL, (since, until)):
-        day_users[r["day"]].add(r["user_id"])
-    day_cost: dict[str, float] = defaultdict(float)
-    user_cost: dict[int, float] = defaultdict(float)
-    models: dict[str, dict] = {}
-    unpriced = 0
-    for r in await db.fetchall(_MODELS_SQL, (since, until)):
-        usd = costs.cost(r)
-        name, day, user_id = r["model"] or "(none)", r["day"], r["user_id"]
-        model = models.get(name)
-        if model is None:
-            model = models[name] = {"model": name, "messages": 0, "cost_usd": 0.0, "users": set(),
-                                    "days": defaultdict(float), "day_users": defaultdict(set), "priced": True}
-        model["messages"] += r["messages"]
-        model["users"].add(user_id)
-        model["day_users"][day].add(user_id)
-        if usd is None:
-            unpriced += r["messages"]
-            model["priced"] = False
-            continue
-        model["cost_usd"] += usd
-        model["days"][day] += usd
-        day_cost[day] += usd
-        user_cost[user_id] += usd
+    day_cost = {r["day"]: r["usd"] for r in await _priced(
+        db, rates, "m.day, SUM({cost}) AS usd", "m.day >= ? AND m.day <= ?", (since, until), "m.day")}
     out_days = []
     for day in days:
         r = day_rows.get(day)
@@ -149,11 +170,37 @@ async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
             "date": day, "active_analysts": r["analysts"] if r else 0, "sessions": r["sessions"] if r else 0,
             "prompts": int(r["prompts"]) if r else 0,
             "tokens": _tokens(r["i"], r["o"], r["cr"], r["cc"]) if r else _tokens(),
-            "cost_usd": round(day_cost.get(day, 0.0), 6), "active_seconds": int(r["active"]) if r else 0})
-    ranged = await db.fetchone(_RANGE_SQL, {"since": since, "until": until})
-    analysts = {r["user_id"]: r for r in await db.fetchall(_ANALYSTS_SQL, (since, until))}
-    return {"days": out_days, "day_users": day_users, "range": ranged, "analysts": analysts,
-            "user_cost": user_cost, "models": models, "unpriced_messages": unpriced}
+            "cost_usd": round(day_cost.get(day) or 0.0, 6), "active_seconds": int(r["active"]) if r else 0})
+    period = {"days": out_days, "range": await db.fetchone(_RANGE_SQL, {"since": since, "until": until}),
+              "rates": rates}
+    if full:
+        period["analysts"] = {r["user_id"]: r for r in await db.fetchall(_ANALYSTS_SQL, (since, until))}
+        period["user_cost"] = {r["user_id"]: r["usd"] for r in await _priced(
+            db, rates, "m.user_id, SUM({cost}) AS usd", "m.day >= ? AND m.day <= ?", (since, until), "m.user_id")}
+    return period
+
+
+async def _by_model(db: Database, period: dict, per_analyst: bool, min_group: int) -> tuple[list[dict], list[set]]:
+    """Spend by model, the most first, and each row's analysts; privacy mode counts the shown days only."""
+    since, until = period["days"][0]["date"], period["days"][-1]["date"]
+    where, params = "m.day >= ? AND m.day <= ?", (since, until)
+    if not per_analyst:
+        where, params = f"{where} AND m.day IN ({_SHOWN_DAYS})", (*params, since, until, min_group)
+    found = await _priced(
+        db, period["rates"], "m.model, SUM(m.messages) AS messages, COUNT(DISTINCT m.user_id) AS analysts, "
+        "SUM({cost}) AS usd, SUM(CASE WHEN r.model IS NULL THEN m.messages ELSE 0 END) AS unpriced",
+        where, params, "m.model", join="LEFT JOIN")
+    users: dict[str, set[int]] = defaultdict(set)
+    if not per_analyst:  # the fold unions the analysts of the rows it folds
+        for r in await db.fetchall(f"SELECT DISTINCT m.model, m.user_id FROM admin_model_days m WHERE {where}", params):
+            users[r["model"]].add(r["user_id"])
+    rows = [{"model": r["model"] or "(none)", "analysts": r["analysts"], "messages": r["messages"],
+             "cost_usd": None if r["unpriced"] else round(r["usd"] or 0.0, 6), "_key": r["model"],
+             "_sort": r["usd"] or 0.0} for r in found]
+    rows.sort(key=lambda m: (-m["_sort"], m["model"]))
+    period["unpriced_messages"] = sum(r["unpriced"] for r in found)
+    return ([{k: v for k, v in m.items() if not k.startswith("_")} for m in rows],
+            [users[m["_key"]] for m in rows])
 
 
 def _sum_days(days: list[dict]) -> dict:
@@ -172,15 +219,9 @@ def _suppressed_day(day: dict) -> dict:
             "tokens": None, "cost_usd": None, "active_seconds": None}
 
 
-_SESSIONS_ON_SQL = """
-SELECT COUNT(*) FROM (SELECT DISTINCT s.user_id, s.session_id FROM json_each(?) AS j
-                      JOIN admin_session_days s ON s.day = j.value)
+_SESSIONS_ON_SQL = f"""
+SELECT COUNT(*) FROM (SELECT DISTINCT user_id, session_id FROM admin_session_days WHERE day IN ({_SHOWN_DAYS})) AS s
 """
-
-
-async def _sessions_on(db: Database, days: list[str]) -> int:
-    """Distinct sessions with activity on the given days."""
-    return await db.fetchval(_SESSIONS_ON_SQL, (msgspec.json.encode(days).decode(),))
 
 
 def _kpis(period: dict, onboarded: int, per_analyst: bool, min_group: int) -> dict:
@@ -230,13 +271,16 @@ async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable
     per day, per model, per analyst (``per_analyst`` only), per tool, who needs help and the pipeline.
 
     Kept while the database is unchanged (Database.snapshot) and the UTC day is the same; the
-    pipeline's health is read afresh (the files of the last hour move with the clock). Callers must
-    not change what they get."""
+    pipeline's health while it is unchanged and the minute is the same (the files of the last hour move
+    with the clock), with the worker's queue and lag as they are now. Callers must not change what they
+    get."""
     key = ("admin_usage", range_name, now.astimezone(UTC).date(), prices.version, per_analyst, min_group)
     found = await db.cached_read(
         key, lambda: _usage(db, range_name, now, prices, per_analyst=per_analyst, min_group=min_group))
-    health = await _health(db, now, per_analyst, processor_version)
-    health.update(queue_depth=queue_depth, lag_seconds=round(lag_seconds, 3))
+    minute = now.replace(second=0, microsecond=0)  # the last hour's files, counted to the minute
+    health = await db.cached_read(("admin_health", minute, per_analyst, processor_version),
+                                  lambda: _health(db, minute, per_analyst, processor_version))
+    health = {**health, "queue_depth": queue_depth, "lag_seconds": round(lag_seconds, 3)}
     return {**found, "health": health}
 
 
@@ -259,33 +303,22 @@ async def _health(db: Database, now: datetime, per_analyst: bool, processor_vers
 async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
                  min_group: int) -> dict:
     n = RANGES[range_name]
-    costs = _Costs(prices)
     days, previous_days = day_list(now, n), day_list(now, n, offset=1)
-    current = await _period(db, days, costs)
-    previous = await _period(db, previous_days, costs)
+    current = await _period(db, days, prices, full=True)
+    previous = await _period(db, previous_days, prices, full=False)
     people = [dict(r) for r in await db.fetchall(_USERS_SQL)]
     onboarded = sum(1 for p in people if p["onboarded"])
     if not per_analyst:
         for period in (current, previous):
             period["days"] = [d if d["active_analysts"] == 0 or d["active_analysts"] >= min_group
                               else _suppressed_day(d) for d in period["days"]]
-            period["shown_sessions"] = await _sessions_on(
-                db, [d["date"] for d in period["days"] if not d.get("suppressed")])
+            period["shown_sessions"] = await db.fetchval(
+                _SESSIONS_ON_SQL, (period["days"][0]["date"], period["days"][-1]["date"], min_group))
     kpis = _kpis(current, onboarded, per_analyst, min_group)
     kpis["previous"] = _kpis(previous, onboarded, per_analyst, min_group)
 
     # Spend by model: privacy mode counts the shown days only, and folds models of few analysts.
-    shown_days = {d["date"] for d in current["days"] if not d.get("suppressed")}
-    by_model, model_users = [], []
-    for m in sorted(current["models"].values(), key=lambda m: (-m["cost_usd"], m["model"])):
-        users = set(m["users"]) if per_analyst else set().union(
-            *(u for day, u in m["day_users"].items() if day in shown_days))
-        cost = m["cost_usd"] if per_analyst else sum(v for day, v in m["days"].items() if day in shown_days)
-        if not users:
-            continue
-        by_model.append({"model": m["model"], "analysts": len(users), "messages": m["messages"],
-                         "cost_usd": round(cost, 6) if m["priced"] else None})
-        model_users.append(users)
+    by_model, model_users = await _by_model(db, current, per_analyst, min_group)
     if not per_analyst:
         for row in by_model:  # message counts cover every day: only the cost is kept per shown day
             row.pop("messages")
@@ -297,27 +330,19 @@ async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTabl
                          {"model": "other", "analysts": 0, "cost_usd": 0.0}, add_model)
 
     # Tools, skills, subagents, MCP servers, slash commands, by plugin source.
-    until = to_store(datetime.combine(date.fromisoformat(days[-1]) + timedelta(days=1), time(), UTC))
-    tool_rows: dict[tuple, dict] = {}
-    tool_users: dict[tuple, set[int]] = defaultdict(set)
-    for r in await db.fetchall(_TOOLS_SQL, (days[0], until)):
-        key = (r["kind"], r["name"], r["source"])
-        row = tool_rows.setdefault(key, {"kind": r["kind"], "name": r["name"], "source": r["source"],
-                                         "invocations": 0, "analysts": 0, "sessions": 0, "errors": 0})
-        row["invocations"] += r["invocations"]
-        row["errors"] += int(r["errors"])
-        row["sessions"] += r["sessions"]  # a session is one user's: the users' counts add up
-        tool_users[key].add(r["user_id"])
-    for key, row in tool_rows.items():
-        row["analysts"] = len(tool_users[key])
-    ordered = sorted(tool_rows, key=lambda k: (-tool_rows[k]["invocations"], k))
-    tools = [tool_rows[k] for k in ordered]
+    tools = [{"kind": r["kind"], "name": r["name"], "source": r["source"], "invocations": r["invocations"],
+              "analysts": r["analysts"], "sessions": r["sessions"], "errors": r["errors"]}
+             for r in await db.fetchall(_TOOLS_SQL, (days[0], days[-1]))]
     if not per_analyst:
         def add_tool(other: dict, row: dict) -> None:
             for field in ("invocations", "sessions", "errors"):
                 other[field] += row[field]
 
-        tools = _fold(tools, {i: tool_users[k] for i, k in enumerate(ordered)}, min_group,
+        tool_users: dict[tuple, set[int]] = defaultdict(set)  # the fold unions the analysts of what it folds
+        for r in await db.fetchall(_TOOL_USERS_SQL, (days[0], days[-1])):
+            tool_users[(r["kind"], r["name"], r["source"])].add(r["user_id"])
+        tools = _fold(tools, {i: tool_users[(t["kind"], t["name"], t["source"])] for i, t in enumerate(tools)},
+                      min_group,
                       {"kind": "other", "name": "other", "source": "other", "invocations": 0, "analysts": 0,
                        "sessions": 0, "errors": 0}, add_tool)
 

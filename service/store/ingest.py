@@ -599,16 +599,19 @@ COMMIT;
 
 
 
-# The daily tool and plugin rollups of up to :limit dirty days (the latest first), set-based: a
-# statement per step for all the days at once, not five per day. Each day counts its usage events
-# once per user (files holding copies of a session share event ids).
+# The daily tool and plugin rollups (and the operators' admin_tool_days) of up to :limit dirty days
+# (the latest first), set-based: a statement per step for all the days at once, not five per day.
+# Each day counts its usage events once per user (files holding copies of a session share event ids).
 _EVENTS_ONCE = """(SELECT d.day, e.user_id, e.event_id, MIN(e.session_id) AS session_id,
         MIN(e.tool_name) AS tool_name, MIN(e.command_name) AS command_name, MIN(e.source) AS source,
-        MIN(e.ref_id) AS ref_id, MAX(e.is_error) AS is_error
+        MIN(e.ref_id) AS ref_id, MAX(e.is_error) AS is_error,
+        CASE WHEN MIN(e.skill_name) IS NOT NULL THEN 'skill' ELSE MIN(e.event_type) END AS kind,
+        COALESCE(MIN(e.skill_name), CASE MIN(e.event_type) WHEN 'subagent' THEN MIN(e.subagent_type)
+                 WHEN 'slash_command' THEN '/' || MIN(e.command_name) END, MIN(e.tool_name), '(unnamed)') AS name
     FROM temp.rollup_days d
     CROSS JOIN usage_events e ON e.ts >= d.day || 'T' AND e.ts < d.day || 'U'
     GROUP BY d.day, e.user_id, e.event_id)"""
-_REBUILD_ROLLUPS = statements(f"""
+REBUILD_ROLLUPS = statements(f"""
 CREATE TEMP TABLE IF NOT EXISTS rollup_days (day TEXT PRIMARY KEY);
 DELETE FROM temp.rollup_days;
 INSERT INTO temp.rollup_days SELECT day FROM rollup_dirty_days ORDER BY day DESC LIMIT :limit;
@@ -621,6 +624,10 @@ INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_u
 INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, distinct_sessions)
     SELECT day, source, ref_id, COUNT(*), COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id)
     FROM {_EVENTS_ONCE} WHERE ref_id IS NOT NULL GROUP BY day, source, ref_id;
+DELETE FROM admin_tool_days WHERE day IN (SELECT day FROM temp.rollup_days);
+INSERT INTO admin_tool_days (day, user_id, session_id, kind, name, source, invocations, errors)
+    SELECT day, user_id, session_id, kind, name, source, COUNT(*), SUM(is_error)
+    FROM {_EVENTS_ONCE} GROUP BY day, user_id, session_id, kind, name, source;
 DELETE FROM rollup_dirty_days WHERE day IN (SELECT day FROM temp.rollup_days);
 """)
 
@@ -629,7 +636,7 @@ async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
     """Recompute the daily tool and plugin rollups of the days marked dirty (at most ``limit``, the
     latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
-        for statement in _REBUILD_ROLLUPS:
+        for statement in REBUILD_ROLLUPS:
             await conn.execute(statement, {"limit": limit} if ":limit" in statement else ())
         async with conn.execute("SELECT day FROM temp.rollup_days ORDER BY day DESC") as cur:
             return [r[0] for r in await cur.fetchall()]
@@ -662,6 +669,9 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         await conn.execute("DELETE FROM admin_model_days WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
+        await conn.execute("DELETE FROM admin_tool_days WHERE day < ?", (cutoff[:10],))
+        # The day it cuts through lost events: its rollups are recomputed by the worker's next step.
+        await conn.execute("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", (cutoff[:10],))
     return counts
 
 
