@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Callable
 
 
-from ..cost import PriceTable, Rates, tier_prompt
+from ..cost import PriceTable, Rates, cost_of, tier_prompt
 from ..db import Database
 from ..timeutil import to_api, to_store
 
@@ -70,15 +70,13 @@ SELECT u.id, u.email, u.name, u.onboarded, u.last_pull_at, c.version AS client_v
        EXISTS (SELECT 1 FROM session_files f WHERE f.user_id = u.id) AS has_files
 FROM users u LEFT JOIN client_seen c ON c.user_id = u.id ORDER BY u.email
 """
-# From the per (day, analyst, session) tool aggregates ingest's rollups keep (schema 0015): a session
-# is one analyst's, and may span days.
+# From the per (day, analyst, session) tool aggregates the worker's rollups keep (schema 0015), per
+# tool and analyst: a session is one analyst's (and may span days), so the analysts' counts add up.
 _TOOLS_SQL = """
-SELECT kind, name, source, SUM(invocations) AS invocations, SUM(errors) AS errors,
-       COUNT(DISTINCT user_id) AS analysts, COUNT(DISTINCT user_id || ':' || session_id) AS sessions
-FROM admin_tool_days WHERE day >= ? AND day <= ? GROUP BY kind, name, source
-ORDER BY SUM(invocations) DESC, kind, name, source
+SELECT kind, name, source, user_id, SUM(invocations) AS invocations, SUM(errors) AS errors,
+       COUNT(DISTINCT session_id) AS sessions
+FROM admin_tool_days WHERE day >= ? AND day <= ? GROUP BY kind, name, source, user_id
 """
-_TOOL_USERS_SQL = "SELECT DISTINCT kind, name, source, user_id FROM admin_tool_days WHERE day >= ? AND day <= ?"
 _HEALTH_SQL = """
 SELECT (SELECT COUNT(*) FROM session_files WHERE processed_at >= ?) AS files_last_hour,
        (SELECT COUNT(*) FROM session_files WHERE next_attempt_at IS NOT NULL AND quarantined_at IS NULL) AS failing,
@@ -100,21 +98,26 @@ def _noon(day: str) -> datetime:
 # request, and genai-prices' lookup is the costly part of pricing.
 _RATES: dict[tuple, Rates | None] = {}
 _RATES_MAX = 100_000
-_KEYS_SQL = "SELECT DISTINCT model, speed, price_tier FROM admin_model_days WHERE day >= ? AND day <= ?"
-# One row of the rates table handed to SQL: (model, speed, tier, first day, last day, then US dollars
-# per million tokens of input, output, cache read, 5-minute and 1-hour cache writes). Cast for PostgreSQL,
-# which types a VALUES list's parameters from them.
-_RATE_ROW = ("(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS TEXT), CAST(? AS TEXT), "
-             + ", ".join(["CAST(? AS DOUBLE PRECISION)"] * 5) + ")")
-_NO_RATES = ("", "", -1, "", "", 0.0, 0.0, 0.0, 0.0, 0.0)  # matches no row: every model unpriced
-_COST = ("(m.input_tokens * r.i + m.output_tokens * r.o + m.cache_read_tokens * r.cr + m.cache_5m_tokens * r.c5"
-         " + m.cache_1h_tokens * r.c1) / 1000000.0")
-_PRICED = ("WITH r(model, speed, tier, since, until, i, o, cr, c5, c1) AS (VALUES {rows}) SELECT {select} "
-           "FROM admin_model_days m {join} r ON r.model = m.model AND r.speed = m.speed AND r.tier = m.price_tier "
-           "AND m.day >= r.since AND m.day <= r.until")
-# Days shown in privacy mode: those of at least :min_group analysts (the same test as _suppressed_day's).
+# Token sums per (day, model, speed, tier): a few hundred rows for a range, each priced once (prices are
+# per token, so a group's cost is the sum of its messages' costs).
+_MODEL_DAYS_SQL = """
+SELECT day, model, speed, price_tier, SUM(messages) AS messages, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
+       SUM(cache_read_tokens) AS cr, SUM(cache_5m_tokens) AS c5, SUM(cache_1h_tokens) AS c1
+FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY day, model, speed, price_tier
+"""
+# The same per analyst: over the whole range when every key's rates hold for all of it (the usual
+# case), else per day as well.
+_USER_MODELS_SQL = """
+SELECT user_id, model, speed, price_tier, {day} AS day, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
+       SUM(cache_read_tokens) AS cr, SUM(cache_5m_tokens) AS c5, SUM(cache_1h_tokens) AS c1
+FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY user_id, model, speed, price_tier{by_day}
+"""
+_MODEL_USERS_SQL = "SELECT model, COUNT(DISTINCT user_id) AS analysts FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY model"
+# Days shown in privacy mode: those of at least min_group analysts (the same test as _suppressed_day's).
 _SHOWN_DAYS = ("SELECT day FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY day "
                "HAVING COUNT(DISTINCT user_id) >= ?")
+_SHOWN_MODEL_USERS_SQL = (f"SELECT DISTINCT model, user_id FROM admin_model_days WHERE day >= ? AND day <= ? "
+                          f"AND day IN ({_SHOWN_DAYS})")
 
 
 def _day_rates(prices: PriceTable, model: str, speed: str, tier: int, day: str) -> Rates | None:
@@ -127,42 +130,20 @@ def _day_rates(prices: PriceTable, model: str, speed: str, tier: int, day: str) 
     return _RATES[key]
 
 
-async def _rates(db: Database, prices: PriceTable, days: list[str]) -> tuple[str, list]:
-    """The rates of every (model, speed, tier) of these days, as a VALUES list SQL can join the model
-    aggregates with (so SQL sums each row's cost, linear in its token sums within a tier): consecutive
-    days with the same rates share one row. A model without a known price has no row (unpriced)."""
-    rows = []
-    for k in await db.fetchall(_KEYS_SQL, (days[0], days[-1])):
-        model, speed, tier = k["model"], k["speed"], k["price_tier"]
-        run: list = []
-        for day in days:
-            rates = _day_rates(prices, model, speed, tier, day)
-            if run and run[-1][1] == rates:
-                run[-1][0][1] = day
-            else:
-                run.append(([day, day], rates))
-        rows.extend((model, speed, tier, since, until, r.input, r.output, r.cache_read, r.cache_write_5m,
-                     r.cache_write_1h) for (since, until), r in run if r is not None)
-    rows = rows or [_NO_RATES]
-    return ", ".join([_RATE_ROW] * len(rows)), [v for row in rows for v in row]
-
-
-async def _priced(db: Database, rates: tuple[str, list], select: str, where: str, params: tuple,
-                  group: str, join: str = "JOIN") -> list:
-    """``select`` over the range's model aggregates ``m`` joined with their rates ``r`` (``{cost}``: a
-    row's US dollars)."""
-    values, rate_params = rates
-    sql = f"{_PRICED.format(select=select.format(cost=_COST), join=join, rows=values)} WHERE {where} GROUP BY {group}"
-    return await db.fetchall(sql, (*rate_params, *params))
+def _price(prices: PriceTable, r) -> float | None:
+    """A group's US dollars; None when its model has no known price."""
+    rates = _day_rates(prices, r["model"], r["speed"], r["price_tier"], r["day"])
+    return None if rates is None else cost_of(rates, r["i"], r["o"], r["cr"], r["c5"], r["c1"])
 
 
 async def _period(db: Database, days: list[str], prices: PriceTable, *, full: bool) -> dict:
     """What the figures of one period need: per day, and (``full``) per analyst and per model."""
     since, until = days[0], days[-1]
-    rates = await _rates(db, prices, days)
     day_rows = {r["day"]: r for r in await db.fetchall(_DAYS_SQL, (since, until))}
-    day_cost = {r["day"]: r["usd"] for r in await _priced(
-        db, rates, "m.day, SUM({cost}) AS usd", "m.day >= ? AND m.day <= ?", (since, until), "m.day")}
+    model_days = [(r, _price(prices, r)) for r in await db.fetchall(_MODEL_DAYS_SQL, (since, until))]
+    day_cost: dict[str, float] = defaultdict(float)
+    for r, usd in model_days:
+        day_cost[r["day"]] += usd or 0.0
     out_days = []
     for day in days:
         r = day_rows.get(day)
@@ -170,37 +151,51 @@ async def _period(db: Database, days: list[str], prices: PriceTable, *, full: bo
             "date": day, "active_analysts": r["analysts"] if r else 0, "sessions": r["sessions"] if r else 0,
             "prompts": int(r["prompts"]) if r else 0,
             "tokens": _tokens(r["i"], r["o"], r["cr"], r["cc"]) if r else _tokens(),
-            "cost_usd": round(day_cost.get(day) or 0.0, 6), "active_seconds": int(r["active"]) if r else 0})
+            "cost_usd": round(day_cost.get(day, 0.0), 6), "active_seconds": int(r["active"]) if r else 0})
     period = {"days": out_days, "range": await db.fetchone(_RANGE_SQL, {"since": since, "until": until}),
-              "rates": rates}
+              "model_days": model_days}
     if full:
         period["analysts"] = {r["user_id"]: r for r in await db.fetchall(_ANALYSTS_SQL, (since, until))}
-        period["user_cost"] = {r["user_id"]: r["usd"] for r in await _priced(
-            db, rates, "m.user_id, SUM({cost}) AS usd", "m.day >= ? AND m.day <= ?", (since, until), "m.user_id")}
+        # Rates that move inside the range (a price change) need the analysts' sums per day too.
+        steady = all(_day_rates(prices, r["model"], r["speed"], r["price_tier"], since)
+                     == _day_rates(prices, r["model"], r["speed"], r["price_tier"], r["day"]) for r, _ in model_days)
+        sql = _USER_MODELS_SQL.format(day="?" if steady else "day", by_day="" if steady else ", day")
+        user_cost: dict[int, float] = defaultdict(float)
+        for r in await db.fetchall(sql, (since, since, until) if steady else (since, until)):
+            user_cost[r["user_id"]] += _price(prices, r) or 0.0
+        period["user_cost"] = user_cost
     return period
 
 
 async def _by_model(db: Database, period: dict, per_analyst: bool, min_group: int) -> tuple[list[dict], list[set]]:
     """Spend by model, the most first, and each row's analysts; privacy mode counts the shown days only."""
     since, until = period["days"][0]["date"], period["days"][-1]["date"]
-    where, params = "m.day >= ? AND m.day <= ?", (since, until)
-    if not per_analyst:
-        where, params = f"{where} AND m.day IN ({_SHOWN_DAYS})", (*params, since, until, min_group)
-    found = await _priced(
-        db, period["rates"], "m.model, SUM(m.messages) AS messages, COUNT(DISTINCT m.user_id) AS analysts, "
-        "SUM({cost}) AS usd, SUM(CASE WHEN r.model IS NULL THEN m.messages ELSE 0 END) AS unpriced",
-        where, params, "m.model", join="LEFT JOIN")
+    shown = {d["date"] for d in period["days"] if not d.get("suppressed")}
+    models: dict[str, dict] = {}
+    for r, usd in period["model_days"]:
+        if not per_analyst and r["day"] not in shown:
+            continue
+        m = models.setdefault(r["model"], {"model": r["model"] or "(none)", "analysts": 0, "messages": 0,
+                                            "cost_usd": 0.0, "unpriced": 0})
+        m["messages"] += r["messages"]
+        if usd is None:
+            m["unpriced"] += r["messages"]
+        else:
+            m["cost_usd"] += usd
     users: dict[str, set[int]] = defaultdict(set)
-    if not per_analyst:  # the fold unions the analysts of the rows it folds
-        for r in await db.fetchall(f"SELECT DISTINCT m.model, m.user_id FROM admin_model_days m WHERE {where}", params):
+    if per_analyst:
+        for r in await db.fetchall(_MODEL_USERS_SQL, (since, until)):
+            models[r["model"]]["analysts"] = r["analysts"]
+    else:  # the fold unions the analysts of the rows it folds
+        for r in await db.fetchall(_SHOWN_MODEL_USERS_SQL, (since, until, since, until, min_group)):
             users[r["model"]].add(r["user_id"])
-    rows = [{"model": r["model"] or "(none)", "analysts": r["analysts"], "messages": r["messages"],
-             "cost_usd": None if r["unpriced"] else round(r["usd"] or 0.0, 6), "_key": r["model"],
-             "_sort": r["usd"] or 0.0} for r in found]
-    rows.sort(key=lambda m: (-m["_sort"], m["model"]))
-    period["unpriced_messages"] = sum(r["unpriced"] for r in found)
-    return ([{k: v for k, v in m.items() if not k.startswith("_")} for m in rows],
-            [users[m["_key"]] for m in rows])
+        for key, m in models.items():
+            m["analysts"] = len(users[key])
+    keys = sorted(models, key=lambda k: (-models[k]["cost_usd"], models[k]["model"]))
+    period["unpriced_messages"] = sum(m["unpriced"] for m in models.values())
+    rows = [{"model": models[k]["model"], "analysts": models[k]["analysts"], "messages": models[k]["messages"],
+             "cost_usd": None if models[k]["unpriced"] else round(models[k]["cost_usd"], 6)} for k in keys]
+    return rows, [users[k] for k in keys]
 
 
 def _sum_days(days: list[dict]) -> dict:
@@ -330,19 +325,27 @@ async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTabl
                          {"model": "other", "analysts": 0, "cost_usd": 0.0}, add_model)
 
     # Tools, skills, subagents, MCP servers, slash commands, by plugin source.
-    tools = [{"kind": r["kind"], "name": r["name"], "source": r["source"], "invocations": r["invocations"],
-              "analysts": r["analysts"], "sessions": r["sessions"], "errors": r["errors"]}
-             for r in await db.fetchall(_TOOLS_SQL, (days[0], days[-1]))]
+    tool_rows: dict[tuple, dict] = {}
+    tool_users: dict[tuple, set[int]] = defaultdict(set)
+    for r in await db.fetchall(_TOOLS_SQL, (days[0], days[-1])):
+        key = (r["kind"], r["name"], r["source"])
+        row = tool_rows.get(key)
+        if row is None:
+            row = tool_rows[key] = {"kind": r["kind"], "name": r["name"], "source": r["source"], "invocations": 0,
+                                    "analysts": 0, "sessions": 0, "errors": 0}
+        row["invocations"] += r["invocations"]
+        row["errors"] += r["errors"]
+        row["sessions"] += r["sessions"]
+        row["analysts"] += 1
+        tool_users[key].add(r["user_id"])
+    ordered = sorted(tool_rows, key=lambda k: (-tool_rows[k]["invocations"], k))
+    tools = [tool_rows[k] for k in ordered]
     if not per_analyst:
         def add_tool(other: dict, row: dict) -> None:
             for field in ("invocations", "sessions", "errors"):
                 other[field] += row[field]
 
-        tool_users: dict[tuple, set[int]] = defaultdict(set)  # the fold unions the analysts of what it folds
-        for r in await db.fetchall(_TOOL_USERS_SQL, (days[0], days[-1])):
-            tool_users[(r["kind"], r["name"], r["source"])].add(r["user_id"])
-        tools = _fold(tools, {i: tool_users[(t["kind"], t["name"], t["source"])] for i, t in enumerate(tools)},
-                      min_group,
+        tools = _fold(tools, {i: tool_users[k] for i, k in enumerate(ordered)}, min_group,
                       {"kind": "other", "name": "other", "source": "other", "invocations": 0, "analysts": 0,
                        "sessions": 0, "errors": 0}, add_tool)
 
