@@ -670,8 +670,8 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM admin_tool_days WHERE day < ?", (cutoff[:10],))
-        # The day it cuts through lost events: its rollups are recomputed by the worker's next step.
-        await conn.execute("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", (cutoff[:10],))
+        if counts["usage_events"]:  # the day it cut through may have lost some: rolled up again next tick
+            await conn.execute("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", (cutoff[:10],))
     return counts
 
 
