@@ -42,27 +42,14 @@ FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY day
 _RANGE_SQL = """
 SELECT COUNT(DISTINCT user_id) AS analysts,
        (SELECT COUNT(*) FROM (SELECT DISTINCT user_id, session_id FROM admin_session_days
-                              WHERE day >= :since AND day <= :until)) AS sessions
+                              WHERE day >= :since AND day <= :until) AS pairs) AS sessions
 FROM admin_session_days WHERE day >= :since AND day <= :until
 """
-_DAY_USERS_SQL = "SELECT DISTINCT day, user_id FROM admin_session_days WHERE day >= ? AND day <= ?"
 _ANALYSTS_SQL = """
 SELECT user_id, COUNT(DISTINCT session_id) AS sessions, TOTAL(prompts) AS prompts, TOTAL(input_tokens) AS i,
        TOTAL(output_tokens) AS o, TOTAL(cache_read_tokens) AS cr, TOTAL(cache_creation_tokens) AS cc,
        TOTAL(active_seconds) AS active
 FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY user_id
-"""
-_USERS_SQL = "SELECT DISTINCT day, user_id FROM admin_session_days WHERE day >= ? AND day <= ?"
-_ANALYSTS_SQL = """
-SELECT user_id, COUNT(DISTINCT session_id) AS sessions, TOTAL(prompts) AS prompts, TOTAL(input_tokens) AS i,
-       TOTAL(output_tokens) AS o, TOTAL(cache_read_tokens) AS cr, TOTAL(cache_creation_tokens) AS cc,
-       TOTAL(active_seconds) AS active
-FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY user_id
-"""
-_MODELS_SQL = """
-SELECT user_id, day, model, speed, price_tier, messages, input_tokens, output_tokens, cache_read_tokens,
-       cache_5m_tokens, cache_1h_tokens
-FROM admin_model_days WHERE day >= ? AND day <= ?
 """
 _USERS_SQL = """
 SELECT u.id, u.email, u.name, u.onboarded, u.last_pull_at, c.version AS client_version,
@@ -73,7 +60,7 @@ FROM users u LEFT JOIN client_seen c ON c.user_id = u.id ORDER BY u.email
 # From the per (day, analyst, session) tool aggregates the worker's rollups keep (schema 0015), per
 # tool and analyst: a session is one analyst's (and may span days), so the analysts' counts add up.
 _TOOLS_SQL = """
-SELECT kind, name, source, user_id, SUM(invocations) AS invocations, SUM(errors) AS errors,
+SELECT kind, name, source, user_id, TOTAL(invocations) AS invocations, TOTAL(errors) AS errors,
        COUNT(DISTINCT session_id) AS sessions
 FROM admin_tool_days WHERE day >= ? AND day <= ? GROUP BY kind, name, source, user_id
 """
@@ -101,18 +88,19 @@ _RATES_MAX = 100_000
 # Token sums per (day, model, speed, tier): a few hundred rows for a range, each priced once (prices are
 # per token, so a group's cost is the sum of its messages' costs).
 _MODEL_DAYS_SQL = """
-SELECT day, model, speed, price_tier, SUM(messages) AS messages, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
-       SUM(cache_read_tokens) AS cr, SUM(cache_5m_tokens) AS c5, SUM(cache_1h_tokens) AS c1
+SELECT day, model, speed, price_tier, TOTAL(messages) AS messages, TOTAL(input_tokens) AS i, TOTAL(output_tokens) AS o,
+       TOTAL(cache_read_tokens) AS cr, TOTAL(cache_5m_tokens) AS c5, TOTAL(cache_1h_tokens) AS c1
 FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY day, model, speed, price_tier
 """
 # The same per analyst: over the whole range when every key's rates hold for all of it (the usual
 # case), else per day as well.
 _USER_MODELS_SQL = """
-SELECT user_id, model, speed, price_tier, {day} AS day, SUM(input_tokens) AS i, SUM(output_tokens) AS o,
-       SUM(cache_read_tokens) AS cr, SUM(cache_5m_tokens) AS c5, SUM(cache_1h_tokens) AS c1
+SELECT user_id, model, speed, price_tier, {day} AS day, TOTAL(input_tokens) AS i, TOTAL(output_tokens) AS o,
+       TOTAL(cache_read_tokens) AS cr, TOTAL(cache_5m_tokens) AS c5, TOTAL(cache_1h_tokens) AS c1
 FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY user_id, model, speed, price_tier{by_day}
 """
-_MODEL_USERS_SQL = "SELECT model, COUNT(DISTINCT user_id) AS analysts FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY model"
+_MODEL_USERS_SQL = ("SELECT model, COUNT(DISTINCT user_id) AS analysts FROM admin_model_days "
+                    "WHERE day >= ? AND day <= ? GROUP BY model")
 # Days shown in privacy mode: those of at least min_group analysts (the same test as _suppressed_day's).
 _SHOWN_DAYS = ("SELECT day FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY day "
                "HAVING COUNT(DISTINCT user_id) >= ?")
@@ -159,7 +147,7 @@ async def _period(db: Database, days: list[str], prices: PriceTable, *, full: bo
         # Rates that move inside the range (a price change) need the analysts' sums per day too.
         steady = all(_day_rates(prices, r["model"], r["speed"], r["price_tier"], since)
                      == _day_rates(prices, r["model"], r["speed"], r["price_tier"], r["day"]) for r, _ in model_days)
-        sql = _USER_MODELS_SQL.format(day="?" if steady else "day", by_day="" if steady else ", day")
+        sql = _USER_MODELS_SQL.format(day="CAST(? AS TEXT)" if steady else "day", by_day="" if steady else ", day")
         user_cost: dict[int, float] = defaultdict(float)
         for r in await db.fetchall(sql, (since, since, until) if steady else (since, until)):
             user_cost[r["user_id"]] += _price(prices, r) or 0.0
@@ -177,9 +165,9 @@ async def _by_model(db: Database, period: dict, per_analyst: bool, min_group: in
             continue
         m = models.setdefault(r["model"], {"model": r["model"] or "(none)", "analysts": 0, "messages": 0,
                                             "cost_usd": 0.0, "unpriced": 0})
-        m["messages"] += r["messages"]
+        m["messages"] += int(r["messages"])
         if usd is None:
-            m["unpriced"] += r["messages"]
+            m["unpriced"] += int(r["messages"])
         else:
             m["cost_usd"] += usd
     users: dict[str, set[int]] = defaultdict(set)
@@ -333,8 +321,8 @@ async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTabl
         if row is None:
             row = tool_rows[key] = {"kind": r["kind"], "name": r["name"], "source": r["source"], "invocations": 0,
                                     "analysts": 0, "sessions": 0, "errors": 0}
-        row["invocations"] += r["invocations"]
-        row["errors"] += r["errors"]
+        row["invocations"] += int(r["invocations"])
+        row["errors"] += int(r["errors"])
         row["sessions"] += r["sessions"]
         row["analysts"] += 1
         tool_users[key].add(r["user_id"])
