@@ -16,7 +16,7 @@ import aiosqlite
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema" / "sqlite"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 

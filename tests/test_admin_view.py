@@ -264,7 +264,7 @@ async def test_the_aggregates_kept_by_ingest_equal_a_rebuild_from_scratch(client
 async def test_the_migration_s_backfill_equals_what_ingest_keeps(client, seeded):
     """Schema 0014 fills the aggregates of a database ingested before it, as ingest would have."""
     db = client.app[keys.DB]
-    script = (ROOT / "schema" / "0014_admin_daily.sql").read_text()
+    script = (ROOT / "schema" / "sqlite" / "0014_admin_daily.sql").read_text()
     backfill = script[script.index("INSERT INTO admin_session_days"):]
 
     async def snapshot():
