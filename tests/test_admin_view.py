@@ -241,6 +241,7 @@ async def test_with_a_minimum_group_of_two_the_rows_of_two_analysts_show(aiohttp
     assert sum(row["cost_usd"] for row in u["by_model"]) == pytest.approx(u["kpis"]["cost_usd"], abs=1e-5)
 
 
+@pytest.mark.sqlite_only  # SQLite's scripts (the rebuild, the migration's backfill)
 async def test_the_aggregates_kept_by_ingest_equal_a_rebuild_from_scratch(client, seeded):
     """What each file's transaction recomputes for its touched days is what a full derivation gives."""
     db = client.app[keys.DB]
@@ -261,6 +262,7 @@ async def test_the_aggregates_kept_by_ingest_equal_a_rebuild_from_scratch(client
     assert [r for r in after[0] if r[1] >= "2026-11-18"] == [r for r in kept[0] if r[1] >= "2026-11-18"]
 
 
+@pytest.mark.sqlite_only  # SQLite's scripts (the rebuild, the migration's backfill)
 async def test_the_migration_s_backfill_equals_what_ingest_keeps(client, seeded):
     """Schema 0014 fills the aggregates of a database ingested before it, as ingest would have."""
     db = client.app[keys.DB]

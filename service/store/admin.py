@@ -43,7 +43,7 @@ FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY day
 _RANGE_SQL = """
 SELECT COUNT(DISTINCT user_id) AS analysts,
        (SELECT COUNT(*) FROM (SELECT DISTINCT user_id, session_id FROM admin_session_days
-                              WHERE day >= :since AND day <= :until)) AS sessions
+                              WHERE day >= :since AND day <= :until) AS pairs) AS sessions
 FROM admin_session_days WHERE day >= :since AND day <= :until
 """
 _DAY_USERS_SQL = "SELECT DISTINCT day, user_id FROM admin_session_days WHERE day >= ? AND day <= ?"
@@ -72,7 +72,7 @@ FROM (SELECT e.user_id, MIN(e.session_id) AS session_id, MAX(e.is_error) AS is_e
              CASE WHEN MIN(e.skill_name) IS NOT NULL THEN 'skill' ELSE MIN(e.event_type) END AS kind,
              COALESCE(MIN(e.skill_name), CASE MIN(e.event_type) WHEN 'subagent' THEN MIN(e.subagent_type)
                       WHEN 'slash_command' THEN '/' || MIN(e.command_name) END, MIN(e.tool_name), '(unnamed)') AS name
-      FROM usage_events e WHERE e.ts >= ? AND e.ts < ? GROUP BY e.user_id, e.event_id)
+      FROM usage_events e WHERE e.ts >= ? AND e.ts < ? GROUP BY e.user_id, e.event_id) AS once
 GROUP BY kind, name, source, user_id
 """
 _HEALTH_SQL = """
@@ -172,15 +172,20 @@ def _suppressed_day(day: dict) -> dict:
             "tokens": None, "cost_usd": None, "active_seconds": None}
 
 
-_SESSIONS_ON_SQL = """
+_SESSIONS_ON_SQL = {
+    "sqlite": """
 SELECT COUNT(*) FROM (SELECT DISTINCT s.user_id, s.session_id FROM json_each(?) AS j
-                      JOIN admin_session_days s ON s.day = j.value)
-"""
+                      JOIN admin_session_days s ON s.day = j.value) AS pairs
+""",
+    "postgresql": """
+SELECT COUNT(*) FROM (SELECT DISTINCT s.user_id, s.session_id FROM json_array_elements_text(CAST(? AS json)) AS j (value)
+                      JOIN admin_session_days s ON s.day = j.value) AS pairs
+"""}
 
 
 async def _sessions_on(db: Database, days: list[str]) -> int:
     """Distinct sessions with activity on the given days."""
-    return await db.fetchval(_SESSIONS_ON_SQL, (msgspec.json.encode(days).decode(),))
+    return await db.fetchval(_SESSIONS_ON_SQL[db.dialect], (msgspec.json.encode(days).decode(),))
 
 
 def _kpis(period: dict, onboarded: int, per_analyst: bool, min_group: int) -> dict:
