@@ -40,7 +40,7 @@ import corpus  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from service.ingest import USAGE_PROCESSOR_VERSION  # noqa: E402
 from service.migrations import latest_version  # noqa: E402
-from service.store.ingest import REBUILD_ROLLUPS, REBUILD_WINDOWS_SCRIPT  # noqa: E402
+from service.store.ingest import REBUILD_ROLLUPS_SQLITE, REBUILD_WINDOWS_SCRIPT  # noqa: E402
 import loadgen  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -132,7 +132,7 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
     # The daily tool rollups and the operators' tool aggregates, by the worker's own statements.
     conn.execute("INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events")
     conn.execute("BEGIN")
-    for statement in REBUILD_ROLLUPS:
+    for statement in REBUILD_ROLLUPS_SQLITE:
         conn.execute(statement, {"limit": days + 2} if ":limit" in statement else ())
     conn.execute("COMMIT")
     conn.execute("ANALYZE")

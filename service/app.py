@@ -15,9 +15,9 @@ from aiohttp import web
 from . import keys
 from .config import ConfigError, Settings
 from .cost import load_price_table
-from .db import Database
+from .db import open_database
 from .ingest.worker import IngestWorker
-from .migrations import migrate
+from .migrations import migrate_database
 from .timeutil import Clock
 from .web.auth import load_secret, make_signer
 from .web.clients import ClientTracker
@@ -38,7 +38,7 @@ STATIC_DIR = ROOT / "static"
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    db = Database(settings.db_path, cache=settings.read_cache)
+    db = open_database(settings)
     await db.open()
     app[keys.DB] = db
     yield
@@ -46,7 +46,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def migrations_ctx(app: web.Application) -> AsyncIterator[None]:
-    applied = await migrate(app[keys.DB].writer)
+    applied = await migrate_database(app[keys.DB])
     if applied:
         logger.info("schema migrated to version %s", applied[-1])
     yield

@@ -16,8 +16,8 @@ import msgspec
 
 from . import logs
 from .config import MAX_RETENTION_DAYS, ConfigError, Settings, load_settings, unknown_environment
-from .db import Database
-from .migrations import MigrationError, migrate
+from .db import BaseDatabase, Database, open_database
+from .migrations import MigrationError, migrate_database
 from .store import sessions, users
 
 logger = logging.getLogger(__name__)
@@ -47,28 +47,29 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
-async def open_db(settings: Settings, *, create: bool = False) -> Database:
+async def open_db(settings: Settings, *, create: bool = False) -> BaseDatabase:
     """Open the database and bring the schema up to date (every command needs both).
 
     Only the commands that set a database up (migrate, serve, demo) may create one: anywhere else a
     missing file is a wrong AGNES_DB_PATH or directory, and writing users into a new empty database
     there would hide the mistake.
     """
-    if not create and settings.db_path != ":memory:" and not os.path.exists(settings.db_path):
+    if not create and not settings.database_url and settings.db_path != ":memory:" \
+            and not os.path.exists(settings.db_path):
         raise CliError(f"no database at {os.path.abspath(settings.db_path)} (AGNES_DB_PATH, or database.path in "
                        "the AGNES_CONFIG file, relative to the current directory). Point AGNES_DB_PATH at the "
                        "existing database, or create one there with `agnes-home migrate`.")
-    db = Database(settings.db_path, readers=1)
+    db = open_database(settings, readers=1)
     try:
         await db.open()
-        await migrate(db.writer)
+        await migrate_database(db)
     except BaseException:
         await db.close()  # its connection threads would keep the process alive
         raise
     return db
 
 
-def with_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]], *,
+def with_db(fn: Callable[[argparse.Namespace, Settings, BaseDatabase], Awaitable[int]], *,
             create: bool = False) -> Command:
     async def run(args: argparse.Namespace, settings: Settings) -> int:
         db = await open_db(settings, create=create)
@@ -79,7 +80,7 @@ def with_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int
     return run
 
 
-def creating_db(fn: Callable[[argparse.Namespace, Settings, Database], Awaitable[int]]) -> Command:
+def creating_db(fn: Callable[[argparse.Namespace, Settings, BaseDatabase], Awaitable[int]]) -> Command:
     """with_db for the commands that may create the database (migrate, demo)."""
     return with_db(fn, create=True)
 
@@ -138,9 +139,7 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 @creating_db
 async def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    from .migrations import current_version  # noqa: PLC0415
-
-    version = await current_version(db.writer)
+    version = await db.schema_version()
     print(f"schema at version {version}")
     return 0
 
@@ -348,6 +347,8 @@ async def cmd_prune(args, settings, db) -> int:
 async def cmd_backup(args, settings) -> int:
     """Back up an existing database only: a mistyped or relative AGNES_DB_PATH (cron runs elsewhere)
     would otherwise create a fresh, empty one and "back it up" successfully every night."""
+    if settings.database_url:
+        raise CliError("backup copies the SQLite file; back PostgreSQL up with its own tools (pg_dump)")
     if not os.path.isfile(settings.db_path):
         raise CliError(f"no database at {os.path.abspath(settings.db_path)}; set AGNES_DB_PATH "
                        "(a relative path is taken from the current directory)")

@@ -58,15 +58,18 @@ SETTINGS: tuple[Setting, ...] = (
             "suppressed."),
     Setting("admin_min_group", "AGNES_ADMIN_MIN_GROUP", "instance.admin.min_group", int, 3,
             "With admin_per_analyst off: the fewest analysts a shown row (a day, a tool, a model) may cover."),
+    Setting("database_url", "AGNES_DATABASE_URL", "database.url", str, "",
+            "PostgreSQL to use instead of SQLite (postgresql://user:pass@host:5432/db), for several replicas "
+            "on one database; empty: SQLite at db_path."),
     Setting("db_path", "AGNES_DB_PATH", "database.path", str, "var/agnes.db",
-            "SQLite database file."),
+            "SQLite database file (when database_url is empty)."),
     Setting("data_dir", "AGNES_DATA_DIR", "storage.data_dir", str, "var/data",
             "Uploaded transcripts, table files and the generated secret key live here."),
     Setting("session_dir", "AGNES_SESSION_DIR", "storage.session_dir", str, "",
             "Watched directory of transcripts, <dir>/<user id or email local part>/**/*.jsonl; empty: none."),
     Setting("read_cache", "AGNES_READ_CACHE", "database.read_cache", bool, True,
             "Reuse the answers of hot reads (a token's user, the status frame) while the database is "
-            "unchanged (SQLite's data_version moves with every commit); off: read every time."),
+            "unchanged (SQLite's data_version, or on PostgreSQL every replica's commit notification); off: read every time."),
     Setting("host", "AGNES_HOST", "server.host", str, "127.0.0.1", "Address to listen on."),
     Setting("port", "AGNES_PORT", "server.port", int, 8080, "Port to listen on."),
     Setting("shutdown_timeout", "AGNES_SHUTDOWN_TIMEOUT", "server.shutdown_timeout", float, 10.0,
@@ -124,6 +127,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     memory_file: str = ""
     admin_per_analyst: bool = True
     admin_min_group: int = 3
+    database_url: str = ""
     db_path: str = "var/agnes.db"
     read_cache: bool = True
     data_dir: str = "var/data"
@@ -257,6 +261,9 @@ def _check(setting: Setting, value: Any, source: str) -> None:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"{source}: must be an http:// or https:// URL with a host, got {value!r}")
+    if setting.name == "database_url" and value:
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ConfigError(f"{source}: must be a postgresql:// URL (empty: SQLite at db_path)")
     if setting.name == "trusted_proxies":
         for entry in value:
             try:
@@ -265,7 +272,7 @@ def _check(setting: Setting, value: Any, source: str) -> None:
                 raise ConfigError(f"{source}: {entry!r} is not an IP address or network (CIDR)") from None
 
 
-SECRETS = frozenset({"secret_key"})  # shown masked by `config show`
+SECRETS = frozenset({"secret_key", "database_url"})  # shown masked by `config show` (a URL may hold a password)
 
 
 class Source(msgspec.Struct, frozen=True):

@@ -26,7 +26,7 @@ PRICE_TIERS = (100_000, 200_000)
 
 def tier_sql(prompt: str) -> str:
     """SQL for the tier of a prompt-size expression: how many of PRICE_TIERS it passes."""
-    return " + ".join(f"({prompt} > {t})" for t in PRICE_TIERS)
+    return " + ".join(f"CAST({prompt} > {t} AS INTEGER)" for t in PRICE_TIERS)  # PostgreSQL adds no booleans
 
 
 def tier_prompt(tier: int) -> int:

@@ -1,7 +1,8 @@
-"""The one place that owns SQLite connections: one writer, a few concurrent readers.
+"""The one place that owns database connections: SQLite here (one writer, a few concurrent readers),
+PostgreSQL in ``service/postgres.py``, behind the same API; ``open_database`` picks one at start-up.
 
 Handlers and the ingest worker never touch a connection; they call the store
-functions in ``service/store/``, which use this class.
+functions in ``service/store/``, which use these classes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import sqlite3
 import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 
 import aiosqlite
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +86,129 @@ async def connect(path: str) -> aiosqlite.Connection:
     return conn
 
 
-class Database:
+class BaseDatabase:
+    """What both backends share: the read cache under a version from snapshot(), background writes,
+    and the small read and write helpers built on fetchall() and transaction()."""
+
+    dialect = ""  # "sqlite" or "postgresql": the store picks its SQL twin by it
+
+    def __init__(self, *, cache: bool = True) -> None:
+        self._use_cache = cache
+        self._background: set[asyncio.Task] = set()
+        self._cache: dict[Any, Any] = {}
+        self._cache_version: int | None = None
+        self.cache_hits = 0
+        self._flights: dict[Any, asyncio.Task] = {}
+        self.inline_reads = 0  # SQLite's read paths (/metrics); PostgreSQL's reads go to its pool
+        self.thread_reads = 0
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def snapshot(self) -> int | None:
+        raise NotImplementedError
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def transaction(self) -> Any:
+        raise NotImplementedError
+
+    async def schema_version(self) -> int:
+        """The schema version the database is at (a round trip: /readyz asks it)."""
+        raise NotImplementedError
+
+    def cached(self, version: int | None, key: Any) -> Any:
+        """What cache() kept for key under this version, or None."""
+        if version is None or version != self._cache_version:
+            return None
+        value = self._cache.get(key)
+        if value is not None:
+            self.cache_hits += 1
+        return value
+
+    async def cached_read(self, key: Any, read: Callable[[], Awaitable[Any]]) -> Any:
+        """``read()``'s answer, kept under ``key`` while the database is unchanged (snapshot()).
+
+        Requests that ask for the same key while it is being read wait for that one read instead of
+        each starting their own: after a commit empties the cache, thirty-two requests for a heavy
+        answer cost one read, not thirty-two. The read runs as its own task, so a client that hangs
+        up does not cancel it for the others. With the cache off, every call reads.
+        """
+        version = self.snapshot()
+        kept = self.cached(version, key)
+        if kept is not None:
+            return kept
+        if version is None:
+            return await read()
+        flight = (version, key)
+        task = self._flights.get(flight)
+        if task is None:
+            task = self._flights[flight] = asyncio.ensure_future(read())
+
+            def landed(done: asyncio.Task) -> None:
+                self._flights.pop(flight, None)
+                if not done.cancelled() and done.exception() is None:
+                    self.cache(version, key, done.result())
+            task.add_done_callback(landed)
+        return await asyncio.shield(task)
+
+    def cache(self, version: int | None, key: Any, value: Any) -> None:
+        """Keep an answer read under ``version`` (from snapshot(), taken before the read)."""
+        if version is None or version != self._cache_version:
+            return  # the database moved while the answer was read: it may be stale already
+        if len(self._cache) >= CACHE_MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = value
+
+    def write_later(self, sql: str, params: Sequence[Any] | dict = (), *, what: str = "background write"
+                    ) -> asyncio.Task:
+        """A best-effort write that the caller need not wait for (stamps, caches).
+
+        It queues behind other writes without holding up the caller; a failure is logged as
+        "could not <what>". The caller may wait on the returned task (with a timeout);
+        close() waits for what is still pending.
+        """
+        async def run() -> None:
+            _WRITE_WAIT.set(None)  # not the request's: nobody waits for it, so no hurry to give up
+            try:
+                await self.execute_write(sql, params)
+            except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
+                logger.exception("could not %s", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def settle(self) -> None:
+        """Wait for the background writes queued so far (tests, shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def execute_write(self, sql: str, params: Sequence[Any] | dict = ()) -> int:
+        """Run one write statement in its own transaction; returns the row count."""
+        async with self.transaction() as conn:
+            cur = await conn.execute(sql, params)
+            return cur.rowcount
+
+    async def executemany_write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self.transaction() as conn:
+            await conn.executemany(sql, rows)
+
+
+class Database(BaseDatabase):
     """SQLite in WAL mode: all writes go through one writer connection, reads use a pool.
 
     Small reads (an indexed lookup, the status frame's range sums: tens of microseconds) run
@@ -96,24 +222,19 @@ class Database:
     stretch past it there; the default parses in processes.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: str, readers: int = 3, *, cache: bool = True) -> None:
+        super().__init__(cache=cache)
         self.path = path
-        self._use_cache = cache
         self._reader_count = readers
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._write_lock = asyncio.Lock()
-        self._background: set[asyncio.Task] = set()
         self._inline: sqlite3.Connection | None = None
         self._deadline = 0.0
-        self.inline_reads = 0
-        self.thread_reads = 0
-        self._cache: dict[Any, Any] = {}
-        self._cache_version: int | None = None
         self._snapshot_held = False
-        self.cache_hits = 0
-        self._flights: dict[Any, asyncio.Task] = {}
 
     async def open(self) -> None:
         # data_version counts per connection: a reopened database's numbers start over.
@@ -188,74 +309,6 @@ class Database:
     def _release_snapshot(self) -> None:
         self._snapshot_held = False
 
-    def cached(self, version: int | None, key: Any) -> Any:
-        """What cache() kept for key under this version, or None."""
-        if version is None or version != self._cache_version:
-            return None
-        value = self._cache.get(key)
-        if value is not None:
-            self.cache_hits += 1
-        return value
-
-    async def cached_read(self, key: Any, read: Callable[[], Awaitable[Any]]) -> Any:
-        """``read()``'s answer, kept under ``key`` while the database is unchanged (snapshot()).
-
-        Requests that ask for the same key while it is being read wait for that one read instead of
-        each starting their own: after a commit empties the cache, thirty-two requests for a heavy
-        answer cost one read, not thirty-two. The read runs as its own task, so a client that hangs
-        up does not cancel it for the others. With the cache off, every call reads.
-        """
-        version = self.snapshot()
-        kept = self.cached(version, key)
-        if kept is not None:
-            return kept
-        if version is None:
-            return await read()
-        flight = (version, key)
-        task = self._flights.get(flight)
-        if task is None:
-            task = self._flights[flight] = asyncio.ensure_future(read())
-
-            def landed(done: asyncio.Task) -> None:
-                self._flights.pop(flight, None)
-                if not done.cancelled() and done.exception() is None:
-                    self.cache(version, key, done.result())
-            task.add_done_callback(landed)
-        return await asyncio.shield(task)
-
-    def cache(self, version: int | None, key: Any, value: Any) -> None:
-        """Keep an answer read under ``version`` (from snapshot(), taken before the read)."""
-        if version is None or version != self._cache_version:
-            return  # the database moved while the answer was read: it may be stale already
-        if len(self._cache) >= CACHE_MAX_ENTRIES:
-            self._cache.clear()
-        self._cache[key] = value
-
-    def write_later(self, sql: str, params: Sequence[Any] | dict = (), *, what: str = "background write"
-                    ) -> asyncio.Task:
-        """A best-effort write that the caller need not wait for (stamps, caches).
-
-        It queues behind other writes without holding up the caller; a failure is logged as
-        "could not <what>". The caller may wait on the returned task (with a timeout);
-        close() waits for what is still pending.
-        """
-        async def run() -> None:
-            _WRITE_WAIT.set(None)  # not the request's: nobody waits for it, so no hurry to give up
-            try:
-                await self.execute_write(sql, params)
-            except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
-                logger.exception("could not %s", what)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    async def settle(self) -> None:
-        """Wait for the background writes queued so far (tests, shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-
     async def close(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -299,14 +352,6 @@ class Database:
             return list(await conn.execute_fetchall(sql, params))
         finally:
             self._readers.put_nowait(conn)
-
-    async def fetchone(self, sql: str, params: Sequence[Any] | dict = ()) -> sqlite3.Row | None:
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
-
-    async def fetchval(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
-        row = await self.fetchone(sql, params)
-        return None if row is None else row[0]
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -354,12 +399,17 @@ class Database:
         finally:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
-    async def execute_write(self, sql: str, params: Sequence[Any] | dict = ()) -> int:
-        """Run one write statement in its own transaction; returns the row count."""
-        async with self.transaction() as conn:
-            cur = await conn.execute(sql, params)
-            return cur.rowcount
+    async def schema_version(self) -> int:
+        async with self.reader() as conn:
+            async with conn.execute("PRAGMA user_version") as cur:
+                return int((await cur.fetchone())[0])
 
-    async def executemany_write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self.transaction() as conn:
-            await conn.executemany(sql, rows)
+
+def open_database(settings: Settings, *, readers: int = 3, cache: bool | None = None) -> BaseDatabase:
+    """The backend the settings name, not yet opened: PostgreSQL when database_url is set, else SQLite."""
+    cache = settings.read_cache if cache is None else cache
+    if settings.database_url:
+        from .postgres import PostgresDatabase  # noqa: PLC0415 - asyncpg only for who uses it
+
+        return PostgresDatabase(settings.database_url, cache=cache)
+    return Database(settings.db_path, readers=readers, cache=cache)

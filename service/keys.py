@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .web.clients import ClientTracker
     from .config import Settings
     from .cost import PriceTable
-    from .db import Database
+    from .db import BaseDatabase as Database
     from .ingest.worker import IngestWorker
     from .web.metrics import Metrics
     from .web.middlewares import InFlight

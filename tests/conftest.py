@@ -1,9 +1,17 @@
-"""Shared fixtures: a fresh settings object, app and client per test, on a real SQLite file."""
+"""Shared fixtures: a fresh settings object, app and client per test, on a real database.
+
+``settings`` (and so ``client``, ``db``, ``alice``...) runs each test twice: on a SQLite file and on
+its own PostgreSQL database (tests/pg.py finds or starts the server). A test that is about SQLite
+itself (its file, WAL, locks, data_version) says so with ``@pytest.mark.sqlite_only``.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import msgspec
@@ -15,6 +23,8 @@ from service.config import load_settings
 from service.ingest import bulk
 from service.store import users
 from service.timeutil import from_store
+
+from tests import pg
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -63,10 +73,89 @@ class Caller(msgspec.Struct):
         return {"Authorization": f"Bearer {self.token}"}
 
 
+BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: about SQLite itself; not run on PostgreSQL")
+    config.addinivalue_line("markers", "postgresql: the PostgreSQL half of a test (needs a server: tests/pg.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A sqlite_only test has no PostgreSQL half."""
+    keep, drop = [], []
+    for item in items:
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        (drop if backend == "postgresql" and item.get_closest_marker("sqlite_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+_PG_STATE: dict = {}
+
+
+def _pg_missing(why: str) -> None:
+    message = f"PostgreSQL unavailable, the PostgreSQL half of the suite is SKIPPED: {why}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    if not _PG_STATE.get("warned"):
+        _PG_STATE["warned"] = True
+        print(f"\n{'!' * 100}\n!!! WARNING: {message}\n{'!' * 100}", file=sys.stderr)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """(server URL, migrated template's name) for this run, or the test is skipped (CI=true: fails)."""
+    try:
+        url, cluster = pg.find_server()
+    except pg.Unavailable as exc:
+        _PG_STATE["why"] = str(exc)
+        url, cluster = None, None
+    if url is None:
+        yield None
+        return
+    template = pg.migrated_template(url)
+    try:
+        yield url, template
+    finally:
+        pg.drop_database(url, template)
+        if cluster is not None:
+            cluster.stop()
+
+
+_DB_NUMBER = itertools.count(1)
+
+
 @pytest.fixture
-def settings(tmp_path):
+def pg_url(pg_server):
+    """A fresh PostgreSQL database at the latest schema for one test (dropped after it)."""
+    if pg_server is None:
+        _pg_missing(_PG_STATE.get("why", "no server"))
+    server, template = pg_server
+    name = f"{pg.PREFIX}{next(_DB_NUMBER)}"
+    url = pg.create_database(server, name, template)
+    yield url
+    pg.drop_database(server, name)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database_url(request, backend) -> str:
+    """'' on SQLite; the test's own PostgreSQL database otherwise."""
+    return request.getfixturevalue("pg_url") if backend == "postgresql" else ""
+
+
+@pytest.fixture
+def settings(tmp_path, database_url):
     return load_settings(environ={}, db_path=str(tmp_path / "agnes.db"), data_dir=str(tmp_path / "data"),
-                         secret_key="test-secret", parse_workers=0, admin_emails=["ops@example.com"])
+                         secret_key="test-secret", parse_workers=0, admin_emails=["ops@example.com"],
+                         database_url=database_url)
 
 
 @pytest.fixture

@@ -241,6 +241,7 @@ async def test_with_a_minimum_group_of_two_the_rows_of_two_analysts_show(aiohttp
     assert sum(row["cost_usd"] for row in u["by_model"]) == pytest.approx(u["kpis"]["cost_usd"], abs=1e-5)
 
 
+@pytest.mark.sqlite_only  # SQLite's scripts (the rebuild, the migration's backfill)
 async def test_the_aggregates_kept_by_ingest_equal_a_rebuild_from_scratch(client, seeded):
     """What each file's transaction recomputes for its touched days is what a full derivation gives."""
     db = client.app[keys.DB]
@@ -261,10 +262,11 @@ async def test_the_aggregates_kept_by_ingest_equal_a_rebuild_from_scratch(client
     assert [r for r in after[0] if r[1] >= "2026-11-18"] == [r for r in kept[0] if r[1] >= "2026-11-18"]
 
 
+@pytest.mark.sqlite_only  # SQLite's scripts (the rebuild, the migration's backfill)
 async def test_the_migration_s_backfill_equals_what_ingest_keeps(client, seeded):
     """Schema 0014 fills the aggregates of a database ingested before it, as ingest would have."""
     db = client.app[keys.DB]
-    script = (ROOT / "schema" / "0014_admin_daily.sql").read_text()
+    script = (ROOT / "schema" / "sqlite" / "0014_admin_daily.sql").read_text()
     backfill = script[script.index("INSERT INTO admin_session_days"):]
 
     async def snapshot():
@@ -282,8 +284,8 @@ async def test_the_tool_aggregates_backfill_equals_the_rollups_and_prune_marks_t
     """Schema 0015 fills admin_tool_days from the usage events as the worker's rollup step keeps it;
     retention drops the days before its cutoff and has the day it cuts through rolled up again."""
     db = client.app[keys.DB]
-    script = (ROOT / "schema" / "0015_admin_tool_days.sql").read_text()
-    backfill = script[script.index("INSERT INTO admin_tool_days"):]
+    script = (ROOT / "schema" / db.dialect / "0015_admin_tool_days.sql").read_text()
+    backfill = script[script.index("INSERT INTO admin_tool_days"):].strip().rstrip(";")
 
     async def snapshot():
         return [tuple(r) for r in await db.fetchall("SELECT * FROM admin_tool_days ORDER BY 1, 2, 3, 4, 5, 6")]
@@ -292,8 +294,9 @@ async def test_the_tool_aggregates_backfill_equals_the_rollups_and_prune_marks_t
     # alice's Bash calls of the 20th: one session, two of them errors (the tools figures above).
     assert ("2026-11-20", seeded["alice"].user.id) in {(r[0], r[1]) for r in kept}
     assert sum(r[6] for r in kept if r[4] == "Bash") == 5 and sum(r[7] for r in kept if r[4] == "Bash") == 2
-    async with db.writing() as conn:
-        await conn.executescript("BEGIN; DELETE FROM admin_tool_days; " + backfill + "\nCOMMIT;")
+    async with db.transaction() as conn:
+        await conn.execute("DELETE FROM admin_tool_days")
+        await conn.execute(backfill)
     assert await snapshot() == kept
     await ingest_store.prune(db, NOW - timedelta(days=2))  # cuts through 2026-11-19, at noon
     assert await db.fetchval("SELECT COUNT(*) FROM rollup_dirty_days WHERE day = '2026-11-19'") == 1

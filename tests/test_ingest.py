@@ -125,10 +125,11 @@ async def test_error_mid_transaction_leaves_previous_state(db, ingested, monkeyp
 
     # Fail inside the transaction after the old rows are deleted and the new activity inserted:
     # all of it must roll back.
-    steps = list(store._WRITE_STATEMENTS)
-    at = next(i for i, s in enumerate(steps) if "INSERT OR IGNORE INTO usage_events" in s)
+    statements = store._SQL[db.dialect]
+    steps = list(statements["_WRITE_STATEMENTS"])
+    at = next(i for i, s in enumerate(steps) if "INTO usage_events (event_id" in s)
     assert any(s.startswith("INSERT INTO activity_messages") for s in steps[:at])
-    monkeypatch.setattr(store, "_WRITE_STATEMENTS", (*steps[:at], "SELECT disk_on_fire()", *steps[at:]))
+    monkeypatch.setitem(statements, "_WRITE_STATEMENTS", (*steps[:at], "SELECT disk_on_fire()", *steps[at:]))
     processor = Processor(db, workers=0, clock=lambda: NOW)
     outcome = await processor.process(file_id, force=True)
     assert outcome.status == "failed" and "disk_on_fire" in outcome.error

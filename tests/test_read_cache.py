@@ -14,6 +14,8 @@ from datetime import timedelta
 import msgspec
 import pytest
 
+pytestmark = pytest.mark.sqlite_only  # about SQLite's data_version; tests/test_postgres.py checks PostgreSQL's cache
+
 from service import keys
 from service.db import Database
 from service.store import stats
@@ -184,7 +186,7 @@ async def test_kept_frames_equal_fresh_reads_around_every_boundary(settings, db)
     read by a database that keeps nothing."""
     import random
 
-    from service.store.ingest import _HOURS_TABLE, _RECOMPUTE_HOURS
+    from service.store.ingest import _SQLITE
     from service.store import users
 
     rng = random.Random(5)
@@ -206,10 +208,10 @@ async def test_kept_frames_equal_fresh_reads_around_every_boundary(settings, db)
             else:
                 await conn.execute("INSERT OR REPLACE INTO user_sessions VALUES (?, ?, ?, ?)",
                                    (uid, f"s{i}", to_store(ts), f"proj{i % 4}"))
-        await conn.execute(_HOURS_TABLE)
+        await conn.execute(_SQLITE["_HOURS_TABLE"])
         await conn.execute("INSERT OR IGNORE INTO temp.touched_hours SELECT user_id, substr(ts, 1, 13) FROM user_messages "
                            "UNION SELECT user_id, substr(ts, 1, 13) FROM user_prompts")
-        for statement in _RECOMPUTE_HOURS:
+        for statement in _SQLITE["_RECOMPUTE_HOURS"]:
             await conn.execute(statement)
     moments = []
     for ts in sorted(stamps):

@@ -155,6 +155,7 @@ async def test_samples_of_two_users_keep_their_hours_apart(db, tmp_path):
     assert users_with_hours == set(ids.values())
 
 
+@pytest.mark.sqlite_only  # SQLite's scripts (the rebuild, the migration's backfill)
 async def test_rebuilding_the_window_tables_gives_what_ingest_kept(db, alice_id, tmp_path):
     await ingest_files(db, alice_id, [await write(tmp_path, "a.jsonl", SESSION_A)])
     await ingest_files(db, alice_id, sample_files("alice"))

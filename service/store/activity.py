@@ -54,17 +54,32 @@ async def activity(db: Database, user_id: int, range_name: str, zone_name: str |
     return await db.cached_read(("activity", user_id, range_name, str(zone), bounds[0], prices.version), read)
 
 
-_SESSION_LASTS_SQL = """
-SELECT s.session_id, MAX(s.last_ts) FROM json_each(?) AS j
+# The rows of a JSON array of ids (one parameter, whatever their number), as table j with column value.
+_IDS = {"sqlite": "json_each(?) AS j", "postgresql": "json_array_elements_text(CAST(? AS json)) AS j (value)"}
+_SESSION_LASTS_SQL = {dialect: f"""
+SELECT s.session_id, MAX(s.last_ts) FROM {ids}
 JOIN file_sessions s ON s.user_id = ? AND s.session_id = j.value GROUP BY s.session_id
-"""
-_EVENTS_SQL = """
+""" for dialect, ids in _IDS.items()}
+_EVENTS_SQL = {
+    "sqlite": """
 SELECT e.ts, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type, e.command_name,
        MAX(e.is_error)
 FROM json_each(?) AS j JOIN usage_events e ON e.user_id = ? AND e.session_id = j.value
 WHERE e.ts >= ? AND e.ts < ?
 GROUP BY e.session_id, e.event_id
-"""
+""",
+    # PostgreSQL names no bare column beside an aggregate: the copies of an event (one line of one session,
+    # in several files) agree on them, so MIN picks that value.
+    "postgresql": """
+SELECT MIN(e.ts), e.session_id, MIN(e.event_type), MIN(e.tool_name), MIN(e.skill_name), MIN(e.subagent_type),
+       MIN(e.command_name), MAX(e.is_error)
+FROM json_array_elements_text(CAST(? AS json)) AS j (value) JOIN usage_events e
+    ON e.user_id = ? AND e.session_id = j.value
+WHERE e.ts >= ? AND e.ts < ?
+GROUP BY e.session_id, e.event_id
+"""}
+_PROJECTS_OF_SQL = {dialect: f"SELECT s.session_id, s.project FROM {ids} JOIN user_sessions s "
+                             "ON s.user_id = ? AND s.session_id = j.value" for dialect, ids in _IDS.items()}
 
 
 async def _events(db: Database, user_id: int, session_ids: list[str], since: str, until: str) -> list[EventIn]:
@@ -73,8 +88,8 @@ async def _events(db: Database, user_id: int, session_ids: list[str], since: str
     if not session_ids:
         return []
     ids = msgspec.json.encode(session_ids).decode()
-    rows = await db.fetchall(_EVENTS_SQL, (ids, user_id, since, until))
-    lasts = {r[0]: r[1] for r in await db.fetchall(_SESSION_LASTS_SQL, (ids, user_id))}
+    rows = await db.fetchall(_EVENTS_SQL[db.dialect], (ids, user_id, since, until))
+    lasts = {r[0]: r[1] for r in await db.fetchall(_SESSION_LASTS_SQL[db.dialect], (ids, user_id))}
     rank = {sid: (last is None, last or "") for sid, last in lasts.items()}
     events = [EventIn(from_store(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
     return dedupe_events(events, rank)
@@ -200,33 +215,42 @@ class FrameContext(msgspec.Struct, frozen=True):  # frozen and hashable: it keys
 _TREND = {"24h": (24, timedelta(hours=1)), "7d": (7, timedelta(days=1))}
 # Bucket b of [start, now): the window's buckets are n..2n-1, the previous period's 0..n-1; the split
 # between the two periods is the exact text comparison with :since (julianday only places the bucket).
-_BUCKET = """CASE WHEN ts < :since THEN MIN(b, :n - 1) ELSE MAX(MIN(b, 2 * :n - 1), :n) END"""
-_CONTEXT_MESSAGES_SQL = f"""
-SELECT {_BUCKET} AS bucket, session_id, TOTAL(tokens) FROM (
+# SQLite's and PostgreSQL's spelling of the pieces that differ: two-argument min and max, and a
+# stored timestamp's bucket (days since :start, times buckets per day, rounded down).
+_CONTEXT_FRAGMENTS = {
+    "sqlite": {"least": "MIN", "greatest": "MAX",
+               "b": "CAST((julianday(ts) - julianday(:start)) * :per_day AS INTEGER)"},
+    "postgresql": {"least": "LEAST", "greatest": "GREATEST",
+                   "b": "CAST(floor((extract(epoch FROM CAST(ts AS timestamptz)) - extract(epoch FROM CAST(CAST(:start AS TEXT) "
+                        "AS timestamptz))) / 86400 * CAST(:per_day AS DOUBLE PRECISION)) AS BIGINT)"},
+}
+_BUCKET = ("CASE WHEN ts < :since THEN {least}(b, :n - 1) ELSE {greatest}({least}(b, 2 * :n - 1), :n) END")
+_CONTEXT_MESSAGES_SQL = {dialect: f"""
+SELECT {_BUCKET.format(**d)} AS bucket, session_id, TOTAL(tokens) FROM (
     SELECT ts, session_id, input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens AS tokens,
-           CAST((julianday(ts) - julianday(:start)) * :per_day AS INTEGER) AS b
-    FROM user_messages WHERE user_id = :user AND ts >= :start)
+           {d["b"]} AS b
+    FROM user_messages WHERE user_id = :user AND ts >= :start) AS rows
 GROUP BY bucket, session_id
-"""
-_CONTEXT_PROMPTS_SQL = f"""
-SELECT {_BUCKET} AS bucket, session_id, COUNT(*) FROM (
-    SELECT ts, session_id, CAST((julianday(ts) - julianday(:start)) * :per_day AS INTEGER) AS b
-    FROM user_prompts WHERE user_id = :user AND ts >= :start)
+""" for dialect, d in _CONTEXT_FRAGMENTS.items()}
+_CONTEXT_PROMPTS_SQL = {dialect: f"""
+SELECT {_BUCKET.format(**d)} AS bucket, session_id, COUNT(*) FROM (
+    SELECT ts, session_id, {d["b"]} AS b
+    FROM user_prompts WHERE user_id = :user AND ts >= :start) AS rows
 GROUP BY bucket, session_id
-"""
+""" for dialect, d in _CONTEXT_FRAGMENTS.items()}
 
 
 # The window's messages summed per model, speed and price tier: prices are per token, so each group
 # is priced from its sums.
-_CONTEXT_COST_SQL = f"""
+_CONTEXT_COST_SQL = {dialect: f"""
 SELECT model, speed = 'fast', {tier_sql("prompt")} AS tier, TOTAL(input_tokens), TOTAL(output_tokens),
        TOTAL(cache_read_tokens), TOTAL(cache_creation_tokens - one_hour), TOTAL(one_hour), MIN(ts), COUNT(*)
 FROM (SELECT model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ts,
              input_tokens + cache_read_tokens + cache_creation_tokens AS prompt,
-             MIN(cache_1h_tokens, cache_creation_tokens) AS one_hour
-      FROM user_messages WHERE user_id = :user AND ts >= :since)
+             {d["least"]}(cache_1h_tokens, cache_creation_tokens) AS one_hour
+      FROM user_messages WHERE user_id = :user AND ts >= :since) AS rows
 GROUP BY 1, 2, 3
-"""
+""" for dialect, d in _CONTEXT_FRAGMENTS.items()}
 
 
 async def frame_context(db: Database, user_id: int, window: str, now: datetime, prices: PriceTable) -> FrameContext:
@@ -245,14 +269,14 @@ async def _frame_context(db: Database, user_id: int, window: str, now: datetime,
     sessions: list[set[str]] = [set() for _ in range(2 * buckets)]
     prompts = [0] * (2 * buckets)
     tokens = [0] * (2 * buckets)
-    for bucket, session_id, total in await db.fetchall(_CONTEXT_MESSAGES_SQL, params):
+    for bucket, session_id, total in await db.fetchall(_CONTEXT_MESSAGES_SQL[db.dialect], params):
         sessions[bucket].add(session_id)
         tokens[bucket] += int(total)
-    for bucket, session_id, count in await db.fetchall(_CONTEXT_PROMPTS_SQL, params):
+    for bucket, session_id, count in await db.fetchall(_CONTEXT_PROMPTS_SQL[db.dialect], params):
         sessions[bucket].add(session_id)
         prompts[bucket] += count
     cost, priced, unpriced = 0.0, False, 0
-    for model, fast, tier, i, o, cr, five, one_hour, first, count in await db.fetchall(_CONTEXT_COST_SQL, params):
+    for model, fast, tier, i, o, cr, five, one_hour, first, count in await db.fetchall(_CONTEXT_COST_SQL[db.dialect], params):
         found = prices.group_cost(model, from_store(first), bool(fast), tier_prompt(tier), int(i), int(o), int(cr),
                                   int(five), int(one_hour))
         if found is None:
@@ -262,9 +286,7 @@ async def _frame_context(db: Database, user_id: int, window: str, now: datetime,
     every = set().union(*sessions)
     projects = {}
     if every:
-        rows = await db.fetchall("SELECT s.session_id, s.project FROM json_each(?) AS j JOIN user_sessions s "
-                                 "ON s.user_id = ? AND s.session_id = j.value",
-                                 (msgspec.json.encode(sorted(every)).decode(), user_id))
+        rows = await db.fetchall(_PROJECTS_OF_SQL[db.dialect], (msgspec.json.encode(sorted(every)).decode(), user_id))
         projects = {r[0]: r[1] for r in rows}
     before = set().union(*sessions[:buckets])
     previous = Counts(len(before), sum(prompts[:buckets]), sum(tokens[:buckets]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import msgspec
 
@@ -13,6 +13,7 @@ from ..cost import tier_sql
 from ..db import Database
 from ..records import EventRow, ParseResult
 from ..timeutil import to_store
+from .dialect import by_dialect, postgresql
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,13 @@ async def register_file(db: Database, user_id: int, path: str, origin: str, now:
     return row[0]
 
 
+_PATHS_SQL = {
+    "sqlite": "SELECT f.path, f.id, f.user_id FROM json_each(?) AS j JOIN session_files f ON f.path = j.value",
+    "postgresql": "SELECT f.path, f.id, f.user_id FROM json_array_elements_text(CAST(? AS json)) AS j (value) "
+                  "JOIN session_files f ON f.path = j.value",
+}
+
+
 async def register_files(db: Database, user_id: int, paths: Iterable[str], origin: str,
                          now: datetime) -> list[int]:
     """register_file for many paths in one transaction (bulk ingest): ids in the order of paths."""
@@ -77,9 +85,7 @@ async def register_files(db: Database, user_id: int, paths: Iterable[str], origi
             f"ON CONFLICT (path) DO UPDATE SET {_NO_FAILURE} WHERE session_files.user_id = excluded.user_id",
             [(user_id, path, origin, stamp) for path in paths])
         # One read for all of them (the paths travel as one JSON array, whatever their number).
-        rows = await conn.execute_fetchall(
-            "SELECT f.path, f.id, f.user_id FROM json_each(?) AS j JOIN session_files f ON f.path = j.value",
-            (msgspec.json.encode(paths).decode(),))
+        rows = await conn.execute_fetchall(_PATHS_SQL[db.dialect], (msgspec.json.encode(paths).decode(),))
         found = {path: (file_id, owner) for path, file_id, owner in rows}
         for path in paths:
             if found[path][1] != user_id:  # rolls the whole registration back
@@ -208,8 +214,8 @@ async def set_attribution(db: Database, kind: str, name: str, source: str, ref_i
     reprocessed (``agnes-home reprocess``).
     """
     table = ATTRIBUTION_TABLES[kind]  # a fixed table name chosen from the dict, never from input
-    await db.execute_write(f"INSERT OR REPLACE INTO {table} (name, source, ref_id) VALUES (?, ?, ?)",
-                           (name, source, ref_id))
+    await db.execute_write(f"INSERT INTO {table} (name, source, ref_id) VALUES (?, ?, ?) "
+                           "ON CONFLICT (name, source) DO UPDATE SET ref_id = excluded.ref_id", (name, source, ref_id))
 
 
 async def remove_attribution(db: Database, kind: str, name: str, source: str) -> int:
@@ -239,274 +245,6 @@ _SUMMARY_COLS = ("session_id", "started_at", "ended_at", "active_seconds", "wall
                  "project", "skipped_lines", "input_tokens", "output_tokens", "cache_read_tokens",
                  "cache_creation_tokens")
 
-# Files are written in two steps on the writer connection, inside one transaction: their
-# rows go into TEMP staging tables (private to the connection, cleared first), then a fixed
-# list of set-based statements applies everything. The transaction is all-or-nothing, and a
-# bulk ingest shares one commit among many files (the commit is the largest cost per file).
-# Staging must happen inside the transaction: outside one, every staged row was a transaction
-# of its own, each taking the main database's read lock (16 us a row, half the write time).
-# Hourly totals (schema 0007) are recomputed for the hours listed in temp.touched_hours: the
-# hours of every per-user message and prompt row that is replaced, before and after.
-_HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_hours "
-                "(user_id INTEGER NOT NULL, hour TEXT NOT NULL, PRIMARY KEY (user_id, hour))")
-_TOUCH_HOURS = """
-INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
-    SELECT m.user_id, substr(m.ts, 1, 13) FROM temp.ingest_touched t
-    CROSS JOIN user_messages m ON m.user_id = t.user_id AND m.message_key = t.key WHERE t.kind = 'm'
-    UNION ALL SELECT p.user_id, substr(p.ts, 1, 13) FROM temp.ingest_touched t
-    CROSS JOIN user_prompts p ON p.user_id = t.user_id AND p.prompt_key = t.key WHERE t.kind = 'p';
-"""
-# The operators' aggregates per (user, UTC day) (schema 0014) are recomputed for the days of the
-# touched hours, and the day beside an hour that touches midnight (a session's active span may cross
-# it). Active seconds: consecutive stamps of a session at most 600 s apart, the span cut at midnight;
-# the stamps read are the day's and 600 s either side of it.
-_DAYS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_days "
-               "(user_id INTEGER NOT NULL, day TEXT NOT NULL, PRIMARY KEY (user_id, day))")
-_EPOCH = "(julianday({}) - 2440587.5) * 86400"
-_TOUCHED_DAYS = ("user_id IN (SELECT user_id FROM temp.touched_days) AND day IN (SELECT day FROM temp.touched_days) "
-                 "AND (user_id, day) IN (SELECT user_id, day FROM temp.touched_days)")
-_DAY_STAMPS = ("CROSS JOIN {table} m ON m.user_id = d.user_id "
-               "AND m.ts >= strftime('%Y-%m-%dT%H:%M:%f', d.day, '-600 seconds') "
-               "AND m.ts < strftime('%Y-%m-%dT%H:%M:%f', d.day, '+1 day', '+600 seconds')")
-_RECOMPUTE_DAYS = (
-    _DAYS_TABLE,
-    """INSERT OR IGNORE INTO temp.touched_days (user_id, day)
-    SELECT user_id, substr(hour, 1, 10) FROM temp.touched_hours
-    UNION ALL SELECT user_id, date(substr(hour, 1, 10), '-1 day') FROM temp.touched_hours WHERE substr(hour, 12) = '00'
-    UNION ALL SELECT user_id, date(substr(hour, 1, 10), '+1 day') FROM temp.touched_hours WHERE substr(hour, 12) = '23'""",
-    f"DELETE FROM admin_session_days WHERE {_TOUCHED_DAYS}",
-    """INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
-                                    cache_read_tokens, cache_creation_tokens)
-    SELECT d.user_id, d.day, m.session_id, COUNT(*), TOTAL(m.input_tokens), TOTAL(m.output_tokens),
-           TOTAL(m.cache_read_tokens), TOTAL(m.cache_creation_tokens)
-    FROM temp.touched_days d
-    CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
-    GROUP BY d.user_id, d.day, m.session_id""",
-    """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
-    SELECT d.user_id, d.day, p.session_id, COUNT(*)
-    FROM temp.touched_days d
-    CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.ts >= d.day AND p.ts < d.day || 'U'
-    WHERE true GROUP BY d.user_id, d.day, p.session_id
-    ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
-    # Into a keyed table first: an UPDATE ... FROM (subquery) compared every row with every row.
-    "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
-    "session_id TEXT NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (user_id, day, session_id)) WITHOUT ROWID",
-    f"""INSERT INTO temp.day_active (user_id, day, session_id, seconds)
-        SELECT user_id, day, session_id, TOTAL(MAX(0, MIN(t, day_start + 86400) - MAX(prev, day_start)))
-        FROM (SELECT user_id, day, session_id, t, {_EPOCH.format("day")} AS day_start,
-                     LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
-              FROM (SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} AS t FROM temp.touched_days d
-                    {_DAY_STAMPS.format(table="user_messages")}
-                    UNION ALL SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} FROM temp.touched_days d
-                    {_DAY_STAMPS.format(table="user_prompts")}))
-        WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
-    f"""UPDATE admin_session_days SET active_seconds = (
-        SELECT CAST(ROUND(a.seconds) AS INTEGER) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
-        AND a.day = admin_session_days.day AND a.session_id = admin_session_days.session_id)
-    WHERE {_TOUCHED_DAYS} AND (user_id, day, session_id) IN (SELECT user_id, day, session_id FROM temp.day_active)""",
-    "DELETE FROM temp.day_active",
-    f"DELETE FROM admin_model_days WHERE {_TOUCHED_DAYS}",
-    f"""INSERT INTO admin_model_days
-    SELECT d.user_id, d.day, COALESCE(m.model, ''), COALESCE(m.speed, ''),
-           {tier_sql("(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)")}, COUNT(*),
-           TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
-           TOTAL(m.cache_creation_tokens - MIN(m.cache_1h_tokens, m.cache_creation_tokens)),
-           TOTAL(MIN(m.cache_1h_tokens, m.cache_creation_tokens))
-    FROM temp.touched_days d
-    CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
-    GROUP BY 1, 2, 3, 4, 5""",
-    "DELETE FROM temp.touched_days",
-)
-# Separate statements (not a script) so that retention can run them inside its transaction.
-# Every timestamp of hour 'YYYY-MM-DDTHH' sorts in [hour, hour || ';'): ':' follows the hour.
-_RECOMPUTE_HOURS = (
-    # (users, then hours, then the pairs: see _touched)
-    "DELETE FROM user_hours WHERE user_id IN (SELECT user_id FROM temp.touched_hours) "
-    "AND hour IN (SELECT hour FROM temp.touched_hours) "
-    "AND (user_id, hour) IN (SELECT user_id, hour FROM temp.touched_hours)",
-    """INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
-    SELECT h.user_id, h.hour, TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
-           TOTAL(m.cache_creation_tokens)
-    FROM temp.touched_hours h
-    JOIN user_messages m ON m.user_id = h.user_id AND m.ts >= h.hour AND m.ts < h.hour || ';'
-    GROUP BY h.user_id, h.hour""",
-    """INSERT INTO user_hours (user_id, hour, prompts)
-    SELECT h.user_id, h.hour, COUNT(*)
-    FROM temp.touched_hours h
-    JOIN user_prompts p ON p.user_id = h.user_id AND p.ts >= h.hour AND p.ts < h.hour || ';'
-    WHERE true GROUP BY h.user_id, h.hour
-    ON CONFLICT (user_id, hour) DO UPDATE SET prompts = excluded.prompts""",
-    *_RECOMPUTE_DAYS,
-    "DELETE FROM temp.touched_hours",
-)
-_RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in _RECOMPUTE_HOURS)
-
-_STAGING = f"""
-CREATE TEMP TABLE IF NOT EXISTS stage_file (
-    file_id INTEGER PRIMARY KEY, user_id INTEGER, size INTEGER, mtime_ns INTEGER, content_hash TEXT,
-    version INTEGER, items INTEGER, stamp TEXT, {", ".join(_SUMMARY_COLS)});
-CREATE TEMP TABLE IF NOT EXISTS stage_messages (
-    file_id INTEGER, message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER,
-    model TEXT, speed TEXT, c5 INTEGER, c1 INTEGER);
-CREATE TEMP TABLE IF NOT EXISTS stage_prompts (file_id INTEGER, prompt_key TEXT, session_id TEXT, ts TEXT);
-CREATE TEMP TABLE IF NOT EXISTS stage_sessions (file_id INTEGER, session_id TEXT, project TEXT, last_ts TEXT);
-CREATE TEMP TABLE IF NOT EXISTS stage_events (
-    file_id INTEGER, event_id TEXT, session_id TEXT, event_type TEXT, tool_name TEXT, skill_name TEXT,
-    subagent_type TEXT, command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
-CREATE TEMP TABLE IF NOT EXISTS ingest_touched (
-    user_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key));
-{_HOURS_TABLE};
-DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
-DELETE FROM temp.stage_events; DELETE FROM temp.stage_sessions; DELETE FROM temp.ingest_touched;
-DELETE FROM temp.touched_hours;
-"""
-_STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
-_STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_STAGE_PROMPTS_SQL = "INSERT INTO temp.stage_prompts VALUES (?, ?, ?, ?)"
-_STAGE_SESSIONS_SQL = "INSERT INTO temp.stage_sessions VALUES (?, ?, ?, ?)"
-_STAGE_EVENTS_SQL = "INSERT INTO temp.stage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-
-_FILES = "(SELECT file_id FROM temp.stage_file)"
-# Keys the files contribute (run before the old rows go and after the new ones land), per user
-# and kind: m(essage), p(rompt), s(ession); their per-user deduplicated rows are then recomputed.
-_TOUCH = f"""
-INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
-    SELECT user_id, 'm', message_key FROM activity_messages WHERE file_id IN {_FILES}
-    UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts WHERE file_id IN {_FILES}
-    UNION ALL SELECT user_id, 's', session_id FROM activity_messages WHERE file_id IN {_FILES}
-    UNION ALL SELECT user_id, 's', session_id FROM activity_prompts WHERE file_id IN {_FILES}
-    UNION ALL SELECT user_id, 's', session_id FROM file_sessions WHERE file_id IN {_FILES};
-"""
-_DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
-               f"WHERE file_id IN {_FILES};")
-def _touched(user_col: str, key_col: str, kind: str) -> str:
-    """Rows of the touched keys of a kind, found by primary key.
-
-    The row-value test alone, ``(user_id, key) IN (...)``, made SQLite search by user only and
-    read every row of the user (their whole history, for each file ingested); listing users and
-    keys separately first lets it look each (user, key) up.
-    """
-    touched = f"SELECT {{}} FROM temp.ingest_touched WHERE kind = '{kind}'"
-    return (f"{user_col} IN ({touched.format('user_id')}) AND {key_col} IN ({touched.format('key')}) "
-            f"AND ({user_col}, {key_col}) IN ({touched.format('user_id, key')})")
-
-
-# A message or prompt belongs to the session it was copied from (FORMAT.md "Resumed sessions"): among
-# the sessions whose lines carry its key, the one whose latest line is earliest, ties to the smaller
-# id. A session's latest line is the largest last_ts of its rows in file_sessions, over all the
-# user's files; no timestamp at all sorts last.
-def _owner(table: str, key_col: str) -> str:
-    """The session a touched key (t.user_id, t.key) belongs to, among its rows in ``table``."""
-    last = ("(SELECT MAX(s.last_ts) FROM file_sessions s "
-            "WHERE s.user_id = c.user_id AND s.session_id = c.session_id)")
-    # One session among the copies (nearly every key): no need to compare sessions.
-    return (f"CASE WHEN MIN(a.session_id) = MAX(a.session_id) THEN MIN(a.session_id) ELSE "
-            f"(SELECT c.session_id FROM {table} c WHERE c.user_id = t.user_id AND c.{key_col} = t.key "
-            f"ORDER BY {last} IS NULL, {last}, c.session_id LIMIT 1) END")
-
-
-# When a file's sessions change (their latest line moves, or they appear or go), the keys that other
-# files hold under the same sessions may change owner: they are recomputed too.
-_TOUCH_SHARED = f"""
-INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
-    SELECT a.user_id, 'm', a.message_key FROM temp.ingest_touched t
-    CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.key
-    CROSS JOIN activity_messages a ON a.file_id = s.file_id AND a.session_id = t.key
-    WHERE t.kind = 's' AND s.file_id NOT IN {_FILES}
-    UNION ALL SELECT p.user_id, 'p', p.prompt_key FROM temp.ingest_touched t
-    CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.key
-    CROSS JOIN activity_prompts p ON p.file_id = s.file_id AND p.session_id = t.key
-    WHERE t.kind = 's' AND s.file_id NOT IN {_FILES};
-"""
-# When a key moves to or from another file's session, that session is recomputed too (its owner
-# before, and after).
-_SESSIONS_OF_TOUCHED = f"""
-INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
-    SELECT user_id, 's', session_id FROM user_messages WHERE {_touched("user_id", "message_key", "m")}
-    UNION ALL SELECT user_id, 's', session_id FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
-"""
-
-# The per-user rows of every touched key, recomputed from the per-file rows (and their hours);
-# joins start from the touched keys (CROSS JOIN keeps that order) and look rows up by key.
-_DERIVE_WINDOWS = f"""
-{_TOUCH_HOURS}
-{_SESSIONS_OF_TOUCHED}
-DELETE FROM user_messages WHERE {_touched("user_id", "message_key", "m")};
-INSERT INTO user_messages (user_id, message_key, session_id, ts, input_tokens, output_tokens, cache_read_tokens,
-                           cache_creation_tokens, model, speed, cache_5m_tokens, cache_1h_tokens)
-    SELECT t.user_id, t.key, {_owner("activity_messages", "message_key")}, MIN(a.ts), MAX(a.input_tokens),
-           MAX(a.output_tokens), MAX(a.cache_read_tokens), MAX(a.cache_creation_tokens), MAX(a.model),
-           CASE WHEN MAX(a.speed = 'fast') THEN 'fast' ELSE MAX(a.speed) END,
-           MAX(a.cache_5m_tokens), MAX(a.cache_1h_tokens)
-    FROM temp.ingest_touched t
-    CROSS JOIN activity_messages a ON a.user_id = t.user_id AND a.message_key = t.key
-    WHERE t.kind = 'm' GROUP BY t.user_id, t.key;
-DELETE FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
-INSERT INTO user_prompts (user_id, prompt_key, session_id, ts)
-    SELECT t.user_id, t.key, {_owner("activity_prompts", "prompt_key")}, MIN(a.ts)
-    FROM temp.ingest_touched t
-    CROSS JOIN activity_prompts a ON a.user_id = t.user_id AND a.prompt_key = t.key
-    WHERE t.kind = 'p' GROUP BY t.user_id, t.key;
-{_TOUCH_HOURS}
-{_RECOMPUTE_HOURS_SCRIPT}
-{_SESSIONS_OF_TOUCHED}
-DELETE FROM user_sessions WHERE {_touched("user_id", "session_id", "s")};
-INSERT INTO user_sessions
-    SELECT t.user_id, t.key, t.last_ts,
-           (SELECT s.project FROM file_sessions s
-            WHERE s.user_id = t.user_id AND s.session_id = t.key AND s.project IS NOT NULL
-            ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
-    FROM (SELECT x.user_id, x.key, NULLIF(MAX(
-              COALESCE((SELECT MAX(ts) FROM user_messages m WHERE m.user_id = x.user_id AND m.session_id = x.key), ''),
-              COALESCE((SELECT MAX(ts) FROM user_prompts p WHERE p.user_id = x.user_id AND p.session_id = x.key), '')),
-              '') AS last_ts
-          FROM temp.ingest_touched x WHERE x.kind = 's') t
-    WHERE t.last_ts IS NOT NULL;
-"""
-_WRITE_SCRIPT = f"""
-{_DIRTY_DAYS}
-{_TOUCH}
-DELETE FROM activity_messages WHERE file_id IN {_FILES};
-DELETE FROM activity_prompts WHERE file_id IN {_FILES};
-DELETE FROM usage_events WHERE file_id IN {_FILES};
-INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, output_tokens,
-                               cache_read_tokens, cache_creation_tokens, model, speed, cache_5m_tokens,
-                               cache_1h_tokens)
-    SELECT m.file_id, m.message_key, f.user_id, m.session_id, m.ts, m.i, m.o, m.cr, m.cc, m.model, m.speed, m.c5, m.c1
-    FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id;
-INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts)
-    SELECT p.file_id, p.prompt_key, f.user_id, p.session_id, p.ts
-    FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id;
--- Events are kept per file (a copy of a session in another file has the same event ids; the
--- rollups count each once per user). 'curated' attribution wins over 'flea'; unlisted is 'builtin'.
-INSERT OR IGNORE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
-                                     subagent_type, command_name, source, ref_id, is_error, ts)
-    SELECT e.event_id, e.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
-           e.subagent_type, e.command_name,
-           COALESCE((SELECT a.source FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
-                     ORDER BY a.source = 'curated' DESC LIMIT 1), 'builtin'),
-           (SELECT a.ref_id FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
-            ORDER BY a.source = 'curated' DESC LIMIT 1),
-           e.is_error, e.ts
-    FROM temp.stage_events e JOIN temp.stage_file f ON f.file_id = e.file_id;
-INSERT OR REPLACE INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_COLS)}, processor_version,
-                                          extracted_at)
-    SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file;
-DELETE FROM file_sessions WHERE file_id IN {_FILES};
-INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project, last_ts)
-    SELECT s.file_id, f.user_id, s.session_id, f.started_at, s.project, s.last_ts
-    FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
-{_DIRTY_DAYS}
-{_TOUCH}
-{_TOUCH_SHARED}
-{_DERIVE_WINDOWS}UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
-       processor_version = f.version, items = f.items, last_error = NULL, failure_count = 0,
-       next_attempt_at = NULL, quarantined_at = NULL, processed_at = f.stamp
-    FROM temp.stage_file f
-    WHERE session_files.id = f.file_id AND session_files.id IN (SELECT file_id FROM temp.stage_file);
-"""
-
-
 def statements(script: str) -> tuple[str, ...]:
     """A script's statements one by one: executescript would first commit an open transaction."""
     found, start, end = [], 0, script.find(";")
@@ -520,11 +258,337 @@ def statements(script: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-_STAGING_STATEMENTS = statements(_STAGING)
-# The same cutoff as prune(): rows stamped before it are what retention has deleted.
-_DROP_EXPIRED = tuple(f"DELETE FROM temp.{table} WHERE ts < ?" for table in
-                      ("stage_messages", "stage_prompts", "stage_events"))
-_WRITE_STATEMENTS = statements(_WRITE_SCRIPT)
+# Files are written in two steps on the writer connection, inside one transaction: their
+# rows go into TEMP staging tables (private to the connection, cleared first), then a fixed
+# list of set-based statements applies everything. The transaction is all-or-nothing, and a
+# bulk ingest shares one commit among many files (the commit is the largest cost per file).
+# Staging must happen inside the transaction: outside one, every staged row was a transaction
+# of its own, each taking the main database's read lock (16 us a row, half the write time).
+# Hourly totals (schema 0007) are recomputed for the hours listed in temp.touched_hours: the
+# hours of every per-user message and prompt row that is replaced, before and after.
+_TEXT_SUMMARY_COLS = frozenset({"session_id", "started_at", "ended_at", "primary_model", "project"})
+# The SQLite-only pieces of the ingest statements and their PostgreSQL twins (every timestamp is UTC ISO
+# text; PostgreSQL's sessions run in UTC, see service/postgres.py). Purely syntactic differences
+# (INSERT OR IGNORE, temp.) are rewritten by dialect.postgresql().
+_FRAGMENTS = {
+    "sqlite": {
+        "epoch": "(julianday({}) - 2440587.5) * 86400",
+        "day_from": "strftime('%Y-%m-%dT%H:%M:%f', d.day, '-600 seconds')",
+        "day_until": "strftime('%Y-%m-%dT%H:%M:%f', d.day, '+1 day', '+600 seconds')",
+        "day_before": "date(substr(hour, 1, 10), '-1 day')",
+        "day_after": "date(substr(hour, 1, 10), '+1 day')",
+        "min": "MIN", "max": "MAX",  # two arguments: SQLite's scalar min and max
+        "any_fast": "MAX(a.speed = 'fast')",
+        "real": "REAL", "without_rowid": " WITHOUT ROWID",
+        "summary_cols": ", ".join(_SUMMARY_COLS),
+        "insert_or_replace": "INSERT OR REPLACE", "summaries_conflict": "",
+    },
+    "postgresql": {
+        # SQLite's arithmetic to the bit: julianday() is whole milliseconds since the Julian epoch over
+        # 86400000.0, so both backends round a session's seconds the same way (11.4999.. is 11 on both).
+        "epoch": "((CAST(extract(epoch FROM date_trunc('milliseconds', CAST({} AS timestamptz))) * 1000 AS BIGINT) "
+                 "+ 210866760000000) / CAST(86400000.0 AS DOUBLE PRECISION) - 2440587.5) * 86400",
+        "day_from": "to_char(CAST(d.day AS timestamp) - interval '600 seconds', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')",
+        "day_until": "to_char(CAST(d.day AS timestamp) + interval '1 day 600 seconds', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')",
+        "day_before": "to_char(CAST(substr(hour, 1, 10) AS date) - 1, 'YYYY-MM-DD')",
+        "day_after": "to_char(CAST(substr(hour, 1, 10) AS date) + 1, 'YYYY-MM-DD')",
+        "min": "LEAST", "max": "GREATEST",
+        "any_fast": "bool_or(a.speed = 'fast')",
+        "real": "DOUBLE PRECISION", "without_rowid": "",
+        "summary_cols": ", ".join(f"{c} {'TEXT' if c in _TEXT_SUMMARY_COLS else 'BIGINT'}" for c in _SUMMARY_COLS),
+        "insert_or_replace": "INSERT",
+        "summaries_conflict": " ON CONFLICT (file_id) DO UPDATE SET " + ", ".join(
+            f"{c} = excluded.{c}" for c in ("user_id", *_SUMMARY_COLS, "processor_version", "extracted_at")),
+    },
+}
+
+
+def _scripts(d: dict[str, str]) -> dict[str, Any]:
+    """The ingest statements in one dialect, its SQLite-only fragments taken from ``d``."""
+    _HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_hours "
+                    "(user_id INTEGER NOT NULL, hour TEXT NOT NULL, PRIMARY KEY (user_id, hour))")
+    _TOUCH_HOURS = """
+    INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
+        SELECT m.user_id, substr(m.ts, 1, 13) FROM temp.ingest_touched t
+        CROSS JOIN user_messages m ON m.user_id = t.user_id AND m.message_key = t.key WHERE t.kind = 'm'
+        UNION ALL SELECT p.user_id, substr(p.ts, 1, 13) FROM temp.ingest_touched t
+        CROSS JOIN user_prompts p ON p.user_id = t.user_id AND p.prompt_key = t.key WHERE t.kind = 'p';
+    """
+    # The operators' aggregates per (user, UTC day) (schema 0014) are recomputed for the days of the
+    # touched hours, and the day beside an hour that touches midnight (a session's active span may cross
+    # it). Active seconds: consecutive stamps of a session at most 600 s apart, the span cut at midnight;
+    # the stamps read are the day's and 600 s either side of it.
+    _DAYS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_days "
+                   "(user_id INTEGER NOT NULL, day TEXT NOT NULL, PRIMARY KEY (user_id, day))")
+    _EPOCH = d["epoch"]
+    _TOUCHED_DAYS = ("user_id IN (SELECT user_id FROM temp.touched_days) AND day IN (SELECT day FROM temp.touched_days) "
+                     "AND (user_id, day) IN (SELECT user_id, day FROM temp.touched_days)")
+    _DAY_STAMPS = ("CROSS JOIN {table} m ON m.user_id = d.user_id "
+                   f"AND m.ts >= {d['day_from']} AND m.ts < {d['day_until']}")
+    _RECOMPUTE_DAYS = (
+        _DAYS_TABLE,
+        f"""INSERT OR IGNORE INTO temp.touched_days (user_id, day)
+        SELECT user_id, substr(hour, 1, 10) FROM temp.touched_hours
+        UNION ALL SELECT user_id, {d['day_before']} FROM temp.touched_hours WHERE substr(hour, 12) = '00'
+        UNION ALL SELECT user_id, {d['day_after']} FROM temp.touched_hours WHERE substr(hour, 12) = '23'""",
+        f"DELETE FROM admin_session_days WHERE {_TOUCHED_DAYS}",
+        """INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
+                                        cache_read_tokens, cache_creation_tokens)
+        SELECT d.user_id, d.day, m.session_id, COUNT(*), TOTAL(m.input_tokens), TOTAL(m.output_tokens),
+               TOTAL(m.cache_read_tokens), TOTAL(m.cache_creation_tokens)
+        FROM temp.touched_days d
+        CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
+        GROUP BY d.user_id, d.day, m.session_id""",
+        """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
+        SELECT d.user_id, d.day, p.session_id, COUNT(*)
+        FROM temp.touched_days d
+        CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.ts >= d.day AND p.ts < d.day || 'U'
+        WHERE true GROUP BY d.user_id, d.day, p.session_id
+        ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
+        # Into a keyed table first: an UPDATE ... FROM (subquery) compared every row with every row.
+        "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
+        f"session_id TEXT NOT NULL, seconds {d['real']} NOT NULL, PRIMARY KEY (user_id, day, session_id)){d['without_rowid']}",
+        f"""INSERT INTO temp.day_active (user_id, day, session_id, seconds)
+            SELECT user_id, day, session_id,
+                   TOTAL({d['max']}(0, {d['min']}(t, day_start + 86400) - {d['max']}(prev, day_start)))
+            FROM (SELECT user_id, day, session_id, t, {_EPOCH.format("day")} AS day_start,
+                         LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
+                  FROM (SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} AS t FROM temp.touched_days d
+                        {_DAY_STAMPS.format(table="user_messages")}
+                        UNION ALL SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} FROM temp.touched_days d
+                        {_DAY_STAMPS.format(table="user_prompts")}) AS stamps) AS spans
+            WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
+        f"""UPDATE admin_session_days SET active_seconds = (
+            SELECT CAST(ROUND(a.seconds) AS BIGINT) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
+            AND a.day = admin_session_days.day AND a.session_id = admin_session_days.session_id)
+        WHERE {_TOUCHED_DAYS} AND (user_id, day, session_id) IN (SELECT user_id, day, session_id FROM temp.day_active)""",
+        "DELETE FROM temp.day_active",
+        f"DELETE FROM admin_model_days WHERE {_TOUCHED_DAYS}",
+        f"""INSERT INTO admin_model_days
+        SELECT d.user_id, d.day, COALESCE(m.model, ''), COALESCE(m.speed, ''),
+               {tier_sql("(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)")}, COUNT(*),
+               TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
+               TOTAL(m.cache_creation_tokens - {d['min']}(m.cache_1h_tokens, m.cache_creation_tokens)),
+               TOTAL({d['min']}(m.cache_1h_tokens, m.cache_creation_tokens))
+        FROM temp.touched_days d
+        CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
+        GROUP BY 1, 2, 3, 4, 5""",
+        "DELETE FROM temp.touched_days",
+    )
+    # Separate statements (not a script) so that retention can run them inside its transaction.
+    # Every timestamp of hour 'YYYY-MM-DDTHH' sorts in [hour, hour || ';'): ':' follows the hour.
+    _RECOMPUTE_HOURS = (
+        # (users, then hours, then the pairs: see _touched)
+        "DELETE FROM user_hours WHERE user_id IN (SELECT user_id FROM temp.touched_hours) "
+        "AND hour IN (SELECT hour FROM temp.touched_hours) "
+        "AND (user_id, hour) IN (SELECT user_id, hour FROM temp.touched_hours)",
+        """INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
+        SELECT h.user_id, h.hour, TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
+               TOTAL(m.cache_creation_tokens)
+        FROM temp.touched_hours h
+        JOIN user_messages m ON m.user_id = h.user_id AND m.ts >= h.hour AND m.ts < h.hour || ';'
+        GROUP BY h.user_id, h.hour""",
+        """INSERT INTO user_hours (user_id, hour, prompts)
+        SELECT h.user_id, h.hour, COUNT(*)
+        FROM temp.touched_hours h
+        JOIN user_prompts p ON p.user_id = h.user_id AND p.ts >= h.hour AND p.ts < h.hour || ';'
+        WHERE true GROUP BY h.user_id, h.hour
+        ON CONFLICT (user_id, hour) DO UPDATE SET prompts = excluded.prompts""",
+        *_RECOMPUTE_DAYS,
+        "DELETE FROM temp.touched_hours",
+    )
+    _RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in _RECOMPUTE_HOURS)
+
+    _STAGING = f"""
+    CREATE TEMP TABLE IF NOT EXISTS stage_file (
+        file_id INTEGER PRIMARY KEY, user_id INTEGER, size INTEGER, mtime_ns INTEGER, content_hash TEXT,
+        version INTEGER, items INTEGER, stamp TEXT, {d['summary_cols']});
+    CREATE TEMP TABLE IF NOT EXISTS stage_messages (
+        file_id INTEGER, message_key TEXT, session_id TEXT, ts TEXT, i INTEGER, o INTEGER, cr INTEGER, cc INTEGER,
+        model TEXT, speed TEXT, c5 INTEGER, c1 INTEGER);
+    CREATE TEMP TABLE IF NOT EXISTS stage_prompts (file_id INTEGER, prompt_key TEXT, session_id TEXT, ts TEXT);
+    CREATE TEMP TABLE IF NOT EXISTS stage_sessions (file_id INTEGER, session_id TEXT, project TEXT, last_ts TEXT);
+    CREATE TEMP TABLE IF NOT EXISTS stage_events (
+        file_id INTEGER, event_id TEXT, session_id TEXT, event_type TEXT, tool_name TEXT, skill_name TEXT,
+        subagent_type TEXT, command_name TEXT, is_error INTEGER, ts TEXT, kind TEXT, name TEXT);
+    CREATE TEMP TABLE IF NOT EXISTS ingest_touched (
+        user_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key));
+    {_HOURS_TABLE};
+    DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
+    DELETE FROM temp.stage_events; DELETE FROM temp.stage_sessions; DELETE FROM temp.ingest_touched;
+    DELETE FROM temp.touched_hours;
+    """
+    _STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
+    _STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    _STAGE_PROMPTS_SQL = "INSERT INTO temp.stage_prompts VALUES (?, ?, ?, ?)"
+    _STAGE_SESSIONS_SQL = "INSERT INTO temp.stage_sessions VALUES (?, ?, ?, ?)"
+    _STAGE_EVENTS_SQL = "INSERT INTO temp.stage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+    _FILES = "(SELECT file_id FROM temp.stage_file)"
+    # Keys the files contribute (run before the old rows go and after the new ones land), per user
+    # and kind: m(essage), p(rompt), s(ession); their per-user deduplicated rows are then recomputed.
+    _TOUCH = f"""
+    INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+        SELECT user_id, 'm', message_key FROM activity_messages WHERE file_id IN {_FILES}
+        UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts WHERE file_id IN {_FILES}
+        UNION ALL SELECT user_id, 's', session_id FROM activity_messages WHERE file_id IN {_FILES}
+        UNION ALL SELECT user_id, 's', session_id FROM activity_prompts WHERE file_id IN {_FILES}
+        UNION ALL SELECT user_id, 's', session_id FROM file_sessions WHERE file_id IN {_FILES};
+    """
+    _DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
+                   f"WHERE file_id IN {_FILES};")
+    def _touched(user_col: str, key_col: str, kind: str) -> str:
+        """Rows of the touched keys of a kind, found by primary key.
+
+        The row-value test alone, ``(user_id, key) IN (...)``, made SQLite search by user only and
+        read every row of the user (their whole history, for each file ingested); listing users and
+        keys separately first lets it look each (user, key) up.
+        """
+        touched = f"SELECT {{}} FROM temp.ingest_touched WHERE kind = '{kind}'"
+        return (f"{user_col} IN ({touched.format('user_id')}) AND {key_col} IN ({touched.format('key')}) "
+                f"AND ({user_col}, {key_col}) IN ({touched.format('user_id, key')})")
+
+
+    # A message or prompt belongs to the session it was copied from (FORMAT.md "Resumed sessions"): among
+    # the sessions whose lines carry its key, the one whose latest line is earliest, ties to the smaller
+    # id. A session's latest line is the largest last_ts of its rows in file_sessions, over all the
+    # user's files; no timestamp at all sorts last.
+    def _owner(table: str, key_col: str) -> str:
+        """The session a touched key (t.user_id, t.key) belongs to, among its rows in ``table``."""
+        last = ("(SELECT MAX(s.last_ts) FROM file_sessions s "
+                "WHERE s.user_id = c.user_id AND s.session_id = c.session_id)")
+        # One session among the copies (nearly every key): no need to compare sessions.
+        return (f"CASE WHEN MIN(a.session_id) = MAX(a.session_id) THEN MIN(a.session_id) ELSE "
+                f"(SELECT c.session_id FROM {table} c WHERE c.user_id = t.user_id AND c.{key_col} = t.key "
+                f"ORDER BY {last} IS NULL, {last}, c.session_id LIMIT 1) END")
+
+
+    # When a file's sessions change (their latest line moves, or they appear or go), the keys that other
+    # files hold under the same sessions may change owner: they are recomputed too.
+    _TOUCH_SHARED = f"""
+    INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+        SELECT a.user_id, 'm', a.message_key FROM temp.ingest_touched t
+        CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.key
+        CROSS JOIN activity_messages a ON a.file_id = s.file_id AND a.session_id = t.key
+        WHERE t.kind = 's' AND s.file_id NOT IN {_FILES}
+        UNION ALL SELECT p.user_id, 'p', p.prompt_key FROM temp.ingest_touched t
+        CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.key
+        CROSS JOIN activity_prompts p ON p.file_id = s.file_id AND p.session_id = t.key
+        WHERE t.kind = 's' AND s.file_id NOT IN {_FILES};
+    """
+    # When a key moves to or from another file's session, that session is recomputed too (its owner
+    # before, and after).
+    _SESSIONS_OF_TOUCHED = f"""
+    INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+        SELECT user_id, 's', session_id FROM user_messages WHERE {_touched("user_id", "message_key", "m")}
+        UNION ALL SELECT user_id, 's', session_id FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
+    """
+
+    # The per-user rows of every touched key, recomputed from the per-file rows (and their hours);
+    # joins start from the touched keys (CROSS JOIN keeps that order) and look rows up by key.
+    _DERIVE_WINDOWS = f"""
+    {_TOUCH_HOURS}
+    {_SESSIONS_OF_TOUCHED}
+    DELETE FROM user_messages WHERE {_touched("user_id", "message_key", "m")};
+    INSERT INTO user_messages (user_id, message_key, session_id, ts, input_tokens, output_tokens, cache_read_tokens,
+                               cache_creation_tokens, model, speed, cache_5m_tokens, cache_1h_tokens)
+        SELECT t.user_id, t.key, {_owner("activity_messages", "message_key")}, MIN(a.ts), MAX(a.input_tokens),
+               MAX(a.output_tokens), MAX(a.cache_read_tokens), MAX(a.cache_creation_tokens), MAX(a.model),
+               CASE WHEN {d['any_fast']} THEN 'fast' ELSE MAX(a.speed) END,
+               MAX(a.cache_5m_tokens), MAX(a.cache_1h_tokens)
+        FROM temp.ingest_touched t
+        CROSS JOIN activity_messages a ON a.user_id = t.user_id AND a.message_key = t.key
+        WHERE t.kind = 'm' GROUP BY t.user_id, t.key;
+    DELETE FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
+    INSERT INTO user_prompts (user_id, prompt_key, session_id, ts)
+        SELECT t.user_id, t.key, {_owner("activity_prompts", "prompt_key")}, MIN(a.ts)
+        FROM temp.ingest_touched t
+        CROSS JOIN activity_prompts a ON a.user_id = t.user_id AND a.prompt_key = t.key
+        WHERE t.kind = 'p' GROUP BY t.user_id, t.key;
+    {_TOUCH_HOURS}
+    {_RECOMPUTE_HOURS_SCRIPT}
+    {_SESSIONS_OF_TOUCHED}
+    DELETE FROM user_sessions WHERE {_touched("user_id", "session_id", "s")};
+    INSERT INTO user_sessions
+        SELECT t.user_id, t.key, t.last_ts,
+               (SELECT s.project FROM file_sessions s
+                WHERE s.user_id = t.user_id AND s.session_id = t.key AND s.project IS NOT NULL
+                ORDER BY s.started_at IS NULL, s.started_at LIMIT 1)
+        FROM (SELECT x.user_id, x.key, NULLIF({d['max']}(
+                  COALESCE((SELECT MAX(ts) FROM user_messages m WHERE m.user_id = x.user_id AND m.session_id = x.key), ''),
+                  COALESCE((SELECT MAX(ts) FROM user_prompts p WHERE p.user_id = x.user_id AND p.session_id = x.key), '')),
+                  '') AS last_ts
+              FROM temp.ingest_touched x WHERE x.kind = 's') t
+        WHERE t.last_ts IS NOT NULL;
+    """
+    _WRITE_SCRIPT = f"""
+    {_DIRTY_DAYS}
+    {_TOUCH}
+    DELETE FROM activity_messages WHERE file_id IN {_FILES};
+    DELETE FROM activity_prompts WHERE file_id IN {_FILES};
+    DELETE FROM usage_events WHERE file_id IN {_FILES};
+    INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, output_tokens,
+                                   cache_read_tokens, cache_creation_tokens, model, speed, cache_5m_tokens,
+                                   cache_1h_tokens)
+        SELECT m.file_id, m.message_key, f.user_id, m.session_id, m.ts, m.i, m.o, m.cr, m.cc, m.model, m.speed, m.c5, m.c1
+        FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id;
+    INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts)
+        SELECT p.file_id, p.prompt_key, f.user_id, p.session_id, p.ts
+        FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id;
+    -- Events are kept per file (a copy of a session in another file has the same event ids; the
+    -- rollups count each once per user). 'curated' attribution wins over 'flea'; unlisted is 'builtin'.
+    INSERT OR IGNORE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
+                                         subagent_type, command_name, source, ref_id, is_error, ts)
+        SELECT e.event_id, e.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
+               e.subagent_type, e.command_name,
+               COALESCE((SELECT a.source FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
+                         ORDER BY a.source = 'curated' DESC LIMIT 1), 'builtin'),
+               (SELECT a.ref_id FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
+                ORDER BY a.source = 'curated' DESC LIMIT 1),
+               e.is_error, e.ts
+        FROM temp.stage_events e JOIN temp.stage_file f ON f.file_id = e.file_id;
+    {d['insert_or_replace']} INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_COLS)}, processor_version,
+                                              extracted_at)
+        SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file{d['summaries_conflict']};
+    DELETE FROM file_sessions WHERE file_id IN {_FILES};
+    INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project, last_ts)
+        SELECT s.file_id, f.user_id, s.session_id, f.started_at, s.project, s.last_ts
+        FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
+    {_DIRTY_DAYS}
+    {_TOUCH}
+    {_TOUCH_SHARED}
+    {_DERIVE_WINDOWS}UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
+           processor_version = f.version, items = f.items, last_error = NULL, failure_count = 0,
+           next_attempt_at = NULL, quarantined_at = NULL, processed_at = f.stamp
+        FROM temp.stage_file f
+        WHERE session_files.id = f.file_id AND session_files.id IN (SELECT file_id FROM temp.stage_file);
+    """
+
+
+    _STAGING_STATEMENTS = statements(_STAGING)
+    # The same cutoff as prune(): rows stamped before it are what retention has deleted.
+    _DROP_EXPIRED = tuple(f"DELETE FROM temp.{table} WHERE ts < ?" for table in
+                          ("stage_messages", "stage_prompts", "stage_events"))
+    _WRITE_STATEMENTS = statements(_WRITE_SCRIPT)
+    return locals()
+
+
+# What write_results and prune run, per dialect.
+_RUN = ("_STAGING_STATEMENTS", "_STAGE_FILE_SQL", "_STAGE_MESSAGES_SQL", "_STAGE_PROMPTS_SQL", "_STAGE_SESSIONS_SQL",
+        "_STAGE_EVENTS_SQL", "_DROP_EXPIRED", "_WRITE_STATEMENTS", "_HOURS_TABLE", "_RECOMPUTE_HOURS")
+
+
+def _in_dialect(dialect: str) -> dict[str, Any]:
+    found = _scripts(_FRAGMENTS[dialect])
+    if dialect == "postgresql":
+        found.update({name: tuple(map(postgresql, found[name])) if isinstance(found[name], tuple)
+                      else postgresql(found[name]) for name in _RUN})
+    return found
+
+
+_SQL = {dialect: _in_dialect(dialect) for dialect in _FRAGMENTS}
+_SQLITE = _SQL["sqlite"]
+
 
 
 def _summary_values(result: ParseResult) -> list:
@@ -558,26 +622,27 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime,
     reprocess must not bring them back.
     """
     stamp = to_store(now)
+    q = _SQL[db.dialect]
     async with db.transaction() as conn:
-        for statement in _STAGING_STATEMENTS:
+        for statement in q["_STAGING_STATEMENTS"]:
             await conn.execute(statement)
-        await conn.executemany(_STAGE_FILE_SQL, [
+        await conn.executemany(q["_STAGE_FILE_SQL"], [
             (p.file_id, p.user_id, p.size, p.mtime_ns, p.result.content_hash, p.version, p.result.lines, stamp,
              *_summary_values(p.result)) for p in batch])
-        await conn.executemany(_STAGE_MESSAGES_SQL, [
+        await conn.executemany(q["_STAGE_MESSAGES_SQL"], [
             (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation, m.model,
              m.speed, m.cache_5m, m.cache_1h) for p in batch for m in p.result.messages])
-        await conn.executemany(_STAGE_PROMPTS_SQL, [
+        await conn.executemany(q["_STAGE_PROMPTS_SQL"], [
             (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
-        await conn.executemany(_STAGE_SESSIONS_SQL, [
+        await conn.executemany(q["_STAGE_SESSIONS_SQL"], [
             (p.file_id, r.session_id, r.project, r.last_ts) for p in batch for r in p.result.sessions])
-        await conn.executemany(_STAGE_EVENTS_SQL, [
+        await conn.executemany(q["_STAGE_EVENTS_SQL"], [
             (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
              e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
         if keep_since is not None:
-            for statement in _DROP_EXPIRED:
+            for statement in q["_DROP_EXPIRED"]:
                 await conn.execute(statement, (to_store(keep_since),))
-        for statement in _WRITE_STATEMENTS:
+        for statement in q["_WRITE_STATEMENTS"]:
             await conn.execute(statement)
 
 
@@ -585,7 +650,7 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime,
 # ingest: for data loaded around ingest (bench/serve_bench.py's dataset) and for repairs.
 REBUILD_WINDOWS_SCRIPT = f"""
 BEGIN IMMEDIATE;
-{_STAGING}
+{_SQLITE["_STAGING"]}
 DELETE FROM user_messages; DELETE FROM user_prompts; DELETE FROM user_sessions; DELETE FROM user_hours;
 DELETE FROM admin_session_days; DELETE FROM admin_model_days;
 INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
@@ -593,7 +658,7 @@ INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
     UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts
     UNION ALL SELECT user_id, 's', session_id FROM activity_messages
     UNION ALL SELECT user_id, 's', session_id FROM activity_prompts;
-{_DERIVE_WINDOWS}
+{_SQLITE["_DERIVE_WINDOWS"]}
 COMMIT;
 """
 
@@ -610,8 +675,8 @@ _EVENTS_ONCE = """(SELECT d.day, e.user_id, e.event_id, MIN(e.session_id) AS ses
                  WHEN 'slash_command' THEN '/' || MIN(e.command_name) END, MIN(e.tool_name), '(unnamed)') AS name
     FROM temp.rollup_days d
     CROSS JOIN usage_events e ON e.ts >= d.day || 'T' AND e.ts < d.day || 'U'
-    GROUP BY d.day, e.user_id, e.event_id)"""
-REBUILD_ROLLUPS = statements(f"""
+    GROUP BY d.day, e.user_id, e.event_id) AS once"""
+REBUILD_ROLLUPS_SQLITE = statements(f"""
 CREATE TEMP TABLE IF NOT EXISTS rollup_days (day TEXT PRIMARY KEY);
 DELETE FROM temp.rollup_days;
 INSERT INTO temp.rollup_days SELECT day FROM rollup_dirty_days ORDER BY day DESC LIMIT :limit;
@@ -630,15 +695,26 @@ INSERT INTO admin_tool_days (day, user_id, session_id, kind, name, source, invoc
     FROM {_EVENTS_ONCE} GROUP BY day, user_id, session_id, kind, name, source;
 DELETE FROM rollup_dirty_days WHERE day IN (SELECT day FROM temp.rollup_days);
 """)
+_REBUILD_ROLLUPS = {"sqlite": REBUILD_ROLLUPS_SQLITE,
+                    "postgresql": tuple(map(postgresql, REBUILD_ROLLUPS_SQLITE))}
+
+
+_ROLLUP_DAYS_DONE = by_dialect("SELECT day FROM temp.rollup_days ORDER BY day DESC")
+# Retention recomputes the hour (and the operators' day) it cuts through.
+_CUT_HOUR = by_dialect("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
+                       "SELECT user_id, hour FROM user_hours WHERE hour = ?")
+_CUT_DAY_DIRTY = by_dialect("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)")
+_CUT_DAY = by_dialect("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
+                      "SELECT DISTINCT user_id, CAST(? AS TEXT) FROM admin_session_days WHERE day = ?")
 
 
 async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
     """Recompute the daily tool and plugin rollups of the days marked dirty (at most ``limit``, the
     latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
-        for statement in REBUILD_ROLLUPS:
+        for statement in _REBUILD_ROLLUPS[db.dialect]:
             await conn.execute(statement, {"limit": limit} if ":limit" in statement else ())
-        async with conn.execute("SELECT day FROM temp.rollup_days ORDER BY day DESC") as cur:
+        async with conn.execute(_ROLLUP_DAYS_DONE[db.dialect]) as cur:
             return [r[0] for r in await cur.fetchall()]
 
 
@@ -656,14 +732,12 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         await conn.execute("DELETE FROM user_sessions WHERE last_ts < ?", (cutoff,))
         # Hours wholly before the cutoff go; the hour it cuts through is recomputed.
         await conn.execute("DELETE FROM user_hours WHERE hour < ?", (cutoff[:13],))
-        await conn.execute(_HOURS_TABLE)
-        await conn.execute("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
-                           "SELECT user_id, hour FROM user_hours WHERE hour = ?", (cutoff[:13],))
+        q = _SQL[db.dialect]
+        await conn.execute(q["_HOURS_TABLE"])
+        await conn.execute(_CUT_HOUR[db.dialect], (cutoff[:13],))
         # The operators' day it cuts through is recomputed for whoever had activity that day.
-        await conn.execute("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
-                           "SELECT DISTINCT user_id, ? FROM admin_session_days WHERE day = ?",
-                           (cutoff[:13], cutoff[:10]))
-        for statement in _RECOMPUTE_HOURS:
+        await conn.execute(_CUT_DAY[db.dialect], (cutoff[:13], cutoff[:10]))
+        for statement in q["_RECOMPUTE_HOURS"]:
             await conn.execute(statement)
         await conn.execute("DELETE FROM admin_session_days WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM admin_model_days WHERE day < ?", (cutoff[:10],))
@@ -671,7 +745,7 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM admin_tool_days WHERE day < ?", (cutoff[:10],))
         if counts["usage_events"]:  # the day it cut through may have lost some: rolled up again next tick
-            await conn.execute("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", (cutoff[:10],))
+            await conn.execute(_CUT_DAY_DIRTY[db.dialect], (cutoff[:10],))
     return counts
 
 

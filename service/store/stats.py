@@ -46,15 +46,15 @@ _HOME_STATS_SQL = """
 SELECT
     (SELECT last_pull_at FROM users WHERE id = :user) AS last_pull_at,
     s.sessions, s.projects,
-    CAST(h.prompts AS INTEGER)
+    CAST(h.prompts AS BIGINT)
         + (SELECT COUNT(*) FROM user_prompts WHERE user_id = :user AND ts >= :since AND ts < :edge) AS prompts,
-    CAST(h.input + m.input AS INTEGER) AS input, CAST(h.output + m.output AS INTEGER) AS output,
-    CAST(h.cache_read + m.cache_read AS INTEGER) AS cache_read,
-    CAST(h.cache_creation + m.cache_creation AS INTEGER) AS cache_creation,
+    CAST(h.input + m.input AS BIGINT) AS input, CAST(h.output + m.output AS BIGINT) AS output,
+    CAST(h.cache_read + m.cache_read AS BIGINT) AS cache_read,
+    CAST(h.cache_creation + m.cache_creation AS BIGINT) AS cache_creation,
     (SELECT MIN(t) FROM (SELECT MIN(ts) AS t FROM user_messages WHERE user_id = :user AND ts >= :since
                          UNION ALL SELECT MIN(ts) FROM user_prompts WHERE user_id = :user AND ts >= :since
                          UNION ALL SELECT MIN(last_ts) FROM user_sessions
-                                   WHERE user_id = :user AND last_ts >= :since)) AS next_out
+                                   WHERE user_id = :user AND last_ts >= :since) AS firsts) AS next_out
 FROM (SELECT COUNT(*) AS sessions, COUNT(DISTINCT project) AS projects
       FROM user_sessions WHERE user_id = :user AND last_ts >= :since) AS s,
      (SELECT TOTAL(input_tokens) AS input, TOTAL(output_tokens) AS output, TOTAL(cache_read_tokens) AS cache_read,

@@ -81,10 +81,10 @@ async def add_user(db: Database, email: str, name: str = "", onboarded: bool = F
         async with conn.execute("SELECT 1 FROM users WHERE email = ?", (email,)) as cur:
             if await cur.fetchone():
                 raise UserExists(email)
-        cur = await conn.execute(
-            "INSERT INTO users (email, name, onboarded, created_at) VALUES (?, ?, ?, ?)",
-            (email, name, int(onboarded), now))
-        user_id = cur.lastrowid
+        async with conn.execute(
+                "INSERT INTO users (email, name, onboarded, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+                (email, name, int(onboarded), now)) as cur:
+            user_id = (await cur.fetchone())[0]
         await conn.execute(
             "INSERT INTO audit_log (user_id, action, source, created_at) VALUES (?, 'user_added', 'cli', ?)",
             (user_id, now))
@@ -116,9 +116,14 @@ async def find_owner(db: Database, name: str) -> User | None:
     return await _by_local_part(db, name)
 
 
+# SQLite's LIKE ignores ASCII case; PostgreSQL's ILIKE is its twin.
+_LOCAL_PART_SQL = {"sqlite": f"SELECT {_USER_COLS} FROM users WHERE email LIKE ? ESCAPE '\\'",
+                   "postgresql": f"SELECT {_USER_COLS} FROM users WHERE email ILIKE ? ESCAPE '\\'"}
+
+
 async def _by_local_part(db: Database, name: str) -> User | None:
     """The one user whose email's local part is name; None for none or several."""
-    rows = await db.fetchall(f"SELECT {_USER_COLS} FROM users WHERE email LIKE ? ESCAPE '\\'",
+    rows = await db.fetchall(_LOCAL_PART_SQL[db.dialect],
                              (name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%",))
     matches = [u for u in map(_user, rows) if u.email.split("@", 1)[0] == name.lower()]
     return matches[0] if len(matches) == 1 else None
@@ -134,10 +139,10 @@ async def issue_token(db: Database, user_id: int, label: str = "") -> tuple[str,
     prefix = token[:DISPLAYED_PREFIX]
     now = to_store(utcnow())
     async with db.transaction() as conn:
-        cur = await conn.execute(
-            "INSERT INTO api_tokens (user_id, token_hash, prefix, label, created_at) VALUES (?, ?, ?, ?, ?)",
-            (user_id, hash_token(token), prefix, label, now))
-        token_id = cur.lastrowid
+        async with conn.execute(
+                "INSERT INTO api_tokens (user_id, token_hash, prefix, label, created_at) VALUES (?, ?, ?, ?, ?) "
+                "RETURNING id", (user_id, hash_token(token), prefix, label, now)) as cur:
+            token_id = (await cur.fetchone())[0]
         await conn.execute(
             "INSERT INTO audit_log (user_id, action, source, detail, created_at) VALUES (?, 'token_issued', 'cli', ?, ?)",
             (user_id, prefix, now))

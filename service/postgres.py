@@ -1,0 +1,278 @@
+"""The PostgreSQL backend (asyncpg): the same API as db.Database, for several replicas on one database.
+
+The store's SQL is written with SQLite's ``?`` and ``:name`` placeholders; they become ``$n`` here,
+once per statement text. Where the SQL itself differs, the store holds a PostgreSQL twin beside the
+SQLite original (``db.dialect`` picks it).
+
+The read cache (BaseDatabase.cached_read) needs a version that moves with every commit of every
+replica: each write transaction sends ``NOTIFY agnes_changes`` (delivered by PostgreSQL at commit,
+never for a rollback), and one LISTEN connection per process moves the local version when another
+process's notification arrives. This process's own commits move it at once. Without a live LISTEN
+connection nothing is cached (every read goes to the database) until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+import asyncpg
+
+from .db import _WRITE_WAIT, BaseDatabase, DatabaseBusy
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "agnes_changes"
+POOL_SIZE = 10
+RECONNECT_EVERY_S = 0.5
+# Every session: day arithmetic on the stored UTC text is UTC; no JIT compiling for the store's small reads.
+SESSION = {"timezone": "UTC", "jit": "off"}
+_ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES)\b|\bRETURNING\b", re.IGNORECASE)
+# A placeholder outside string literals, quoted names and comments: ?, or :name (not PostgreSQL's ::).
+_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|::|\?|(?<![:\w]):([A-Za-z_]\w*)",
+                     re.DOTALL)
+
+
+@lru_cache(maxsize=2048)
+def translate(sql: str) -> tuple[str, tuple[str, ...] | None]:
+    """SQLite placeholders to PostgreSQL's: the new text, and the parameter names in $n order
+    (None for positional ``?``). Statement texts are constants, so each is translated once."""
+    names: list[str] = []
+    count = 0
+
+    def swap(match: re.Match) -> str:
+        nonlocal count
+        token = match.group(0)
+        if token == "?":
+            count += 1
+            return f"${count}"
+        name = match.group(1)
+        if name is None:
+            return token
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    text = _TOKENS.sub(swap, sql)
+    if count and names:
+        raise ValueError("a statement mixes ? and :name placeholders")
+    return text, (tuple(names) if names else None)
+
+
+def _args(names: tuple[str, ...] | None, params: Sequence[Any] | dict) -> Sequence[Any]:
+    if names is None:
+        return tuple(params)
+    return tuple(params[name] for name in names)  # type: ignore[index]
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command tag ("UPDATE 3", "INSERT 0 1"); -1 when it has none."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else -1
+
+
+class Cursor:
+    """What the store reads of an aiosqlite cursor: rows fetched at once and the row count."""
+
+    lastrowid = None  # the store uses RETURNING, which both backends understand
+
+    def __init__(self, rows: list[asyncpg.Record], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    async def fetchone(self) -> asyncpg.Record | None:
+        return self._rows.pop(0) if self._rows else None
+
+    async def fetchall(self) -> list[asyncpg.Record]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _Pending:
+    """aiosqlite's execute() result: awaited, or used with ``async with``."""
+
+    def __init__(self, run: Any) -> None:
+        self._run = run
+
+    def __await__(self):
+        return self._run().__await__()
+
+    async def __aenter__(self) -> Cursor:
+        return await self._run()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class Connection:
+    """The subset of aiosqlite.Connection the store uses, over one asyncpg connection in a transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | dict = ()) -> _Pending:
+        async def run() -> Cursor:
+            text, names = translate(sql)
+            args = _args(names, params)
+            if _ROWS.search(text):
+                rows = await self.raw.fetch(text, *args)
+                return Cursor(rows, len(rows))
+            return Cursor([], _rowcount(await self.raw.execute(text, *args)))
+        return _Pending(run)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any] | dict]) -> None:
+        text, names = translate(sql)
+        batch = [_args(names, row) for row in rows]
+        if batch:
+            await self.raw.executemany(text, batch)
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] | dict = ()) -> list[asyncpg.Record]:
+        text, names = translate(sql)
+        return await self.raw.fetch(text, *_args(names, params))
+
+
+class PostgresDatabase(BaseDatabase):
+    """PostgreSQL through an asyncpg pool. Writes of this process are serialised (as on SQLite: the
+    ingest's set-based statements never wait on each other); other replicas' writes meet them in
+    PostgreSQL's row locks."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, cache: bool = True, pool_size: int = POOL_SIZE) -> None:
+        super().__init__(cache=cache)
+        self.url = url
+        self.path = url  # what logs and errors name
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._write_lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+        self._listening = False
+        self._reconnect: asyncio.Task | None = None
+        self._closing = False
+        self._me = secrets.token_hex(8)  # this process's notifications carry it: its own commits bump at once
+        self._version = 0
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        self._closing = False
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size,
+                                               server_settings=SESSION)
+        if self._use_cache:
+            await self._listen()
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        await conn.add_listener(CHANNEL, self._notified)
+        conn.add_termination_listener(self._lost)
+        self._listener = conn
+        self._listening = True
+        self._bump()  # anything committed while nobody listened
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload != self._me:
+            self._bump()
+
+    def _lost(self, conn: Any) -> None:
+        self._listening = False
+        self._bump()
+        if not self._closing and (self._reconnect is None or self._reconnect.done()):
+            self._reconnect = asyncio.get_running_loop().create_task(self._relisten())
+
+    async def _relisten(self) -> None:
+        while not self._closing:
+            try:
+                await self._listen()
+                logger.info("listening for other replicas' commits again")
+                return
+            except (OSError, asyncpg.PostgresError) as exc:
+                logger.warning("cannot listen for other replicas' commits (reads are not cached): %s", exc)
+                await asyncio.sleep(RECONNECT_EVERY_S)
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._cache.clear()
+        self._cache_version = self._version
+
+    def snapshot(self) -> int | None:
+        """The local version (moved by every commit anywhere, as soon as it is notified); None while no
+        LISTEN connection is up or the cache is off: then nothing is cached."""
+        if not self._use_cache or not self._listening:
+            return None
+        return self._version
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            self._reconnect = None
+        if self._listener is not None:
+            self._listener.remove_termination_listener(self._lost)
+            await self._listener.close()
+            self._listener = None
+            self._listening = False
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict = ()) -> list[asyncpg.Record]:
+        text, names = translate(sql)
+        return await self.pool.fetch(text, *_args(names, params))
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for work outside the store (migrations, readiness)."""
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """One write transaction: committed whole (and notified to every replica), or rolled back whole.
+
+        Inside bounded_writes() (a request), a row lock held by another replica is waited for only
+        until the bound, counted from the call; then DatabaseBusy, as SQLite's locked database.
+        """
+        wait = _WRITE_WAIT.get()
+        asked = time.monotonic()
+        async with self._write_lock, self.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                if wait is not None:
+                    left_ms = max(1, int((asked + wait - time.monotonic()) * 1000))
+                    await conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
+                yield Connection(conn)
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
+            except asyncpg.LockNotAvailableError:
+                await tx.rollback()
+                raise DatabaseBusy("a row is locked by another process") from None
+            except BaseException:
+                await tx.rollback()
+                raise
+            else:
+                await tx.commit()
+                self._bump()
+
+    async def schema_version(self) -> int:
+        from .migrations import pg_current_version  # noqa: PLC0415 - migrations imports this module
+
+        async with self.pool.acquire() as conn:
+            return await pg_current_version(conn)

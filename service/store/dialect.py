@@ -1,0 +1,37 @@
+"""SQL text that differs only in spelling between SQLite and PostgreSQL, rewritten once at import.
+
+Statements are written in SQLite's dialect; where the meaning differs (date arithmetic, two-argument
+min and max, json_each) the store module keeps a PostgreSQL twin beside the SQLite text. What is left
+is spelling, and postgresql() rewrites exactly that:
+
+- ``INSERT OR IGNORE INTO ...`` is ``INSERT INTO ... ON CONFLICT DO NOTHING``;
+- the temporary schema ``temp.`` is ``pg_temp.``;
+- a temporary table's ``INTEGER`` is ``BIGINT`` (PostgreSQL's INTEGER has 32 bits: mtime_ns needs 64);
+- ``CROSS JOIN t ON ...`` (SQLite's inner join that keeps the written order) is ``JOIN t ON ...``
+  (PostgreSQL's planner picks the order itself).
+"""
+
+from __future__ import annotations
+
+import re
+
+_IGNORE = re.compile(r"^((?:\s*--[^\n]*\n)*\s*)INSERT OR IGNORE INTO\b", re.IGNORECASE)
+_TEMP = re.compile(r"\btemp\.(?=\w)")
+_CREATE_TEMP = re.compile(r"^\s*CREATE TEMP TABLE\b", re.IGNORECASE)
+_INTEGER = re.compile(r"\bINTEGER\b")
+_CROSS_JOIN = re.compile(r"\bCROSS JOIN\b")
+
+
+def postgresql(statement: str) -> str:
+    """One SQLite statement in PostgreSQL's spelling (see the module docstring)."""
+    text = _CROSS_JOIN.sub("JOIN", _TEMP.sub("pg_temp.", statement))
+    if _IGNORE.match(text):
+        text = _IGNORE.sub(r"\1INSERT INTO", text, count=1).rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
+    if _CREATE_TEMP.match(text):
+        text = _INTEGER.sub("BIGINT", text)
+    return text
+
+
+def by_dialect(sqlite: str, postgresql_text: str | None = None) -> dict[str, str]:
+    """A statement and its twin, keyed by ``db.dialect`` (the twin defaults to the rewritten SQLite text)."""
+    return {"sqlite": sqlite, "postgresql": postgresql(sqlite) if postgresql_text is None else postgresql_text}

@@ -1,0 +1,184 @@
+"""The PostgreSQL backend itself: placeholders, the migration runner under a race, the schema fresh and
+upgraded, and read caches that stay correct across replicas (two Database objects on one database)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from service.migrations import PG_SCHEMA_DIR, latest_version, migrate_postgres, pg_current_version, scripts
+from service.postgres import PostgresDatabase, translate
+from service.store import stats, users
+from service.timeutil import utcnow
+from tests import pg
+
+pytestmark = pytest.mark.postgresql
+
+
+def test_placeholders_become_numbered_once_per_name_and_leave_strings_casts_and_comments_alone():
+    assert translate("SELECT ? , ? FROM t WHERE a = '?' -- ?\n AND b = ?") == (
+        "SELECT $1 , $2 FROM t WHERE a = '?' -- ?\n AND b = $3", None)
+    assert translate("SELECT :user, x::text, ':no' FROM t WHERE u = :user AND s >= :since") == (
+        "SELECT $1, x::text, ':no' FROM t WHERE u = $1 AND s >= $2", ("user", "since"))
+    assert translate("SELECT to_char(d, 'YYYY-MM-DD\"T\"HH24:MI') FROM t WHERE a = ?") == (
+        "SELECT to_char(d, 'YYYY-MM-DD\"T\"HH24:MI') FROM t WHERE a = $1", None)
+    with pytest.raises(ValueError):
+        translate("SELECT ? WHERE a = :a")
+
+
+@pytest.fixture
+def empty_pg(pg_server):
+    """A new, empty PostgreSQL database (no schema): its URL."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL")
+    server, _ = pg_server
+    name = f"{pg.PREFIX}empty_{time.monotonic_ns()}"
+    url = pg.create_database(server, name)
+    yield url
+    pg.drop_database(server, name)
+
+
+async def test_replicas_starting_at_once_run_each_script_once(empty_pg):
+    first, second = await asyncpg.connect(empty_pg), await asyncpg.connect(empty_pg)
+    try:
+        applied = await asyncio.gather(migrate_postgres(first), migrate_postgres(second))
+        assert sorted(applied) == [[], [s.version for s in scripts(PG_SCHEMA_DIR, baseline=True)]]
+        assert await pg_current_version(first) == latest_version("postgresql") == latest_version()
+        assert await migrate_postgres(first) == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+_CATALOG = """
+SELECT 'column' AS kind, table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable || ' '
+       || COALESCE(column_default, '') || ' ' || COALESCE(collation_name, '') || ' #' || ordinal_position
+FROM information_schema.columns WHERE table_schema = 'public'
+UNION ALL SELECT 'index', indexdef FROM pg_indexes WHERE schemaname = 'public'
+UNION ALL SELECT 'constraint', conrelid::regclass || ' ' || pg_get_constraintdef(oid)
+FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+UNION ALL SELECT 'view', viewname || ' ' || definition FROM pg_views WHERE schemaname = 'public'
+UNION ALL SELECT 'function', proname || '(' || pg_get_function_arguments(oid) || ')' FROM pg_proc
+WHERE pronamespace = 'public'::regnamespace
+ORDER BY 1, 2
+"""
+
+
+async def test_a_fresh_postgresql_schema_equals_one_upgraded_script_by_script(empty_pg, pg_server):
+    """Each script from the baseline on, applied one run at a time, ends where one run of them all does."""
+    server, template = pg_server  # the template was migrated in one run
+    fresh = await asyncpg.connect(pg.with_database(server, template))
+    upgraded = await asyncpg.connect(empty_pg)
+    try:
+        for script in scripts(PG_SCHEMA_DIR, baseline=True):
+            assert await migrate_postgres(upgraded, target=script.version) == [script.version]
+        assert [tuple(r) for r in await upgraded.fetch(_CATALOG)] == [tuple(r) for r in await fresh.fetch(_CATALOG)]
+        # Text compares byte-wise, as SQLite's: the store's ranges (ts < day || 'U') depend on it.
+        collations = {r[0] for r in await upgraded.fetch(
+            "SELECT collation_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND data_type = 'text' AND table_name <> 'plugin_attribution'")}
+        assert collations == {"C"}
+    finally:
+        await fresh.close()
+        await upgraded.close()
+
+
+async def test_the_baseline_script_starts_the_postgresql_numbering_at_sqlite_s_version():
+    found = scripts(PG_SCHEMA_DIR, baseline=True)
+    assert found[0].version == 14 and found[-1].version == latest_version()
+
+
+async def _replicas(url: str) -> tuple[PostgresDatabase, PostgresDatabase]:
+    one, two = PostgresDatabase(url, pool_size=2), PostgresDatabase(url, pool_size=2)
+    await one.open()
+    await two.open()
+    return one, two
+
+
+async def _within(seconds: float, check) -> float:
+    """How long until ``await check()`` is true (fails past ``seconds``)."""
+    start = time.monotonic()
+    while not await check():
+        assert time.monotonic() - start < seconds, f"not seen within {seconds} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def test_a_token_revoked_on_one_replica_fails_on_the_other_within_a_second(pg_url):
+    one, two = await _replicas(pg_url)
+    try:
+        user = await users.add_user(one, "ann@example.com", "Ann", True)
+        token, issued = await users.issue_token(one, user.id)
+        assert (await users.authenticate(two, token))[1] == issued.id
+        await two.settle()  # the first use's stamp (a commit: it empties the cache once)
+        assert (await users.authenticate(two, token))[1] == issued.id
+        assert await users.token_active(two, issued.id)
+        hits = two.cache_hits
+        assert (await users.authenticate(two, token))[1] == issued.id
+        assert two.cache_hits > hits  # the second answer came from replica two's cache
+        assert await users.revoke_token(one, token_id=issued.id) == 1
+
+        async def refused() -> bool:
+            return await users.authenticate(two, token) is None and not await users.token_active(two, issued.id)
+
+        assert await _within(1.0, refused) < 1.0
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_new_numbers_written_by_one_replica_show_on_the_other_within_two_seconds(pg_url):
+    one, two = await _replicas(pg_url)
+    try:
+        user = await users.add_user(one, "ann@example.com", "Ann", True)
+        now = utcnow()
+        before = await stats.home_stats(two, user.id, "24h", now)
+        assert before.last_pull_at is None
+        assert await stats.home_stats(two, user.id, "24h", now) is before  # cached
+        await users.stamp_pull(one, user.id, now)
+
+        async def moved() -> bool:
+            return (await stats.home_stats(two, user.id, "24h", now)).last_pull_at is not None
+
+        assert await _within(2.0, moved) < 2.0
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_replica_that_loses_its_listen_connection_listens_again_and_forgets_what_it_cached(pg_url):
+    one, two = await _replicas(pg_url)
+    try:
+        user = await users.add_user(one, "ann@example.com", "Ann", True)
+        assert (await users.get_user(two, user.id)).last_pull_at is None  # now cached on two
+        version = two.snapshot()
+        # The server ends two's LISTEN connection (a restart, a network cut); one commits meanwhile.
+        await one.fetchall("SELECT pg_terminate_backend(?)", (two._listener.get_server_pid(),))
+        await users.stamp_pull(one, user.id)
+        await _within(5.0, lambda: asyncio.sleep(0, two.snapshot() not in (None, version)))
+        assert (await users.get_user(two, user.id)).last_pull_at is not None
+        two._listening = False  # while no LISTEN connection is up, nothing is cached
+        assert two.snapshot() is None
+    finally:
+        await one.close()
+        await two.close()
+
+
+def test_a_named_test_server_that_does_not_answer_is_reported_not_silently_skipped(monkeypatch):
+    monkeypatch.setenv("AGNES_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/postgres")
+    with pytest.raises(pg.Unavailable, match="AGNES_TEST_DATABASE_URL"):
+        pg.find_server()
+
+
+def test_with_ci_true_a_missing_postgresql_fails_the_run_instead_of_skipping(monkeypatch):
+    from tests.conftest import _pg_missing
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        _pg_missing("nothing listens")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="SKIPPED"):
+        _pg_missing("nothing listens")
