@@ -244,6 +244,12 @@ class PostgresDatabase(BaseDatabase):
             yield conn
 
     @asynccontextmanager
+    async def writing(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection, with this process's writes held off; the caller manages its own transaction."""
+        async with self._write_lock, self.pool.acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """One write transaction: committed whole (and notified to every replica), or rolled back whole.
 
@@ -260,7 +266,11 @@ class PostgresDatabase(BaseDatabase):
                     left_ms = max(1, int((asked + wait - time.monotonic()) * 1000))
                     await conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
                 yield Connection(conn)
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
+                # Only a transaction that wrote has a transaction id: one that changed nothing (a worker's
+                # tick with nothing to do) keeps every replica's cache, as it keeps SQLite's data_version.
+                wrote = await conn.fetchval("SELECT txid_current_if_assigned() IS NOT NULL")
+                if wrote:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
             except asyncpg.LockNotAvailableError:
                 await tx.rollback()
                 raise DatabaseBusy("a row is locked by another process") from None
@@ -269,7 +279,8 @@ class PostgresDatabase(BaseDatabase):
                 raise
             else:
                 await tx.commit()
-                self._bump()
+                if wrote:
+                    self._bump()
 
     async def schema_version(self) -> int:
         from .migrations import pg_current_version  # noqa: PLC0415 - migrations imports this module

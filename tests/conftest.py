@@ -120,6 +120,9 @@ def pg_server():
     try:
         yield url, template
     finally:
+        for name in _PG_STATE.pop("made", []):
+            pg.drop_database(url, name)
+        _PG_STATE.pop("shared", None)
         pg.drop_database(url, template)
         if cluster is not None:
             cluster.stop()
@@ -130,14 +133,15 @@ _DB_NUMBER = itertools.count(1)
 
 @pytest.fixture
 def pg_url(pg_server):
-    """A fresh PostgreSQL database at the latest schema for one test (dropped after it)."""
+    """A PostgreSQL database at the latest schema with no rows, for one test."""
     if pg_server is None:
         _pg_missing(_PG_STATE.get("why", "no server"))
     server, template = pg_server
-    name = f"{pg.PREFIX}{next(_DB_NUMBER)}"
-    url = pg.create_database(server, name, template)
-    yield url
-    pg.drop_database(server, name)
+    url = _PG_STATE.get("shared")
+    if url is None or not pg.reset_database(url):
+        url = _PG_STATE["shared"] = pg.create_database(server, f"{pg.PREFIX}{next(_DB_NUMBER)}", template)
+        _PG_STATE.setdefault("made", []).append(url.rsplit("/", 1)[1])
+    return url
 
 
 @pytest.fixture(params=BACKENDS)

@@ -617,9 +617,12 @@ async def test_sql_metacharacters_everywhere_are_just_data(client, db, settings)
         assert found is None or found.email == f"{name}@example.com", name
 
     assert await db.fetchval("SELECT COUNT(*) FROM users") == before + 2
-    with sqlite3.connect(settings.db_path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if db.dialect == "sqlite":
+        with sqlite3.connect(settings.db_path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    else:
+        names = {r[0] for r in await db.fetchall("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"users", "session_summaries", "session_files", "data_tables", "api_tokens"} <= names
 
 

@@ -182,3 +182,18 @@ def test_with_ci_true_a_missing_postgresql_fails_the_run_instead_of_skipping(mon
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception, match="SKIPPED"):
         _pg_missing("nothing listens")
+
+
+def test_the_cli_manages_users_and_tokens_on_postgresql_as_on_sqlite(tmp_path, pg_url):
+    from tests.test_cli import run
+
+    pg_env = {"AGNES_DATABASE_URL": pg_url, "AGNES_DB_PATH": str(tmp_path / "never.db")}
+    assert "schema at version 14" in run(tmp_path, "migrate", **pg_env).stdout
+    run(tmp_path, "users", "add", "ann@example.com", "--name", "Ann", **pg_env)
+    issued = run(tmp_path, "tokens", "issue", "ann@example.com", **pg_env).stdout
+    assert "agnes_pat_" in issued
+    listed = run(tmp_path, "users", "list", **pg_env).stdout
+    assert "ann@example.com" in listed
+    assert not (tmp_path / "never.db").exists()  # nothing went to SQLite
+    refused = run(tmp_path, "backup", str(tmp_path / "b.db"), check=False, **pg_env)
+    assert refused.returncode == 1 and "pg_dump" in refused.stderr

@@ -375,7 +375,8 @@ async def test_revoking_the_token_or_the_users_sessions_ends_sign_ins_at_once(cl
     second, third = [await _copied_cookie(client, type(alice)(alice.user, token)) for _ in range(2)]
     bobs = await _copied_cookie(client, bob)
     settings = client.app[keys.SETTINGS]
-    env = {"PATH": "/usr/bin:/bin", "AGNES_DB_PATH": settings.db_path, "AGNES_DATA_DIR": settings.data_dir}
+    env = {"PATH": "/usr/bin:/bin", "AGNES_DB_PATH": settings.db_path, "AGNES_DATABASE_URL": settings.database_url,
+           "AGNES_DATA_DIR": settings.data_dir}
     await db.settle()
     # In a thread: the server's loop keeps running (and finishing its own writes) meanwhile.
     done = await asyncio.to_thread(

@@ -218,16 +218,17 @@ _TREND = {"24h": (24, timedelta(hours=1)), "7d": (7, timedelta(days=1))}
 # SQLite's and PostgreSQL's spelling of the pieces that differ: two-argument min and max, and a
 # stored timestamp's bucket (days since :start, times buckets per day, rounded down).
 _CONTEXT_FRAGMENTS = {
-    "sqlite": {"least": "MIN", "greatest": "MAX",
+    "sqlite": {"least": "MIN", "greatest": "MAX", "float": "{}",
                "b": "CAST((julianday(ts) - julianday(:start)) * :per_day AS INTEGER)"},
-    "postgresql": {"least": "LEAST", "greatest": "GREATEST",
+    "postgresql": {"least": "LEAST", "greatest": "GREATEST", "float": "CAST({} AS DOUBLE PRECISION)",
                    "b": "CAST(floor((extract(epoch FROM CAST(ts AS timestamptz)) - extract(epoch FROM CAST(CAST(:start AS TEXT) "
                         "AS timestamptz))) / 86400 * CAST(:per_day AS DOUBLE PRECISION)) AS BIGINT)"},
 }
 _BUCKET = ("CASE WHEN ts < :since THEN {least}(b, :n - 1) ELSE {greatest}({least}(b, 2 * :n - 1), :n) END")
 _CONTEXT_MESSAGES_SQL = {dialect: f"""
 SELECT {_BUCKET.format(**d)} AS bucket, session_id, TOTAL(tokens) FROM (
-    SELECT ts, session_id, input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens AS tokens,
+    SELECT ts, session_id,
+           {d["float"].format("input_tokens")} + output_tokens + cache_read_tokens + cache_creation_tokens AS tokens,
            {d["b"]} AS b
     FROM user_messages WHERE user_id = :user AND ts >= :start) AS rows
 GROUP BY bucket, session_id
@@ -246,7 +247,7 @@ _CONTEXT_COST_SQL = {dialect: f"""
 SELECT model, speed = 'fast', {tier_sql("prompt")} AS tier, TOTAL(input_tokens), TOTAL(output_tokens),
        TOTAL(cache_read_tokens), TOTAL(cache_creation_tokens - one_hour), TOTAL(one_hour), MIN(ts), COUNT(*)
 FROM (SELECT model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ts,
-             input_tokens + cache_read_tokens + cache_creation_tokens AS prompt,
+             {d["float"].format("input_tokens")} + cache_read_tokens + cache_creation_tokens AS prompt,
              {d["least"]}(cache_1h_tokens, cache_creation_tokens) AS one_hour
       FROM user_messages WHERE user_id = :user AND ts >= :since) AS rows
 GROUP BY 1, 2, 3

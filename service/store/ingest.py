@@ -280,6 +280,8 @@ _FRAGMENTS = {
         "min": "MIN", "max": "MAX",  # two arguments: SQLite's scalar min and max
         "any_fast": "MAX(a.speed = 'fast')",
         "real": "REAL", "without_rowid": " WITHOUT ROWID",
+        "sum": "TOTAL",  # into an INTEGER column: SQLite keeps a sum past int64 as a REAL
+        "prompt": "(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)",  # past int64: a REAL
         "summary_cols": ", ".join(_SUMMARY_COLS),
         "insert_or_replace": "INSERT OR REPLACE", "summaries_conflict": "",
     },
@@ -295,6 +297,8 @@ _FRAGMENTS = {
         "min": "LEAST", "max": "GREATEST",
         "any_fast": "bool_or(a.speed = 'fast')",
         "real": "DOUBLE PRECISION", "without_rowid": "",
+        "sum": "total_int64",  # a BIGINT column: a sum past int64 stops at its maximum (schema 0014)
+        "prompt": "(CAST(m.input_tokens AS DOUBLE PRECISION) + m.cache_read_tokens + m.cache_creation_tokens)",
         "summary_cols": ", ".join(f"{c} {'TEXT' if c in _TEXT_SUMMARY_COLS else 'BIGINT'}" for c in _SUMMARY_COLS),
         "insert_or_replace": "INSERT",
         "summaries_conflict": " ON CONFLICT (file_id) DO UPDATE SET " + ", ".join(
@@ -332,10 +336,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         UNION ALL SELECT user_id, {d['day_before']} FROM temp.touched_hours WHERE substr(hour, 12) = '00'
         UNION ALL SELECT user_id, {d['day_after']} FROM temp.touched_hours WHERE substr(hour, 12) = '23'""",
         f"DELETE FROM admin_session_days WHERE {_TOUCHED_DAYS}",
-        """INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
+        f"""INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
                                         cache_read_tokens, cache_creation_tokens)
-        SELECT d.user_id, d.day, m.session_id, COUNT(*), TOTAL(m.input_tokens), TOTAL(m.output_tokens),
-               TOTAL(m.cache_read_tokens), TOTAL(m.cache_creation_tokens)
+        SELECT d.user_id, d.day, m.session_id, COUNT(*), {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens),
+               {d['sum']}(m.cache_read_tokens), {d['sum']}(m.cache_creation_tokens)
         FROM temp.touched_days d
         CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
         GROUP BY d.user_id, d.day, m.session_id""",
@@ -366,10 +370,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         f"DELETE FROM admin_model_days WHERE {_TOUCHED_DAYS}",
         f"""INSERT INTO admin_model_days
         SELECT d.user_id, d.day, COALESCE(m.model, ''), COALESCE(m.speed, ''),
-               {tier_sql("(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)")}, COUNT(*),
-               TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
-               TOTAL(m.cache_creation_tokens - {d['min']}(m.cache_1h_tokens, m.cache_creation_tokens)),
-               TOTAL({d['min']}(m.cache_1h_tokens, m.cache_creation_tokens))
+               {tier_sql(d['prompt'])}, COUNT(*),
+               {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens), {d['sum']}(m.cache_read_tokens),
+               {d['sum']}(m.cache_creation_tokens - {d['min']}(m.cache_1h_tokens, m.cache_creation_tokens)),
+               {d['sum']}({d['min']}(m.cache_1h_tokens, m.cache_creation_tokens))
         FROM temp.touched_days d
         CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
         GROUP BY 1, 2, 3, 4, 5""",
@@ -382,9 +386,9 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         "DELETE FROM user_hours WHERE user_id IN (SELECT user_id FROM temp.touched_hours) "
         "AND hour IN (SELECT hour FROM temp.touched_hours) "
         "AND (user_id, hour) IN (SELECT user_id, hour FROM temp.touched_hours)",
-        """INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
-        SELECT h.user_id, h.hour, TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
-               TOTAL(m.cache_creation_tokens)
+        f"""INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
+        SELECT h.user_id, h.hour, {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens), {d['sum']}(m.cache_read_tokens),
+               {d['sum']}(m.cache_creation_tokens)
         FROM temp.touched_hours h
         JOIN user_messages m ON m.user_id = h.user_id AND m.ts >= h.hour AND m.ts < h.hour || ';'
         GROUP BY h.user_id, h.hour""",

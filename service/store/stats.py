@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import msgspec
@@ -65,7 +66,10 @@ FROM (SELECT COUNT(*) AS sessions, COUNT(DISTINCT project) AS projects
       FROM user_messages WHERE user_id = :user AND ts >= :since AND ts < :edge) AS m
 """
 # TOTAL, not SUM: SUM raises "integer overflow" on absurd (but int64) counters in a transcript;
-# TOTAL is exact below 2**53 and the CAST saturates at the int64 maximum.
+# TOTAL is exact below 2**53 and the CAST saturates at the int64 maximum (PostgreSQL's CAST raises
+# instead: its twin uses int64() from schema/postgresql/0014, which saturates).
+_HOME_STATS = {"sqlite": _HOME_STATS_SQL,
+               "postgresql": re.sub(r"CAST\(([^()]*) AS BIGINT\)", r"int64(\1)", _HOME_STATS_SQL)}
 # next_out: the earliest activity inside the window, the first to leave it as time passes (NULL
 # when the window holds none). Until then, and while the database is unchanged, the answer stays
 # the same.
@@ -101,7 +105,7 @@ async def home_stats(db: Database, user_id: int, window: str | None, now: dateti
         read_at, last_start, answer = kept
         if read_at <= now and (last_start is None or now - WINDOWS[window] <= last_start):
             return answer
-    row = await db.fetchone(_HOME_STATS_SQL, {"user": user_id, **window_bounds(now, window)})
+    row = await db.fetchone(_HOME_STATS[db.dialect], {"user": user_id, **window_bounds(now, window)})
     parts = (row["input"], row["output"], row["cache_read"], row["cache_creation"])
     tokens = Tokens(*parts, total=min(sum(parts), _INT64_MAX))
     answer = HomeStats(window=window, last_pull_at=to_api(row["last_pull_at"]), sessions=row["sessions"],

@@ -53,7 +53,7 @@ async def register(db: Database, table_id: str, path: str, *, rows: int | None, 
 
 
 async def grant(db: Database, table_id: str, user_id: int) -> None:
-    await db.execute_write("INSERT OR IGNORE INTO data_table_grants (table_id, user_id) VALUES (?, ?)",
+    await db.execute_write("INSERT INTO data_table_grants (table_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                            (table_id, user_id))
 
 
