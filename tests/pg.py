@@ -112,7 +112,7 @@ def start_cluster() -> Cluster:
         shutil.rmtree(top, ignore_errors=True)
         raise Unavailable(f"initdb failed: {init.stderr.strip()[-300:]}")
     cluster = Cluster(bindir, datadir, port, as_user)
-    start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", datadir, "-w", "-t", "30", "-l",
+    start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "start", "-D", datadir, "-w", "-t", "30", "-l",
                             os.path.join(top, "log"), "-o",
                             f"-p {port} -k {top} -c listen_addresses=127.0.0.1 -c fsync=off "
                             "-c synchronous_commit=off -c full_page_writes=off"],

@@ -4,6 +4,7 @@ upgraded, and read caches that stay correct across replicas (two Database object
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import asyncpg
@@ -197,3 +198,24 @@ def test_the_cli_manages_users_and_tokens_on_postgresql_as_on_sqlite(tmp_path, p
     assert not (tmp_path / "never.db").exists()  # nothing went to SQLite
     refused = run(tmp_path, "backup", str(tmp_path / "b.db"), check=False, **pg_env)
     assert refused.returncode == 1 and "pg_dump" in refused.stderr
+
+
+@pytest.mark.skipif(pg._bindir() is None, reason="Debian's postgresql package is not installed")
+def test_without_a_server_the_run_starts_a_throwaway_cluster_and_removes_it_after(monkeypatch):
+    monkeypatch.delenv("AGNES_TEST_DATABASE_URL", raising=False)
+    monkeypatch.setattr(pg, "port_open", lambda host, port: False)  # as if nothing listened on 5432
+    url, cluster = pg.find_server()
+    try:
+        assert cluster is not None and url == cluster.url and pg.answers(url) is None
+    finally:
+        cluster.stop()
+    assert pg.answers(url) is not None and not os.path.exists(cluster.datadir)
+
+
+def test_with_no_server_and_no_way_to_install_one_the_reason_is_given(monkeypatch):
+    monkeypatch.delenv("AGNES_TEST_DATABASE_URL", raising=False)
+    monkeypatch.setattr(pg, "port_open", lambda host, port: False)
+    monkeypatch.setattr(pg, "_bindir", lambda: None)
+    monkeypatch.setattr(pg.os, "geteuid", lambda: 1000)  # not root: no apt-get
+    with pytest.raises(pg.Unavailable, match="needs root and apt-get"):
+        pg.find_server()
