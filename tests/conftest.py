@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import msgspec
@@ -99,10 +98,14 @@ def _pg_missing(why: str) -> None:
     message = f"PostgreSQL unavailable, the PostgreSQL half of the suite is SKIPPED: {why}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {message}", pytrace=False)
-    if not _PG_STATE.get("warned"):
-        _PG_STATE["warned"] = True
-        print(f"\n{'!' * 100}\n!!! WARNING: {message}\n{'!' * 100}", file=sys.stderr)
+    _PG_STATE["skipped"] = message
     pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The skipped PostgreSQL half, once and loudly at the end (output during tests is captured)."""
+    if message := _PG_STATE.get("skipped"):
+        terminalreporter.write_sep("!", f"WARNING: {message}", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")
