@@ -219,3 +219,30 @@ def test_with_no_server_and_no_way_to_install_one_the_reason_is_given(monkeypatc
     monkeypatch.setattr(pg.os, "geteuid", lambda: 1000)  # not root: no apt-get
     with pytest.raises(pg.Unavailable, match="needs root and apt-get"):
         pg.find_server()
+
+
+async def test_two_replicas_serving_one_database_refuse_a_revoked_token_within_a_second(aiohttp_client, tmp_path,
+                                                                                      pg_url):
+    """Two apps (two replicas, one data directory) on one database: a token revoked through one is
+    refused by the other, whose read cache had answered for it."""
+    from service import keys
+    from service.app import create_app
+    from service.config import load_settings
+
+    settings = load_settings(environ={}, database_url=pg_url, db_path=str(tmp_path / "unused.db"),
+                             data_dir=str(tmp_path / "data"), secret_key="s", parse_workers=0)
+    first, second = await aiohttp_client(create_app(settings)), await aiohttp_client(create_app(settings))
+    user = await users.add_user(first.app[keys.DB], "ann@example.com", "Ann", True)
+    token, _ = await users.issue_token(first.app[keys.DB], user.id)
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(3):
+        assert (await second.get("/api/me", headers=headers)).status == 200
+    await second.app[keys.DB].settle()
+    assert (await second.get("/api/me", headers=headers)).status == 200
+    assert await users.revoke_token(first.app[keys.DB], token=token) == 1
+
+    async def refused() -> bool:
+        return (await second.get("/api/me", headers=headers)).status == 401
+
+    assert await _within(1.0, refused) < 1.0
+    assert (await first.get("/readyz")).status == (await second.get("/readyz")).status == 200
