@@ -246,3 +246,39 @@ async def test_two_replicas_serving_one_database_refuse_a_revoked_token_within_a
 
     assert await _within(1.0, refused) < 1.0
     assert (await first.get("/readyz")).status == (await second.get("/readyz")).status == 200
+
+
+async def test_both_backends_have_the_same_tables_columns_and_indexes(tmp_path, pg_server):
+    """The store's SQL is shared, and a later copy between backends moves rows column by column: the
+    PostgreSQL schema names the same tables, columns (in the same order) and indexes as SQLite's."""
+    from service.db import Database
+    from service.migrations import migrate
+
+    lite = Database(str(tmp_path / "s.db"), readers=0)
+    await lite.open()
+    try:
+        await migrate(lite.writer)
+        conn = lite.writer
+        names = [r[0] for r in await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        sqlite_columns = {name: [r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({name})")]
+                          for name in names}
+        sqlite_indexes = {r[0] for r in await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    finally:
+        await lite.close()
+    server, template = pg_server
+    pg_conn = await asyncpg.connect(pg.with_database(server, template))
+    try:
+        pg_columns: dict[str, list[str]] = {}
+        for r in await pg_conn.fetch("SELECT table_name, column_name FROM information_schema.columns "
+                                     "WHERE table_schema = 'public' AND table_name <> 'schema_version' "
+                                     "ORDER BY table_name, ordinal_position"):
+            pg_columns.setdefault(r[0], []).append(r[1])
+        pg_indexes = {r[0] for r in await pg_conn.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+            "AND indexname NOT IN (SELECT conname FROM pg_constraint)")}  # not those of keys and UNIQUE
+    finally:
+        await pg_conn.close()
+    assert pg_columns == sqlite_columns
+    assert pg_indexes == sqlite_indexes
