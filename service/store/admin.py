@@ -10,7 +10,7 @@ from typing import Callable
 import msgspec
 
 from ..cost import PriceTable, Rates, cost_of, tier_prompt
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import to_api, to_store
 
 RANGES = {"7d": 7, "30d": 30, "90d": 90}
@@ -113,7 +113,7 @@ class _Costs:
                        r["cache_1h_tokens"])
 
 
-async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
+async def _period(db: BaseDatabase, days: list[str], costs: _Costs) -> dict:
     """Everything of one period that the figures need, per day, per analyst and per model."""
     since, until = days[0], days[-1]
     day_rows = {r["day"]: r for r in await db.fetchall(_DAYS_SQL, (since, until))}
@@ -183,7 +183,7 @@ SELECT COUNT(*) FROM (SELECT DISTINCT s.user_id, s.session_id FROM json_array_el
 """}
 
 
-async def _sessions_on(db: Database, days: list[str]) -> int:
+async def _sessions_on(db: BaseDatabase, days: list[str]) -> int:
     """Distinct sessions with activity on the given days."""
     return await db.fetchval(_SESSIONS_ON_SQL[db.dialect], (msgspec.json.encode(days).decode(),))
 
@@ -229,12 +229,12 @@ def _fold(rows: list[dict], analysts_of: dict[int, set[int]], min_group: int, ot
     return found
 
 
-async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
+async def usage(db: BaseDatabase, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
                 min_group: int, processor_version: int, queue_depth: int = 0, lag_seconds: float = 0.0) -> dict:
     """GET /api/admin/usage's document (issue 22): the range's figures against the period before,
     per day, per model, per analyst (``per_analyst`` only), per tool, who needs help and the pipeline.
 
-    Kept while the database is unchanged (Database.snapshot) and the UTC day is the same; the
+    Kept while the database is unchanged (BaseDatabase.snapshot) and the UTC day is the same; the
     pipeline's health is read afresh (the files of the last hour move with the clock). Callers must
     not change what they get."""
     key = ("admin_usage", range_name, now.astimezone(UTC).date(), prices.version, per_analyst, min_group)
@@ -245,7 +245,7 @@ async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable
     return {**found, "health": health}
 
 
-async def _health(db: Database, now: datetime, per_analyst: bool, processor_version: int) -> dict:
+async def _health(db: BaseDatabase, now: datetime, per_analyst: bool, processor_version: int) -> dict:
     """The pipeline: files of the last hour, failing and quarantined files, the reprocess still to do."""
     health_row = await db.fetchone(_HEALTH_SQL, (to_store(now - timedelta(hours=1)), processor_version))
     quarantined = []
@@ -261,7 +261,7 @@ async def _health(db: Database, now: datetime, per_analyst: bool, processor_vers
             "awaiting_reprocess": health_row["awaiting_reprocess"]}
 
 
-async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
+async def _usage(db: BaseDatabase, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
                  min_group: int) -> dict:
     n = RANGES[range_name]
     costs = _Costs(prices)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import UTC, from_store, to_api, to_store
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
@@ -87,10 +87,10 @@ def window_bounds(now: datetime, window: str) -> dict[str, str]:
     return {"since": to_store(since), "edge": edge_text, "hour": edge_text[:13]}
 
 
-async def home_stats(db: Database, user_id: int, window: str | None, now: datetime) -> HomeStats:
+async def home_stats(db: BaseDatabase, user_id: int, window: str | None, now: datetime) -> HomeStats:
     """The status frame for one user at ``now``; zeros and no last pull for a user without data or row.
 
-    An answer is reused while the database is unchanged (Database.snapshot) and ``now`` has
+    An answer is reused while the database is unchanged (BaseDatabase.snapshot) and ``now`` has
     neither gone back past the moment it was read for nor moved its window's start past the
     earliest activity it counted: exactly the span in which a fresh read gives the same numbers.
     Analysts' pages poll it; a database that takes writes (an ingest) reads afresh each time.
@@ -116,7 +116,7 @@ async def home_stats(db: Database, user_id: int, window: str | None, now: dateti
     return answer
 
 
-async def last_active_day(db: Database, user_id: int) -> str | None:
+async def last_active_day(db: BaseDatabase, user_id: int) -> str | None:
     """The UTC day ('YYYY-MM-DD') of the user's latest counted activity, or None when nothing has
     arrived: what /home says when a window is empty. One seek to the end of user_hours' key."""
     hour = await db.fetchval("SELECT MAX(hour) FROM user_hours WHERE user_id = ?", (user_id,))
