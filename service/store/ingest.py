@@ -308,7 +308,11 @@ _FRAGMENTS = {
 
 
 def _scripts(d: dict[str, str]) -> dict[str, Any]:
-    """The ingest statements in one dialect, its SQLite-only fragments taken from ``d``."""
+    """The ingest statements in one dialect, its SQLite-only fragments taken from ``d``.
+
+    Built once per dialect at import (_SQL below): every name assigned here is returned, and
+    write_results, prune and the tests look them up by name in ``_SQL[db.dialect]``.
+    """
     _HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_hours "
                     "(user_id INTEGER NOT NULL, hour TEXT NOT NULL, PRIMARY KEY (user_id, hour))")
     _TOUCH_HOURS = """
@@ -592,8 +596,6 @@ def _in_dialect(dialect: str) -> dict[str, Any]:
 
 _SQL = {dialect: _in_dialect(dialect) for dialect in _FRAGMENTS}
 _SQLITE = _SQL["sqlite"]
-
-
 
 def _summary_values(result: ParseResult) -> list:
     s = result.summary
