@@ -29,6 +29,10 @@ from .db import _WRITE_WAIT, BaseDatabase, DatabaseBusy
 logger = logging.getLogger(__name__)
 
 CHANNEL = "agnes_changes"
+_WROTE = ("SELECT EXISTS (SELECT 1 FROM pg_stat_xact_user_tables WHERE schemaname = current_schema() "
+          "AND n_tup_ins + n_tup_upd + n_tup_del > 0)")
+# Without track_counts those counters stay at zero: then any transaction with a transaction id counts.
+_WROTE_WITHOUT_COUNTS = "SELECT txid_current_if_assigned() IS NOT NULL"
 POOL_SIZE = 10
 RECONNECT_EVERY_S = 0.5
 # Every session: day arithmetic on the stored UTC text is UTC; no JIT compiling for the store's small reads.
@@ -163,6 +167,7 @@ class PostgresDatabase(BaseDatabase):
         self._closing = False
         self._me = secrets.token_hex(8)  # this process's notifications carry it: its own commits bump at once
         self._version = 0
+        self._wrote_sql = _WROTE_WITHOUT_COUNTS
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -174,6 +179,8 @@ class PostgresDatabase(BaseDatabase):
         self._closing = False
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size,
                                                server_settings=SESSION)
+        counts = await self._pool.fetchval("SELECT current_setting('track_counts')::bool")
+        self._wrote_sql = _WROTE if counts else _WROTE_WITHOUT_COUNTS
         if self._use_cache:
             await self._listen()
 
@@ -266,9 +273,10 @@ class PostgresDatabase(BaseDatabase):
                     left_ms = max(1, int((asked + wait - time.monotonic()) * 1000))
                     await conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
                 yield Connection(conn)
-                # Only a transaction that wrote has a transaction id: one that changed nothing (a worker's
-                # tick with nothing to do) keeps every replica's cache, as it keeps SQLite's data_version.
-                wrote = await conn.fetchval("SELECT txid_current_if_assigned() IS NOT NULL")
+                # A transaction that changed no row of the schema (a worker's tick with nothing to do, or
+                # one that only staged rows in its temporary tables) keeps every replica's cache, as it
+                # keeps SQLite's data_version. PostgreSQL counts this transaction's rows per table.
+                wrote = await conn.fetchval(self._wrote_sql)
                 if wrote:
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
             except asyncpg.LockNotAvailableError:
