@@ -5,8 +5,8 @@ once per statement text. Where the SQL itself differs, the store holds a Postgre
 SQLite original (``db.dialect`` picks it).
 
 The read cache (BaseDatabase.cached_read) needs a version that moves with every commit of every
-replica: each write transaction sends ``NOTIFY agnes_changes`` (delivered by PostgreSQL at commit,
-never for a rollback), and one LISTEN connection per process moves the local version when another
+replica: each write transaction that changed rows sends ``NOTIFY agnes_changes`` (delivered by
+PostgreSQL at commit, never for a rollback), and one LISTEN connection per process moves the local version when another
 process's notification arrives. This process's own commits move it at once. Without a live LISTEN
 connection nothing is cached (every read goes to the database) until it is back.
 """
