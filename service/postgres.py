@@ -21,6 +21,7 @@ import time
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, AsyncIterator, Iterable, Sequence
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -157,7 +158,8 @@ class PostgresDatabase(BaseDatabase):
     def __init__(self, url: str, *, cache: bool = True, pool_size: int = POOL_SIZE) -> None:
         super().__init__(cache=cache)
         self.url = url
-        self.path = url  # what logs and errors name
+        parts = urlsplit(url)
+        self.path = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # for messages: no password
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._write_lock = asyncio.Lock()
