@@ -205,14 +205,18 @@ class PostgresDatabase(BaseDatabase):
             self._reconnect = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
+        wait = RECONNECT_EVERY_S
         while not self._closing:
             try:
                 await self._listen()
                 logger.info("listening for other replicas' commits again")
                 return
-            except (OSError, asyncpg.PostgresError) as exc:
-                logger.warning("cannot listen for other replicas' commits (reads are not cached): %s", exc)
-                await asyncio.sleep(RECONNECT_EVERY_S)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Once loudly, then quietly (the database may be down for a while): reads are not cached.
+                log = logger.warning if wait == RECONNECT_EVERY_S else logger.debug
+                log("cannot listen for other replicas' commits (reads are not cached meanwhile): %s", exc)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     def _bump(self) -> None:
         self._version += 1
