@@ -733,11 +733,26 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (MigrationError, sqlite3.Error) as exc:
-        print(f"agnes-home: database {settings.db_path}: {exc}", file=sys.stderr)
+        print(f"agnes-home: database {_database_name(settings)}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # an unwritable data directory, a file that vanished
         print(f"agnes-home: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if type(exc).__module__.startswith("asyncpg"):  # PostgreSQL refused (no such database, a password)
+            print(f"agnes-home: database {_database_name(settings)}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _database_name(settings: Settings) -> str:
+    """Where the database is, for messages: the SQLite path, or the PostgreSQL URL without its password."""
+    if not settings.database_url:
+        return settings.db_path
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    parts = urlsplit(settings.database_url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 if __name__ == "__main__":

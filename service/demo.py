@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 from .config import Settings
-from .db import Database
+from .db import BaseDatabase
 from .ingest.bulk import Report, ingest_paths
 from .store import ingest as ingest_store
 from .store import tables, users
@@ -99,7 +99,7 @@ def write_demo_transcripts(folder: Path, local_part: str, now: datetime, seed: i
     return paths
 
 
-async def load_demo(db: Database, settings: Settings, now: datetime | None = None) -> tuple[str, dict[str, Report]]:
+async def load_demo(db: BaseDatabase, settings: Settings, now: datetime | None = None) -> tuple[str, dict[str, Report]]:
     """Create the demo users, transcripts and table (idempotent); return a new token for the first user
     (earlier demo tokens stay valid)."""
     now = now or utcnow()

@@ -5,8 +5,8 @@ once per statement text. Where the SQL itself differs, the store holds a Postgre
 SQLite original (``db.dialect`` picks it).
 
 The read cache (BaseDatabase.cached_read) needs a version that moves with every commit of every
-replica: each write transaction sends ``NOTIFY agnes_changes`` (delivered by PostgreSQL at commit,
-never for a rollback), and one LISTEN connection per process moves the local version when another
+replica: each write transaction that changed rows sends ``NOTIFY agnes_changes`` (delivered by
+PostgreSQL at commit, never for a rollback), and one LISTEN connection per process moves the local version when another
 process's notification arrives. This process's own commits move it at once. Without a live LISTEN
 connection nothing is cached (every read goes to the database) until it is back.
 """
@@ -21,6 +21,7 @@ import time
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, AsyncIterator, Iterable, Sequence
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -29,6 +30,10 @@ from .db import _WRITE_WAIT, BaseDatabase, DatabaseBusy
 logger = logging.getLogger(__name__)
 
 CHANNEL = "agnes_changes"
+_WROTE = ("SELECT EXISTS (SELECT 1 FROM pg_stat_xact_user_tables WHERE schemaname = current_schema() "
+          "AND n_tup_ins + n_tup_upd + n_tup_del > 0)")
+# Without track_counts those counters stay at zero: then any transaction with a transaction id counts.
+_WROTE_WITHOUT_COUNTS = "SELECT txid_current_if_assigned() IS NOT NULL"
 POOL_SIZE = 10
 RECONNECT_EVERY_S = 0.5
 # Every session: day arithmetic on the stored UTC text is UTC; no JIT compiling for the store's small reads.
@@ -153,7 +158,8 @@ class PostgresDatabase(BaseDatabase):
     def __init__(self, url: str, *, cache: bool = True, pool_size: int = POOL_SIZE) -> None:
         super().__init__(cache=cache)
         self.url = url
-        self.path = url  # what logs and errors name
+        parts = urlsplit(url)
+        self.path = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # for messages: no password
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._write_lock = asyncio.Lock()
@@ -163,6 +169,7 @@ class PostgresDatabase(BaseDatabase):
         self._closing = False
         self._me = secrets.token_hex(8)  # this process's notifications carry it: its own commits bump at once
         self._version = 0
+        self._wrote_sql = _WROTE_WITHOUT_COUNTS
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -174,6 +181,8 @@ class PostgresDatabase(BaseDatabase):
         self._closing = False
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size,
                                                server_settings=SESSION)
+        counts = await self._pool.fetchval("SELECT current_setting('track_counts')::bool")
+        self._wrote_sql = _WROTE if counts else _WROTE_WITHOUT_COUNTS
         if self._use_cache:
             await self._listen()
 
@@ -196,14 +205,18 @@ class PostgresDatabase(BaseDatabase):
             self._reconnect = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
+        wait = RECONNECT_EVERY_S
         while not self._closing:
             try:
                 await self._listen()
                 logger.info("listening for other replicas' commits again")
                 return
-            except (OSError, asyncpg.PostgresError) as exc:
-                logger.warning("cannot listen for other replicas' commits (reads are not cached): %s", exc)
-                await asyncio.sleep(RECONNECT_EVERY_S)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Once loudly, then quietly (the database may be down for a while): reads are not cached.
+                log = logger.warning if wait == RECONNECT_EVERY_S else logger.debug
+                log("cannot listen for other replicas' commits (reads are not cached meanwhile): %s", exc)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     def _bump(self) -> None:
         self._version += 1
@@ -244,6 +257,12 @@ class PostgresDatabase(BaseDatabase):
             yield conn
 
     @asynccontextmanager
+    async def writing(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection, with this process's writes held off; the caller manages its own transaction."""
+        async with self._write_lock, self.pool.acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """One write transaction: committed whole (and notified to every replica), or rolled back whole.
 
@@ -260,7 +279,12 @@ class PostgresDatabase(BaseDatabase):
                     left_ms = max(1, int((asked + wait - time.monotonic()) * 1000))
                     await conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
                 yield Connection(conn)
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
+                # A transaction that changed no row of the schema (a worker's tick with nothing to do, or
+                # one that only staged rows in its temporary tables) keeps every replica's cache, as it
+                # keeps SQLite's data_version. PostgreSQL counts this transaction's rows per table.
+                wrote = await conn.fetchval(self._wrote_sql)
+                if wrote:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._me)
             except asyncpg.LockNotAvailableError:
                 await tx.rollback()
                 raise DatabaseBusy("a row is locked by another process") from None
@@ -269,7 +293,8 @@ class PostgresDatabase(BaseDatabase):
                 raise
             else:
                 await tx.commit()
-                self._bump()
+                if wrote:
+                    self._bump()
 
     async def schema_version(self) -> int:
         from .migrations import pg_current_version  # noqa: PLC0415 - migrations imports this module

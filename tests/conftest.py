@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import msgspec
@@ -99,10 +98,14 @@ def _pg_missing(why: str) -> None:
     message = f"PostgreSQL unavailable, the PostgreSQL half of the suite is SKIPPED: {why}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {message}", pytrace=False)
-    if not _PG_STATE.get("warned"):
-        _PG_STATE["warned"] = True
-        print(f"\n{'!' * 100}\n!!! WARNING: {message}\n{'!' * 100}", file=sys.stderr)
+    _PG_STATE["skipped"] = message
     pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The skipped PostgreSQL half, once and loudly at the end (output during tests is captured)."""
+    if message := _PG_STATE.get("skipped"):
+        terminalreporter.write_sep("!", f"WARNING: {message}", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +123,9 @@ def pg_server():
     try:
         yield url, template
     finally:
+        for name in _PG_STATE.pop("made", []):
+            pg.drop_database(url, name)
+        _PG_STATE.pop("shared", None)
         pg.drop_database(url, template)
         if cluster is not None:
             cluster.stop()
@@ -130,14 +136,15 @@ _DB_NUMBER = itertools.count(1)
 
 @pytest.fixture
 def pg_url(pg_server):
-    """A fresh PostgreSQL database at the latest schema for one test (dropped after it)."""
+    """A PostgreSQL database at the latest schema with no rows, for one test."""
     if pg_server is None:
         _pg_missing(_PG_STATE.get("why", "no server"))
     server, template = pg_server
-    name = f"{pg.PREFIX}{next(_DB_NUMBER)}"
-    url = pg.create_database(server, name, template)
-    yield url
-    pg.drop_database(server, name)
+    url = _PG_STATE.get("shared")
+    if url is None or not pg.reset_database(url):
+        url = _PG_STATE["shared"] = pg.create_database(server, f"{pg.PREFIX}{next(_DB_NUMBER)}", template)
+        _PG_STATE.setdefault("made", []).append(url.rsplit("/", 1)[1])
+    return url
 
 
 @pytest.fixture(params=BACKENDS)

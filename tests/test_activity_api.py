@@ -82,8 +82,10 @@ async def test_the_remembered_zone_sets_the_days_and_tz_overrides_it(client):
 
 
 @pytest.mark.parametrize("switch", ["0", "1"])
-async def test_cost_hidden_from_analysts_when_switched_off_but_shown_to_operators(aiohttp_client, tmp_path, switch):
-    settings = load_settings(environ={"AGNES_HOME_SHOW_COST": switch}, db_path=str(tmp_path / "a.db"),
+async def test_cost_hidden_from_analysts_when_switched_off_but_shown_to_operators(database_url, aiohttp_client,
+                                                                                  tmp_path, switch):
+    settings = load_settings(environ={"AGNES_HOME_SHOW_COST": switch}, database_url=database_url,
+                             db_path=str(tmp_path / "a.db"),
                              data_dir=str(tmp_path / "data"), secret_key="k", parse_workers=0,
                              admin_emails=["ops@example.com"])
     client = await aiohttp_client(create_app(settings))
@@ -109,11 +111,12 @@ async def test_cost_hidden_from_analysts_when_switched_off_but_shown_to_operator
         assert "Estimated cost" in page
 
 
-async def test_an_operators_price_file_changes_the_cost_and_names_itself(aiohttp_client, tmp_path):
+async def test_an_operators_price_file_changes_the_cost_and_names_itself(database_url, aiohttp_client, tmp_path):
     prices = tmp_path / "negotiated.yaml"
     prices.write_text("models:\n  claude-haiku-4-5:\n    input: 0\n    output: 0\n    cache_read: 0\n"
                       "    cache_write: 0\n")
-    settings = load_settings(environ={"AGNES_PRICES_FILE": str(prices)}, db_path=str(tmp_path / "a.db"),
+    settings = load_settings(environ={"AGNES_PRICES_FILE": str(prices)}, database_url=database_url,
+                             db_path=str(tmp_path / "a.db"),
                              data_dir=str(tmp_path / "data"), secret_key="k", parse_workers=0)
     client = await aiohttp_client(create_app(settings))
     carol = await seed(client)

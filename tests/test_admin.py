@@ -12,8 +12,9 @@ from tests.conftest import NOW, ingest_files, make_caller, sample_files
 
 
 @pytest.fixture
-async def admin_client(aiohttp_client, tmp_path):
-    settings = load_settings(environ={}, db_path=str(tmp_path / "a.db"), data_dir=str(tmp_path / "d"),
+async def admin_client(database_url, aiohttp_client, tmp_path):
+    settings = load_settings(environ={}, database_url=database_url,
+                             db_path=str(tmp_path / "a.db"), data_dir=str(tmp_path / "d"),
                              secret_key="s", parse_workers=0, admin_emails=["Ops@Example.com"])
     return await aiohttp_client(create_app(settings))
 

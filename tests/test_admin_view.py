@@ -41,8 +41,9 @@ async def seeded(client):
     return await _seed(client)
 
 
-def _settings(tmp_path, **overrides):
-    return load_settings(environ={}, db_path=str(tmp_path / "agnes.db"), data_dir=str(tmp_path / "data"),
+def _settings(database_url, tmp_path, **overrides):
+    return load_settings(environ={}, database_url=database_url, db_path=str(tmp_path / "agnes.db"),
+                         data_dir=str(tmp_path / "data"),
                          secret_key="test-secret", parse_workers=0, admin_emails=["ops@example.com"], **overrides)
 
 
@@ -176,13 +177,14 @@ async def test_with_a_cookie_a_retry_without_the_csrf_token_is_refused_and_the_p
     assert await ingest_store.quarantined(db) == []
 
 
-async def _privacy_client(aiohttp_client, tmp_path, min_group: int):
-    client = await aiohttp_client(create_app(_settings(tmp_path, admin_per_analyst=False, admin_min_group=min_group)))
+async def _privacy_client(aiohttp_client, tmp_path, min_group: int, database_url: str):
+    client = await aiohttp_client(create_app(
+        _settings(database_url, tmp_path, admin_per_analyst=False, admin_min_group=min_group)))
     return client, await _seed(client)
 
 
-async def test_with_per_analyst_off_no_response_names_an_analyst(aiohttp_client, tmp_path):
-    client, seeded = await _privacy_client(aiohttp_client, tmp_path, 3)
+async def test_with_per_analyst_off_no_response_names_an_analyst(database_url, aiohttp_client, tmp_path):
+    client, seeded = await _privacy_client(aiohttp_client, tmp_path, 3, database_url)
     db = client.app[keys.DB]
     file_id = await ingest_store.register_file(db, seeded["bob"].user.id, "/data/bob/x.jsonl", "upload", NOW)
     await ingest_store.record_failure(db, file_id, "boom", NOW, max_failures=1, backoff=timedelta(seconds=1))
@@ -205,9 +207,9 @@ async def test_with_per_analyst_off_no_response_names_an_analyst(aiohttp_client,
     assert "/admin/analysts/" not in next(body for path, _, body in bodies if path == "/admin")
 
 
-async def test_rows_of_fewer_than_the_minimum_group_are_folded_or_suppressed_and_no_total_gives_them_away(
+async def test_rows_of_fewer_than_the_minimum_group_are_folded_or_suppressed_and_no_total_gives_them_away(database_url, 
         aiohttp_client, tmp_path):
-    client, seeded = await _privacy_client(aiohttp_client, tmp_path, 3)
+    client, seeded = await _privacy_client(aiohttp_client, tmp_path, 3, database_url)
     u = await _usage(client, seeded["ops"])
     # Only the 21st has three analysts: every other day with activity is suppressed whole.
     shown = [d for d in u["days"] if not d.get("suppressed")]
@@ -232,8 +234,8 @@ async def test_rows_of_fewer_than_the_minimum_group_are_folded_or_suppressed_and
                              "tokens": None, "cost_usd": None, "active_seconds": None, "suppressed": True}
 
 
-async def test_with_a_minimum_group_of_two_the_rows_of_two_analysts_show(aiohttp_client, tmp_path):
-    client, seeded = await _privacy_client(aiohttp_client, tmp_path, 2)
+async def test_with_a_minimum_group_of_two_the_rows_of_two_analysts_show(database_url, aiohttp_client, tmp_path):
+    client, seeded = await _privacy_client(aiohttp_client, tmp_path, 2, database_url)
     u = await _usage(client, seeded["ops"])
     assert [d["date"] for d in u["days"] if d.get("suppressed")] == ["2026-11-17"]  # carol alone
     assert [t["name"] for t in u["tools"]][:1] == ["Bash"]

@@ -103,5 +103,5 @@ async def test_concurrent_reads_of_one_key_share_one_read_and_a_hung_up_caller_d
     answers = await asyncio.gather(*(db.cached_read(("k",), read) for _ in range(10)))
     assert calls == 1 and answers == [{"answer": 1}] * 10
     assert await db.cached_read(("k",), read) == {"answer": 1}  # kept afterwards, while nothing changed
-    await db.execute_write("CREATE TABLE moved (x INTEGER)")  # a commit: the next call reads again
+    await db.execute_write("INSERT INTO rollup_dirty_days (day) VALUES ('2026-01-01')")  # a change: read again
     assert await db.cached_read(("k",), read) == {"answer": 2}

@@ -132,6 +132,7 @@ class Locker:
         self.proc.stdout.close()
 
 
+@pytest.mark.sqlite_only  # SQLite's file lock
 async def test_a_database_locked_by_another_process_is_a_quick_503_database_busy(client, settings, alice, caplog):
     import asyncio
 
@@ -171,6 +172,7 @@ async def test_the_workers_own_transactions_never_turn_a_request_into_a_503(clie
     await held
 
 
+@pytest.mark.sqlite_only  # SQLite's file lock
 async def test_an_upload_stored_while_the_database_was_locked_is_registered_on_the_next_tick(client, settings, alice):
     import asyncio
 

@@ -265,6 +265,7 @@ async def test_each_message_keeps_its_model_speed_and_cache_split(db, tmp_path):
 # --- A database from before revision 2, upgraded in place and redone in the background.
 
 
+@pytest.mark.sqlite_only  # an upgrade from SQLite's schema 0009
 async def test_an_upgraded_database_reprocessed_in_the_background_ends_with_carols_numbers(aiohttp_client, settings,
                                                                                           tmp_path):
     stored = tmp_path / "data" / "sessions" / "1"

@@ -39,7 +39,8 @@ async def test_readyz_ok(client):
 async def test_readyz_names_an_old_schema(client):
     db = client.app[keys.DB]
     async with db.writing() as conn:  # not inside a transaction the worker may hold
-        await conn.execute(f"PRAGMA user_version = {latest_version() - 1}")
+        await conn.execute(f"PRAGMA user_version = {latest_version() - 1}" if db.dialect == "sqlite" else
+                           f"UPDATE schema_version SET version = {latest_version() - 1}")
     resp = await client.get("/readyz")
     assert resp.status == 503
     body = await resp.json()

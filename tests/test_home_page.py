@@ -26,7 +26,8 @@ SCRIPT = re.compile(r'<script src="/static/home\.js\?v=[^"]+" defer></script>')
 def make_client(aiohttp_client, settings):
     """A client for an app built with some settings changed, on the test's database, clock at the samples' now."""
     async def make(**overrides):
-        changed = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir,
+        changed = load_settings(environ={}, db_path=settings.db_path, database_url=settings.database_url,
+                                data_dir=settings.data_dir,
                                 secret_key="test-secret", parse_workers=0, **overrides)
         client = await aiohttp_client(create_app(changed))
         client.app[keys.CLOCK].fixed = NOW

@@ -177,8 +177,9 @@ async def test_hostile_table_ids_are_404_and_leak_nothing(client, alice, bob, se
 # --- Oversize bodies and gzip bombs ----------------------------------------------------------------
 
 @pytest.fixture
-async def small_cap(aiohttp_client, tmp_path):
-    s = load_settings(environ={}, db_path=str(tmp_path / "cap.db"), data_dir=str(tmp_path / "capdata"),
+async def small_cap(database_url, aiohttp_client, tmp_path):
+    s = load_settings(environ={}, database_url=database_url,
+                      db_path=str(tmp_path / "cap.db"), data_dir=str(tmp_path / "capdata"),
                       secret_key="s", parse_workers=0, max_upload_mb=1)
     client = await aiohttp_client(create_app(s))
     return client, s, await make_caller(client.app[keys.DB], "cap@example.com")
@@ -330,8 +331,9 @@ async def test_invalid_and_deeply_nested_json_is_400_and_changes_nothing(client,
 
 # --- A single 100 MB line -------------------------------------------------------------------------
 
-async def test_a_100_mb_line_is_one_counted_skipped_line(aiohttp_client, tmp_path):
-    s = load_settings(environ={}, db_path=str(tmp_path / "big.db"), data_dir=str(tmp_path / "bigdata"),
+async def test_a_100_mb_line_is_one_counted_skipped_line(database_url, aiohttp_client, tmp_path):
+    s = load_settings(environ={}, database_url=database_url,
+                      db_path=str(tmp_path / "big.db"), data_dir=str(tmp_path / "bigdata"),
                       secret_key="s", parse_workers=0, max_upload_mb=150)
     client = await aiohttp_client(create_app(s))
     client.app[keys.CLOCK].fixed = NOW
@@ -437,8 +439,9 @@ async def test_missing_malformed_and_revoked_tokens_are_401_everywhere(client, d
     assert (await client.get("/home", allow_redirects=False)).headers["Location"].startswith("/login")
 
 
-async def test_credentials_with_bytes_that_are_not_utf8_are_401(aiohttp_client, tmp_path):
-    s = load_settings(environ={}, db_path=str(tmp_path / "raw.db"), data_dir=str(tmp_path / "rawdata"),
+async def test_credentials_with_bytes_that_are_not_utf8_are_401(database_url, aiohttp_client, tmp_path):
+    s = load_settings(environ={}, database_url=database_url,
+                      db_path=str(tmp_path / "raw.db"), data_dir=str(tmp_path / "rawdata"),
                       secret_key="s", parse_workers=0, proxy_header="X-Email", trusted_proxies=["127.0.0.1"])
     client = await aiohttp_client(create_app(s))
     caller = await make_caller(client.app[keys.DB], "raw@example.com", onboarded=False)
@@ -617,9 +620,12 @@ async def test_sql_metacharacters_everywhere_are_just_data(client, db, settings)
         assert found is None or found.email == f"{name}@example.com", name
 
     assert await db.fetchval("SELECT COUNT(*) FROM users") == before + 2
-    with sqlite3.connect(settings.db_path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if db.dialect == "sqlite":
+        with sqlite3.connect(settings.db_path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    else:
+        names = {r[0] for r in await db.fetchall("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"users", "session_summaries", "session_files", "data_tables", "api_tokens"} <= names
 
 
@@ -671,10 +677,11 @@ async def test_a_request_aiohttp_cannot_parse_is_one_warning_line(client, caplog
 
 # --- Slow clients, padding, forged log lines ------------------------------------------------------
 
-async def test_a_stalled_body_gets_408_and_leaves_nothing_behind(aiohttp_client, tmp_path):
+async def test_a_stalled_body_gets_408_and_leaves_nothing_behind(database_url, aiohttp_client, tmp_path):
     """aiohttp has no body timeout: without one, a client that stops mid-upload holds its
     connection and temporary file for good."""
-    s = load_settings(environ={}, db_path=str(tmp_path / "slow.db"), data_dir=str(tmp_path / "slowdata"),
+    s = load_settings(environ={}, database_url=database_url,
+                      db_path=str(tmp_path / "slow.db"), data_dir=str(tmp_path / "slowdata"),
                       secret_key="s", parse_workers=0, client_timeout=0.5)
     client = await aiohttp_client(create_app(s))
     caller = await make_caller(client.app[keys.DB], "slow@example.com")

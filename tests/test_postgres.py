@@ -4,6 +4,7 @@ upgraded, and read caches that stay correct across replicas (two Database object
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import asyncpg
@@ -182,3 +183,102 @@ def test_with_ci_true_a_missing_postgresql_fails_the_run_instead_of_skipping(mon
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception, match="SKIPPED"):
         _pg_missing("nothing listens")
+
+
+def test_the_cli_manages_users_and_tokens_on_postgresql_as_on_sqlite(tmp_path, pg_url):
+    from tests.test_cli import run
+
+    pg_env = {"AGNES_DATABASE_URL": pg_url, "AGNES_DB_PATH": str(tmp_path / "never.db")}
+    assert "schema at version 14" in run(tmp_path, "migrate", **pg_env).stdout
+    run(tmp_path, "users", "add", "ann@example.com", "--name", "Ann", **pg_env)
+    issued = run(tmp_path, "tokens", "issue", "ann@example.com", **pg_env).stdout
+    assert "agnes_pat_" in issued
+    listed = run(tmp_path, "users", "list", **pg_env).stdout
+    assert "ann@example.com" in listed
+    assert not (tmp_path / "never.db").exists()  # nothing went to SQLite
+    refused = run(tmp_path, "backup", str(tmp_path / "b.db"), check=False, **pg_env)
+    assert refused.returncode == 1 and "pg_dump" in refused.stderr
+
+
+@pytest.mark.skipif(pg._bindir() is None, reason="Debian's postgresql package is not installed")
+def test_without_a_server_the_run_starts_a_throwaway_cluster_and_removes_it_after(monkeypatch):
+    monkeypatch.delenv("AGNES_TEST_DATABASE_URL", raising=False)
+    monkeypatch.setattr(pg, "port_open", lambda host, port: False)  # as if nothing listened on 5432
+    url, cluster = pg.find_server()
+    try:
+        assert cluster is not None and url == cluster.url and pg.answers(url) is None
+    finally:
+        cluster.stop()
+    assert pg.answers(url) is not None and not os.path.exists(cluster.datadir)
+
+
+def test_with_no_server_and_no_way_to_install_one_the_reason_is_given(monkeypatch):
+    monkeypatch.delenv("AGNES_TEST_DATABASE_URL", raising=False)
+    monkeypatch.setattr(pg, "port_open", lambda host, port: False)
+    monkeypatch.setattr(pg, "_bindir", lambda: None)
+    monkeypatch.setattr(pg.os, "geteuid", lambda: 1000)  # not root: no apt-get
+    with pytest.raises(pg.Unavailable, match="needs root and apt-get"):
+        pg.find_server()
+
+
+async def test_two_replicas_serving_one_database_refuse_a_revoked_token_within_a_second(aiohttp_client, tmp_path,
+                                                                                      pg_url):
+    """Two apps (two replicas, one data directory) on one database: a token revoked through one is
+    refused by the other, whose read cache had answered for it."""
+    from service import keys
+    from service.app import create_app
+    from service.config import load_settings
+
+    settings = load_settings(environ={}, database_url=pg_url, db_path=str(tmp_path / "unused.db"),
+                             data_dir=str(tmp_path / "data"), secret_key="s", parse_workers=0)
+    first, second = await aiohttp_client(create_app(settings)), await aiohttp_client(create_app(settings))
+    user = await users.add_user(first.app[keys.DB], "ann@example.com", "Ann", True)
+    token, _ = await users.issue_token(first.app[keys.DB], user.id)
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(3):
+        assert (await second.get("/api/me", headers=headers)).status == 200
+    await second.app[keys.DB].settle()
+    assert (await second.get("/api/me", headers=headers)).status == 200
+    assert await users.revoke_token(first.app[keys.DB], token=token) == 1
+
+    async def refused() -> bool:
+        return (await second.get("/api/me", headers=headers)).status == 401
+
+    assert await _within(1.0, refused) < 1.0
+    assert (await first.get("/readyz")).status == (await second.get("/readyz")).status == 200
+
+
+async def test_both_backends_have_the_same_tables_columns_and_indexes(tmp_path, pg_server):
+    """The store's SQL is shared, and a later copy between backends moves rows column by column: the
+    PostgreSQL schema names the same tables, columns (in the same order) and indexes as SQLite's."""
+    from service.db import Database
+    from service.migrations import migrate
+
+    lite = Database(str(tmp_path / "s.db"), readers=0)
+    await lite.open()
+    try:
+        await migrate(lite.writer)
+        conn = lite.writer
+        names = [r[0] for r in await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        sqlite_columns = {name: [r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({name})")]
+                          for name in names}
+        sqlite_indexes = {r[0] for r in await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    finally:
+        await lite.close()
+    server, template = pg_server
+    pg_conn = await asyncpg.connect(pg.with_database(server, template))
+    try:
+        pg_columns: dict[str, list[str]] = {}
+        for r in await pg_conn.fetch("SELECT table_name, column_name FROM information_schema.columns "
+                                     "WHERE table_schema = 'public' AND table_name <> 'schema_version' "
+                                     "ORDER BY table_name, ordinal_position"):
+            pg_columns.setdefault(r[0], []).append(r[1])
+        pg_indexes = {r[0] for r in await pg_conn.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+            "AND indexname NOT IN (SELECT conname FROM pg_constraint)")}  # not those of keys and UNIQUE
+    finally:
+        await pg_conn.close()
+    assert pg_columns == sqlite_columns
+    assert pg_indexes == sqlite_indexes

@@ -277,7 +277,7 @@ async def test_catalog_lists_the_callers_tables(client, alice, bob, registered):
     assert (await client.get("/api/catalog/tables")).status == 401
 
 
-async def test_memory_bundle_default_and_configured(client, alice, aiohttp_client, tmp_path, settings):
+async def test_memory_bundle_default_and_configured(database_url, client, alice, aiohttp_client, tmp_path, settings):
     assert await (await client.get("/api/memory/bundle", headers=alice.headers)).json() == {
         "mandatory": [], "approved": []}
     from service.app import create_app
@@ -286,7 +286,8 @@ async def test_memory_bundle_default_and_configured(client, alice, aiohttp_clien
     rules = tmp_path / "memory.yaml"
     rules.write_text("mandatory:\n  - {id: m1, title: Use EU data, content: Only EU rows., domain: sales}\n"
                      "approved: []\n")
-    configured = load_settings(environ={}, db_path=str(tmp_path / "m.db"), data_dir=str(tmp_path / "md"),
+    configured = load_settings(environ={}, database_url=database_url,
+                               db_path=str(tmp_path / "m.db"), data_dir=str(tmp_path / "md"),
                                secret_key="s", parse_workers=0, memory_file=str(rules))
     other = await aiohttp_client(create_app(configured))
     caller = await make_caller(other.app[keys.DB], "m@example.com")

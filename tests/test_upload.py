@@ -82,8 +82,9 @@ async def test_missing_part_and_wrong_content_type_are_400(client, alice):
 
 
 @pytest.fixture
-async def small_cap_client(aiohttp_client, tmp_path):
-    settings = load_settings(environ={}, db_path=str(tmp_path / "cap.db"), data_dir=str(tmp_path / "capdata"),
+async def small_cap_client(database_url, aiohttp_client, tmp_path):
+    settings = load_settings(environ={}, database_url=database_url,
+                             db_path=str(tmp_path / "cap.db"), data_dir=str(tmp_path / "capdata"),
                              secret_key="s", parse_workers=0, max_upload_mb=1)
     return await aiohttp_client(create_app(settings))
 

@@ -15,10 +15,11 @@ from tests.conftest import EXPECTED, NOW, SAMPLES, make_caller
 
 
 @pytest.fixture
-async def watched(aiohttp_client, tmp_path):
+async def watched(database_url, aiohttp_client, tmp_path):
     root = tmp_path / "watched"
     root.mkdir()
-    settings = load_settings(environ={}, db_path=str(tmp_path / "w.db"), data_dir=str(tmp_path / "data"),
+    settings = load_settings(environ={}, database_url=database_url,
+                             db_path=str(tmp_path / "w.db"), data_dir=str(tmp_path / "data"),
                              secret_key="s", parse_workers=0, session_dir=str(root), scan_interval=3600)
     client = await aiohttp_client(create_app(settings))
     client.app[keys.CLOCK].fixed = NOW
@@ -196,12 +197,13 @@ def test_one_analysts_push_of_many_files_does_not_hold_up_anothers_upload(monkey
         q.get_nowait()
 
 
-async def test_a_relative_session_dir_still_recognises_known_files(aiohttp_client, tmp_path, monkeypatch):
+async def test_a_relative_session_dir_still_recognises_known_files(database_url, aiohttp_client, tmp_path, monkeypatch):
     """AGNES_SESSION_DIR=sessions (relative): unchanged files are not re-registered on every scan."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sessions" / "fay").mkdir(parents=True)
     shutil.copy(SAMPLES / "alice" / "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f.jsonl", tmp_path / "sessions" / "fay" / "a.jsonl")
-    settings = load_settings(environ={}, db_path=str(tmp_path / "r.db"), data_dir=str(tmp_path / "data"),
+    settings = load_settings(environ={}, database_url=database_url,
+                             db_path=str(tmp_path / "r.db"), data_dir=str(tmp_path / "data"),
                              secret_key="s", parse_workers=0, session_dir="sessions", scan_interval=3600)
     client = await aiohttp_client(create_app(settings))  # real clock: a re-registration would move received_at
     db = client.app[keys.DB]
@@ -315,7 +317,7 @@ async def test_a_numeric_folder_that_is_also_a_local_part_is_ambiguous(watched, 
     assert any("matches no user, or several" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_quarantined_file_is_retried_when_it_changes(aiohttp_client, tmp_path):
+async def test_a_quarantined_file_is_retried_when_it_changes(database_url, aiohttp_client, tmp_path):
     """Quarantine holds a file while it stays as it failed; new content is a new chance, as a new
     upload is, so a session that goes on growing is not left uncounted until an operator acts."""
     import asyncio
@@ -324,7 +326,8 @@ async def test_a_quarantined_file_is_retried_when_it_changes(aiohttp_client, tmp
 
     root = tmp_path / "watched"
     (root / "ida").mkdir(parents=True)
-    settings = load_settings(environ={}, db_path=str(tmp_path / "w.db"), data_dir=str(tmp_path / "data"),
+    settings = load_settings(environ={}, database_url=database_url,
+                             db_path=str(tmp_path / "w.db"), data_dir=str(tmp_path / "data"),
                              secret_key="s", parse_workers=0, session_dir=str(root), scan_interval=3600,
                              max_failures=1)
     client = await aiohttp_client(create_app(settings))

@@ -186,7 +186,8 @@ async def test_page_forms_on_a_stale_page_answer_with_pages(client, alice):
 
 async def test_same_origin_posts_behind_a_proxy_that_rewrites_host(aiohttp_client, settings):
     """nginx passes Host as the upstream address by default: the browser's Origin is the public one."""
-    behind = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+    behind = load_settings(environ={}, db_path=settings.db_path, database_url=settings.database_url,
+                           data_dir=settings.data_dir, secret_key="s",
                            public_url="https://agnes.corp.example", trusted_proxies=["127.0.0.0/8"])
     client = await aiohttp_client(create_app(behind))
     caller = await make_caller(client.app[keys.DB], "alice@example.com")
@@ -202,7 +203,8 @@ async def test_same_origin_posts_behind_a_proxy_that_rewrites_host(aiohttp_clien
     assert await sign_out("https://alt.corp.example", **{"X-Forwarded-Host": "alt.corp.example"}) == (303, None)
     assert await sign_out("https://evil.example") == (403, "origin_mismatch")
     # X-Forwarded-Host counts only from a trusted proxy.
-    untrusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+    untrusted = load_settings(environ={}, db_path=settings.db_path, database_url=settings.database_url,
+                              data_dir=settings.data_dir, secret_key="s",
                               trusted_proxies=["10.9.9.9"])
     client = await aiohttp_client(create_app(untrusted))
     assert await sign_out("https://evil.example", **{"X-Forwarded-Host": "evil.example"}) == (403, "origin_mismatch")
@@ -214,7 +216,8 @@ async def test_bearer_posts_need_no_csrf(client, alice):
 
 
 async def test_proxy_header_only_from_trusted_addresses(aiohttp_client, settings, tmp_path):
-    trusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+    trusted = load_settings(environ={}, db_path=settings.db_path, database_url=settings.database_url,
+                            data_dir=settings.data_dir, secret_key="s",
                             proxy_header="X-Forwarded-Email", trusted_proxies=["127.0.0.0/8"])
     client = await aiohttp_client(create_app(trusted))
     await make_caller(client.app[keys.DB], "proxied@example.com")
@@ -227,7 +230,8 @@ async def test_proxy_header_only_from_trusted_addresses(aiohttp_client, settings
                                                  ("X-Forwarded-Email", "proxied@example.com")])
     assert twice.status == 401
 
-    untrusted = load_settings(environ={}, db_path=settings.db_path, data_dir=settings.data_dir, secret_key="s",
+    untrusted = load_settings(environ={}, db_path=settings.db_path, database_url=settings.database_url,
+                              data_dir=settings.data_dir, secret_key="s",
                               proxy_header="X-Forwarded-Email", trusted_proxies=["10.9.9.9"])
     client2 = await aiohttp_client(create_app(untrusted))
     resp = await client2.get("/api/me", headers={"X-Forwarded-Email": "proxied@example.com"})
@@ -308,14 +312,15 @@ async def test_a_cookie_upload_sends_the_csrf_token_as_a_header(client, alice):
     assert ok.status == 200 and (await ok.json())["size"] == len(transcript)
 
 
-async def test_a_stored_secret_key_left_empty_is_replaced_not_signed_with(aiohttp_client, tmp_path):
+async def test_a_stored_secret_key_left_empty_is_replaced_not_signed_with(database_url, aiohttp_client, tmp_path):
     """A start that died (or ran out of disk) between creating data_dir/secret_key and writing it
     left an empty file, and every later start signed cookies with the empty key: anyone could
     sign in as anyone."""
     data_dir = tmp_path / "keyless"
     data_dir.mkdir()
     (data_dir / "secret_key").write_bytes(b"")
-    s = load_settings(environ={}, db_path=str(tmp_path / "keyless.db"), data_dir=str(data_dir), parse_workers=0)
+    s = load_settings(environ={}, database_url=database_url,
+                      db_path=str(tmp_path / "keyless.db"), data_dir=str(data_dir), parse_workers=0)
     assert s.secret_key == ""
     client = await aiohttp_client(create_app(s))
     stored = (data_dir / "secret_key").read_bytes()
@@ -375,7 +380,8 @@ async def test_revoking_the_token_or_the_users_sessions_ends_sign_ins_at_once(cl
     second, third = [await _copied_cookie(client, type(alice)(alice.user, token)) for _ in range(2)]
     bobs = await _copied_cookie(client, bob)
     settings = client.app[keys.SETTINGS]
-    env = {"PATH": "/usr/bin:/bin", "AGNES_DB_PATH": settings.db_path, "AGNES_DATA_DIR": settings.data_dir}
+    env = {"PATH": "/usr/bin:/bin", "AGNES_DB_PATH": settings.db_path, "AGNES_DATABASE_URL": settings.database_url,
+           "AGNES_DATA_DIR": settings.data_dir}
     await db.settle()
     # In a thread: the server's loop keeps running (and finishing its own writes) meanwhile.
     done = await asyncio.to_thread(

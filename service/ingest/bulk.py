@@ -11,7 +11,7 @@ from pathlib import Path
 from concurrent.futures import Executor
 from typing import Callable, Iterable
 
-from ..db import Database
+from ..db import BaseDatabase
 from ..store import ingest as store
 from .processor import Outcome, Processor
 from .scanner import SUFFIXES
@@ -81,7 +81,7 @@ def _walk(root: Path) -> Iterable[str]:
                 yield os.path.realpath(full)
 
 
-async def ingest_paths(db: Database, user_id: int, paths: list[str], *, workers: int,
+async def ingest_paths(db: BaseDatabase, user_id: int, paths: list[str], *, workers: int,
                        clock: Callable[[], datetime], max_failures: int = 5, force: bool = False,
                        progress: Callable[[Outcome], None] | None = None,
                        retention: timedelta | None = None, executor: Executor | None = None) -> Report:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from .. import ingest
-from ..db import Database
+from ..db import BaseDatabase
 from ..store import ingest as store
 from ..timeutil import from_store
 from . import jobs
@@ -97,7 +97,7 @@ class Processor:
     parse processes started already (fork_parse_pool); the processor shuts them down on close().
     """
 
-    def __init__(self, db: Database, *, workers: int, clock: Callable[[], datetime],
+    def __init__(self, db: BaseDatabase, *, workers: int, clock: Callable[[], datetime],
                  max_failures: int = 5, on_outcome: Callable[[Outcome], None] | None = None,
                  retention: timedelta | None = None, executor: Executor | None = None) -> None:
         self.db = db

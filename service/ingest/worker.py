@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 
 from .. import ingest
 from ..config import Settings
-from ..db import Database
+from ..db import BaseDatabase
 from ..store import ingest as store
 from ..store import sessions, users
 from . import scanner
@@ -122,7 +122,7 @@ class IngestWorker:
     below the current processor version (oldest first), rebuild dirty rollup days, prune.
     """
 
-    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime],
+    def __init__(self, db: BaseDatabase, settings: Settings, clock: Callable[[], datetime],
                  on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.db = db
         self.settings = settings

@@ -10,7 +10,7 @@ from ..activity import (Activity, EventIn, MessageIn, PromptIn, SessionRow, dedu
                         summarise)
 from ..cost import PriceTable, tier_prompt, tier_sql
 from ..days import RANGES, day_starts, parse_zone
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import from_store, to_api, to_store
 
 # Every row comes from the per-user tables ingest keeps (schema 0005 and 0010): one row per
@@ -27,7 +27,7 @@ SELECT session_id, project FROM user_sessions WHERE user_id = ? AND last_ts >= ?
 """
 
 
-async def _rows(db: Database, user_id: int, since: str, until: str
+async def _rows(db: BaseDatabase, user_id: int, since: str, until: str
                 ) -> tuple[list[MessageIn], list[PromptIn], dict[str, str | None]]:
     messages = [MessageIn(from_store(r[0]), *tuple(r)[1:])
                 for r in await db.fetchall(_MESSAGES_SQL, (user_id, since, until))]
@@ -36,7 +36,7 @@ async def _rows(db: Database, user_id: int, since: str, until: str
     return messages, prompts, projects
 
 
-async def activity(db: Database, user_id: int, range_name: str, zone_name: str | None, now: datetime,
+async def activity(db: BaseDatabase, user_id: int, range_name: str, zone_name: str | None, now: datetime,
                    prices: PriceTable) -> Activity:
     """The activity page's numbers for ``range_name`` (7d, 30d or 90d) in the zone ``zone_name``.
 
@@ -82,7 +82,7 @@ _PROJECTS_OF_SQL = {dialect: f"SELECT s.session_id, s.project FROM {ids} JOIN us
                              "ON s.user_id = ? AND s.session_id = j.value" for dialect, ids in _IDS.items()}
 
 
-async def _events(db: Database, user_id: int, session_ids: list[str], since: str, until: str) -> list[EventIn]:
+async def _events(db: BaseDatabase, user_id: int, session_ids: list[str], since: str, until: str) -> list[EventIn]:
     """Usage events of the sessions (each once: files holding copies of a line share its event id), the
     copies a resumed session holds of another's tool uses left to the session that owns them."""
     if not session_ids:
@@ -95,7 +95,7 @@ async def _events(db: Database, user_id: int, session_ids: list[str], since: str
     return dedupe_events(events, rank)
 
 
-async def sessions(db: Database, user_id: int, range_name: str, zone_name: str | None, now: datetime,
+async def sessions(db: BaseDatabase, user_id: int, range_name: str, zone_name: str | None, now: datetime,
                    prices: PriceTable) -> list[SessionRow]:
     """Every session with activity in the range's local days, with its activity inside them (so their
     sums equal the range's totals), unsorted; kept as activity() is (callers must not change it)."""
@@ -135,7 +135,7 @@ _SESSION_PROMPTS_SQL = "SELECT ts, session_id FROM user_prompts WHERE user_id = 
 _SESSION_PROJECT_SQL = "SELECT project FROM user_sessions WHERE user_id = ? AND session_id = ?"
 
 
-async def session_detail(db: Database, user_id: int, session_id: str, prices: PriceTable) -> SessionDetail | None:
+async def session_detail(db: BaseDatabase, user_id: int, session_id: str, prices: PriceTable) -> SessionDetail | None:
     """One of the user's sessions, whole; None when the user has no such session (another user's
     session id is as unknown as a made-up one)."""
     messages = [MessageIn(from_store(r[0]), *tuple(r)[1:])
@@ -172,7 +172,7 @@ async def session_detail(db: Database, user_id: int, session_id: str, prices: Pr
                          sorted(tools.values(), key=lambda t: (t.kind, -t.uses, t.name)))
 
 
-async def stored_zone(db: Database, user_id: int) -> str | None:
+async def stored_zone(db: BaseDatabase, user_id: int) -> str | None:
     """The analyst's remembered time zone (an IANA name), or None when none was stored; kept while
     the database is unchanged."""
     async def read() -> str:
@@ -181,7 +181,7 @@ async def stored_zone(db: Database, user_id: int) -> str | None:
     return await db.cached_read(("tz", user_id), read) or None
 
 
-async def remember_zone(db: Database, user_id: int, zone_name: str) -> None:
+async def remember_zone(db: BaseDatabase, user_id: int, zone_name: str) -> None:
     """Remember a validated zone name for the analyst's days (ValueError for one that is not a zone)."""
     parse_zone(zone_name)
     await db.execute_write("UPDATE users SET tz = ? WHERE id = ?", (zone_name, user_id))
@@ -218,16 +218,17 @@ _TREND = {"24h": (24, timedelta(hours=1)), "7d": (7, timedelta(days=1))}
 # SQLite's and PostgreSQL's spelling of the pieces that differ: two-argument min and max, and a
 # stored timestamp's bucket (days since :start, times buckets per day, rounded down).
 _CONTEXT_FRAGMENTS = {
-    "sqlite": {"least": "MIN", "greatest": "MAX",
+    "sqlite": {"least": "MIN", "greatest": "MAX", "float": "{}",
                "b": "CAST((julianday(ts) - julianday(:start)) * :per_day AS INTEGER)"},
-    "postgresql": {"least": "LEAST", "greatest": "GREATEST",
+    "postgresql": {"least": "LEAST", "greatest": "GREATEST", "float": "CAST({} AS DOUBLE PRECISION)",
                    "b": "CAST(floor((extract(epoch FROM CAST(ts AS timestamptz)) - extract(epoch FROM CAST(CAST(:start AS TEXT) "
                         "AS timestamptz))) / 86400 * CAST(:per_day AS DOUBLE PRECISION)) AS BIGINT)"},
 }
 _BUCKET = ("CASE WHEN ts < :since THEN {least}(b, :n - 1) ELSE {greatest}({least}(b, 2 * :n - 1), :n) END")
 _CONTEXT_MESSAGES_SQL = {dialect: f"""
 SELECT {_BUCKET.format(**d)} AS bucket, session_id, TOTAL(tokens) FROM (
-    SELECT ts, session_id, input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens AS tokens,
+    SELECT ts, session_id,
+           {d["float"].format("input_tokens")} + output_tokens + cache_read_tokens + cache_creation_tokens AS tokens,
            {d["b"]} AS b
     FROM user_messages WHERE user_id = :user AND ts >= :start) AS rows
 GROUP BY bucket, session_id
@@ -246,21 +247,21 @@ _CONTEXT_COST_SQL = {dialect: f"""
 SELECT model, speed = 'fast', {tier_sql("prompt")} AS tier, TOTAL(input_tokens), TOTAL(output_tokens),
        TOTAL(cache_read_tokens), TOTAL(cache_creation_tokens - one_hour), TOTAL(one_hour), MIN(ts), COUNT(*)
 FROM (SELECT model, speed, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, ts,
-             input_tokens + cache_read_tokens + cache_creation_tokens AS prompt,
+             {d["float"].format("input_tokens")} + cache_read_tokens + cache_creation_tokens AS prompt,
              {d["least"]}(cache_1h_tokens, cache_creation_tokens) AS one_hour
       FROM user_messages WHERE user_id = :user AND ts >= :since) AS rows
 GROUP BY 1, 2, 3
 """ for dialect, d in _CONTEXT_FRAGMENTS.items()}
 
 
-async def frame_context(db: Database, user_id: int, window: str, now: datetime, prices: PriceTable) -> FrameContext:
+async def frame_context(db: BaseDatabase, user_id: int, window: str, now: datetime, prices: PriceTable) -> FrameContext:
     """Buckets are the window's hours (24h) or days (7d) ending at ``now``, as the frame's windows
     are rolling; the previous period is the same length before the window. Kept for the minute."""
     key = ("frame_context", user_id, window, now.replace(second=0, microsecond=0), prices.version)
     return await db.cached_read(key, lambda: _frame_context(db, user_id, window, now, prices))
 
 
-async def _frame_context(db: Database, user_id: int, window: str, now: datetime, prices: PriceTable
+async def _frame_context(db: BaseDatabase, user_id: int, window: str, now: datetime, prices: PriceTable
                          ) -> FrameContext:
     buckets, width = _TREND[window]
     start = now - 2 * buckets * width

@@ -7,9 +7,8 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Callable
 
-
 from ..cost import PriceTable, Rates, cost_of, tier_prompt
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import to_api, to_store
 
 RANGES = {"7d": 7, "30d": 30, "90d": 90}
@@ -124,7 +123,7 @@ def _price(prices: PriceTable, r) -> float | None:
     return None if rates is None else cost_of(rates, r["i"], r["o"], r["cr"], r["c5"], r["c1"])
 
 
-async def _period(db: Database, days: list[str], prices: PriceTable, *, full: bool) -> dict:
+async def _period(db: BaseDatabase, days: list[str], prices: PriceTable, *, full: bool) -> dict:
     """What the figures of one period need: per day, and (``full``) per analyst and per model."""
     since, until = days[0], days[-1]
     day_rows = {r["day"]: r for r in await db.fetchall(_DAYS_SQL, (since, until))}
@@ -155,7 +154,7 @@ async def _period(db: Database, days: list[str], prices: PriceTable, *, full: bo
     return period
 
 
-async def _by_model(db: Database, period: dict, per_analyst: bool, min_group: int) -> tuple[list[dict], list[set]]:
+async def _by_model(db: BaseDatabase, period: dict, per_analyst: bool, min_group: int) -> tuple[list[dict], list[set]]:
     """Spend by model, the most first, and each row's analysts; privacy mode counts the shown days only."""
     since, until = period["days"][0]["date"], period["days"][-1]["date"]
     shown = {d["date"] for d in period["days"] if not d.get("suppressed")}
@@ -248,12 +247,12 @@ def _fold(rows: list[dict], analysts_of: dict[int, set[int]], min_group: int, ot
     return found
 
 
-async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
+async def usage(db: BaseDatabase, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
                 min_group: int, processor_version: int, queue_depth: int = 0, lag_seconds: float = 0.0) -> dict:
     """GET /api/admin/usage's document (issue 22): the range's figures against the period before,
     per day, per model, per analyst (``per_analyst`` only), per tool, who needs help and the pipeline.
 
-    Kept while the database is unchanged (Database.snapshot) and the UTC day is the same; the
+    Kept while the database is unchanged (BaseDatabase.snapshot) and the UTC day is the same; the
     pipeline's health while it is unchanged and the minute is the same (the files of the last hour move
     with the clock), with the worker's queue and lag as they are now. Callers must not change what they
     get."""
@@ -267,7 +266,7 @@ async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable
     return {**found, "health": health}
 
 
-async def _health(db: Database, now: datetime, per_analyst: bool, processor_version: int) -> dict:
+async def _health(db: BaseDatabase, now: datetime, per_analyst: bool, processor_version: int) -> dict:
     """The pipeline: files of the last hour, failing and quarantined files, the reprocess still to do."""
     health_row = await db.fetchone(_HEALTH_SQL, (to_store(now - timedelta(hours=1)), processor_version))
     quarantined = []
@@ -283,7 +282,7 @@ async def _health(db: Database, now: datetime, per_analyst: bool, processor_vers
             "awaiting_reprocess": health_row["awaiting_reprocess"]}
 
 
-async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
+async def _usage(db: BaseDatabase, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
                  min_group: int) -> dict:
     n = RANGES[range_name]
     days, previous_days = day_list(now, n), day_list(now, n, offset=1)

@@ -6,7 +6,7 @@ import asyncio
 
 import msgspec
 
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import from_store, to_api, to_store
 
 
@@ -22,7 +22,7 @@ class LastPull(msgspec.Struct):
     duration_ms: int
 
 
-def note_client_later(db: Database, user_id: int, version: str, os_name: str, when) -> asyncio.Task:
+def note_client_later(db: BaseDatabase, user_id: int, version: str, os_name: str, when) -> asyncio.Task:
     """Keep the client version and OS last seen for the user, without holding the request up."""
     return db.write_later(
         "INSERT INTO client_seen (user_id, version, os, seen_at) VALUES (?, ?, ?, ?) "
@@ -30,7 +30,7 @@ def note_client_later(db: Database, user_id: int, version: str, os_name: str, wh
         "seen_at = excluded.seen_at", (user_id, version, os_name, to_store(when)), what="note the client version")
 
 
-async def record_pull(db: Database, user_id: int, when, errors: int, duration_ms: int) -> None:
+async def record_pull(db: BaseDatabase, user_id: int, when, errors: int, duration_ms: int) -> None:
     """Keep how the user's last pull ended (POST /api/sync/pull-confirm); one row per user, replaced."""
     await db.execute_write(
         "INSERT INTO pull_outcomes (user_id, finished_at, errors, duration_ms) VALUES (?, ?, ?, ?) "
@@ -38,7 +38,7 @@ async def record_pull(db: Database, user_id: int, when, errors: int, duration_ms
         "duration_ms = excluded.duration_ms", (user_id, to_store(when), errors, duration_ms))
 
 
-async def client_state(db: Database, user_id: int) -> tuple[ClientSeen | None, LastPull | None]:
+async def client_state(db: BaseDatabase, user_id: int) -> tuple[ClientSeen | None, LastPull | None]:
     """The user's last client and last pull outcome (None for what was never reported), in one read."""
     row = await db.fetchone(
         "SELECT c.version, c.os, c.seen_at, p.finished_at, p.errors, p.duration_ms FROM users u "
@@ -52,7 +52,7 @@ async def client_state(db: Database, user_id: int) -> tuple[ClientSeen | None, L
     return client, pull
 
 
-async def last_pull(db: Database, user_id: int) -> LastPull | None:
+async def last_pull(db: BaseDatabase, user_id: int) -> LastPull | None:
     """The user's last reported pull outcome, or None (one primary-key read: /home asks it)."""
     row = await db.fetchone("SELECT finished_at, errors, duration_ms FROM pull_outcomes WHERE user_id = ?",
                             (user_id,))

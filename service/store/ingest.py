@@ -10,7 +10,7 @@ from typing import Any, Iterable, NamedTuple
 import msgspec
 
 from ..cost import tier_sql
-from ..db import Database
+from ..db import BaseDatabase
 from ..records import EventRow, ParseResult
 from ..timeutil import to_store
 from .dialect import by_dialect, postgresql
@@ -49,7 +49,7 @@ class FileOwnedElsewhere(Exception):
     """The path is already registered to another user; a file has one owner."""
 
 
-async def register_file(db: Database, user_id: int, path: str, origin: str, now: datetime) -> int:
+async def register_file(db: BaseDatabase, user_id: int, path: str, origin: str, now: datetime) -> int:
     """Insert or refresh the processor-state row of a file; returns its id.
 
     A known file keeps its id (so its activity is replaced, not duplicated); a new
@@ -74,7 +74,7 @@ _PATHS_SQL = {
 }
 
 
-async def register_files(db: Database, user_id: int, paths: Iterable[str], origin: str,
+async def register_files(db: BaseDatabase, user_id: int, paths: Iterable[str], origin: str,
                          now: datetime) -> list[int]:
     """register_file for many paths in one transaction (bulk ingest): ids in the order of paths."""
     stamp = to_store(now)
@@ -93,7 +93,7 @@ async def register_files(db: Database, user_id: int, paths: Iterable[str], origi
     return [found[path][0] for path in paths]
 
 
-async def get_file(db: Database, file_id: int) -> FileState | None:
+async def get_file(db: BaseDatabase, file_id: int) -> FileState | None:
     return _state(await db.fetchone(f"SELECT {_FILE_COLS} FROM session_files WHERE id = ?", (file_id,)))
 
 
@@ -108,7 +108,7 @@ class KnownFile(NamedTuple):
     failed_stat: tuple[int | None, int | None]  # (size, mtime_ns) when its last failure was recorded
 
 
-async def files_under(db: Database, root: str) -> dict[str, KnownFile]:
+async def files_under(db: BaseDatabase, root: str) -> dict[str, KnownFile]:
     """path -> KnownFile of every known file below a directory, whatever its origin.
 
     ``failing`` files wait for their retry (or an operator) instead of being re-queued by every
@@ -124,7 +124,7 @@ async def files_under(db: Database, root: str) -> dict[str, KnownFile]:
                                  (r["failed_size"], r["failed_mtime_ns"])) for r in rows}
 
 
-async def release_changed(db: Database, file_id: int) -> bool:
+async def release_changed(db: BaseDatabase, file_id: int) -> bool:
     """A failing file whose content changed since it failed goes back in line with a clean
     failure count, as a new upload of it would; False when it is no longer failing."""
     return await db.execute_write(
@@ -132,14 +132,14 @@ async def release_changed(db: Database, file_id: int) -> bool:
         f"WHERE id = ? AND {_FAILING}", (file_id,)) == 1
 
 
-async def mark_unchanged(db: Database, file_id: int, size: int, mtime_ns: int, now: datetime) -> None:
+async def mark_unchanged(db: BaseDatabase, file_id: int, size: int, mtime_ns: int, now: datetime) -> None:
     """Size or mtime moved but the content hash did not: remember the new stat, rewrite nothing."""
     await db.execute_write(
         "UPDATE session_files SET size = ?, mtime_ns = ?, processed_at = ?, failure_count = 0, "
         "last_error = NULL, next_attempt_at = NULL WHERE id = ?", (size, mtime_ns, to_store(now), file_id))
 
 
-async def record_failure(db: Database, file_id: int, error: str, now: datetime, *, max_failures: int,
+async def record_failure(db: BaseDatabase, file_id: int, error: str, now: datetime, *, max_failures: int,
                          backoff: timedelta, stat: tuple[int, int] | None = None) -> bool:
     """Count a failure; schedule a retry with backoff, or quarantine. Returns True when quarantined.
 
@@ -159,14 +159,14 @@ async def record_failure(db: Database, file_id: int, error: str, now: datetime, 
     return quarantined
 
 
-async def due_retries(db: Database, now: datetime, limit: int) -> list[int]:
+async def due_retries(db: BaseDatabase, now: datetime, limit: int) -> list[int]:
     rows = await db.fetchall(
         "SELECT id FROM session_files WHERE quarantined_at IS NULL AND next_attempt_at IS NOT NULL "
         "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?", (to_store(now), limit))
     return [r[0] for r in rows]
 
 
-async def stale_files(db: Database, version: int, limit: int) -> list[int]:
+async def stale_files(db: BaseDatabase, version: int, limit: int) -> list[int]:
     """Files processed by an older processor version, oldest first (the reprocess loop's batch)."""
     rows = await db.fetchall(
         "SELECT id FROM session_files WHERE processor_version < ? AND quarantined_at IS NULL "
@@ -175,7 +175,7 @@ async def stale_files(db: Database, version: int, limit: int) -> list[int]:
     return [r[0] for r in rows]
 
 
-async def reset_versions(db: Database, user_id: int | None = None) -> int:
+async def reset_versions(db: BaseDatabase, user_id: int | None = None) -> int:
     """Force a full reprocess: every (or one user's) file goes back to version 0."""
     sql = "UPDATE session_files SET processor_version = 0, next_attempt_at = NULL"
     if user_id is None:
@@ -183,18 +183,18 @@ async def reset_versions(db: Database, user_id: int | None = None) -> int:
     return await db.execute_write(sql + " WHERE user_id = ?", (user_id,))
 
 
-async def quarantined(db: Database) -> list[dict]:
+async def quarantined(db: BaseDatabase) -> list[dict]:
     rows = await db.fetchall(
         "SELECT f.id, u.email, f.path, f.failure_count, f.last_error, f.quarantined_at FROM session_files f "
         "JOIN users u ON u.id = f.user_id WHERE f.quarantined_at IS NOT NULL ORDER BY f.quarantined_at")
     return [dict(r) for r in rows]
 
 
-async def quarantined_count(db: Database) -> int:
+async def quarantined_count(db: BaseDatabase) -> int:
     return await db.fetchval("SELECT COUNT(*) FROM session_files WHERE quarantined_at IS NOT NULL")
 
 
-async def release_quarantine(db: Database, file_id: int | None = None) -> list[int]:
+async def release_quarantine(db: BaseDatabase, file_id: int | None = None) -> list[int]:
     """Put quarantined files (one, or all) back in line with a clean failure count."""
     where, params = ("AND id = ?", (file_id,)) if file_id is not None else ("", ())
     async with db.transaction() as conn:
@@ -207,7 +207,7 @@ async def release_quarantine(db: Database, file_id: int | None = None) -> list[i
 ATTRIBUTION_TABLES = {"skill": "skill_attribution", "agent": "agent_attribution", "command": "command_attribution"}
 
 
-async def set_attribution(db: Database, kind: str, name: str, source: str, ref_id: str) -> None:
+async def set_attribution(db: BaseDatabase, kind: str, name: str, source: str, ref_id: str) -> None:
     """List a skill, subagent type or command under a plugin source ('curated' or 'flea').
 
     New events are attributed at once; already stored events keep theirs until their file is
@@ -218,12 +218,12 @@ async def set_attribution(db: Database, kind: str, name: str, source: str, ref_i
                            "ON CONFLICT (name, source) DO UPDATE SET ref_id = excluded.ref_id", (name, source, ref_id))
 
 
-async def remove_attribution(db: Database, kind: str, name: str, source: str) -> int:
+async def remove_attribution(db: BaseDatabase, kind: str, name: str, source: str) -> int:
     table = ATTRIBUTION_TABLES[kind]
     return await db.execute_write(f"DELETE FROM {table} WHERE name = ? AND source = ?", (name, source))
 
 
-async def list_attribution(db: Database) -> list[dict]:
+async def list_attribution(db: BaseDatabase) -> list[dict]:
     rows = await db.fetchall("SELECT kind, name, source, ref_id FROM plugin_attribution ORDER BY kind, name, source")
     return [dict(r) for r in rows]
 
@@ -280,6 +280,8 @@ _FRAGMENTS = {
         "min": "MIN", "max": "MAX",  # two arguments: SQLite's scalar min and max
         "any_fast": "MAX(a.speed = 'fast')",
         "real": "REAL", "without_rowid": " WITHOUT ROWID",
+        "sum": "TOTAL",  # into an INTEGER column: SQLite keeps a sum past int64 as a REAL
+        "prompt": "(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)",  # past int64: a REAL
         "summary_cols": ", ".join(_SUMMARY_COLS),
         "insert_or_replace": "INSERT OR REPLACE", "summaries_conflict": "",
     },
@@ -295,6 +297,8 @@ _FRAGMENTS = {
         "min": "LEAST", "max": "GREATEST",
         "any_fast": "bool_or(a.speed = 'fast')",
         "real": "DOUBLE PRECISION", "without_rowid": "",
+        "sum": "total_int64",  # a BIGINT column: a sum past int64 stops at its maximum (schema 0014)
+        "prompt": "(CAST(m.input_tokens AS DOUBLE PRECISION) + m.cache_read_tokens + m.cache_creation_tokens)",
         "summary_cols": ", ".join(f"{c} {'TEXT' if c in _TEXT_SUMMARY_COLS else 'BIGINT'}" for c in _SUMMARY_COLS),
         "insert_or_replace": "INSERT",
         "summaries_conflict": " ON CONFLICT (file_id) DO UPDATE SET " + ", ".join(
@@ -304,7 +308,11 @@ _FRAGMENTS = {
 
 
 def _scripts(d: dict[str, str]) -> dict[str, Any]:
-    """The ingest statements in one dialect, its SQLite-only fragments taken from ``d``."""
+    """The ingest statements in one dialect, its SQLite-only fragments taken from ``d``.
+
+    Built once per dialect at import (_SQL below): every name assigned here is returned, and
+    write_results, prune and the tests look them up by name in ``_SQL[db.dialect]``.
+    """
     _HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_hours "
                     "(user_id INTEGER NOT NULL, hour TEXT NOT NULL, PRIMARY KEY (user_id, hour))")
     _TOUCH_HOURS = """
@@ -332,10 +340,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         UNION ALL SELECT user_id, {d['day_before']} FROM temp.touched_hours WHERE substr(hour, 12) = '00'
         UNION ALL SELECT user_id, {d['day_after']} FROM temp.touched_hours WHERE substr(hour, 12) = '23'""",
         f"DELETE FROM admin_session_days WHERE {_TOUCHED_DAYS}",
-        """INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
+        f"""INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
                                         cache_read_tokens, cache_creation_tokens)
-        SELECT d.user_id, d.day, m.session_id, COUNT(*), TOTAL(m.input_tokens), TOTAL(m.output_tokens),
-               TOTAL(m.cache_read_tokens), TOTAL(m.cache_creation_tokens)
+        SELECT d.user_id, d.day, m.session_id, COUNT(*), {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens),
+               {d['sum']}(m.cache_read_tokens), {d['sum']}(m.cache_creation_tokens)
         FROM temp.touched_days d
         CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
         GROUP BY d.user_id, d.day, m.session_id""",
@@ -366,10 +374,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         f"DELETE FROM admin_model_days WHERE {_TOUCHED_DAYS}",
         f"""INSERT INTO admin_model_days
         SELECT d.user_id, d.day, COALESCE(m.model, ''), COALESCE(m.speed, ''),
-               {tier_sql("(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)")}, COUNT(*),
-               TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
-               TOTAL(m.cache_creation_tokens - {d['min']}(m.cache_1h_tokens, m.cache_creation_tokens)),
-               TOTAL({d['min']}(m.cache_1h_tokens, m.cache_creation_tokens))
+               {tier_sql(d['prompt'])}, COUNT(*),
+               {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens), {d['sum']}(m.cache_read_tokens),
+               {d['sum']}(m.cache_creation_tokens - {d['min']}(m.cache_1h_tokens, m.cache_creation_tokens)),
+               {d['sum']}({d['min']}(m.cache_1h_tokens, m.cache_creation_tokens))
         FROM temp.touched_days d
         CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
         GROUP BY 1, 2, 3, 4, 5""",
@@ -382,9 +390,9 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         "DELETE FROM user_hours WHERE user_id IN (SELECT user_id FROM temp.touched_hours) "
         "AND hour IN (SELECT hour FROM temp.touched_hours) "
         "AND (user_id, hour) IN (SELECT user_id, hour FROM temp.touched_hours)",
-        """INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
-        SELECT h.user_id, h.hour, TOTAL(m.input_tokens), TOTAL(m.output_tokens), TOTAL(m.cache_read_tokens),
-               TOTAL(m.cache_creation_tokens)
+        f"""INSERT INTO user_hours (user_id, hour, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens)
+        SELECT h.user_id, h.hour, {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens), {d['sum']}(m.cache_read_tokens),
+               {d['sum']}(m.cache_creation_tokens)
         FROM temp.touched_hours h
         JOIN user_messages m ON m.user_id = h.user_id AND m.ts >= h.hour AND m.ts < h.hour || ';'
         GROUP BY h.user_id, h.hour""",
@@ -589,8 +597,6 @@ def _in_dialect(dialect: str) -> dict[str, Any]:
 _SQL = {dialect: _in_dialect(dialect) for dialect in _FRAGMENTS}
 _SQLITE = _SQL["sqlite"]
 
-
-
 def _summary_values(result: ParseResult) -> list:
     s = result.summary
     values = [getattr(s, c) for c in _SUMMARY_COLS]
@@ -611,7 +617,7 @@ class Parsed:
     version: int
 
 
-async def write_results(db: Database, batch: list[Parsed], now: datetime,
+async def write_results(db: BaseDatabase, batch: list[Parsed], now: datetime,
                         keep_since: datetime | None = None) -> None:
     """Replace everything the files contribute, in one transaction: all of it, or none of it.
 
@@ -708,7 +714,7 @@ _CUT_DAY = by_dialect("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) 
                       "SELECT DISTINCT user_id, CAST(? AS TEXT) FROM admin_session_days WHERE day = ?")
 
 
-async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
+async def rebuild_rollups(db: BaseDatabase, limit: int = 31) -> list[str]:
     """Recompute the daily tool and plugin rollups of the days marked dirty (at most ``limit``, the
     latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
@@ -718,7 +724,7 @@ async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
             return [r[0] for r in await cur.fetchall()]
 
 
-async def prune(db: Database, before: datetime) -> dict[str, int]:
+async def prune(db: BaseDatabase, before: datetime) -> dict[str, int]:
     """Delete usage events and activity older than ``before`` (retention)."""
     cutoff = to_store(before)
     counts = {}
@@ -749,7 +755,7 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
     return counts
 
 
-async def summaries_for_user(db: Database, user_id: int) -> list[dict]:
+async def summaries_for_user(db: BaseDatabase, user_id: int) -> list[dict]:
     rows = await db.fetchall(
         f"SELECT f.path, {', '.join('s.' + c for c in _SUMMARY_COLS)}, s.processor_version FROM session_summaries s "
         "JOIN session_files f ON f.id = s.file_id WHERE s.user_id = ? ORDER BY f.path", (user_id,))
@@ -759,7 +765,7 @@ async def summaries_for_user(db: Database, user_id: int) -> list[dict]:
 ORIGINS = ("upload", "watch", "cli")
 
 
-async def stored_by_origin(db: Database) -> dict[str, tuple[int, int]]:
+async def stored_by_origin(db: BaseDatabase) -> dict[str, tuple[int, int]]:
     """Processed transcript files and their bytes, by origin (upload, watch, cli), whichever process
     ingested them: /metrics reads it, so `agnes-home ingest` runs count too."""
     rows = await db.fetchall("SELECT origin, COUNT(*) AS files, TOTAL(size) AS bytes FROM session_files "

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import to_store, utcnow
 
 
@@ -25,7 +25,7 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-async def start(db: Database, user_id: int, token_id: int | None, max_age: int) -> str:
+async def start(db: BaseDatabase, user_id: int, token_id: int | None, max_age: int) -> str:
     """Record a sign-in; returns the random id the cookie carries (only its hash is stored)."""
     secret = secrets.token_urlsafe(32)
     now = utcnow()
@@ -35,7 +35,7 @@ async def start(db: Database, user_id: int, token_id: int | None, max_age: int) 
     return secret
 
 
-async def active(db: Database, user_id: int, secret: str) -> bool:
+async def active(db: BaseDatabase, user_id: int, secret: str) -> bool:
     """Whether the sign-in named by ``secret`` belongs to the user and is neither ended nor expired,
     nor made with a token since revoked. Cached while the database is unchanged (a sign-out is a commit)."""
     digest = _hash(secret)
@@ -50,13 +50,13 @@ async def active(db: Database, user_id: int, secret: str) -> bool:
     return live and owner == user_id and to_store(utcnow()) < expires_at
 
 
-async def end(db: Database, secret: str) -> int:
+async def end(db: BaseDatabase, secret: str) -> int:
     """Sign-out: end the sign-in the cookie names; returns how many rows ended (0 or 1)."""
     return await db.execute_write("UPDATE browser_sessions SET ended_at = ? WHERE secret_hash = ? AND ended_at IS NULL",
                                   (to_store(utcnow()), _hash(secret)))
 
 
-async def end_for_user(db: Database, user_id: int) -> int:
+async def end_for_user(db: BaseDatabase, user_id: int) -> int:
     """End every sign-in of a user (`agnes-home sessions revoke`); returns how many."""
     now = to_store(utcnow())
     async with db.transaction() as conn:
@@ -69,7 +69,7 @@ async def end_for_user(db: Database, user_id: int) -> int:
     return count
 
 
-async def list_sessions(db: Database, user_id: int | None = None) -> list[BrowserSession]:
+async def list_sessions(db: BaseDatabase, user_id: int | None = None) -> list[BrowserSession]:
     """Sign-ins not ended and not expired, newest first."""
     sql = ("SELECT s.id, s.user_id, u.email, s.created_at, s.expires_at, s.ended_at FROM browser_sessions s "
            "JOIN users u ON u.id = s.user_id WHERE s.ended_at IS NULL AND s.expires_at > ?")
@@ -80,7 +80,7 @@ async def list_sessions(db: Database, user_id: int | None = None) -> list[Browse
     return [BrowserSession(*tuple(r)) for r in await db.fetchall(sql + " ORDER BY s.id DESC", params)]
 
 
-async def prune(db: Database, now: datetime) -> int:
+async def prune(db: BaseDatabase, now: datetime) -> int:
     """Delete sign-ins that expired, or ended more than a day ago (the audit log keeps revocations);
     returns how many. The worker runs it with the hourly retention pass."""
     return await db.execute_write(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import msgspec
 
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import UTC, from_store, to_api, to_store
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
@@ -65,7 +66,10 @@ FROM (SELECT COUNT(*) AS sessions, COUNT(DISTINCT project) AS projects
       FROM user_messages WHERE user_id = :user AND ts >= :since AND ts < :edge) AS m
 """
 # TOTAL, not SUM: SUM raises "integer overflow" on absurd (but int64) counters in a transcript;
-# TOTAL is exact below 2**53 and the CAST saturates at the int64 maximum.
+# TOTAL is exact below 2**53 and the CAST saturates at the int64 maximum (PostgreSQL's CAST raises
+# instead: its twin uses int64() from schema/postgresql/0014, which saturates).
+_HOME_STATS = {"sqlite": _HOME_STATS_SQL,
+               "postgresql": re.sub(r"CAST\(([^()]*) AS BIGINT\)", r"int64(\1)", _HOME_STATS_SQL)}
 # next_out: the earliest activity inside the window, the first to leave it as time passes (NULL
 # when the window holds none). Until then, and while the database is unchanged, the answer stays
 # the same.
@@ -83,10 +87,10 @@ def window_bounds(now: datetime, window: str) -> dict[str, str]:
     return {"since": to_store(since), "edge": edge_text, "hour": edge_text[:13]}
 
 
-async def home_stats(db: Database, user_id: int, window: str | None, now: datetime) -> HomeStats:
+async def home_stats(db: BaseDatabase, user_id: int, window: str | None, now: datetime) -> HomeStats:
     """The status frame for one user at ``now``; zeros and no last pull for a user without data or row.
 
-    An answer is reused while the database is unchanged (Database.snapshot) and ``now`` has
+    An answer is reused while the database is unchanged (BaseDatabase.snapshot) and ``now`` has
     neither gone back past the moment it was read for nor moved its window's start past the
     earliest activity it counted: exactly the span in which a fresh read gives the same numbers.
     Analysts' pages poll it; a database that takes writes (an ingest) reads afresh each time.
@@ -101,7 +105,7 @@ async def home_stats(db: Database, user_id: int, window: str | None, now: dateti
         read_at, last_start, answer = kept
         if read_at <= now and (last_start is None or now - WINDOWS[window] <= last_start):
             return answer
-    row = await db.fetchone(_HOME_STATS_SQL, {"user": user_id, **window_bounds(now, window)})
+    row = await db.fetchone(_HOME_STATS[db.dialect], {"user": user_id, **window_bounds(now, window)})
     parts = (row["input"], row["output"], row["cache_read"], row["cache_creation"])
     tokens = Tokens(*parts, total=min(sum(parts), _INT64_MAX))
     answer = HomeStats(window=window, last_pull_at=to_api(row["last_pull_at"]), sessions=row["sessions"],
@@ -112,7 +116,7 @@ async def home_stats(db: Database, user_id: int, window: str | None, now: dateti
     return answer
 
 
-async def last_active_day(db: Database, user_id: int) -> str | None:
+async def last_active_day(db: BaseDatabase, user_id: int) -> str | None:
     """The UTC day ('YYYY-MM-DD') of the user's latest counted activity, or None when nothing has
     arrived: what /home says when a window is empty. One seek to the end of user_hours' key."""
     hour = await db.fetchval("SELECT MAX(hour) FROM user_hours WHERE user_id = ?", (user_id,))

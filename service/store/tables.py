@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import to_store, utcnow
 
 TABLE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -38,7 +38,7 @@ def _table(row) -> Table:
                  row["md5"], row["hash_size"], row["hash_mtime_ns"])
 
 
-async def register(db: Database, table_id: str, path: str, *, rows: int | None, query_mode: str = "local",
+async def register(db: BaseDatabase, table_id: str, path: str, *, rows: int | None, query_mode: str = "local",
                    source_type: str = "", public: bool = False) -> Table:
     """Add or update a table; changing its file drops the cached hash."""
     await db.execute_write(
@@ -52,17 +52,17 @@ async def register(db: Database, table_id: str, path: str, *, rows: int | None, 
     return found
 
 
-async def grant(db: Database, table_id: str, user_id: int) -> None:
-    await db.execute_write("INSERT OR IGNORE INTO data_table_grants (table_id, user_id) VALUES (?, ?)",
+async def grant(db: BaseDatabase, table_id: str, user_id: int) -> None:
+    await db.execute_write("INSERT INTO data_table_grants (table_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                            (table_id, user_id))
 
 
-async def get(db: Database, table_id: str) -> Table | None:
+async def get(db: BaseDatabase, table_id: str) -> Table | None:
     row = await db.fetchone(f"SELECT {_COLS} FROM data_tables WHERE id = ?", (table_id,))
     return None if row is None else _table(row)
 
 
-async def list_all(db: Database) -> list[tuple[Table, list[str]]]:
+async def list_all(db: BaseDatabase) -> list[tuple[Table, list[str]]]:
     """Every table with the emails it is granted to (operator listing)."""
     tables = [_table(r) for r in await db.fetchall(f"SELECT {_COLS} FROM data_tables ORDER BY id")]
     grants = await db.fetchall("SELECT g.table_id, u.email FROM data_table_grants g JOIN users u ON u.id = g.user_id "
@@ -73,7 +73,7 @@ async def list_all(db: Database) -> list[tuple[Table, list[str]]]:
     return [(t, by_table.get(t.id, [])) for t in tables]
 
 
-async def readable(db: Database, user_id: int) -> list[Table]:
+async def readable(db: BaseDatabase, user_id: int) -> list[Table]:
     """The tables one user may read: public ones and those granted to them."""
     rows = await db.fetchall(
         f"SELECT {_COLS} FROM data_tables t WHERE t.public = 1 OR EXISTS "
@@ -81,7 +81,7 @@ async def readable(db: Database, user_id: int) -> list[Table]:
     return [_table(r) for r in rows]
 
 
-async def readable_one(db: Database, table_id: str, user_id: int) -> Table | None:
+async def readable_one(db: BaseDatabase, table_id: str, user_id: int) -> Table | None:
     """One table if the user may read it; None both when it is missing and when it is not theirs."""
     row = await db.fetchone(
         f"SELECT {_COLS} FROM data_tables t WHERE t.id = ? AND (t.public = 1 OR EXISTS "
@@ -89,20 +89,20 @@ async def readable_one(db: Database, table_id: str, user_id: int) -> Table | Non
     return None if row is None else _table(row)
 
 
-def cache_hash(db: Database, table_id: str, md5: str, size: int, mtime_ns: int) -> None:
+def cache_hash(db: BaseDatabase, table_id: str, md5: str, size: int, mtime_ns: int) -> None:
     """Remember a file's md5 for its (size, mtime); best effort, never waited for by a request."""
     db.write_later("UPDATE data_tables SET md5 = ?, hash_size = ?, hash_mtime_ns = ? WHERE id = ?",
                    (md5, size, mtime_ns, table_id), what="cache a table's hash")
 
 
-async def save_local_md(db: Database, user_id: int, content: str) -> None:
+async def save_local_md(db: BaseDatabase, user_id: int, content: str) -> None:
     await db.execute_write(
         "INSERT INTO user_local_md (user_id, content, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at",
         (user_id, content, to_store(utcnow())))
 
 
-async def redact_local_md(db: Database, redact: Callable[[str], tuple[str, int]]) -> int:
+async def redact_local_md(db: BaseDatabase, redact: Callable[[str], tuple[str, int]]) -> int:
     """Rewrite the stored local CLAUDE.md files that hold a token through ``redact`` (text -> (text,
     count)) in one transaction; returns the tokens replaced."""
     total = 0
@@ -118,5 +118,5 @@ async def redact_local_md(db: Database, redact: Callable[[str], tuple[str, int]]
     return total
 
 
-async def local_md(db: Database, user_id: int) -> str | None:
+async def local_md(db: BaseDatabase, user_id: int) -> str | None:
     return await db.fetchval("SELECT content FROM user_local_md WHERE user_id = ?", (user_id,))

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import msgspec
 
-from ..db import Database
+from ..db import BaseDatabase
 from ..timeutil import from_store, to_store, utcnow
 
 TOKEN_PREFIX = "agnes_pat_"
@@ -74,7 +74,7 @@ def check_email(email: str) -> str:
     return email
 
 
-async def add_user(db: Database, email: str, name: str = "", onboarded: bool = False) -> User:
+async def add_user(db: BaseDatabase, email: str, name: str = "", onboarded: bool = False) -> User:
     email = check_email(email)
     now = to_store(utcnow())
     async with db.transaction() as conn:
@@ -91,7 +91,7 @@ async def add_user(db: Database, email: str, name: str = "", onboarded: bool = F
     return User(user_id, email, name, onboarded, None, now)
 
 
-async def get_user(db: Database, user_id: int) -> User | None:
+async def get_user(db: BaseDatabase, user_id: int) -> User | None:
     """The user with this id (cached while the database is unchanged: every signed-in page asks)."""
     async def read() -> User | None:
         return _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)))
@@ -99,12 +99,12 @@ async def get_user(db: Database, user_id: int) -> User | None:
     return await db.cached_read(("user", user_id), read)
 
 
-async def get_user_by_email(db: Database, email: str) -> User | None:
+async def get_user_by_email(db: BaseDatabase, email: str) -> User | None:
     return _user(await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE email = ?",
                                    (normalise_email(email),)))
 
 
-async def find_owner(db: Database, name: str) -> User | None:
+async def find_owner(db: BaseDatabase, name: str) -> User | None:
     """Resolve a watched-directory owner: a numeric user id, an email, or an email's local part."""
     if name.isdigit():
         # A user id; unless it is also some user's local part (2@example.com), which is ambiguous.
@@ -121,7 +121,7 @@ _LOCAL_PART_SQL = {"sqlite": f"SELECT {_USER_COLS} FROM users WHERE email LIKE ?
                    "postgresql": f"SELECT {_USER_COLS} FROM users WHERE email ILIKE ? ESCAPE '\\'"}
 
 
-async def _by_local_part(db: Database, name: str) -> User | None:
+async def _by_local_part(db: BaseDatabase, name: str) -> User | None:
     """The one user whose email's local part is name; None for none or several."""
     rows = await db.fetchall(_LOCAL_PART_SQL[db.dialect],
                              (name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%",))
@@ -129,11 +129,11 @@ async def _by_local_part(db: Database, name: str) -> User | None:
     return matches[0] if len(matches) == 1 else None
 
 
-async def list_users(db: Database) -> list[User]:
+async def list_users(db: BaseDatabase) -> list[User]:
     return [_user(r) for r in await db.fetchall(f"SELECT {_USER_COLS} FROM users ORDER BY id")]
 
 
-async def issue_token(db: Database, user_id: int, label: str = "") -> tuple[str, Token]:
+async def issue_token(db: BaseDatabase, user_id: int, label: str = "") -> tuple[str, Token]:
     """Create a token; the plain value is returned once and only its hash is stored."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     prefix = token[:DISPLAYED_PREFIX]
@@ -151,7 +151,7 @@ async def issue_token(db: Database, user_id: int, label: str = "") -> tuple[str,
     return token, Token(token_id, user_id, email, prefix, label, now, None, None)
 
 
-async def list_tokens(db: Database, user_id: int | None = None) -> list[Token]:
+async def list_tokens(db: BaseDatabase, user_id: int | None = None) -> list[Token]:
     sql = ("SELECT t.id, t.user_id, u.email, t.prefix, t.label, t.created_at, t.last_used_at, t.revoked_at "
            "FROM api_tokens t JOIN users u ON u.id = t.user_id")
     params: tuple = ()
@@ -162,7 +162,7 @@ async def list_tokens(db: Database, user_id: int | None = None) -> list[Token]:
     return [Token(*tuple(r)) for r in rows]
 
 
-async def active_tokens_by_prefix(db: Database, prefix: str) -> list[Token]:
+async def active_tokens_by_prefix(db: BaseDatabase, prefix: str) -> list[Token]:
     """Active tokens whose displayed prefix starts with ``prefix`` (for `tokens revoke --prefix`)."""
     rows = await db.fetchall(
         "SELECT t.id, t.user_id, u.email, t.prefix, t.label, t.created_at, t.last_used_at, t.revoked_at "
@@ -171,7 +171,7 @@ async def active_tokens_by_prefix(db: Database, prefix: str) -> list[Token]:
     return [Token(*tuple(r)) for r in rows]
 
 
-async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str | None = None,
+async def revoke_token(db: BaseDatabase, *, token_id: int | None = None, prefix: str | None = None,
                        user_id: int | None = None, token: str | None = None) -> int:
     """Revoke by id, by displayed prefix, by the token itself, or every token of a user; returns how many."""
     now = to_store(utcnow())
@@ -199,12 +199,12 @@ async def revoke_token(db: Database, *, token_id: int | None = None, prefix: str
     return count
 
 
-async def authenticate(db: Database, token: str) -> tuple[User, int] | None:
+async def authenticate(db: BaseDatabase, token: str) -> tuple[User, int] | None:
     """The user and token id a bearer token belongs to, or None (unknown, revoked, deleted user)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
-    # Cached while the database is unchanged (Database.snapshot): a revocation is a commit, so the
+    # Cached while the database is unchanged (BaseDatabase.snapshot): a revocation is a commit, so the
     # next request reads afresh. Only tokens that exist are kept (no room for made-up ones).
     version = db.snapshot()
     key = ("token", digest)
@@ -229,7 +229,7 @@ async def authenticate(db: Database, token: str) -> tuple[User, int] | None:
     return user, token_id
 
 
-async def token_active(db: Database, token_id: int) -> bool:
+async def token_active(db: BaseDatabase, token_id: int) -> bool:
     """Whether the token exists and is not revoked (cached like get_user)."""
     async def read() -> bool:
         return await db.fetchval("SELECT revoked_at IS NULL FROM api_tokens WHERE id = ?", (token_id,)) == 1
@@ -237,7 +237,7 @@ async def token_active(db: Database, token_id: int) -> bool:
     return await db.cached_read(("token_active", token_id), read)
 
 
-async def set_onboarded(db: Database, user_id: int, onboarded: bool, source: str) -> bool:
+async def set_onboarded(db: BaseDatabase, user_id: int, onboarded: bool, source: str) -> bool:
     """Set the onboarded flag and audit it with its source; False when the user does not exist."""
     now = to_store(utcnow())
     async with db.transaction() as conn:
@@ -253,14 +253,14 @@ async def set_onboarded(db: Database, user_id: int, onboarded: bool, source: str
 ONBOARDING_ACTIONS = ("onboarded", "offboarded")
 
 
-async def has_onboarding_record(db: Database, user_id: int) -> bool:
+async def has_onboarding_record(db: BaseDatabase, user_id: int) -> bool:
     """Whether the user was ever marked onboarded or offboarded (by any source)."""
     return await db.fetchval(
         "SELECT EXISTS (SELECT 1 FROM audit_log WHERE user_id = ? AND action IN (?, ?))",
         (user_id, *ONBOARDING_ACTIONS)) == 1
 
 
-async def onboard_first_time(db: Database, user_id: int, detail: str) -> bool:
+async def onboard_first_time(db: BaseDatabase, user_id: int, detail: str) -> bool:
     """Mark the user onboarded (source agnes_init, audited) only if they are not onboarded and have no
     onboarding record at all, checked in the writing transaction: it never undoes `onboarded off`.
     Returns whether it did."""
@@ -278,18 +278,18 @@ async def onboard_first_time(db: Database, user_id: int, detail: str) -> bool:
     return True
 
 
-async def stamp_pull(db: Database, user_id: int, when=None) -> None:
+async def stamp_pull(db: BaseDatabase, user_id: int, when=None) -> None:
     await db.execute_write("UPDATE users SET last_pull_at = ? WHERE id = ?",
                            (to_store(when or utcnow()), user_id))
 
 
-def stamp_pull_later(db: Database, user_id: int, when) -> asyncio.Task:
+def stamp_pull_later(db: BaseDatabase, user_id: int, when) -> asyncio.Task:
     """Stamp the last pull without holding the caller; a failure (a locked database) is logged."""
     return db.write_later("UPDATE users SET last_pull_at = ? WHERE id = ?", (to_store(when), user_id),
                           what="stamp last_pull_at")
 
 
-async def audit_rows(db: Database, user_id: int) -> list[dict]:
+async def audit_rows(db: BaseDatabase, user_id: int) -> list[dict]:
     rows = await db.fetchall(
         "SELECT action, source, detail, created_at FROM audit_log WHERE user_id = ? ORDER BY id", (user_id,))
     return [dict(r) for r in rows]

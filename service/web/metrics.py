@@ -19,7 +19,7 @@ from .auth import public
 from ..store import ingest as ingest_store
 
 if TYPE_CHECKING:
-    from ..db import Database
+    from ..db import BaseDatabase
     from ..ingest.processor import Outcome
     from ..ingest.worker import IngestWorker
 
@@ -79,7 +79,7 @@ class Metrics:
         self.quarantined.set_function(lambda: worker.quarantined_count)
         self.heartbeat.set_function(lambda: time.monotonic() - worker.last_beat)
 
-    def bind_database(self, db: Database) -> None:
+    def bind_database(self, db: BaseDatabase) -> None:
         """Reads by where they ran, read from the database's own counters at scrape time."""
         self.registry.register(_DatabaseReads(db))
 
@@ -139,7 +139,7 @@ class _RequestStats(Collector):
 
 
 class _DatabaseReads(Collector):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: BaseDatabase) -> None:
         self.db = db
 
     def collect(self):
