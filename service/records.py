@@ -96,4 +96,4 @@ class ParseResult(msgspec.Struct, gc=False):
     sessions: list[SessionRow]
     lines: int  # non-blank lines seen, skipped ones included
     bytes_read: int  # bytes of (decompressed) content consumed
-    content_hash: str  # hex sha256 of the raw bytes as stored (compressed if gzip)
+    content_hash: str  # hex xxh3-128 of the raw bytes as stored (compressed if gzip)

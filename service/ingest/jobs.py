@@ -5,13 +5,13 @@ process starts as a fork with the parser already loaded."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import threading
 import time
 from datetime import datetime
 
 import msgspec
+import xxhash
 
 from .parser import _open_without_links, open_regular, parse_file
 from ..records import ParseResult
@@ -39,8 +39,8 @@ _decode_result = msgspec.msgpack.Decoder(ParseResult).decode
 
 
 def hash_job(path: str, follow_symlinks: bool) -> str:
-    """sha256 of a file's bytes, read in bounded chunks (same digest as the parser's)."""
-    digest = hashlib.sha256()
+    """xxh3-128 of a file's bytes, read in bounded chunks (same digest as the parser's)."""
+    digest = xxhash.xxh3_128()
     with open_regular(path, follow_symlinks=follow_symlinks) as fh:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO
 
 import msgspec
+import xxhash
 from msgspec import UNSET, UnsetType
 
 from ..timeutil import to_store
@@ -255,7 +256,7 @@ def parse_stream(
     fileobj: BinaryIO, *, file_key: str, fallback_session_id: str, received_at: datetime
 ) -> ParseResult:
     """Parse an open binary stream; memory stays bounded by MAX_LINE_BYTES plus the emitted rows."""
-    hasher = hashlib.sha256()
+    hasher = xxhash.xxh3_128()
     state = _FileState(file_key, MAX_LINE_BYTES)
     state.read(_content_chunks(fileobj, hasher, file_key))
     return state.finish(fallback_session_id, received_at, hasher.hexdigest())
