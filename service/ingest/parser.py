@@ -22,9 +22,11 @@ import xxhash
 from msgspec import UNSET, UnsetType
 
 from ..timeutil import to_store
+from .hashing import BlockHasher
 from ..records import EventRow, MessageRow, ParseResult, PromptRow, SessionRow, Summary
 
-__all__ = ["MAX_LINE_BYTES", "READ_CHUNK", "open_regular", "parse_file", "parse_stream"]
+__all__ = ["CARRY_VERSION", "MAX_LINE_BYTES", "READ_CHUNK", "open_regular", "parse_file", "parse_grown",
+           "parse_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +184,14 @@ def parse_file(
     path: str | os.PathLike[str], *, file_key: str, received_at: datetime, follow_symlinks: bool = True
 ) -> ParseResult:
     """Parse one transcript file (plain or gzip, by content); CPU-bound: not on the event loop."""
+    with open_regular(path, follow_symlinks=follow_symlinks) as fileobj:
+        return parse_stream(
+            fileobj, file_key=file_key, fallback_session_id=_fallback_session(path), received_at=received_at
+        )
+
+
+def _fallback_session(path: str | os.PathLike[str]) -> str:
+    """The session of a file none of whose lines names one: its name, or its session's folder."""
     parent, name = os.path.split(os.fspath(path))
     if name.endswith(".gz"):
         name = name[:-3]
@@ -191,10 +201,90 @@ def parse_file(
     if folder == "subagents" and os.path.basename(grandparent):
         # <session>/subagents/agent-<id>.jsonl: a subagent file is not a new session (FORMAT.md).
         name = os.path.basename(grandparent)
+    return name
+
+
+def parse_grown(
+    path: str | os.PathLike[str], *, file_key: str, received_at: datetime, carry: bytes,
+    follow_symlinks: bool = True,
+) -> ParseResult | None:
+    """An incremental pass (issue 24): parse only what follows the last complete line of the pass
+    that left ``carry``, on top of the parser's state then; None when it cannot be one (the file did
+    not grow, its prefix changed, a state of another version or file, any doubt): a full pass then.
+
+    The prefix is checked without reading it: the stored size and the hashes of the last full 1 MiB
+    block and of the partial one after it (ingest.hashing). The result equals a full parse's numbers;
+    its rows are only those that changed (ParseResult.incremental).
+    """
+    try:
+        stored = _decode_stored(carry)
+    except msgspec.DecodeError:  # ValidationError included: a state of another shape
+        return None
+    if stored.version != CARRY_VERSION:
+        return None
     with open_regular(path, follow_symlinks=follow_symlinks) as fileobj:
-        return parse_stream(
-            fileobj, file_key=file_key, fallback_session_id=name, received_at=received_at
-        )
+        if os.fstat(fileobj.fileno()).st_size <= stored.size:
+            return None
+        state = _FileState.thaw(stored, file_key, MAX_LINE_BYTES)
+        if state is None:
+            return None
+        offset = state.bytes_read
+        if stored.tail_len and not _same_tail(fileobj, offset, stored):
+            return None
+        kept = len(stored.blocks) - 1  # the last full block is hashed again: part of the check
+        hasher = BlockHasher(stored.blocks[:kept] if kept > 0 else None)
+        try:
+            state.read(_grown_chunks(fileobj, min(offset, hasher.pos), offset, hasher, stored),
+                       at_start=offset == 0)
+            return state.finish(_fallback_session(path), received_at, hasher)
+        except _NeedFull as exc:
+            logger.debug("full pass instead: %s", exc, extra={"file": file_key})
+            return None
+
+
+class _NeedFull(Exception):
+    """An incremental pass cannot give a full pass's numbers: do a full pass."""
+
+
+def _same_tail(fileobj: BinaryIO, offset: int, stored: _Stored) -> bool:
+    """The last line of the previous pass had no newline yet but counted (complete JSON): it must be
+    the same line now, with at most white space before its newline."""
+    data = os.pread(fileobj.fileno(), stored.tail_len + 4096, offset)
+    if xxhash.xxh3_64_digest(data[:stored.tail_len]) != stored.tail_hash:
+        return False
+    rest = data[stored.tail_len:]
+    newline = rest.find(b"\n")
+    return newline >= 0 and not rest[:newline].strip()
+
+
+def _grown_chunks(fileobj: BinaryIO, start: int, offset: int, hasher: BlockHasher,
+                  stored: _Stored) -> Iterator[bytes]:
+    """The bytes from ``offset`` on, for the parser, reading from ``start``: every byte from
+    hasher.pos on is hashed, and when the hash reaches the stored size the prefix must match."""
+    fileobj.seek(start)
+    pos = start
+    check_at = stored.size
+    checked = False
+    for data in _raw_chunks(fileobj, None):
+        n = len(data)
+        view = memoryview(data)
+        first_hashed = hasher.pos - pos
+        if first_hashed < n:
+            if not checked and pos + n >= check_at:
+                cut = check_at - pos
+                hasher.update(view[first_hashed:cut])
+                if hasher.blocks != stored.blocks or hasher.tail() != stored.partial:
+                    raise _NeedFull("the prefix changed")
+                checked = True
+                hasher.update(view[cut:])
+            else:
+                hasher.update(view[first_hashed:])
+        first_parsed = offset - pos
+        if first_parsed < n:
+            yield data if first_parsed <= 0 else data[first_parsed:]  # type: ignore[misc]
+        pos += n
+    if not checked:
+        raise _NeedFull("the file shrank while read")
 
 
 def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> BinaryIO:
@@ -256,16 +346,18 @@ def parse_stream(
     fileobj: BinaryIO, *, file_key: str, fallback_session_id: str, received_at: datetime
 ) -> ParseResult:
     """Parse an open binary stream; memory stays bounded by MAX_LINE_BYTES plus the emitted rows."""
-    hasher = xxhash.xxh3_128()
+    hasher = BlockHasher()
     state = _FileState(file_key, MAX_LINE_BYTES)
-    state.read(_content_chunks(fileobj, hasher, file_key))
-    return state.finish(fallback_session_id, received_at, hasher.hexdigest())
+    gzipped: list[bool] = []
+    state.read(_content_chunks(fileobj, hasher, file_key, gzipped))
+    # A gzip file keeps no state: zlib's cannot be kept, so a grown one takes a full pass.
+    return state.finish(fallback_session_id, received_at, hasher, keep=not gzipped)
 
 
 # --- Reading: raw chunks (hashed as stored), gunzipped when the content says so.
 
 
-def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
+def _raw_chunks(fileobj: BinaryIO, hasher: BlockHasher | None) -> Iterator[bytes]:
     """The stored bytes in READ_CHUNK pieces, each hashed; a full piece is one reused buffer.
 
     Reading into one buffer instead of a new 1 MB object per read saves the page faults of
@@ -277,7 +369,8 @@ def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
     if readinto is None:
         read = fileobj.read
         while data := read(size):
-            hasher.update(data)
+            if hasher is not None:
+                hasher.update(data)
             yield data
         return
     buf = bytearray(size)
@@ -287,11 +380,12 @@ def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
         if not n:
             return
         data = buf if n == size else bytes(view[:n])
-        hasher.update(data)
+        if hasher is not None:
+            hasher.update(data)
         yield data  # type: ignore[misc]
 
 
-def _content_chunks(fileobj: BinaryIO, hasher: Any, file_key: str) -> Iterator[bytes]:
+def _content_chunks(fileobj: BinaryIO, hasher: BlockHasher, file_key: str, gzipped: list[bool]) -> Iterator[bytes]:
     raw = _raw_chunks(fileobj, hasher)
     head = b""
     for data in raw:
@@ -303,6 +397,7 @@ def _content_chunks(fileobj: BinaryIO, hasher: Any, file_key: str) -> Iterator[b
             yield head
         yield from raw
         return
+    gzipped.append(True)
     yield from _gunzip(itertools.chain((head,), raw), file_key)
     # A corrupt or trailing part stops decompression, but the hash covers every stored byte.
     for _ in raw:
@@ -358,6 +453,11 @@ def _store_text(raw: str) -> str:
     dt = _parse_ts(raw)
     assert dt is not None  # only texts that parsed are kept
     return to_store(dt)
+
+
+def _text_digest(text: str) -> str:
+    """The hash that keys a queued text (the database, and the state kept between passes, hold no text)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def _is_prompt_text(text: str) -> bool:
@@ -495,6 +595,74 @@ def _loose_line(line: memoryview) -> _Line | None:
     )
 
 
+# The parser's state between passes (issue 24), stored per file as opaque msgpack. Bump
+# CARRY_VERSION whenever its shape or meaning changes: a state of another version is ignored
+# (the next pass is a full one), so no migration is ever needed.
+CARRY_VERSION = 1
+
+
+class _State(msgspec.Struct, array_like=True, gc=False):
+    """A _FileState after a file's last complete line (see _FileState for what each holds)."""
+
+    file_key: str
+    offset: int  # content bytes consumed: the start of the line that had no newline yet
+    lineno: int
+    lines: int
+    skipped: int
+    user_messages: int
+    session_id: str | None
+    project: str | None
+    current_session: str | None
+    session_projects: list[tuple[str | None, str | None]]
+    models_seen: list[str]
+    block_starts: list[datetime]
+    block_ends: list[datetime]
+    last_raw: str | None
+    earliest_synthetic: datetime | None
+    message_keys: list[str]
+    messages: list[list[Any]]
+    prompt_keys: list[str]
+    prompts: list[list[Any]]
+    pending_keys: list[str]
+    pending: list[list[list[Any]]]
+    session_last: list[tuple[str | None, datetime, str]]
+    events: list[list[Any]]
+    tool_ids: list[str]
+    error_ids: list[str]
+
+
+class _Stored(msgspec.Struct, array_like=True, gc=False):
+    """What is kept of a file between passes: the parser's state and what the rows stored hold."""
+
+    version: int
+    state: bytes  # a _State, encoded
+    event_ids: list[str | None]  # of the state's events: the row's id, None for a repeat
+    none_stamp: str  # the stamp rows without a timestamp got
+    unstamped: bool  # some stored row has no timestamp of its own
+    size: int  # bytes hashed (the file as read)
+    blocks: list[bytes]  # xxh3-128 of each full 1 MiB block
+    partial: bytes  # and of the partial block after them
+    tail_len: int  # > 0: the line without a newline counted (complete JSON): its length
+    tail_hash: bytes  # and its xxh3-64
+
+
+_encode_carry = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(_State).decode
+_decode_stored = msgspec.msgpack.Decoder(_Stored).decode
+
+
+class _Prev(msgspec.Struct, gc=False):
+    """What the rows stored by the previous pass hold, to tell which rows change."""
+
+    events: int
+    event_ids: list[str | None]
+    prompts: set[str]  # keys of its prompt rows (prompts and unresolved queued texts)
+    error_ids: frozenset[str]
+    session_id: str | None
+    none_stamp: str
+    unstamped: bool
+
+
 class _FileState:
     """Counters of one file while it streams by; `_count` is the hot path.
 
@@ -529,8 +697,8 @@ class _FileState:
         #         5-minute cache writes, 1-hour cache writes, speed]
         self.messages: dict[str, list[Any]] = {}
         self.prompts: dict[str, tuple[str | None, str | None]] = {}  # key -> (ts text, session)
-        # Queued (enqueue) texts not yet known to be written again: stripped text -> [(key, ts text,
-        # session)]. A queued_command attachment or a user line with the same text later in the
+        # Queued (enqueue) texts not yet known to be written again: digest of the stripped text ->
+        # [(key, ts text, session)] (a digest, not the text: this state is stored between passes). A queued_command attachment or a user line with the same text later in the
         # file is that prompt already; what remains at the end is a prompt of its own.
         self.pending_enqueues: dict[str, list[tuple[str, str | None, str | None]]] = {}
         # session -> (its latest timestamp in the file, as parsed and as text)
@@ -539,14 +707,78 @@ class _FileState:
         self.events: list[tuple[Any, ...]] = []
         self.tool_ids: set[str] = set()
         self.error_ids: set[str] = set()
+        # Between passes (issue 24): the next line's number, the state after the last complete
+        # line (encoded), and the line without a newline after it when it counted (length, hash).
+        self.lineno = 1
+        self.snapshot: bytes | None = None
+        self.snapshot_events = 0
+        self.records = 0  # decoded lines counted
+        self.tail_len = 0
+        self.tail_hash = b""
+        self.prev: _Prev | None = None  # set when resumed from a stored state
+        self.dirty: set[str] = set()  # message keys whose row may have changed since then
 
-    def read(self, chunks: Iterator[bytes]) -> None:
-        """Cut the content into lines (slices of the chunks, not copies); hold at most ~max_line."""
+    @classmethod
+    def thaw(cls, stored: _Stored, file_key: str, max_line: int) -> _FileState | None:
+        """The state a previous pass left, or None if it is another file's."""
+        try:
+            st = _decode_state(stored.state)
+        except msgspec.DecodeError:
+            return None
+        if st.file_key != file_key:
+            return None
+        self = cls(file_key, max_line)
+        self.bytes_read = st.offset
+        self.lineno = st.lineno
+        self.lines = st.lines
+        self.skipped = st.skipped
+        self.user_messages = st.user_messages
+        self.session_id = st.session_id
+        self.project = st.project
+        self.current_session = st.current_session
+        self.session_projects = dict(st.session_projects)
+        self.models_seen = dict.fromkeys(st.models_seen)
+        self.block_starts = st.block_starts
+        self.block_ends = st.block_ends
+        self.last_raw = st.last_raw
+        self.earliest_synthetic = st.earliest_synthetic
+        self.messages = dict(zip(st.message_keys, st.messages))
+        self.prompts = dict(zip(st.prompt_keys, map(tuple, st.prompts)))  # type: ignore[arg-type]
+        self.pending_enqueues = dict(zip(st.pending_keys, st.pending))  # type: ignore[arg-type]
+        self.session_last = {session: (ts, raw) for session, ts, raw in st.session_last}
+        self.events = st.events  # type: ignore[assignment]
+        self.tool_ids = set(st.tool_ids)
+        self.error_ids = set(st.error_ids)
+        emitted = set(self.prompts)
+        for queued in self.pending_enqueues.values():
+            emitted.update(key for key, _, _ in queued)
+        self.prev = _Prev(len(st.events), stored.event_ids, emitted, frozenset(st.error_ids), st.session_id,
+                          stored.none_stamp, stored.unstamped)
+        return self
+
+    def freeze(self, offset: int) -> bytes:
+        """The state as it is now, encoded (a copy: parsing on changes nothing in it)."""
+        return _encode_carry(_State(
+            self.file_key, offset, self.lineno, self.lines, self.skipped, self.user_messages, self.session_id,
+            self.project, self.current_session, list(self.session_projects.items()), list(self.models_seen),
+            self.block_starts, self.block_ends, self.last_raw, self.earliest_synthetic,
+            list(self.messages), list(self.messages.values()), list(self.prompts),
+            list(self.prompts.values()), list(self.pending_enqueues),  # type: ignore[arg-type]
+            list(self.pending_enqueues.values()),  # type: ignore[arg-type]
+            [(session, ts, raw) for session, (ts, raw) in self.session_last.items()],
+            self.events, list(self.tool_ids), list(self.error_ids)))  # type: ignore[arg-type]
+
+    def read(self, chunks: Iterator[bytes], *, at_start: bool = True) -> None:
+        """Cut the content into lines (slices of the chunks, not copies); hold at most ~max_line.
+
+        ``at_start``: the chunks start the file (a byte order mark may lead), not a resumed pass.
+        Before the last line without a newline, the state is frozen (self.snapshot) for the next pass.
+        """
         max_line = self.max_line
         carry = bytearray()  # the start of a line that continues in the next chunk
         dropping = False  # inside an overlong line: discard up to its newline
-        lineno = 1
-        first = True
+        lineno = self.lineno
+        first = at_start
         for chunk in chunks:
             self.bytes_read += len(chunk)
             if first:
@@ -580,11 +812,19 @@ class _FileState:
             else:
                 carry += memoryview(chunk)[last_nl + 1 :]
         # The last line has no newline: parsed if complete, else skipped (and read whole next time).
-        if dropping:
+        if dropping:  # no state kept: the next pass reads the file whole
             self.lines += 1
             self.skipped += 1
-        elif carry:
+            return
+        self.lineno = lineno
+        self.snapshot = self.freeze(self.bytes_read - len(carry))
+        self.snapshot_events = len(self.events)
+        if carry:
+            records = self.records
             self._region(carry, 0, len(carry), lineno)
+            if self.records != records:
+                self.tail_len = len(carry)
+                self.tail_hash = xxhash.xxh3_64_digest(carry)
 
     def _region(self, buf: bytes | bytearray, start: int, end: int, lineno: int) -> int:
         """Decode the newline-separated lines of buf[start:end]; return the next line number."""
@@ -633,6 +873,7 @@ class _FileState:
         self.lines += lines
         self.skipped += skipped
         if records:
+            self.records += len(records)
             self._count(records)
         return lineno
 
@@ -719,7 +960,7 @@ class _FileState:
                         self._slash(content, rec.uuid or f"line:{lineno}", 0, raw, session)
                     is_prompt = _is_prompt_text(content)
                     if pending:
-                        pending.pop(content.strip(), None)
+                        pending.pop(_text_digest(content.strip()), None)
                 else:
                     has_result = False
                     for block in content:
@@ -735,7 +976,7 @@ class _FileState:
                             if not is_prompt:
                                 is_prompt = _is_prompt_text(text)
                             if pending:
-                                pending.pop(text.strip(), None)
+                                pending.pop(_text_digest(text.strip()), None)
                     if has_result:
                         is_prompt = False
                 if is_prompt and not quoting and rec.isSidechain is not True:
@@ -752,7 +993,7 @@ class _FileState:
                     if key not in prompts:
                         prompts[key] = (raw, session)
                     if pending and type(attachment.prompt) is str:
-                        pending.pop(attachment.prompt.strip(), None)
+                        pending.pop(_text_digest(attachment.prompt.strip()), None)
             elif kind == "queue-operation":
                 text = rec.content
                 if rec.operation == "enqueue" and text is not None and _is_prompt_text(text):
@@ -760,8 +1001,8 @@ class _FileState:
                     # A command queued mid-turn runs as a command, not a prompt.
                     if not text.startswith("/"):
                         # Keyed by its timestamp and a hash of its text: the database holds no text.
-                        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-                        pending.setdefault(text, []).append((f"enqueue:{raw or ''}:{digest}", raw, session))
+                        digest = _text_digest(text)
+                        pending.setdefault(digest, []).append((f"enqueue:{raw or ''}:{digest}", raw, session))
             elif kind == "system":
                 text = rec.content
                 if rec.subtype == "local_command" and text is not None and _COMMAND_TAG in text:
@@ -801,6 +1042,7 @@ class _FileState:
         model = msg.model
         if model and model not in self.models_seen:
             self.models_seen[model] = None
+        self.dirty.add(key)
         entry = self.messages.get(key)
         if entry is None:
             self.messages[key] = [raw, i, o, cr, cc, model, session, c5, c1, speed]
@@ -890,9 +1132,17 @@ class _FileState:
         return seen
 
     def finish(
-        self, fallback_session_id: str, received_at: datetime, content_hash: str
+        self, fallback_session_id: str, received_at: datetime, hasher: BlockHasher, *, keep: bool = True
     ) -> ParseResult:
-        """Resolve inherited timestamps and dedup events; build the rows and the summary."""
+        """Resolve inherited timestamps and dedup events; build the rows and the summary.
+
+        Resumed from a stored state (self.prev), only the rows that changed since are built, and
+        _NeedFull is raised when rows stored before would change in ways not tracked (their session
+        or their inherited timestamp). ``keep``: carry the state for the next pass.
+        """
+        prev = self.prev
+        if prev is not None and prev.session_id is None and self.session_id is not None:
+            raise _NeedFull("the file names its session only now")  # its earlier rows took the fallback
         session_id = self.session_id or fallback_session_id
         projects = dict(self.session_projects)
         # Lines before the first sessionId belong to the file's session, and come first in it.
@@ -902,7 +1152,11 @@ class _FileState:
         starts, ends = self.block_starts, self.block_ends
         # Rows of lines before any timestamp: the earliest in the file, else the moment received.
         earliest = [t for t in (starts[0] if starts else None, self.earliest_synthetic) if t is not None]
-        stamps: dict[str | None, str] = {None: to_store(min(earliest) if earliest else received_at)}
+        none_stamp = to_store(min(earliest) if earliest else received_at)
+        if prev is not None and prev.unstamped and none_stamp != prev.none_stamp:
+            raise _NeedFull("rows without a timestamp of their own take another one now")
+        unstamped = prev is not None and prev.unstamped
+        stamps: dict[str | None, str] = {None: none_stamp}
 
         def stamp(raw: str | None) -> str:
             text = stamps.get(raw)
@@ -913,8 +1167,13 @@ class _FileState:
         message_rows = []
         totals = [0, 0, 0, 0]
         models: Counter[str] = Counter()
+        dirty = None if prev is None else self.dirty
         for key, (raw, i, o, cr, cc, model, session, c5, c1, speed) in self.messages.items():
-            message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc, model, speed, c5, c1))
+            if dirty is None or key in dirty:
+                if raw is None:
+                    unstamped = True
+                message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc, model, speed,
+                                               c5, c1))
             totals[0] += i
             totals[1] += o
             totals[2] += cr
@@ -930,34 +1189,63 @@ class _FileState:
             for key, raw, session in queued:
                 if key not in prompts:
                     prompts[key] = (raw, session)
-        prompt_rows = [PromptRow(key, session or session_id, stamp(raw)) for key, (raw, session) in prompts.items()]
+        prompt_rows = []
+        for key, (raw, session) in prompts.items():
+            if prev is None or key not in prev.prompts:
+                if raw is None:
+                    unstamped = True
+                prompt_rows.append(PromptRow(key, session or session_id, stamp(raw)))
+        deleted_prompts = [] if prev is None else [key for key in prev.prompts if key not in prompts]
         latest = dict(self.session_last)
         before_last = latest.pop(None, None)
         if before_last is not None and (session_id not in latest or before_last[0] > latest[session_id][0]):
             latest[session_id] = before_last
 
-        event_rows = []
-        seen_events: set[str] = set()
-        error_ids = self.error_ids
-        for uuid_part, tool_id, kind, name, skill, subagent, command, raw, session in self.events:
-            session = session or session_id
-            ident = _EVENT_SEP.join(
-                (session, uuid_part, tool_id or "", kind, name or "", command or "")
-            )
+        # Each event's row id, once: a repeat of an id is no row (None).
+        events = self.events
+        event_ids: list[str | None] = [] if prev is None else list(prev.event_ids)
+        seen_events = {e for e in event_ids if e is not None}
+        known = len(event_ids)
+        for uuid_part, tool_id, kind, name, _, _, command, _, session in itertools.islice(events, known, None):
+            ident = _EVENT_SEP.join((session or session_id, uuid_part, tool_id or "", kind, name or "", command or ""))
             event_id = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
             if event_id in seen_events:
+                event_ids.append(None)
+            else:
+                seen_events.add(event_id)
+                event_ids.append(event_id)
+        error_ids = self.error_ids
+        # Stored events whose tool result came only now are rewritten (is_error).
+        flipped = frozenset() if prev is None else error_ids - prev.error_ids
+        event_rows = []
+        counts = Counter()
+        tool_names: set[str] = set()
+        skill_names: set[str] = set()
+        tool_errors = 0
+        for n, (event_id, event) in enumerate(zip(event_ids, events)):
+            if event_id is None:
                 continue
-            seen_events.add(event_id)
+            uuid_part, tool_id, kind, name, skill, subagent, command, raw, session = event
             is_error = tool_id is not None and tool_id in error_ids
-            event_rows.append(
-                EventRow(
-                    event_id, kind, session, stamp(raw), name, skill, subagent, command, is_error
+            counts[kind] += 1
+            if kind != "slash_command":
+                if name:
+                    tool_names.add(name)
+                if is_error:
+                    tool_errors += 1
+                if kind == "tool_use" and name == "Skill":
+                    counts["skill"] += 1
+                    if skill:
+                        skill_names.add(skill)
+            if prev is None or n >= known or (is_error and tool_id in flipped):
+                if raw is None:
+                    unstamped = True
+                event_rows.append(
+                    EventRow(
+                        event_id, kind, session or session_id, stamp(raw), name, skill, subagent, command, is_error
+                    )
                 )
-            )
 
-        tool_rows = [e for e in event_rows if e.event_type != "slash_command"]
-        plain_tools = [e for e in tool_rows if e.event_type == "tool_use"]
-        skills = [e for e in plain_tools if e.tool_name == "Skill"]
         summary = Summary(
             session_id=session_id,
             started_at=starts[0] if starts else None,
@@ -965,17 +1253,17 @@ class _FileState:
             active_seconds=sum((e - s for s, e in zip(starts, ends)), timedelta()) // _ONE_SECOND,
             wall_seconds=(ends[-1] - starts[0]) // _ONE_SECOND if starts else 0,
             user_messages=self.user_messages,
-            assistant_messages=len(message_rows),
-            tool_calls=len(plain_tools),
-            tool_errors=sum(1 for e in tool_rows if e.is_error),
-            skill_invocations=len(skills),
-            subagent_dispatches=sum(1 for e in tool_rows if e.event_type == "subagent"),
-            mcp_calls=sum(1 for e in tool_rows if e.event_type == "mcp_call"),
-            slash_commands=len(event_rows) - len(tool_rows),
-            distinct_tools=len({e.tool_name for e in tool_rows if e.tool_name}),
-            distinct_skills=len({e.skill_name for e in skills if e.skill_name}),
+            assistant_messages=len(self.messages),
+            tool_calls=counts["tool_use"],
+            tool_errors=tool_errors,
+            skill_invocations=counts["skill"],
+            subagent_dispatches=counts["subagent"],
+            mcp_calls=counts["mcp_call"],
+            slash_commands=counts["slash_command"],
+            distinct_tools=len(tool_names),
+            distinct_skills=len(skill_names),
             primary_model=primary_model,
-            prompts=len(prompt_rows),
+            prompts=len(prompts),
             project=self.project,
             skipped_lines=self.skipped,
             # Saturating: two absurd (but int64) counters must not overflow the summary row.
@@ -984,6 +1272,11 @@ class _FileState:
             cache_read_tokens=min(totals[2], _INT64_MAX),
             cache_creation_tokens=min(totals[3], _INT64_MAX),
         )
+        carry = None
+        if keep and self.snapshot is not None:
+            carry = _encode_carry(_Stored(
+                CARRY_VERSION, self.snapshot, event_ids[:self.snapshot_events], none_stamp, unstamped, hasher.pos,
+                hasher.blocks, hasher.tail(), self.tail_len, self.tail_hash))
         return ParseResult(
             summary=summary,
             messages=message_rows,
@@ -993,7 +1286,10 @@ class _FileState:
                       for sid, project in projects.items()],
             lines=self.lines,
             bytes_read=self.bytes_read,
-            content_hash=content_hash,
+            content_hash=hasher.hexdigest(),
+            incremental=prev is not None,
+            deleted_prompts=deleted_prompts,
+            carry=carry,
         )
 
 
