@@ -289,6 +289,8 @@ def test_parser_passes_at_random_byte_cuts_equal_one_parse_of_the_whole(tmp_path
     incremental = 0
     for source in sorted(SAMPLES.glob("*/*.jsonl")):
         data = source.read_bytes()
+        if len(data) < 3:
+            continue
         for _ in range(6):
             cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 25))))
             path = tmp_path / source.name
