@@ -309,3 +309,19 @@ def test_parser_passes_at_random_byte_cuts_equal_one_parse_of_the_whole(tmp_path
             _apply(once, parser.parse_file(path, file_key="7", received_at=NOW))
             assert rows == once, source.name
     assert incremental > 100
+
+
+async def test_a_re_sent_grown_upload_takes_an_incremental_pass(client, alice, passes):
+    from service import keys
+    from tests.conftest import EXPECTED
+    from tests.test_upload import settle, stats, upload
+
+    client.app[keys.CLOCK].fixed = NOW
+    for path in sorted((SAMPLES / "alice").glob("*.jsonl")):
+        raw = path.read_bytes()
+        for cut in (len(raw) // 2, len(raw)):  # the second upload re-sends the first one's bytes, and more
+            assert (await upload(client, alice, path.name, raw[:cut])).status == 200
+            await settle(client)
+    assert passes["incremental"] >= 5
+    for window in ("24h", "7d"):
+        assert await stats(client, alice, window) == {**EXPECTED["users"]["alice"][window], "last_pull_at": None}
