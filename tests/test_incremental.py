@@ -8,6 +8,7 @@ import random
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from service.db import Database
@@ -274,6 +275,9 @@ def _apply(rows: dict, result) -> None:
     for key in result.deleted_prompts:
         rows["p"].pop(key, None)
     rows["e"].update((e.event_id, e) for e in result.events)
+    for event_id in result.flipped_events:
+        if event_id in rows["e"]:
+            rows["e"][event_id] = msgspec.structs.replace(rows["e"][event_id], is_error=True)
     rows["summary"], rows["sessions"], rows["hash"] = result.summary, result.sessions, result.content_hash
 
 

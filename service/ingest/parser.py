@@ -12,7 +12,6 @@ import re
 import stat
 import zlib
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO
@@ -229,6 +228,7 @@ def parse_grown(
         if state is None:
             return None
         offset = state.bytes_read
+        state.fallback_session_id = _fallback_session(path)
         if stored.tail_len and not _same_tail(fileobj, offset, stored):
             return None
         kept = len(stored.blocks) - 1  # the last full block is hashed again: part of the check
@@ -236,7 +236,7 @@ def parse_grown(
         try:
             state.read(_grown_chunks(fileobj, min(offset, hasher.pos), offset, hasher, stored),
                        at_start=offset == 0)
-            return state.finish(_fallback_session(path), received_at, hasher)
+            return state.finish(state.fallback_session_id, received_at, hasher)
         except _NeedFull as exc:
             logger.debug("full pass instead: %s", exc, extra={"file": file_key})
             return None
@@ -348,6 +348,7 @@ def parse_stream(
     """Parse an open binary stream; memory stays bounded by MAX_LINE_BYTES plus the emitted rows."""
     hasher = BlockHasher()
     state = _FileState(file_key, MAX_LINE_BYTES)
+    state.fallback_session_id = fallback_session_id
     gzipped: list[bool] = []
     state.read(_content_chunks(fileobj, hasher, file_key, gzipped))
     # A gzip file keeps no state: zlib's cannot be kept, so a grown one takes a full pass.
@@ -626,9 +627,17 @@ class _State(msgspec.Struct, array_like=True, gc=False):
     pending_keys: list[str]
     pending: list[list[list[Any]]]
     session_last: list[tuple[str | None, datetime, str]]
-    events: list[list[Any]]
-    tool_ids: list[str]
+    # Events are not kept (their rows are stored): only the ids of their rows, per tool id for a
+    # tool result that comes later, and what the summary counts over them.
+    tool_ids: dict[str, str | None]  # tool id -> its event's row id
+    other_event_ids: list[str]  # row ids of events without a tool id
     error_ids: list[str]
+    # What the summary sums over every message and event, kept so a pass does not go over them all.
+    event_counts: dict[str, int]  # per event type, and "skill"
+    tool_names: list[str]
+    skill_names: list[str]
+    totals: list[int]  # input, output, cache_read, cache_creation over the messages
+    model_counts: dict[str, int]  # messages per model
 
 
 class _Stored(msgspec.Struct, array_like=True, gc=False):
@@ -636,7 +645,6 @@ class _Stored(msgspec.Struct, array_like=True, gc=False):
 
     version: int
     state: bytes  # a _State, encoded
-    event_ids: list[str | None]  # of the state's events: the row's id, None for a repeat
     none_stamp: str  # the stamp rows without a timestamp got
     unstamped: bool  # some stored row has no timestamp of its own
     size: int  # bytes hashed (the file as read)
@@ -654,8 +662,6 @@ _decode_stored = msgspec.msgpack.Decoder(_Stored).decode
 class _Prev(msgspec.Struct, gc=False):
     """What the rows stored by the previous pass hold, to tell which rows change."""
 
-    events: int
-    event_ids: list[str | None]
     prompts: set[str]  # keys of its prompt rows (prompts and unresolved queued texts)
     error_ids: frozenset[str]
     session_id: str | None
@@ -705,18 +711,30 @@ class _FileState:
         self.session_last: dict[str | None, tuple[datetime, str]] = {}
         # (uuid part, tool id, type, tool name, skill, subagent type, command, ts text, session)
         self.events: list[tuple[Any, ...]] = []
-        self.tool_ids: set[str] = set()
+        self.tool_ids: dict[str, str | None] = {}  # tool id -> its event's row id (once given)
+        self.other_event_ids: list[str] = []  # row ids of events without a tool id
         self.error_ids: set[str] = set()
         # Between passes (issue 24): the next line's number, the state after the last complete
         # line (encoded), and the line without a newline after it when it counted (length, hash).
         self.lineno = 1
         self.snapshot: bytes | None = None
-        self.snapshot_events = 0
         self.records = 0  # decoded lines counted
         self.tail_len = 0
         self.tail_hash = b""
         self.prev: _Prev | None = None  # set when resumed from a stored state
         self.dirty: set[str] = set()  # message keys whose row may have changed since then
+        self.before: dict[str, list[Any] | None] = {}  # and their entry then (None: new)
+        # Sums over the messages as of the stored state (or none), adjusted by the dirty ones.
+        self.base_totals = [0, 0, 0, 0]
+        self.base_models: dict[str, int] = {}
+        # Event rows: ids so far (None: a repeat), the ids, and the summary's counts over them.
+        self.event_ids: list[str | None] = []
+        self.ids_session: str | None = None  # the file's session when they were given
+        self.fallback_session_id: str | None = None  # the session when no line names one
+        self.seen_events: set[str] = set()
+        self.event_counts: dict[str, int] = {}
+        self.tool_names: set[str] = set()
+        self.skill_names: set[str] = set()
 
     @classmethod
     def thaw(cls, stored: _Stored, file_key: str, max_line: int) -> _FileState | None:
@@ -746,18 +764,79 @@ class _FileState:
         self.prompts = dict(zip(st.prompt_keys, map(tuple, st.prompts)))  # type: ignore[arg-type]
         self.pending_enqueues = dict(zip(st.pending_keys, st.pending))  # type: ignore[arg-type]
         self.session_last = {session: (ts, raw) for session, ts, raw in st.session_last}
-        self.events = st.events  # type: ignore[assignment]
-        self.tool_ids = set(st.tool_ids)
+        self.tool_ids = st.tool_ids
+        self.other_event_ids = st.other_event_ids
         self.error_ids = set(st.error_ids)
         emitted = set(self.prompts)
         for queued in self.pending_enqueues.values():
             emitted.update(key for key, _, _ in queued)
-        self.prev = _Prev(len(st.events), stored.event_ids, emitted, frozenset(st.error_ids), st.session_id,
+        self.prev = _Prev(emitted, frozenset(st.error_ids), st.session_id,
                           stored.none_stamp, stored.unstamped)
+        self.ids_session = st.session_id
+        self.seen_events = {e for e in st.tool_ids.values() if e is not None}
+        self.seen_events.update(st.other_event_ids)
+        self.event_counts = st.event_counts
+        self.tool_names = set(st.tool_names)
+        self.skill_names = set(st.skill_names)
+        self.base_totals = st.totals
+        self.base_models = st.model_counts
         return self
+
+    def _sums(self) -> tuple[list[int], dict[str, int]]:
+        """Token totals and messages per model now: the stored sums, adjusted by the changed messages."""
+        totals = list(self.base_totals)
+        models = dict(self.base_models)
+        messages = self.messages
+        for key, old in self.before.items():
+            new = messages[key]
+            if old is not None:
+                totals[0] -= old[1]
+                totals[1] -= old[2]
+                totals[2] -= old[3]
+                totals[3] -= old[4]
+                if old[5]:
+                    models[old[5]] -= 1
+            totals[0] += new[1]
+            totals[1] += new[2]
+            totals[2] += new[3]
+            totals[3] += new[4]
+            if new[5]:
+                models[new[5]] = models.get(new[5], 0) + 1
+        return totals, models
+
+    def _event_ids(self, fallback_session_id: str | None) -> None:
+        """Give each event not yet seen its row id (None: a repeat) and count it for the summary."""
+        event_ids = self.event_ids
+        seen = self.seen_events
+        counts = self.event_counts
+        session_id = self.session_id or fallback_session_id
+        self.ids_session = self.session_id
+        for uuid_part, tool_id, kind, name, skill, _, command, _, session in itertools.islice(
+                self.events, len(event_ids), None):
+            ident = _EVENT_SEP.join((session or session_id, uuid_part, tool_id or "", kind, name or "", command or ""))
+            event_id = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+            if event_id in seen:
+                event_ids.append(None)
+                continue
+            seen.add(event_id)
+            event_ids.append(event_id)
+            if tool_id:
+                self.tool_ids[tool_id] = event_id
+            else:
+                self.other_event_ids.append(event_id)
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind != "slash_command":
+                if name:
+                    self.tool_names.add(name)
+                if kind == "tool_use" and name == "Skill":
+                    counts["skill"] = counts.get("skill", 0) + 1
+                    if skill:
+                        self.skill_names.add(skill)
 
     def freeze(self, offset: int) -> bytes:
         """The state as it is now, encoded (a copy: parsing on changes nothing in it)."""
+        self._event_ids(self.fallback_session_id)
+        totals, models = self._sums()
         return _encode_carry(_State(
             self.file_key, offset, self.lineno, self.lines, self.skipped, self.user_messages, self.session_id,
             self.project, self.current_session, list(self.session_projects.items()), list(self.models_seen),
@@ -766,7 +845,8 @@ class _FileState:
             list(self.prompts.values()), list(self.pending_enqueues),  # type: ignore[arg-type]
             list(self.pending_enqueues.values()),  # type: ignore[arg-type]
             [(session, ts, raw) for session, (ts, raw) in self.session_last.items()],
-            self.events, list(self.tool_ids), list(self.error_ids)))  # type: ignore[arg-type]
+            self.tool_ids, self.other_event_ids, list(self.error_ids),
+            self.event_counts, list(self.tool_names), list(self.skill_names), totals, models))
 
     def read(self, chunks: Iterator[bytes], *, at_start: bool = True) -> None:
         """Cut the content into lines (slices of the chunks, not copies); hold at most ~max_line.
@@ -818,7 +898,6 @@ class _FileState:
             return
         self.lineno = lineno
         self.snapshot = self.freeze(self.bytes_read - len(carry))
-        self.snapshot_events = len(self.events)
         if carry:
             records = self.records
             self._region(carry, 0, len(carry), lineno)
@@ -1042,8 +1121,10 @@ class _FileState:
         model = msg.model
         if model and model not in self.models_seen:
             self.models_seen[model] = None
-        self.dirty.add(key)
         entry = self.messages.get(key)
+        if key not in self.dirty:
+            self.dirty.add(key)
+            self.before[key] = None if entry is None else entry[:]
         if entry is None:
             self.messages[key] = [raw, i, o, cr, cc, model, session, c5, c1, speed]
         else:
@@ -1104,7 +1185,7 @@ class _FileState:
         if tool_id:
             if tool_id in self.tool_ids:
                 return
-            self.tool_ids.add(tool_id)
+            self.tool_ids[tool_id] = None
         else:
             uuid_part = f"{uuid_part}#{index}"
         name = block.name
@@ -1165,24 +1246,19 @@ class _FileState:
             return text
 
         message_rows = []
-        totals = [0, 0, 0, 0]
-        models: Counter[str] = Counter()
-        dirty = None if prev is None else self.dirty
-        for key, (raw, i, o, cr, cc, model, session, c5, c1, speed) in self.messages.items():
-            if dirty is None or key in dirty:
-                if raw is None:
-                    unstamped = True
-                message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc, model, speed,
-                                               c5, c1))
-            totals[0] += i
-            totals[1] += o
-            totals[2] += cr
-            totals[3] += cc
-            if model:
-                models[model] += 1
+        messages = self.messages
+        # A full pass: every message (in the order of the file); else those whose row may have changed.
+        for key in (messages if prev is None else self.before):
+            raw, i, o, cr, cc, model, session, c5, c1, speed = messages[key]
+            if raw is None:
+                unstamped = True
+            message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc, model, speed,
+                                           c5, c1))
+        totals, models = self._sums()
         # max() keeps the first of equal counts: in the order the file first names each model,
         # ties go to the model seen first.
-        primary_model = max(self.models_seen, key=models.__getitem__) if models else None
+        primary_model = (max(self.models_seen, key=lambda m: models.get(m, 0))
+                         if any(models.values()) else None)
 
         prompts = self.prompts
         for queued in self.pending_enqueues.values():
@@ -1201,50 +1277,33 @@ class _FileState:
         if before_last is not None and (session_id not in latest or before_last[0] > latest[session_id][0]):
             latest[session_id] = before_last
 
-        # Each event's row id, once: a repeat of an id is no row (None).
-        events = self.events
-        event_ids: list[str | None] = [] if prev is None else list(prev.event_ids)
-        seen_events = {e for e in event_ids if e is not None}
-        known = len(event_ids)
-        for uuid_part, tool_id, kind, name, _, _, command, _, session in itertools.islice(events, known, None):
-            ident = _EVENT_SEP.join((session or session_id, uuid_part, tool_id or "", kind, name or "", command or ""))
-            event_id = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
-            if event_id in seen_events:
-                event_ids.append(None)
-            else:
-                seen_events.add(event_id)
-                event_ids.append(event_id)
-        error_ids = self.error_ids
-        # Stored events whose tool result came only now are rewritten (is_error).
-        flipped = frozenset() if prev is None else error_ids - prev.error_ids
+        # Each event's row id, once: a repeat of an id is no row (None). Ids given before the file
+        # named its session (the line without a newline named it first) are given again.
+        if self.ids_session is None and self.session_id is not None and self.event_ids:
+            self.event_ids, self.seen_events, self.event_counts = [], set(), {}
+            self.tool_names, self.skill_names, self.other_event_ids = set(), set(), []
+        self._event_ids(fallback_session_id)
+        events, event_ids, error_ids = self.events, self.event_ids, self.error_ids
+        # Events of earlier passes whose tool result came only now: their stored rows turn is_error.
+        flipped_events: list[str] = []
+        if prev is not None and (flipped := error_ids - prev.error_ids):
+            new_tools = {event[1] for event in events if event[1]}
+            flipped_events = [event_id for tool_id in flipped if tool_id not in new_tools
+                              and (event_id := self.tool_ids.get(tool_id)) is not None]
         event_rows = []
-        counts = Counter()
-        tool_names: set[str] = set()
-        skill_names: set[str] = set()
-        tool_errors = 0
-        for n, (event_id, event) in enumerate(zip(event_ids, events)):
+        for event_id, event in zip(event_ids, events):
             if event_id is None:
                 continue
             uuid_part, tool_id, kind, name, skill, subagent, command, raw, session = event
-            is_error = tool_id is not None and tool_id in error_ids
-            counts[kind] += 1
-            if kind != "slash_command":
-                if name:
-                    tool_names.add(name)
-                if is_error:
-                    tool_errors += 1
-                if kind == "tool_use" and name == "Skill":
-                    counts["skill"] += 1
-                    if skill:
-                        skill_names.add(skill)
-            if prev is None or n >= known or (is_error and tool_id in flipped):
-                if raw is None:
-                    unstamped = True
-                event_rows.append(
-                    EventRow(
-                        event_id, kind, session or session_id, stamp(raw), name, skill, subagent, command, is_error
-                    )
+            if raw is None:
+                unstamped = True
+            event_rows.append(
+                EventRow(
+                    event_id, kind, session or session_id, stamp(raw), name, skill, subagent, command,
+                    tool_id is not None and tool_id in error_ids,
                 )
+            )
+        counts = self.event_counts
 
         summary = Summary(
             session_id=session_id,
@@ -1254,14 +1313,15 @@ class _FileState:
             wall_seconds=(ends[-1] - starts[0]) // _ONE_SECOND if starts else 0,
             user_messages=self.user_messages,
             assistant_messages=len(self.messages),
-            tool_calls=counts["tool_use"],
-            tool_errors=tool_errors,
-            skill_invocations=counts["skill"],
-            subagent_dispatches=counts["subagent"],
-            mcp_calls=counts["mcp_call"],
-            slash_commands=counts["slash_command"],
-            distinct_tools=len(tool_names),
-            distinct_skills=len(skill_names),
+            tool_calls=counts.get("tool_use", 0),
+            # A tool id has one event (tool uses are deduplicated by it), and only tool events have one.
+            tool_errors=len(self.tool_ids.keys() & error_ids),
+            skill_invocations=counts.get("skill", 0),
+            subagent_dispatches=counts.get("subagent", 0),
+            mcp_calls=counts.get("mcp_call", 0),
+            slash_commands=counts.get("slash_command", 0),
+            distinct_tools=len(self.tool_names),
+            distinct_skills=len(self.skill_names),
             primary_model=primary_model,
             prompts=len(prompts),
             project=self.project,
@@ -1275,7 +1335,7 @@ class _FileState:
         carry = None
         if keep and self.snapshot is not None:
             carry = _encode_carry(_Stored(
-                CARRY_VERSION, self.snapshot, event_ids[:self.snapshot_events], none_stamp, unstamped, hasher.pos,
+                CARRY_VERSION, self.snapshot, none_stamp, unstamped, hasher.pos,
                 hasher.blocks, hasher.tail(), self.tail_len, self.tail_hash))
         return ParseResult(
             summary=summary,
@@ -1289,6 +1349,7 @@ class _FileState:
             content_hash=hasher.hexdigest(),
             incremental=prev is not None,
             deleted_prompts=deleted_prompts,
+            flipped_events=flipped_events,
             carry=carry,
         )
 

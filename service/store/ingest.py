@@ -528,7 +528,8 @@ def statements(script: str) -> tuple[str, ...]:
 
 # An incremental pass (ParseResult.incremental, one file per statement list) writes only the rows
 # that changed: those staged replace the file's rows of the same keys, the prompt keys staged in
-# stage_gone are deleted, and only their keys are derived again. A session whose latest line moved
+# stage_gone are deleted, the events in stage_flips turn is_error (their tool result came now), and
+# only their keys are derived again. A session whose latest line moved
 # may change the owner of keys it shares with another session (FORMAT.md "Resumed sessions"): the
 # full pass touches every key other files hold under the sessions it writes; here only the keys a
 # moved session shares with another session are touched, and only when another session's latest
@@ -536,13 +537,18 @@ def statements(script: str) -> tuple[str, ...]:
 # change otherwise.
 _INC_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_gone (file_id INTEGER, prompt_key TEXT);
+CREATE TEMP TABLE IF NOT EXISTS stage_flips (file_id INTEGER, event_id TEXT);
 CREATE TEMP TABLE IF NOT EXISTS session_moves (
     user_id INTEGER NOT NULL, session_id TEXT NOT NULL, old_last TEXT, new_last TEXT);
-DELETE FROM temp.stage_gone; DELETE FROM temp.session_moves;
+DELETE FROM temp.stage_gone; DELETE FROM temp.stage_flips; DELETE FROM temp.session_moves;
 """
 _INC_WRITE_SCRIPT = f"""
 INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(e.ts, 1, 10) FROM temp.stage_events s
+    CROSS JOIN usage_events e ON e.file_id = s.file_id AND e.event_id = s.event_id
+    UNION ALL SELECT substr(e.ts, 1, 10) FROM temp.stage_flips s
     CROSS JOIN usage_events e ON e.file_id = s.file_id AND e.event_id = s.event_id;
+UPDATE usage_events SET is_error = 1 WHERE file_id IN {_FILES}
+    AND event_id IN (SELECT event_id FROM temp.stage_flips);
 INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
     SELECT f.user_id, 'm', m.message_key FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id
     UNION ALL SELECT f.user_id, 'p', p.prompt_key FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id
@@ -585,6 +591,7 @@ _STAGING_STATEMENTS = statements(_STAGING)
 _INC_STAGING_STATEMENTS = statements(_INC_STAGING)
 _INC_WRITE_STATEMENTS = statements(_INC_WRITE_SCRIPT)
 _STAGE_GONE_SQL = "INSERT INTO temp.stage_gone VALUES (?, ?)"
+_STAGE_FLIPS_SQL = "INSERT INTO temp.stage_flips VALUES (?, ?)"
 # The parser's state for a file's next pass (schema 0015), or none (gzip): the next pass is full.
 _CARRY_SQL = ("INSERT INTO ingest_carry (file_id, state) VALUES (?, ?) "
               "ON CONFLICT (file_id) DO UPDATE SET state = excluded.state")
@@ -640,6 +647,7 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime,
                 for statement in _INC_STAGING_STATEMENTS:
                     await conn.execute(statement)
                 await conn.executemany(_STAGE_GONE_SQL, [(p.file_id, key) for key in p.result.deleted_prompts])
+                await conn.executemany(_STAGE_FLIPS_SQL, [(p.file_id, e) for e in p.result.flipped_events])
                 for statement in _INC_WRITE_STATEMENTS:
                     await conn.execute(statement)
         await conn.executemany(_CARRY_SQL, [(p.file_id, p.result.carry) for p in batch if p.result.carry])
