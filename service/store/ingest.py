@@ -259,7 +259,10 @@ INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
 # The operators' aggregates per (user, UTC day) (schema 0014) are recomputed for the days of the
 # touched hours, and the day beside an hour that touches midnight (a session's active span may cross
 # it). Active seconds: consecutive stamps of a session at most 600 s apart, the span cut at midnight;
-# the stamps read are the day's and 600 s either side of it.
+# the stamps read are the day's and 600 s either side of it. Grouped and ordered by a session id
+# spelled `session_id || ''`: by the column itself, SQLite read the rows through the (user, session)
+# index, that is every row of the user's whole history for each day recomputed, rather than the
+# day's range of the (user, ts) index (issue 24: a pass must cost what is new, not the history).
 _DAYS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_days "
                "(user_id INTEGER NOT NULL, day TEXT NOT NULL, PRIMARY KEY (user_id, day))")
 _EPOCH = "(julianday({}) - 2440587.5) * 86400"
@@ -277,16 +280,16 @@ _RECOMPUTE_DAYS = (
     f"DELETE FROM admin_session_days WHERE {_TOUCHED_DAYS}",
     """INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
                                     cache_read_tokens, cache_creation_tokens)
-    SELECT d.user_id, d.day, m.session_id, COUNT(*), TOTAL(m.input_tokens), TOTAL(m.output_tokens),
+    SELECT d.user_id, d.day, m.session_id || '', COUNT(*), TOTAL(m.input_tokens), TOTAL(m.output_tokens),
            TOTAL(m.cache_read_tokens), TOTAL(m.cache_creation_tokens)
     FROM temp.touched_days d
     CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
-    GROUP BY d.user_id, d.day, m.session_id""",
+    GROUP BY d.user_id, d.day, m.session_id || ''""",
     """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
-    SELECT d.user_id, d.day, p.session_id, COUNT(*)
+    SELECT d.user_id, d.day, p.session_id || '', COUNT(*)
     FROM temp.touched_days d
     CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.ts >= d.day AND p.ts < d.day || 'U'
-    WHERE true GROUP BY d.user_id, d.day, p.session_id
+    WHERE true GROUP BY d.user_id, d.day, p.session_id || ''
     ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
     # Into a keyed table first: an UPDATE ... FROM (subquery) compared every row with every row.
     "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
@@ -295,9 +298,11 @@ _RECOMPUTE_DAYS = (
         SELECT user_id, day, session_id, TOTAL(MAX(0, MIN(t, day_start + 86400) - MAX(prev, day_start)))
         FROM (SELECT user_id, day, session_id, t, {_EPOCH.format("day")} AS day_start,
                      LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
-              FROM (SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} AS t FROM temp.touched_days d
+              FROM (SELECT d.user_id, d.day, m.session_id || '' AS session_id, {_EPOCH.format("m.ts")} AS t
+                    FROM temp.touched_days d
                     {_DAY_STAMPS.format(table="user_messages")}
-                    UNION ALL SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} FROM temp.touched_days d
+                    UNION ALL SELECT d.user_id, d.day, m.session_id || '', {_EPOCH.format("m.ts")}
+                    FROM temp.touched_days d
                     {_DAY_STAMPS.format(table="user_prompts")}))
         WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
     f"""UPDATE admin_session_days SET active_seconds = (
