@@ -149,7 +149,7 @@ async def test_a_large_file_grown_in_many_small_steps_is_processed_incrementally
     # Every sample line of alice's main session, under ids made distinct per copy, ~40 copies.
     raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
     source.write_bytes(b"".join(raw.replace(b'"msg_', b'"msg_%d_' % i).replace(b'"uuid":"', b'"uuid":"%d-' % i)
-                                for i in range(40)))
+                                .replace(b'"toolu_', b'"toolu_%d_' % i) for i in range(40)))
     await grow_and_compare(tmp_path, [source], random.Random(7), steps=25, step=1 / 40)
     assert passes["incremental"] >= 20
 

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import zlib
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -599,7 +600,21 @@ def _loose_line(line: memoryview) -> _Line | None:
 # The parser's state between passes (issue 24), stored per file as opaque msgpack. Bump
 # CARRY_VERSION whenever its shape or meaning changes: a state of another version is ignored
 # (the next pass is a full one), so no migration is ever needed.
-CARRY_VERSION = 1
+CARRY_VERSION = 2
+
+
+def _key_hash(key: str) -> int:
+    return xxhash.xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"))
+
+
+def _pack(hashes: Iterable[int]) -> bytes:
+    return array("Q", hashes).tobytes()
+
+
+def _unpack(packed: bytes) -> set[int]:
+    hashes = array("Q")
+    hashes.frombytes(packed)
+    return set(hashes)
 
 
 class _State(msgspec.Struct, array_like=True, gc=False):
@@ -620,17 +635,25 @@ class _State(msgspec.Struct, array_like=True, gc=False):
     block_ends: list[datetime]
     last_raw: str | None
     earliest_synthetic: datetime | None
+    # Only what a later line may still change is kept whole: the messages of the last pass (a message
+    # streamed across the cut), the tool uses without a result yet, the queued texts. Everything else
+    # is a 64-bit hash of its key, enough to see a later line come back to it: that line takes a
+    # full pass.
     message_keys: list[str]
     messages: list[list[Any]]
-    prompt_keys: list[str]
-    prompts: list[list[Any]]
+    old_messages: bytes  # packed hashes of the other messages' keys
+    old_message_count: int
+    old_prompts: bytes  # packed hashes of the prompts' keys (queued texts apart)
+    old_prompt_count: int
+    old_tools: bytes  # packed hashes of answered tool ids
+    old_tool_errors: int  # how many of those have an error result
+    old_events: bytes  # packed hashes (first 64 bits) of the row ids of the other events
     pending_keys: list[str]
     pending: list[list[list[Any]]]
     session_last: list[tuple[str | None, datetime, str]]
     # Events are not kept (their rows are stored): only the ids of their rows, per tool id for a
     # tool result that comes later, and what the summary counts over them.
-    tool_ids: dict[str, str | None]  # tool id -> its event's row id
-    other_event_ids: list[str]  # row ids of events without a tool id
+    tool_ids: dict[str, str | None]  # tool id -> its event's row id, of tool uses without a result yet
     error_ids: list[str]
     # What the summary sums over every message and event, kept so a pass does not go over them all.
     event_counts: dict[str, int]  # per event type, and "skill"
@@ -662,7 +685,7 @@ _decode_stored = msgspec.msgpack.Decoder(_Stored).decode
 class _Prev(msgspec.Struct, gc=False):
     """What the rows stored by the previous pass hold, to tell which rows change."""
 
-    prompts: set[str]  # keys of its prompt rows (prompts and unresolved queued texts)
+    pending: set[str]  # keys of its prompt rows of queued texts not yet resolved
     error_ids: frozenset[str]
     session_id: str | None
     none_stamp: str
@@ -713,6 +736,13 @@ class _FileState:
         self.events: list[tuple[Any, ...]] = []
         self.tool_ids: dict[str, str | None] = {}  # tool id -> its event's row id (once given)
         self.other_event_ids: list[str] = []  # row ids of events without a tool id
+        self.answered: set[str] = set()  # tool ids with a result
+        # Of earlier passes, as hashes (see _State): a later line that names one takes a full pass.
+        self.old_messages: set[int] = set()
+        self.old_prompts: set[int] = set()
+        self.old_tools: set[int] = set()
+        self.old_events: set[int] = set()
+        self.old_message_count = self.old_prompt_count = self.old_tool_errors = 0
         self.error_ids: set[str] = set()
         # Between passes (issue 24): the next line's number, the state after the last complete
         # line (encoded), and the line without a newline after it when it counted (length, hash).
@@ -761,20 +791,24 @@ class _FileState:
         self.last_raw = st.last_raw
         self.earliest_synthetic = st.earliest_synthetic
         self.messages = dict(zip(st.message_keys, st.messages))
-        self.prompts = dict(zip(st.prompt_keys, map(tuple, st.prompts)))  # type: ignore[arg-type]
+        self.old_messages = _unpack(st.old_messages)
+        self.old_prompts = _unpack(st.old_prompts)
+        self.old_tools = _unpack(st.old_tools)
+        self.old_events = _unpack(st.old_events)
+        self.old_message_count = st.old_message_count
+        self.old_prompt_count = st.old_prompt_count
+        self.old_tool_errors = st.old_tool_errors
         self.pending_enqueues = dict(zip(st.pending_keys, st.pending))  # type: ignore[arg-type]
         self.session_last = {session: (ts, raw) for session, ts, raw in st.session_last}
         self.tool_ids = st.tool_ids
-        self.other_event_ids = st.other_event_ids
         self.error_ids = set(st.error_ids)
-        emitted = set(self.prompts)
+        pending = set()
         for queued in self.pending_enqueues.values():
-            emitted.update(key for key, _, _ in queued)
-        self.prev = _Prev(emitted, frozenset(st.error_ids), st.session_id,
+            pending.update(key for key, _, _ in queued)
+        self.prev = _Prev(pending, frozenset(st.error_ids), st.session_id,
                           stored.none_stamp, stored.unstamped)
         self.ids_session = st.session_id
         self.seen_events = {e for e in st.tool_ids.values() if e is not None}
-        self.seen_events.update(st.other_event_ids)
         self.event_counts = st.event_counts
         self.tool_names = set(st.tool_names)
         self.skill_names = set(st.skill_names)
@@ -818,6 +852,8 @@ class _FileState:
             if event_id in seen:
                 event_ids.append(None)
                 continue
+            if self.old_events and int(event_id[:16], 16) in self.old_events:
+                raise _NeedFull("an event of an earlier pass comes again")
             seen.add(event_id)
             event_ids.append(event_id)
             if tool_id:
@@ -837,15 +873,29 @@ class _FileState:
         """The state as it is now, encoded (a copy: parsing on changes nothing in it)."""
         self._event_ids(self.fallback_session_id)
         totals, models = self._sums()
+        # Kept whole: the messages of this pass, the tool uses still waiting for their result.
+        recent = self.before
+        messages = self.messages
+        old_messages = self.old_messages | {_key_hash(key) for key in messages if key not in recent}
+        old_prompts = self.old_prompts | {_key_hash(key) for key in self.prompts}
+        answered = self.answered
+        open_tools = {tool: event for tool, event in self.tool_ids.items() if tool not in answered}
+        done_tools = [tool for tool in self.tool_ids if tool in answered]
+        old_events = self.old_events | {int(event, 16) >> 64 for event in self.other_event_ids}
+        old_events.update(int(event, 16) >> 64 for tool in done_tools if (event := self.tool_ids[tool]) is not None)
         return _encode_carry(_State(
             self.file_key, offset, self.lineno, self.lines, self.skipped, self.user_messages, self.session_id,
             self.project, self.current_session, list(self.session_projects.items()), list(self.models_seen),
             self.block_starts, self.block_ends, self.last_raw, self.earliest_synthetic,
-            list(self.messages), list(self.messages.values()), list(self.prompts),
-            list(self.prompts.values()), list(self.pending_enqueues),  # type: ignore[arg-type]
-            list(self.pending_enqueues.values()),  # type: ignore[arg-type]
+            list(recent), [messages[key] for key in recent],
+            _pack(old_messages), self.old_message_count + len(messages) - len(recent),
+            _pack(old_prompts), self.old_prompt_count + len(self.prompts),
+            _pack(self.old_tools.union(map(_key_hash, done_tools))),
+            self.old_tool_errors + sum(1 for tool in done_tools if tool in self.error_ids),
+            _pack(old_events),
+            list(self.pending_enqueues), list(self.pending_enqueues.values()),  # type: ignore[arg-type]
             [(session, ts, raw) for session, (ts, raw) in self.session_last.items()],
-            self.tool_ids, self.other_event_ids, list(self.error_ids),
+            open_tools, list(self.error_ids),
             self.event_counts, list(self.tool_names), list(self.skill_names), totals, models))
 
     def read(self, chunks: Iterator[bytes], *, at_start: bool = True) -> None:
@@ -960,6 +1010,8 @@ class _FileState:
         """Count decoded lines; state lives in locals for the loop and is written back after."""
         file_key = self.file_key
         prompts = self.prompts
+        old_prompts = self.old_prompts
+        answered = self.answered
         starts = self.block_starts
         ends = self.block_ends
         user_messages = self.user_messages
@@ -1046,8 +1098,10 @@ class _FileState:
                         btype = block.type
                         if btype == "tool_result":
                             has_result = True
-                            if block.is_error is True and block.tool_use_id:
-                                self.error_ids.add(block.tool_use_id)
+                            if block.tool_use_id:
+                                answered.add(block.tool_use_id)
+                                if block.is_error is True:
+                                    self.error_ids.add(block.tool_use_id)
                         elif btype == "text" and block.text:
                             text = block.text
                             if not quoting and _COMMAND_TAG in text:
@@ -1061,6 +1115,8 @@ class _FileState:
                 if is_prompt and not quoting and rec.isSidechain is not True:
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
+                        if old_prompts and _key_hash(key) in old_prompts:
+                            raise _NeedFull("a prompt of an earlier pass comes again")
                         prompts[key] = (raw, session)
             elif kind == "progress":
                 if rec.data:
@@ -1070,6 +1126,8 @@ class _FileState:
                 if attachment is not None and attachment.type == "queued_command":
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
+                        if old_prompts and _key_hash(key) in old_prompts:
+                            raise _NeedFull("a prompt of an earlier pass comes again")
                         prompts[key] = (raw, session)
                     if pending and type(attachment.prompt) is str:
                         pending.pop(_text_digest(attachment.prompt.strip()), None)
@@ -1088,8 +1146,10 @@ class _FileState:
                     # Commands that run without the model (/model, /cost) are written only here (2.1.x).
                     self._slash(text, rec.uuid or f"line:{lineno}", 0, raw, session)
             elif kind == "tool_use_result":
-                if rec.is_error is True and rec.tool_use_id:
-                    self.error_ids.add(rec.tool_use_id)
+                if rec.tool_use_id:
+                    answered.add(rec.tool_use_id)
+                    if rec.is_error is True:
+                        self.error_ids.add(rec.tool_use_id)
 
         self.user_messages = user_messages
         self.last_raw = last_raw
@@ -1122,6 +1182,8 @@ class _FileState:
         if model and model not in self.models_seen:
             self.models_seen[model] = None
         entry = self.messages.get(key)
+        if entry is None and self.old_messages and _key_hash(key) in self.old_messages:
+            raise _NeedFull("a message of an earlier pass continues")
         if key not in self.dirty:
             self.dirty.add(key)
             self.before[key] = None if entry is None else entry[:]
@@ -1175,8 +1237,10 @@ class _FileState:
             self._message(msg, sub.uuid, lineno, stamp, session)
         elif sub.type == "user" and type(msg.content) is list:
             for block in msg.content:
-                if block.type == "tool_result" and block.is_error is True and block.tool_use_id:
-                    self.error_ids.add(block.tool_use_id)
+                if block.type == "tool_result" and block.tool_use_id:
+                    self.answered.add(block.tool_use_id)
+                    if block.is_error is True:
+                        self.error_ids.add(block.tool_use_id)
 
     def _tool_use(self, block: _Block, uuid_part: str, index: int, raw: str | None, session: str | None) -> None:
         """One event per tool id in the file; a block without an id is told apart by its place
@@ -1185,6 +1249,8 @@ class _FileState:
         if tool_id:
             if tool_id in self.tool_ids:
                 return
+            if self.old_tools and _key_hash(tool_id) in self.old_tools:
+                raise _NeedFull("a tool use of an earlier pass comes again")
             self.tool_ids[tool_id] = None
         else:
             uuid_part = f"{uuid_part}#{index}"
@@ -1260,18 +1326,24 @@ class _FileState:
         primary_model = (max(self.models_seen, key=lambda m: models.get(m, 0))
                          if any(models.values()) else None)
 
+        # The prompts of this pass (of earlier ones, only their count is kept), then the queued texts
+        # still unresolved, each a prompt of its own: rows for those not stored yet, and the rows of
+        # those resolved since go.
         prompts = self.prompts
+        queued_rows: dict[str, tuple[str | None, str | None]] = {}
         for queued in self.pending_enqueues.values():
             for key, raw, session in queued:
-                if key not in prompts:
-                    prompts[key] = (raw, session)
+                if key not in prompts and key not in queued_rows:
+                    queued_rows[key] = (raw, session)
         prompt_rows = []
-        for key, (raw, session) in prompts.items():
-            if prev is None or key not in prev.prompts:
-                if raw is None:
-                    unstamped = True
-                prompt_rows.append(PromptRow(key, session or session_id, stamp(raw)))
-        deleted_prompts = [] if prev is None else [key for key in prev.prompts if key not in prompts]
+        for rows, skip in ((prompts, ()), (queued_rows, () if prev is None else prev.pending)):
+            for key, (raw, session) in rows.items():
+                if key not in skip:
+                    if raw is None:
+                        unstamped = True
+                    prompt_rows.append(PromptRow(key, session or session_id, stamp(raw)))
+        deleted_prompts = ([] if prev is None else
+                           [key for key in prev.pending if key not in queued_rows and key not in prompts])
         latest = dict(self.session_last)
         before_last = latest.pop(None, None)
         if before_last is not None and (session_id not in latest or before_last[0] > latest[session_id][0]):
@@ -1288,8 +1360,14 @@ class _FileState:
         flipped_events: list[str] = []
         if prev is not None and (flipped := error_ids - prev.error_ids):
             new_tools = {event[1] for event in events if event[1]}
-            flipped_events = [event_id for tool_id in flipped if tool_id not in new_tools
-                              and (event_id := self.tool_ids.get(tool_id)) is not None]
+            for tool_id in flipped:
+                if tool_id in new_tools:
+                    continue
+                event_id = self.tool_ids.get(tool_id)
+                if event_id is not None:
+                    flipped_events.append(event_id)
+                elif self.old_tools and _key_hash(tool_id) in self.old_tools:
+                    raise _NeedFull("a tool use of an earlier pass gets its error only now")
         event_rows = []
         for event_id, event in zip(event_ids, events):
             if event_id is None:
@@ -1312,10 +1390,10 @@ class _FileState:
             active_seconds=sum((e - s for s, e in zip(starts, ends)), timedelta()) // _ONE_SECOND,
             wall_seconds=(ends[-1] - starts[0]) // _ONE_SECOND if starts else 0,
             user_messages=self.user_messages,
-            assistant_messages=len(self.messages),
+            assistant_messages=self.old_message_count + len(self.messages),
             tool_calls=counts.get("tool_use", 0),
             # A tool id has one event (tool uses are deduplicated by it), and only tool events have one.
-            tool_errors=len(self.tool_ids.keys() & error_ids),
+            tool_errors=self.old_tool_errors + len(self.tool_ids.keys() & error_ids),
             skill_invocations=counts.get("skill", 0),
             subagent_dispatches=counts.get("subagent", 0),
             mcp_calls=counts.get("mcp_call", 0),
@@ -1323,7 +1401,7 @@ class _FileState:
             distinct_tools=len(self.tool_names),
             distinct_skills=len(self.skill_names),
             primary_model=primary_model,
-            prompts=len(prompts),
+            prompts=self.old_prompt_count + len(prompts) + len(queued_rows),
             project=self.project,
             skipped_lines=self.skipped,
             # Saturating: two absurd (but int64) counters must not overflow the summary row.
