@@ -869,10 +869,13 @@ class _FileState:
                     if skill:
                         self.skill_names.add(skill)
 
-    def freeze(self, offset: int) -> bytes:
-        """The state as it is now, encoded (a copy: parsing on changes nothing in it)."""
+    def freeze(self, offset: int) -> bytes | None:
+        """The state as it is now, encoded (a copy: parsing on changes nothing in it); None when it
+        cannot be kept (token sums past 64 bits: absurd counters, counted by a full pass each time)."""
         self._event_ids(self.fallback_session_id)
         totals, models = self._sums()
+        if max(totals) > _INT64_MAX:
+            return None
         # Kept whole: the messages of this pass, the tool uses still waiting for their result.
         recent = self.before
         messages = self.messages
