@@ -600,19 +600,25 @@ def _loose_line(line: memoryview) -> _Line | None:
 # The parser's state between passes (issue 24), stored per file as opaque msgpack. Bump
 # CARRY_VERSION whenever its shape or meaning changes: a state of another version is ignored
 # (the next pass is a full one), so no migration is ever needed.
-CARRY_VERSION = 2
+CARRY_VERSION = 3
 
 
+# The keys of what a later line is not expected to name again are kept as 32-bit hashes: a line that
+# names one takes a full pass, so a collision costs a needless full pass, never a wrong number.
 def _key_hash(key: str) -> int:
-    return xxhash.xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"))
+    return xxhash.xxh32_intdigest(key.encode("utf-8", "surrogatepass"))
+
+
+def _event_hash(event_id: str) -> int:
+    return int(event_id[:8], 16)
 
 
 def _pack(hashes: Iterable[int]) -> bytes:
-    return array("Q", hashes).tobytes()
+    return array("I", hashes).tobytes()
 
 
 def _unpack(packed: bytes) -> set[int]:
-    hashes = array("Q")
+    hashes = array("I")
     hashes.frombytes(packed)
     return set(hashes)
 
@@ -637,7 +643,7 @@ class _State(msgspec.Struct, array_like=True, gc=False):
     earliest_synthetic: datetime | None
     # Only what a later line may still change is kept whole: the messages of the last pass (a message
     # streamed across the cut), the tool uses without a result yet, the queued texts. Everything else
-    # is a 64-bit hash of its key, enough to see a later line come back to it: that line takes a
+    # is a 32-bit hash of its key, enough to see a later line come back to it: that line takes a
     # full pass.
     message_keys: list[str]
     messages: list[list[Any]]
@@ -647,7 +653,7 @@ class _State(msgspec.Struct, array_like=True, gc=False):
     old_prompt_count: int
     old_tools: bytes  # packed hashes of answered tool ids
     old_tool_errors: int  # how many of those have an error result
-    old_events: bytes  # packed hashes (first 64 bits) of the row ids of the other events
+    old_events: bytes  # packed hashes (first 32 bits) of the row ids of events without a tool id
     pending_keys: list[str]
     pending: list[list[list[Any]]]
     session_last: list[tuple[str | None, datetime, str]]
@@ -852,7 +858,8 @@ class _FileState:
             if event_id in seen:
                 event_ids.append(None)
                 continue
-            if self.old_events and int(event_id[:16], 16) in self.old_events:
+            # A tool use's event cannot repeat one of an earlier pass: its tool id would (see _tool_use).
+            if not tool_id and self.old_events and _event_hash(event_id) in self.old_events:
                 raise _NeedFull("an event of an earlier pass comes again")
             seen.add(event_id)
             event_ids.append(event_id)
@@ -884,8 +891,7 @@ class _FileState:
         answered = self.answered
         open_tools = {tool: event for tool, event in self.tool_ids.items() if tool not in answered}
         done_tools = [tool for tool in self.tool_ids if tool in answered]
-        old_events = self.old_events | {int(event, 16) >> 64 for event in self.other_event_ids}
-        old_events.update(int(event, 16) >> 64 for tool in done_tools if (event := self.tool_ids[tool]) is not None)
+        old_events = self.old_events | {_event_hash(event) for event in self.other_event_ids}
         return _encode_carry(_State(
             self.file_key, offset, self.lineno, self.lines, self.skipped, self.user_messages, self.session_id,
             self.project, self.current_session, list(self.session_projects.items()), list(self.models_seen),
