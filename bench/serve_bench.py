@@ -40,7 +40,7 @@ import corpus  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from service.ingest import USAGE_PROCESSOR_VERSION  # noqa: E402
 from service.migrations import latest_version  # noqa: E402
-from service.store.ingest import REBUILD_WINDOWS_SCRIPT  # noqa: E402
+from service.store.ingest import REBUILD_ROLLUPS, REBUILD_WINDOWS_SCRIPT  # noqa: E402
 import loadgen  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -52,6 +52,15 @@ SESSIONS_PER_DAY = 4
 MODELS = ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929", "claude-opus-4-5-20251101",
           "claude-haiku-4-5-20251001")
 REUSE_HOURS = 12
+# Tool events per session (the operators' tools table has rows to count): (event type, tool, skill,
+# subagent type, command, source); one in twenty is an error.
+EVENTS = (("tool_use", "Bash", None, None, None, "builtin"), ("tool_use", "Read", None, None, None, "builtin"),
+          ("tool_use", "Edit", None, None, None, "builtin"), ("tool_use", "Grep", None, None, None, "builtin"),
+          ("tool_use", "Skill", "sql-review", None, None, "curated"),
+          ("subagent", "Task", None, "Explore", None, "builtin"),
+          ("mcp_call", "mcp__warehouse__query", None, None, None, "flea"),
+          ("slash_command", None, None, None, "review", "builtin"))
+EVENTS_PER_SESSION = 25
 
 
 def _ts(dt: datetime) -> str:
@@ -73,9 +82,9 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
         conn.execute("INSERT INTO users (email, name, onboarded, created_at, last_pull_at) VALUES (?, ?, 1, ?, ?)",
                      (email, email.split("@")[0], created, _ts(now - timedelta(minutes=5))))
     ids = [r[0] for r in conn.execute("SELECT id FROM users ORDER BY id")]
-    messages = prompts = 0
+    messages = prompts = events = 0
     for uid in ids:
-        files, summaries, msg_rows, prm_rows = [], [], [], []
+        files, summaries, msg_rows, prm_rows, evt_rows = [], [], [], [], []
         for day in range(days, 0, -1):
             day_start = now - timedelta(days=day) + timedelta(hours=8)
             for s in range(SESSIONS_PER_DAY):
@@ -93,6 +102,10 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
                                      _ts(start + timedelta(seconds=20 * m)), rng.randint(3, 40),
                                      rng.randint(20, 2500), rng.randint(5000, 120000), rng.randint(0, 8000),
                                      MODELS[m % len(MODELS)]))
+                for e in range(EVENTS_PER_SESSION):
+                    kind, tool, skill, agent, command, source = EVENTS[(e * 7 + uid + day) % len(EVENTS)]
+                    evt_rows.append((f"evt_{sid}_{e}", fid, uid, sid, kind, tool, skill, agent, command, source,
+                                     int(rng.random() < 0.05), _ts(start + timedelta(seconds=60 * e))))
                 for p in range(PROMPTS_PER_DAY // SESSIONS_PER_DAY + (1 if s < PROMPTS_PER_DAY % SESSIONS_PER_DAY else 0)):
                     prm_rows.append((fid, f"uuid_{uid}_{day}_{s}_{p}", uid, sid, _ts(start + timedelta(seconds=90 * p))))
         conn.executemany("INSERT INTO session_files (id, user_id, path, origin, size, mtime_ns, content_hash, "
@@ -105,6 +118,10 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msg_rows)
         conn.executemany("INSERT INTO activity_prompts (file_id, prompt_key, user_id, session_id, ts) "
                          "VALUES (?, ?, ?, ?, ?)", prm_rows)
+        conn.executemany("INSERT INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, "
+                         "skill_name, subagent_type, command_name, source, is_error, ts) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", evt_rows)
+        events += len(evt_rows)
         messages += len(msg_rows)
         prompts += len(prm_rows)
     conn.execute("INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project, last_ts) "
@@ -112,9 +129,15 @@ def build_dataset(db_path: str, env: dict, users: int, days: int, seed: int = 7)
     conn.execute("COMMIT")
     # The per-user window tables that ingest keeps, derived by ingest's own statements.
     conn.executescript(REBUILD_WINDOWS_SCRIPT)
+    # The daily tool rollups and the operators' tool aggregates, by the worker's own statements.
+    conn.execute("INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events")
+    conn.execute("BEGIN")
+    for statement in REBUILD_ROLLUPS:
+        conn.execute(statement, {"limit": days + 2} if ":limit" in statement else ())
+    conn.execute("COMMIT")
     conn.execute("ANALYZE")
     conn.close()
-    return {"users": len(ids), "days": days, "messages": messages, "prompts": prompts,
+    return {"users": len(ids), "days": days, "messages": messages, "prompts": prompts, "events": events,
             "schema": latest_version(), "processor_version": USAGE_PROCESSOR_VERSION}
 
 

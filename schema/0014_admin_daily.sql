@@ -26,9 +26,8 @@ CREATE TABLE admin_session_days (
     cache_read_tokens     INTEGER NOT NULL DEFAULT 0,
     cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
     active_seconds        INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (user_id, day, session_id)
+    PRIMARY KEY (day, user_id, session_id)  -- day first: a range's rows are one run of the table, in day order
 ) WITHOUT ROWID;
-CREATE INDEX admin_session_days_day ON admin_session_days(day, user_id);
 
 CREATE TABLE admin_model_days (
     user_id           INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
@@ -42,9 +41,9 @@ CREATE TABLE admin_model_days (
     cache_read_tokens INTEGER NOT NULL,
     cache_5m_tokens   INTEGER NOT NULL,
     cache_1h_tokens   INTEGER NOT NULL,
-    PRIMARY KEY (user_id, day, model, speed, price_tier)
+    -- day, then the price key: a range's rows in the order its per-day, per-price sums group them
+    PRIMARY KEY (day, model, speed, price_tier, user_id)
 ) WITHOUT ROWID;
-CREATE INDEX admin_model_days_day ON admin_model_days(day);
 
 INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens, cache_read_tokens,
                                 cache_creation_tokens)

@@ -276,3 +276,27 @@ async def test_the_migration_s_backfill_equals_what_ingest_keeps(client, seeded)
         await conn.executescript("BEGIN; DELETE FROM admin_session_days; DELETE FROM admin_model_days; "
                                  + backfill + "\nCOMMIT;")
     assert await snapshot() == kept
+
+
+async def test_the_tool_aggregates_backfill_equals_the_rollups_and_prune_marks_the_cut_day(client, seeded):
+    """Schema 0015 fills admin_tool_days from the usage events as the worker's rollup step keeps it;
+    retention drops the days before its cutoff and has the day it cuts through rolled up again."""
+    db = client.app[keys.DB]
+    script = (ROOT / "schema" / "0015_admin_tool_days.sql").read_text()
+    backfill = script[script.index("INSERT INTO admin_tool_days"):]
+
+    async def snapshot():
+        return [tuple(r) for r in await db.fetchall("SELECT * FROM admin_tool_days ORDER BY 1, 2, 3, 4, 5, 6")]
+
+    kept = await snapshot()
+    # alice's Bash calls of the 20th: one session, two of them errors (the tools figures above).
+    assert ("2026-11-20", seeded["alice"].user.id) in {(r[0], r[1]) for r in kept}
+    assert sum(r[6] for r in kept if r[4] == "Bash") == 5 and sum(r[7] for r in kept if r[4] == "Bash") == 2
+    async with db.writing() as conn:
+        await conn.executescript("BEGIN; DELETE FROM admin_tool_days; " + backfill + "\nCOMMIT;")
+    assert await snapshot() == kept
+    await ingest_store.prune(db, NOW - timedelta(days=2))  # cuts through 2026-11-19, at noon
+    assert await db.fetchval("SELECT COUNT(*) FROM rollup_dirty_days WHERE day = '2026-11-19'") == 1
+    assert await db.fetchval("SELECT MIN(day) FROM admin_tool_days") >= "2026-11-19"
+    await ingest_store.rebuild_rollups(db)
+    assert [r for r in await snapshot() if r[0] >= "2026-11-20"] == [r for r in kept if r[0] >= "2026-11-20"]

@@ -22,6 +22,9 @@ async def watched(aiohttp_client, tmp_path):
                              secret_key="s", parse_workers=0, session_dir=str(root), scan_interval=3600)
     client = await aiohttp_client(create_app(settings))
     client.app[keys.CLOCK].fixed = NOW
+    # The worker's start-up tick scans the (empty) directory; let it end first, or it could race a
+    # test's own files and ticks (seen under load: a scan registering a file the test ingests itself).
+    await client.app[keys.WORKER].ticked.wait()
     return client, root
 
 

@@ -7,7 +7,6 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Callable
 
-import msgspec
 
 from ..cost import PriceTable, Rates, cost_of, tier_prompt
 from ..db import Database
@@ -43,20 +42,14 @@ FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY day
 _RANGE_SQL = """
 SELECT COUNT(DISTINCT user_id) AS analysts,
        (SELECT COUNT(*) FROM (SELECT DISTINCT user_id, session_id FROM admin_session_days
-                              WHERE day >= :since AND day <= :until)) AS sessions
+                              WHERE day >= :since AND day <= :until) AS pairs) AS sessions
 FROM admin_session_days WHERE day >= :since AND day <= :until
 """
-_DAY_USERS_SQL = "SELECT DISTINCT day, user_id FROM admin_session_days WHERE day >= ? AND day <= ?"
 _ANALYSTS_SQL = """
 SELECT user_id, COUNT(DISTINCT session_id) AS sessions, TOTAL(prompts) AS prompts, TOTAL(input_tokens) AS i,
        TOTAL(output_tokens) AS o, TOTAL(cache_read_tokens) AS cr, TOTAL(cache_creation_tokens) AS cc,
        TOTAL(active_seconds) AS active
 FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY user_id
-"""
-_MODELS_SQL = """
-SELECT user_id, day, model, speed, price_tier, messages, input_tokens, output_tokens, cache_read_tokens,
-       cache_5m_tokens, cache_1h_tokens
-FROM admin_model_days WHERE day >= ? AND day <= ?
 """
 _USERS_SQL = """
 SELECT u.id, u.email, u.name, u.onboarded, u.last_pull_at, c.version AS client_version,
@@ -64,16 +57,12 @@ SELECT u.id, u.email, u.name, u.onboarded, u.last_pull_at, c.version AS client_v
        EXISTS (SELECT 1 FROM session_files f WHERE f.user_id = u.id) AS has_files
 FROM users u LEFT JOIN client_seen c ON c.user_id = u.id ORDER BY u.email
 """
-# Each event once per user (files holding copies of a session share event ids), as the rollups count.
+# From the per (day, analyst, session) tool aggregates the worker's rollups keep (schema 0015), per
+# tool and analyst: a session is one analyst's (and may span days), so the analysts' counts add up.
 _TOOLS_SQL = """
-SELECT kind, name, source, user_id, COUNT(*) AS invocations, TOTAL(is_error) AS errors,
+SELECT kind, name, source, user_id, TOTAL(invocations) AS invocations, TOTAL(errors) AS errors,
        COUNT(DISTINCT session_id) AS sessions
-FROM (SELECT e.user_id, MIN(e.session_id) AS session_id, MAX(e.is_error) AS is_error, MIN(e.source) AS source,
-             CASE WHEN MIN(e.skill_name) IS NOT NULL THEN 'skill' ELSE MIN(e.event_type) END AS kind,
-             COALESCE(MIN(e.skill_name), CASE MIN(e.event_type) WHEN 'subagent' THEN MIN(e.subagent_type)
-                      WHEN 'slash_command' THEN '/' || MIN(e.command_name) END, MIN(e.tool_name), '(unnamed)') AS name
-      FROM usage_events e WHERE e.ts >= ? AND e.ts < ? GROUP BY e.user_id, e.event_id)
-GROUP BY kind, name, source, user_id
+FROM admin_tool_days WHERE day >= ? AND day <= ? GROUP BY kind, name, source, user_id
 """
 _HEALTH_SQL = """
 SELECT (SELECT COUNT(*) FROM session_files WHERE processed_at >= ?) AS files_last_hour,
@@ -92,56 +81,57 @@ def _noon(day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day), time(12), UTC)
 
 
-class _Costs:
-    """Cost of the model aggregates: each (model, day, speed, tier) resolves its rates once, then every
-    analyst's row of it is priced from its sums (linear within a tier: the sum of its messages' costs)."""
+# Rates resolved per (price table, model, speed, tier, day): the same few keys come back on every
+# request, and genai-prices' lookup is the costly part of pricing.
+_RATES: dict[tuple, Rates | None] = {}
+_RATES_MAX = 100_000
+# Token sums per (day, model, speed, tier): a few hundred rows for a range, each priced once (prices are
+# per token, so a group's cost is the sum of its messages' costs).
+_MODEL_DAYS_SQL = """
+SELECT day, model, speed, price_tier, TOTAL(messages) AS messages, TOTAL(input_tokens) AS i, TOTAL(output_tokens) AS o,
+       TOTAL(cache_read_tokens) AS cr, TOTAL(cache_5m_tokens) AS c5, TOTAL(cache_1h_tokens) AS c1
+FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY day, model, speed, price_tier
+"""
+# The same per analyst: over the whole range when every key's rates hold for all of it (the usual
+# case), else per day as well.
+_USER_MODELS_SQL = """
+SELECT user_id, model, speed, price_tier, {day} AS day, TOTAL(input_tokens) AS i, TOTAL(output_tokens) AS o,
+       TOTAL(cache_read_tokens) AS cr, TOTAL(cache_5m_tokens) AS c5, TOTAL(cache_1h_tokens) AS c1
+FROM admin_model_days WHERE day >= ? AND day <= ? GROUP BY user_id, model, speed, price_tier{by_day}
+"""
+_MODEL_USERS_SQL = ("SELECT model, COUNT(DISTINCT user_id) AS analysts FROM admin_model_days "
+                    "WHERE day >= ? AND day <= ? GROUP BY model")
+# Days shown in privacy mode: those of at least min_group analysts (the same test as _suppressed_day's).
+_SHOWN_DAYS = ("SELECT day FROM admin_session_days WHERE day >= ? AND day <= ? GROUP BY day "
+               "HAVING COUNT(DISTINCT user_id) >= ?")
+_SHOWN_MODEL_USERS_SQL = (f"SELECT DISTINCT model, user_id FROM admin_model_days WHERE day >= ? AND day <= ? "
+                          f"AND day IN ({_SHOWN_DAYS})")
 
-    def __init__(self, prices: PriceTable) -> None:
-        self.prices = prices
-        self.seen: dict[tuple, Rates | None] = {}
 
-    def cost(self, r) -> float | None:
-        key = (r["model"], r["day"], r["speed"], r["price_tier"])
-        if key not in self.seen:
-            found = self.prices.rates(r["model"] or None, _noon(r["day"]), r["speed"] == "fast",
-                                      tier_prompt(r["price_tier"]))
-            self.seen[key] = None if found is None else found[0]
-        rates = self.seen[key]
-        if rates is None:
-            return None
-        return cost_of(rates, r["input_tokens"], r["output_tokens"], r["cache_read_tokens"], r["cache_5m_tokens"],
-                       r["cache_1h_tokens"])
+def _day_rates(prices: PriceTable, model: str, speed: str, tier: int, day: str) -> Rates | None:
+    key = (prices.version, model, speed, tier, day)
+    if key not in _RATES:
+        if len(_RATES) >= _RATES_MAX:
+            _RATES.clear()
+        found = prices.rates(model or None, _noon(day), speed == "fast", tier_prompt(tier))
+        _RATES[key] = None if found is None else found[0]
+    return _RATES[key]
 
 
-async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
-    """Everything of one period that the figures need, per day, per analyst and per model."""
+def _price(prices: PriceTable, r) -> float | None:
+    """A group's US dollars; None when its model has no known price."""
+    rates = _day_rates(prices, r["model"], r["speed"], r["price_tier"], r["day"])
+    return None if rates is None else cost_of(rates, r["i"], r["o"], r["cr"], r["c5"], r["c1"])
+
+
+async def _period(db: Database, days: list[str], prices: PriceTable, *, full: bool) -> dict:
+    """What the figures of one period need: per day, and (``full``) per analyst and per model."""
     since, until = days[0], days[-1]
     day_rows = {r["day"]: r for r in await db.fetchall(_DAYS_SQL, (since, until))}
-    day_users: dict[str, set[int]] = defaultdict(set)
-    for r in await db.fetchall(_DAY_USERS_SQL, (since, until)):
-        day_users[r["day"]].add(r["user_id"])
+    model_days = [(r, _price(prices, r)) for r in await db.fetchall(_MODEL_DAYS_SQL, (since, until))]
     day_cost: dict[str, float] = defaultdict(float)
-    user_cost: dict[int, float] = defaultdict(float)
-    models: dict[str, dict] = {}
-    unpriced = 0
-    for r in await db.fetchall(_MODELS_SQL, (since, until)):
-        usd = costs.cost(r)
-        name, day, user_id = r["model"] or "(none)", r["day"], r["user_id"]
-        model = models.get(name)
-        if model is None:
-            model = models[name] = {"model": name, "messages": 0, "cost_usd": 0.0, "users": set(),
-                                    "days": defaultdict(float), "day_users": defaultdict(set), "priced": True}
-        model["messages"] += r["messages"]
-        model["users"].add(user_id)
-        model["day_users"][day].add(user_id)
-        if usd is None:
-            unpriced += r["messages"]
-            model["priced"] = False
-            continue
-        model["cost_usd"] += usd
-        model["days"][day] += usd
-        day_cost[day] += usd
-        user_cost[user_id] += usd
+    for r, usd in model_days:
+        day_cost[r["day"]] += usd or 0.0
     out_days = []
     for day in days:
         r = day_rows.get(day)
@@ -150,10 +140,50 @@ async def _period(db: Database, days: list[str], costs: _Costs) -> dict:
             "prompts": int(r["prompts"]) if r else 0,
             "tokens": _tokens(r["i"], r["o"], r["cr"], r["cc"]) if r else _tokens(),
             "cost_usd": round(day_cost.get(day, 0.0), 6), "active_seconds": int(r["active"]) if r else 0})
-    ranged = await db.fetchone(_RANGE_SQL, {"since": since, "until": until})
-    analysts = {r["user_id"]: r for r in await db.fetchall(_ANALYSTS_SQL, (since, until))}
-    return {"days": out_days, "day_users": day_users, "range": ranged, "analysts": analysts,
-            "user_cost": user_cost, "models": models, "unpriced_messages": unpriced}
+    period = {"days": out_days, "range": await db.fetchone(_RANGE_SQL, {"since": since, "until": until}),
+              "model_days": model_days}
+    if full:
+        period["analysts"] = {r["user_id"]: r for r in await db.fetchall(_ANALYSTS_SQL, (since, until))}
+        # Rates that move inside the range (a price change) need the analysts' sums per day too.
+        steady = all(_day_rates(prices, r["model"], r["speed"], r["price_tier"], since)
+                     == _day_rates(prices, r["model"], r["speed"], r["price_tier"], r["day"]) for r, _ in model_days)
+        sql = _USER_MODELS_SQL.format(day="CAST(? AS TEXT)" if steady else "day", by_day="" if steady else ", day")
+        user_cost: dict[int, float] = defaultdict(float)
+        for r in await db.fetchall(sql, (since, since, until) if steady else (since, until)):
+            user_cost[r["user_id"]] += _price(prices, r) or 0.0
+        period["user_cost"] = user_cost
+    return period
+
+
+async def _by_model(db: Database, period: dict, per_analyst: bool, min_group: int) -> tuple[list[dict], list[set]]:
+    """Spend by model, the most first, and each row's analysts; privacy mode counts the shown days only."""
+    since, until = period["days"][0]["date"], period["days"][-1]["date"]
+    shown = {d["date"] for d in period["days"] if not d.get("suppressed")}
+    models: dict[str, dict] = {}
+    for r, usd in period["model_days"]:
+        if not per_analyst and r["day"] not in shown:
+            continue
+        m = models.setdefault(r["model"], {"model": r["model"] or "(none)", "analysts": 0, "messages": 0,
+                                            "cost_usd": 0.0, "unpriced": 0})
+        m["messages"] += int(r["messages"])
+        if usd is None:
+            m["unpriced"] += int(r["messages"])
+        else:
+            m["cost_usd"] += usd
+    users: dict[str, set[int]] = defaultdict(set)
+    if per_analyst:
+        for r in await db.fetchall(_MODEL_USERS_SQL, (since, until)):
+            models[r["model"]]["analysts"] = r["analysts"]
+    else:  # the fold unions the analysts of the rows it folds
+        for r in await db.fetchall(_SHOWN_MODEL_USERS_SQL, (since, until, since, until, min_group)):
+            users[r["model"]].add(r["user_id"])
+        for key, m in models.items():
+            m["analysts"] = len(users[key])
+    keys = sorted(models, key=lambda k: (-models[k]["cost_usd"], models[k]["model"]))
+    period["unpriced_messages"] = sum(m["unpriced"] for m in models.values())
+    rows = [{"model": models[k]["model"], "analysts": models[k]["analysts"], "messages": models[k]["messages"],
+             "cost_usd": None if models[k]["unpriced"] else round(models[k]["cost_usd"], 6)} for k in keys]
+    return rows, [users[k] for k in keys]
 
 
 def _sum_days(days: list[dict]) -> dict:
@@ -172,15 +202,9 @@ def _suppressed_day(day: dict) -> dict:
             "tokens": None, "cost_usd": None, "active_seconds": None}
 
 
-_SESSIONS_ON_SQL = """
-SELECT COUNT(*) FROM (SELECT DISTINCT s.user_id, s.session_id FROM json_each(?) AS j
-                      JOIN admin_session_days s ON s.day = j.value)
+_SESSIONS_ON_SQL = f"""
+SELECT COUNT(*) FROM (SELECT DISTINCT user_id, session_id FROM admin_session_days WHERE day IN ({_SHOWN_DAYS})) AS s
 """
-
-
-async def _sessions_on(db: Database, days: list[str]) -> int:
-    """Distinct sessions with activity on the given days."""
-    return await db.fetchval(_SESSIONS_ON_SQL, (msgspec.json.encode(days).decode(),))
 
 
 def _kpis(period: dict, onboarded: int, per_analyst: bool, min_group: int) -> dict:
@@ -230,13 +254,16 @@ async def usage(db: Database, range_name: str, now: datetime, prices: PriceTable
     per day, per model, per analyst (``per_analyst`` only), per tool, who needs help and the pipeline.
 
     Kept while the database is unchanged (Database.snapshot) and the UTC day is the same; the
-    pipeline's health is read afresh (the files of the last hour move with the clock). Callers must
-    not change what they get."""
+    pipeline's health while it is unchanged and the minute is the same (the files of the last hour move
+    with the clock), with the worker's queue and lag as they are now. Callers must not change what they
+    get."""
     key = ("admin_usage", range_name, now.astimezone(UTC).date(), prices.version, per_analyst, min_group)
     found = await db.cached_read(
         key, lambda: _usage(db, range_name, now, prices, per_analyst=per_analyst, min_group=min_group))
-    health = await _health(db, now, per_analyst, processor_version)
-    health.update(queue_depth=queue_depth, lag_seconds=round(lag_seconds, 3))
+    minute = now.replace(second=0, microsecond=0)  # the last hour's files, counted to the minute
+    health = await db.cached_read(("admin_health", minute, per_analyst, processor_version),
+                                  lambda: _health(db, minute, per_analyst, processor_version))
+    health = {**health, "queue_depth": queue_depth, "lag_seconds": round(lag_seconds, 3)}
     return {**found, "health": health}
 
 
@@ -259,33 +286,22 @@ async def _health(db: Database, now: datetime, per_analyst: bool, processor_vers
 async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTable, *, per_analyst: bool,
                  min_group: int) -> dict:
     n = RANGES[range_name]
-    costs = _Costs(prices)
     days, previous_days = day_list(now, n), day_list(now, n, offset=1)
-    current = await _period(db, days, costs)
-    previous = await _period(db, previous_days, costs)
+    current = await _period(db, days, prices, full=True)
+    previous = await _period(db, previous_days, prices, full=False)
     people = [dict(r) for r in await db.fetchall(_USERS_SQL)]
     onboarded = sum(1 for p in people if p["onboarded"])
     if not per_analyst:
         for period in (current, previous):
             period["days"] = [d if d["active_analysts"] == 0 or d["active_analysts"] >= min_group
                               else _suppressed_day(d) for d in period["days"]]
-            period["shown_sessions"] = await _sessions_on(
-                db, [d["date"] for d in period["days"] if not d.get("suppressed")])
+            period["shown_sessions"] = await db.fetchval(
+                _SESSIONS_ON_SQL, (period["days"][0]["date"], period["days"][-1]["date"], min_group))
     kpis = _kpis(current, onboarded, per_analyst, min_group)
     kpis["previous"] = _kpis(previous, onboarded, per_analyst, min_group)
 
     # Spend by model: privacy mode counts the shown days only, and folds models of few analysts.
-    shown_days = {d["date"] for d in current["days"] if not d.get("suppressed")}
-    by_model, model_users = [], []
-    for m in sorted(current["models"].values(), key=lambda m: (-m["cost_usd"], m["model"])):
-        users = set(m["users"]) if per_analyst else set().union(
-            *(u for day, u in m["day_users"].items() if day in shown_days))
-        cost = m["cost_usd"] if per_analyst else sum(v for day, v in m["days"].items() if day in shown_days)
-        if not users:
-            continue
-        by_model.append({"model": m["model"], "analysts": len(users), "messages": m["messages"],
-                         "cost_usd": round(cost, 6) if m["priced"] else None})
-        model_users.append(users)
+    by_model, model_users = await _by_model(db, current, per_analyst, min_group)
     if not per_analyst:
         for row in by_model:  # message counts cover every day: only the cost is kept per shown day
             row.pop("messages")
@@ -297,19 +313,19 @@ async def _usage(db: Database, range_name: str, now: datetime, prices: PriceTabl
                          {"model": "other", "analysts": 0, "cost_usd": 0.0}, add_model)
 
     # Tools, skills, subagents, MCP servers, slash commands, by plugin source.
-    until = to_store(datetime.combine(date.fromisoformat(days[-1]) + timedelta(days=1), time(), UTC))
     tool_rows: dict[tuple, dict] = {}
     tool_users: dict[tuple, set[int]] = defaultdict(set)
-    for r in await db.fetchall(_TOOLS_SQL, (days[0], until)):
+    for r in await db.fetchall(_TOOLS_SQL, (days[0], days[-1])):
         key = (r["kind"], r["name"], r["source"])
-        row = tool_rows.setdefault(key, {"kind": r["kind"], "name": r["name"], "source": r["source"],
-                                         "invocations": 0, "analysts": 0, "sessions": 0, "errors": 0})
-        row["invocations"] += r["invocations"]
+        row = tool_rows.get(key)
+        if row is None:
+            row = tool_rows[key] = {"kind": r["kind"], "name": r["name"], "source": r["source"], "invocations": 0,
+                                    "analysts": 0, "sessions": 0, "errors": 0}
+        row["invocations"] += int(r["invocations"])
         row["errors"] += int(r["errors"])
-        row["sessions"] += r["sessions"]  # a session is one user's: the users' counts add up
+        row["sessions"] += r["sessions"]
+        row["analysts"] += 1
         tool_users[key].add(r["user_id"])
-    for key, row in tool_rows.items():
-        row["analysts"] = len(tool_users[key])
     ordered = sorted(tool_rows, key=lambda k: (-tool_rows[k]["invocations"], k))
     tools = [tool_rows[k] for k in ordered]
     if not per_analyst:

@@ -603,7 +603,7 @@ _STAGED: weakref.WeakSet = weakref.WeakSet()
 _INC_WRITE_STATEMENTS = statements(_INC_WRITE_SCRIPT)
 _STAGE_GONE_SQL = "INSERT INTO temp.stage_gone VALUES (?, ?)"
 _STAGE_FLIPS_SQL = "INSERT INTO temp.stage_flips VALUES (?, ?)"
-# The parser's state for a file's next pass (schema 0015), or none (gzip): the next pass is full.
+# The parser's state for a file's next pass (schema 0016), or none (gzip): the next pass is full.
 _CARRY_SQL = ("INSERT INTO ingest_carry (file_id, state) VALUES (?, ?) "
               "ON CONFLICT (file_id) DO UPDATE SET state = excluded.state")
 _NO_CARRY_SQL = "DELETE FROM ingest_carry WHERE file_id = ?"
@@ -707,7 +707,7 @@ async def _many(conn, sql: str, rows: list) -> None:
 
 
 async def get_carry(db: Database, file_id: int) -> bytes | None:
-    """The parser's state a file's last pass left (schema 0015), or None."""
+    """The parser's state a file's last pass left (schema 0016), or None."""
     return await db.fetchval("SELECT state FROM ingest_carry WHERE file_id = ?", (file_id,))
 
 
@@ -729,16 +729,19 @@ COMMIT;
 
 
 
-# The daily tool and plugin rollups of up to :limit dirty days (the latest first), set-based: a
-# statement per step for all the days at once, not five per day. Each day counts its usage events
-# once per user (files holding copies of a session share event ids).
+# The daily tool and plugin rollups (and the operators' admin_tool_days) of up to :limit dirty days
+# (the latest first), set-based: a statement per step for all the days at once, not five per day.
+# Each day counts its usage events once per user (files holding copies of a session share event ids).
 _EVENTS_ONCE = """(SELECT d.day, e.user_id, e.event_id, MIN(e.session_id) AS session_id,
         MIN(e.tool_name) AS tool_name, MIN(e.command_name) AS command_name, MIN(e.source) AS source,
-        MIN(e.ref_id) AS ref_id, MAX(e.is_error) AS is_error
+        MIN(e.ref_id) AS ref_id, MAX(e.is_error) AS is_error,
+        CASE WHEN MIN(e.skill_name) IS NOT NULL THEN 'skill' ELSE MIN(e.event_type) END AS kind,
+        COALESCE(MIN(e.skill_name), CASE MIN(e.event_type) WHEN 'subagent' THEN MIN(e.subagent_type)
+                 WHEN 'slash_command' THEN '/' || MIN(e.command_name) END, MIN(e.tool_name), '(unnamed)') AS name
     FROM temp.rollup_days d
     CROSS JOIN usage_events e ON e.ts >= d.day || 'T' AND e.ts < d.day || 'U'
     GROUP BY d.day, e.user_id, e.event_id)"""
-_REBUILD_ROLLUPS = statements(f"""
+REBUILD_ROLLUPS = statements(f"""
 CREATE TEMP TABLE IF NOT EXISTS rollup_days (day TEXT PRIMARY KEY);
 DELETE FROM temp.rollup_days;
 INSERT INTO temp.rollup_days SELECT day FROM rollup_dirty_days ORDER BY day DESC LIMIT :limit;
@@ -751,6 +754,10 @@ INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_u
 INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, distinct_sessions)
     SELECT day, source, ref_id, COUNT(*), COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id)
     FROM {_EVENTS_ONCE} WHERE ref_id IS NOT NULL GROUP BY day, source, ref_id;
+DELETE FROM admin_tool_days WHERE day IN (SELECT day FROM temp.rollup_days);
+INSERT INTO admin_tool_days (day, user_id, session_id, kind, name, source, invocations, errors)
+    SELECT day, user_id, session_id, kind, name, source, COUNT(*), SUM(is_error)
+    FROM {_EVENTS_ONCE} GROUP BY day, user_id, session_id, kind, name, source;
 DELETE FROM rollup_dirty_days WHERE day IN (SELECT day FROM temp.rollup_days);
 """)
 
@@ -759,7 +766,7 @@ async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
     """Recompute the daily tool and plugin rollups of the days marked dirty (at most ``limit``, the
     latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
-        for statement in _REBUILD_ROLLUPS:
+        for statement in REBUILD_ROLLUPS:
             await conn.execute(statement, {"limit": limit} if ":limit" in statement else ())
         async with conn.execute("SELECT day FROM temp.rollup_days ORDER BY day DESC") as cur:
             return [r[0] for r in await cur.fetchall()]
@@ -792,6 +799,9 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
         await conn.execute("DELETE FROM admin_model_days WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_tool_daily WHERE day < ?", (cutoff[:10],))
         await conn.execute("DELETE FROM usage_plugin_daily WHERE day < ?", (cutoff[:10],))
+        await conn.execute("DELETE FROM admin_tool_days WHERE day < ?", (cutoff[:10],))
+        if counts["usage_events"]:  # the day it cut through may have lost some: rolled up again next tick
+            await conn.execute("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)", (cutoff[:10],))
     return counts
 
 

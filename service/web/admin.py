@@ -195,10 +195,18 @@ async def admin_page(request: web.Request) -> web.Response:
     changes = {key: _change(kpis.get(key), previous.get(key)) for key in
                ("active_analysts", "sessions", "prompts", "cost_usd", "active_seconds")}
     changes["tokens"] = _change((kpis.get("tokens") or {}).get("total"), (previous.get("tokens") or {}).get("total"))
+    # One rendering of the figures and tables per set of numbers (the usage answer is kept while the
+    # database is unchanged and the day is the same); the pipeline's health is rendered every time.
+    app = request.app
+    version = app[keys.DB].snapshot()
+    settings = app[keys.SETTINGS]
+    body_key = None if version is None else (
+        "admin", version, range_name, found["days"][-1]["date"], sort, settings.admin_per_analyst,
+        settings.admin_min_group, found["price_table"])
     return aiohttp_jinja2.render_template("admin.html", request, {
         "user": request[keys.USER], "csrf_token": request_csrf_token(request), "u": found, "range": range_name,
-        "ranges": RANGE_LABELS, "charts": _charts(found["days"], kpis), "analysts": analysts, "sort": sort,
-        "changes": changes})
+        "ranges": RANGE_LABELS, "charts": lambda: _charts(found["days"], kpis), "analysts": analysts, "sort": sort,
+        "changes": changes, "body_key": body_key})
 
 
 async def analyst_activity_page(request: web.Request) -> web.Response:

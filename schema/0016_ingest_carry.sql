@@ -1,4 +1,4 @@
--- 0015: incremental ingest passes (issue 24). A transcript grows for hours, and each pass over it
+-- 0016: incremental ingest passes (issue 24). A transcript grows for hours, and each pass over it
 -- read, parsed and rewrote the whole file. Now a pass over a grown file whose prefix is unchanged
 -- parses only what follows its last complete line, on top of the parser's state after that line,
 -- and writes only the rows that changed.
