@@ -177,6 +177,16 @@ async def test_a_grown_gzip_file_takes_a_full_pass_with_the_same_numbers(tmp_pat
     await once.db.close()
 
 
+async def test_a_gzip_file_cut_inside_its_members_ends_with_the_rows_of_one_full_pass(tmp_path, passes):
+    raw = b"".join(p.read_bytes() for p in sorted((SAMPLES / "carol").glob("*.jsonl"))[:3])
+    half = raw.index(b"\n", len(raw) // 2) + 1
+    source = tmp_path / "src" / "session.jsonl.gz"
+    source.parent.mkdir()
+    source.write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]))  # two members
+    await grow_and_compare(tmp_path, [source], random.Random(3), steps=10, step=1 / 8)
+    assert passes["incremental"] == 0  # no state is kept for gzip: every pass is full
+
+
 async def test_a_changed_prefix_takes_a_full_pass(tmp_path, passes):
     raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
     half = raw.index(b"\n", len(raw) // 2) + 1
