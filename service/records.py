@@ -96,4 +96,14 @@ class ParseResult(msgspec.Struct, gc=False):
     sessions: list[SessionRow]
     lines: int  # non-blank lines seen, skipped ones included
     bytes_read: int  # bytes of (decompressed) content consumed
-    content_hash: str  # hex sha256 of the raw bytes as stored (compressed if gzip)
+    content_hash: str  # ingest.hashing: xxh3-128 of the raw bytes as stored (compressed if gzip), per 1 MiB block
+    # An incremental pass (issue 24): summary and sessions are whole, but messages, prompts and events
+    # hold only the rows that are new or changed since the pass the carried state came from, and
+    # deleted_prompts the keys of prompt rows that are gone (a queued text written again later),
+    # flipped_events the ids of stored event rows that become errors.
+    incremental: bool = False
+    deleted_prompts: list[str] = []
+    flipped_events: list[str] = []  # stored events whose tool result (is_error) came in this pass
+    # The parser's state after the file's last complete line, for the next pass (None: gzip, or a
+    # last line too long to keep): opaque msgpack, stored as is.
+    carry: bytes | None = None

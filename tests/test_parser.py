@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from service.ingest import parser
+from service.ingest.hashing import content_hash
 from service.ingest.parser import parse_file, parse_stream
 from service.records import EventRow, MessageRow, ParseResult, PromptRow, Summary
 from service.timeutil import to_store
@@ -113,7 +114,7 @@ def test_sample_summary_matches_expected(name: str) -> None:
     for field in ("started_at", "ended_at"):
         if got[field] is not None:
             assert got[field].tzinfo is not None and got[field].utcoffset() == timedelta(0)
-    assert result.content_hash == hashlib.sha256((SAMPLES / name).read_bytes()).hexdigest()
+    assert result.content_hash == content_hash((SAMPLES / name).read_bytes())
     assert result.bytes_read == (SAMPLES / name).stat().st_size
 
 
@@ -413,7 +414,7 @@ def test_gzip_gives_the_same_result_as_plain(tmp_path: Path) -> None:
             plain.events,
         )
         assert result.bytes_read == len(raw)
-        assert result.content_hash == hashlib.sha256(packed).hexdigest() != plain.content_hash
+        assert result.content_hash == content_hash(packed) != plain.content_hash
 
 
 def test_gzip_members_small_chunks_and_truncation(monkeypatch: pytest.MonkeyPatch,
@@ -434,7 +435,7 @@ def test_gzip_members_small_chunks_and_truncation(monkeypatch: pytest.MonkeyPatc
     [warning] = [r for r in caplog.records if r.name == parser.__name__]
     assert warning.getMessage().startswith(f"gzip content of damaged.jsonl.gz unreadable after {len(raw)} bytes")
     assert warning.file == "damaged.jsonl.gz"
-    assert result.content_hash == hashlib.sha256(garbage).hexdigest()
+    assert result.content_hash == content_hash(garbage)
     # Output larger than one piece from the last input bytes (a long run) is not lost.
     tail = jsonl(user("run", "a" * 50_000))
     assert len(gzip.compress(raw + tail)) < len(gzip.compress(raw)) + 400  # 50 kB from a few bytes
@@ -544,7 +545,7 @@ def test_empty_file(tmp_path: Path) -> None:
     )
     assert (result.messages, result.prompts, result.events) == ([], [], [])
     assert (result.lines, result.bytes_read) == (0, 0)
-    assert result.content_hash == hashlib.sha256(b"").hexdigest()
+    assert result.content_hash == content_hash(b"")
 
 
 def test_metadata_only_and_blank_lines() -> None:

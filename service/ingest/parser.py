@@ -11,19 +11,22 @@ import os
 import re
 import stat
 import zlib
+from array import array
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO
 
 import msgspec
+import xxhash
 from msgspec import UNSET, UnsetType
 
 from ..timeutil import to_store
+from .hashing import BlockHasher
 from ..records import EventRow, MessageRow, ParseResult, PromptRow, SessionRow, Summary
 
-__all__ = ["MAX_LINE_BYTES", "READ_CHUNK", "open_regular", "parse_file", "parse_stream"]
+__all__ = ["CARRY_VERSION", "MAX_LINE_BYTES", "READ_CHUNK", "open_regular", "parse_file", "parse_grown",
+           "parse_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +184,14 @@ def parse_file(
     path: str | os.PathLike[str], *, file_key: str, received_at: datetime, follow_symlinks: bool = True
 ) -> ParseResult:
     """Parse one transcript file (plain or gzip, by content); CPU-bound: not on the event loop."""
+    with open_regular(path, follow_symlinks=follow_symlinks) as fileobj:
+        return parse_stream(
+            fileobj, file_key=file_key, fallback_session_id=_fallback_session(path), received_at=received_at
+        )
+
+
+def _fallback_session(path: str | os.PathLike[str]) -> str:
+    """The session of a file none of whose lines names one: its name, or its session's folder."""
     parent, name = os.path.split(os.fspath(path))
     if name.endswith(".gz"):
         name = name[:-3]
@@ -190,10 +201,91 @@ def parse_file(
     if folder == "subagents" and os.path.basename(grandparent):
         # <session>/subagents/agent-<id>.jsonl: a subagent file is not a new session (FORMAT.md).
         name = os.path.basename(grandparent)
+    return name
+
+
+def parse_grown(
+    path: str | os.PathLike[str], *, file_key: str, received_at: datetime, carry: bytes,
+    follow_symlinks: bool = True,
+) -> ParseResult | None:
+    """An incremental pass (issue 24): parse only what follows the last complete line of the pass
+    that left ``carry``, on top of the parser's state then; None when it cannot be one (the file did
+    not grow, its prefix changed, a state of another version or file, any doubt): a full pass then.
+
+    The prefix is checked without reading it: the stored size and the hashes of the last full 1 MiB
+    block and of the partial one after it (ingest.hashing). The result equals a full parse's numbers;
+    its rows are only those that changed (ParseResult.incremental).
+    """
+    try:
+        stored = _decode_stored(carry)
+    except msgspec.DecodeError:  # ValidationError included: a state of another shape
+        return None
+    if stored.version != CARRY_VERSION:
+        return None
     with open_regular(path, follow_symlinks=follow_symlinks) as fileobj:
-        return parse_stream(
-            fileobj, file_key=file_key, fallback_session_id=name, received_at=received_at
-        )
+        if os.fstat(fileobj.fileno()).st_size <= stored.size:
+            return None
+        state = _FileState.thaw(stored, file_key, MAX_LINE_BYTES)
+        if state is None:
+            return None
+        offset = state.bytes_read
+        state.fallback_session_id = _fallback_session(path)
+        if stored.tail_len and not _same_tail(fileobj, offset, stored):
+            return None
+        kept = len(stored.blocks) - 1  # the last full block is hashed again: part of the check
+        hasher = BlockHasher(stored.blocks[:kept] if kept > 0 else None)
+        try:
+            state.read(_grown_chunks(fileobj, min(offset, hasher.pos), offset, hasher, stored),
+                       at_start=offset == 0)
+            return state.finish(state.fallback_session_id, received_at, hasher)
+        except _NeedFull as exc:
+            logger.debug("full pass instead: %s", exc, extra={"file": file_key})
+            return None
+
+
+class _NeedFull(Exception):
+    """An incremental pass cannot give a full pass's numbers: do a full pass."""
+
+
+def _same_tail(fileobj: BinaryIO, offset: int, stored: _Stored) -> bool:
+    """The last line of the previous pass had no newline yet but counted (complete JSON): it must be
+    the same line now, with at most white space before its newline."""
+    data = os.pread(fileobj.fileno(), stored.tail_len + 4096, offset)
+    if xxhash.xxh3_64_digest(data[:stored.tail_len]) != stored.tail_hash:
+        return False
+    rest = data[stored.tail_len:]
+    newline = rest.find(b"\n")
+    return newline >= 0 and not rest[:newline].strip()
+
+
+def _grown_chunks(fileobj: BinaryIO, start: int, offset: int, hasher: BlockHasher,
+                  stored: _Stored) -> Iterator[bytes]:
+    """The bytes from ``offset`` on, for the parser, reading from ``start``: every byte from
+    hasher.pos on is hashed, and when the hash reaches the stored size the prefix must match."""
+    fileobj.seek(start)
+    pos = start
+    check_at = stored.size
+    checked = False
+    for data in _raw_chunks(fileobj, None):
+        n = len(data)
+        view = memoryview(data)
+        first_hashed = hasher.pos - pos
+        if first_hashed < n:
+            if not checked and pos + n >= check_at:
+                cut = check_at - pos
+                hasher.update(view[first_hashed:cut])
+                if hasher.blocks != stored.blocks or hasher.tail() != stored.partial:
+                    raise _NeedFull("the prefix changed")
+                checked = True
+                hasher.update(view[cut:])
+            else:
+                hasher.update(view[first_hashed:])
+        first_parsed = offset - pos
+        if first_parsed < n:
+            yield data if first_parsed <= 0 else data[first_parsed:]  # type: ignore[misc]
+        pos += n
+    if not checked:
+        raise _NeedFull("the file shrank while read")
 
 
 def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> BinaryIO:
@@ -255,16 +347,19 @@ def parse_stream(
     fileobj: BinaryIO, *, file_key: str, fallback_session_id: str, received_at: datetime
 ) -> ParseResult:
     """Parse an open binary stream; memory stays bounded by MAX_LINE_BYTES plus the emitted rows."""
-    hasher = hashlib.sha256()
+    hasher = BlockHasher()
     state = _FileState(file_key, MAX_LINE_BYTES)
-    state.read(_content_chunks(fileobj, hasher, file_key))
-    return state.finish(fallback_session_id, received_at, hasher.hexdigest())
+    state.fallback_session_id = fallback_session_id
+    gzipped: list[bool] = []
+    state.read(_content_chunks(fileobj, hasher, file_key, gzipped))
+    # A gzip file keeps no state: zlib's cannot be kept, so a grown one takes a full pass.
+    return state.finish(fallback_session_id, received_at, hasher, keep=not gzipped)
 
 
 # --- Reading: raw chunks (hashed as stored), gunzipped when the content says so.
 
 
-def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
+def _raw_chunks(fileobj: BinaryIO, hasher: BlockHasher | None) -> Iterator[bytes]:
     """The stored bytes in READ_CHUNK pieces, each hashed; a full piece is one reused buffer.
 
     Reading into one buffer instead of a new 1 MB object per read saves the page faults of
@@ -276,7 +371,8 @@ def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
     if readinto is None:
         read = fileobj.read
         while data := read(size):
-            hasher.update(data)
+            if hasher is not None:
+                hasher.update(data)
             yield data
         return
     buf = bytearray(size)
@@ -286,11 +382,12 @@ def _raw_chunks(fileobj: BinaryIO, hasher: Any) -> Iterator[bytes]:
         if not n:
             return
         data = buf if n == size else bytes(view[:n])
-        hasher.update(data)
+        if hasher is not None:
+            hasher.update(data)
         yield data  # type: ignore[misc]
 
 
-def _content_chunks(fileobj: BinaryIO, hasher: Any, file_key: str) -> Iterator[bytes]:
+def _content_chunks(fileobj: BinaryIO, hasher: BlockHasher, file_key: str, gzipped: list[bool]) -> Iterator[bytes]:
     raw = _raw_chunks(fileobj, hasher)
     head = b""
     for data in raw:
@@ -302,6 +399,7 @@ def _content_chunks(fileobj: BinaryIO, hasher: Any, file_key: str) -> Iterator[b
             yield head
         yield from raw
         return
+    gzipped.append(True)
     yield from _gunzip(itertools.chain((head,), raw), file_key)
     # A corrupt or trailing part stops decompression, but the hash covers every stored byte.
     for _ in raw:
@@ -357,6 +455,11 @@ def _store_text(raw: str) -> str:
     dt = _parse_ts(raw)
     assert dt is not None  # only texts that parsed are kept
     return to_store(dt)
+
+
+def _text_digest(text: str) -> str:
+    """The hash that keys a queued text (the database, and the state kept between passes, hold no text)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def _is_prompt_text(text: str) -> bool:
@@ -494,6 +597,107 @@ def _loose_line(line: memoryview) -> _Line | None:
     )
 
 
+# The parser's state between passes (issue 24), stored per file as opaque msgpack. Bump
+# CARRY_VERSION whenever its shape or meaning changes: a state of another version is ignored
+# (the next pass is a full one), so no migration is ever needed.
+CARRY_VERSION = 3
+
+
+# The keys of what a later line is not expected to name again are kept as 32-bit hashes: a line that
+# names one takes a full pass, so a collision costs a needless full pass, never a wrong number.
+def _key_hash(key: str) -> int:
+    return xxhash.xxh32_intdigest(key.encode("utf-8", "surrogatepass"))
+
+
+def _event_hash(event_id: str) -> int:
+    return int(event_id[:8], 16)
+
+
+def _pack(hashes: Iterable[int]) -> bytes:
+    return array("I", hashes).tobytes()
+
+
+def _unpack(packed: bytes) -> set[int]:
+    hashes = array("I")
+    hashes.frombytes(packed)
+    return set(hashes)
+
+
+class _State(msgspec.Struct, array_like=True, gc=False):
+    """A _FileState after a file's last complete line (see _FileState for what each holds)."""
+
+    file_key: str
+    offset: int  # content bytes consumed: the start of the line that had no newline yet
+    lineno: int
+    lines: int
+    skipped: int
+    user_messages: int
+    session_id: str | None
+    project: str | None
+    current_session: str | None
+    session_projects: list[tuple[str | None, str | None]]
+    models_seen: list[str]
+    block_starts: list[datetime]
+    block_ends: list[datetime]
+    last_raw: str | None
+    earliest_synthetic: datetime | None
+    # Only what a later line may still change is kept whole: the messages of the last pass (a message
+    # streamed across the cut), the tool uses without a result yet, the queued texts. Everything else
+    # is a 32-bit hash of its key, enough to see a later line come back to it: that line takes a
+    # full pass.
+    message_keys: list[str]
+    messages: list[list[Any]]
+    old_messages: bytes  # packed hashes of the other messages' keys
+    old_message_count: int
+    old_prompts: bytes  # packed hashes of the prompts' keys (queued texts apart)
+    old_prompt_count: int
+    old_tools: bytes  # packed hashes of answered tool ids
+    old_tool_errors: int  # how many of those have an error result
+    old_events: bytes  # packed hashes (first 32 bits) of the row ids of events without a tool id
+    pending_keys: list[str]
+    pending: list[list[list[Any]]]
+    session_last: list[tuple[str | None, datetime, str]]
+    # Events are not kept (their rows are stored): only the ids of their rows, per tool id for a
+    # tool result that comes later, and what the summary counts over them.
+    tool_ids: dict[str, str | None]  # tool id -> its event's row id, of tool uses without a result yet
+    error_ids: list[str]
+    # What the summary sums over every message and event, kept so a pass does not go over them all.
+    event_counts: dict[str, int]  # per event type, and "skill"
+    tool_names: list[str]
+    skill_names: list[str]
+    totals: list[int]  # input, output, cache_read, cache_creation over the messages
+    model_counts: dict[str, int]  # messages per model
+
+
+class _Stored(msgspec.Struct, array_like=True, gc=False):
+    """What is kept of a file between passes: the parser's state and what the rows stored hold."""
+
+    version: int
+    state: bytes  # a _State, encoded
+    none_stamp: str  # the stamp rows without a timestamp got
+    unstamped: bool  # some stored row has no timestamp of its own
+    size: int  # bytes hashed (the file as read)
+    blocks: list[bytes]  # xxh3-128 of each full 1 MiB block
+    partial: bytes  # and of the partial block after them
+    tail_len: int  # > 0: the line without a newline counted (complete JSON): its length
+    tail_hash: bytes  # and its xxh3-64
+
+
+_encode_carry = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(_State).decode
+_decode_stored = msgspec.msgpack.Decoder(_Stored).decode
+
+
+class _Prev(msgspec.Struct, gc=False):
+    """What the rows stored by the previous pass hold, to tell which rows change."""
+
+    pending: set[str]  # keys of its prompt rows of queued texts not yet resolved
+    error_ids: frozenset[str]
+    session_id: str | None
+    none_stamp: str
+    unstamped: bool
+
+
 class _FileState:
     """Counters of one file while it streams by; `_count` is the hot path.
 
@@ -528,24 +732,192 @@ class _FileState:
         #         5-minute cache writes, 1-hour cache writes, speed]
         self.messages: dict[str, list[Any]] = {}
         self.prompts: dict[str, tuple[str | None, str | None]] = {}  # key -> (ts text, session)
-        # Queued (enqueue) texts not yet known to be written again: stripped text -> [(key, ts text,
-        # session)]. A queued_command attachment or a user line with the same text later in the
+        # Queued (enqueue) texts not yet known to be written again: digest of the stripped text ->
+        # [(key, ts text, session)] (a digest, not the text: this state is stored between passes). A queued_command attachment or a user line with the same text later in the
         # file is that prompt already; what remains at the end is a prompt of its own.
         self.pending_enqueues: dict[str, list[tuple[str, str | None, str | None]]] = {}
         # session -> (its latest timestamp in the file, as parsed and as text)
         self.session_last: dict[str | None, tuple[datetime, str]] = {}
         # (uuid part, tool id, type, tool name, skill, subagent type, command, ts text, session)
         self.events: list[tuple[Any, ...]] = []
-        self.tool_ids: set[str] = set()
+        self.tool_ids: dict[str, str | None] = {}  # tool id -> its event's row id (once given)
+        self.other_event_ids: list[str] = []  # row ids of events without a tool id
+        self.answered: set[str] = set()  # tool ids with a result
+        # Of earlier passes, as hashes (see _State): a later line that names one takes a full pass.
+        self.old_messages: set[int] = set()
+        self.old_prompts: set[int] = set()
+        self.old_tools: set[int] = set()
+        self.old_events: set[int] = set()
+        self.old_message_count = self.old_prompt_count = self.old_tool_errors = 0
         self.error_ids: set[str] = set()
+        # Between passes (issue 24): the next line's number, the state after the last complete
+        # line (encoded), and the line without a newline after it when it counted (length, hash).
+        self.lineno = 1
+        self.snapshot: bytes | None = None
+        self.records = 0  # decoded lines counted
+        self.tail_len = 0
+        self.tail_hash = b""
+        self.prev: _Prev | None = None  # set when resumed from a stored state
+        self.dirty: set[str] = set()  # message keys whose row may have changed since then
+        self.before: dict[str, list[Any] | None] = {}  # and their entry then (None: new)
+        # Sums over the messages as of the stored state (or none), adjusted by the dirty ones.
+        self.base_totals = [0, 0, 0, 0]
+        self.base_models: dict[str, int] = {}
+        # Event rows: ids so far (None: a repeat), the ids, and the summary's counts over them.
+        self.event_ids: list[str | None] = []
+        self.ids_session: str | None = None  # the file's session when they were given
+        self.fallback_session_id: str | None = None  # the session when no line names one
+        self.seen_events: set[str] = set()
+        self.event_counts: dict[str, int] = {}
+        self.tool_names: set[str] = set()
+        self.skill_names: set[str] = set()
 
-    def read(self, chunks: Iterator[bytes]) -> None:
-        """Cut the content into lines (slices of the chunks, not copies); hold at most ~max_line."""
+    @classmethod
+    def thaw(cls, stored: _Stored, file_key: str, max_line: int) -> _FileState | None:
+        """The state a previous pass left, or None if it is another file's."""
+        try:
+            st = _decode_state(stored.state)
+        except msgspec.DecodeError:
+            return None
+        if st.file_key != file_key:
+            return None
+        self = cls(file_key, max_line)
+        self.bytes_read = st.offset
+        self.lineno = st.lineno
+        self.lines = st.lines
+        self.skipped = st.skipped
+        self.user_messages = st.user_messages
+        self.session_id = st.session_id
+        self.project = st.project
+        self.current_session = st.current_session
+        self.session_projects = dict(st.session_projects)
+        self.models_seen = dict.fromkeys(st.models_seen)
+        self.block_starts = st.block_starts
+        self.block_ends = st.block_ends
+        self.last_raw = st.last_raw
+        self.earliest_synthetic = st.earliest_synthetic
+        self.messages = dict(zip(st.message_keys, st.messages))
+        self.old_messages = _unpack(st.old_messages)
+        self.old_prompts = _unpack(st.old_prompts)
+        self.old_tools = _unpack(st.old_tools)
+        self.old_events = _unpack(st.old_events)
+        self.old_message_count = st.old_message_count
+        self.old_prompt_count = st.old_prompt_count
+        self.old_tool_errors = st.old_tool_errors
+        self.pending_enqueues = dict(zip(st.pending_keys, st.pending))  # type: ignore[arg-type]
+        self.session_last = {session: (ts, raw) for session, ts, raw in st.session_last}
+        self.tool_ids = st.tool_ids
+        self.error_ids = set(st.error_ids)
+        pending = set()
+        for queued in self.pending_enqueues.values():
+            pending.update(key for key, _, _ in queued)
+        self.prev = _Prev(pending, frozenset(st.error_ids), st.session_id,
+                          stored.none_stamp, stored.unstamped)
+        self.ids_session = st.session_id
+        self.seen_events = {e for e in st.tool_ids.values() if e is not None}
+        self.event_counts = st.event_counts
+        self.tool_names = set(st.tool_names)
+        self.skill_names = set(st.skill_names)
+        self.base_totals = st.totals
+        self.base_models = st.model_counts
+        return self
+
+    def _sums(self) -> tuple[list[int], dict[str, int]]:
+        """Token totals and messages per model now: the stored sums, adjusted by the changed messages."""
+        totals = list(self.base_totals)
+        models = dict(self.base_models)
+        messages = self.messages
+        for key, old in self.before.items():
+            new = messages[key]
+            if old is not None:
+                totals[0] -= old[1]
+                totals[1] -= old[2]
+                totals[2] -= old[3]
+                totals[3] -= old[4]
+                if old[5]:
+                    models[old[5]] -= 1
+            totals[0] += new[1]
+            totals[1] += new[2]
+            totals[2] += new[3]
+            totals[3] += new[4]
+            if new[5]:
+                models[new[5]] = models.get(new[5], 0) + 1
+        return totals, models
+
+    def _event_ids(self, fallback_session_id: str | None) -> None:
+        """Give each event not yet seen its row id (None: a repeat) and count it for the summary."""
+        event_ids = self.event_ids
+        seen = self.seen_events
+        counts = self.event_counts
+        session_id = self.session_id or fallback_session_id
+        self.ids_session = self.session_id
+        for uuid_part, tool_id, kind, name, skill, _, command, _, session in itertools.islice(
+                self.events, len(event_ids), None):
+            ident = _EVENT_SEP.join((session or session_id, uuid_part, tool_id or "", kind, name or "", command or ""))
+            event_id = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+            if event_id in seen:
+                event_ids.append(None)
+                continue
+            # A tool use's event cannot repeat one of an earlier pass: its tool id would (see _tool_use).
+            if not tool_id and self.old_events and _event_hash(event_id) in self.old_events:
+                raise _NeedFull("an event of an earlier pass comes again")
+            seen.add(event_id)
+            event_ids.append(event_id)
+            if tool_id:
+                self.tool_ids[tool_id] = event_id
+            else:
+                self.other_event_ids.append(event_id)
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind != "slash_command":
+                if name:
+                    self.tool_names.add(name)
+                if kind == "tool_use" and name == "Skill":
+                    counts["skill"] = counts.get("skill", 0) + 1
+                    if skill:
+                        self.skill_names.add(skill)
+
+    def freeze(self, offset: int) -> bytes | None:
+        """The state as it is now, encoded (a copy: parsing on changes nothing in it); None when it
+        cannot be kept (token sums past 64 bits: absurd counters, counted by a full pass each time)."""
+        self._event_ids(self.fallback_session_id)
+        totals, models = self._sums()
+        if max(totals) > _INT64_MAX:
+            return None
+        # Kept whole: the messages of this pass, the tool uses still waiting for their result.
+        recent = self.before
+        messages = self.messages
+        old_messages = self.old_messages | {_key_hash(key) for key in messages if key not in recent}
+        old_prompts = self.old_prompts | {_key_hash(key) for key in self.prompts}
+        answered = self.answered
+        open_tools = {tool: event for tool, event in self.tool_ids.items() if tool not in answered}
+        done_tools = [tool for tool in self.tool_ids if tool in answered]
+        old_events = self.old_events | {_event_hash(event) for event in self.other_event_ids}
+        return _encode_carry(_State(
+            self.file_key, offset, self.lineno, self.lines, self.skipped, self.user_messages, self.session_id,
+            self.project, self.current_session, list(self.session_projects.items()), list(self.models_seen),
+            self.block_starts, self.block_ends, self.last_raw, self.earliest_synthetic,
+            list(recent), [messages[key] for key in recent],
+            _pack(old_messages), self.old_message_count + len(messages) - len(recent),
+            _pack(old_prompts), self.old_prompt_count + len(self.prompts),
+            _pack(self.old_tools.union(map(_key_hash, done_tools))),
+            self.old_tool_errors + sum(1 for tool in done_tools if tool in self.error_ids),
+            _pack(old_events),
+            list(self.pending_enqueues), list(self.pending_enqueues.values()),  # type: ignore[arg-type]
+            [(session, ts, raw) for session, (ts, raw) in self.session_last.items()],
+            open_tools, list(self.error_ids),
+            self.event_counts, list(self.tool_names), list(self.skill_names), totals, models))
+
+    def read(self, chunks: Iterator[bytes], *, at_start: bool = True) -> None:
+        """Cut the content into lines (slices of the chunks, not copies); hold at most ~max_line.
+
+        ``at_start``: the chunks start the file (a byte order mark may lead), not a resumed pass.
+        Before the last line without a newline, the state is frozen (self.snapshot) for the next pass.
+        """
         max_line = self.max_line
         carry = bytearray()  # the start of a line that continues in the next chunk
         dropping = False  # inside an overlong line: discard up to its newline
-        lineno = 1
-        first = True
+        lineno = self.lineno
+        first = at_start
         for chunk in chunks:
             self.bytes_read += len(chunk)
             if first:
@@ -579,11 +951,18 @@ class _FileState:
             else:
                 carry += memoryview(chunk)[last_nl + 1 :]
         # The last line has no newline: parsed if complete, else skipped (and read whole next time).
-        if dropping:
+        if dropping:  # no state kept: the next pass reads the file whole
             self.lines += 1
             self.skipped += 1
-        elif carry:
+            return
+        self.lineno = lineno
+        self.snapshot = self.freeze(self.bytes_read - len(carry))
+        if carry:
+            records = self.records
             self._region(carry, 0, len(carry), lineno)
+            if self.records != records:
+                self.tail_len = len(carry)
+                self.tail_hash = xxhash.xxh3_64_digest(carry)
 
     def _region(self, buf: bytes | bytearray, start: int, end: int, lineno: int) -> int:
         """Decode the newline-separated lines of buf[start:end]; return the next line number."""
@@ -632,6 +1011,7 @@ class _FileState:
         self.lines += lines
         self.skipped += skipped
         if records:
+            self.records += len(records)
             self._count(records)
         return lineno
 
@@ -639,6 +1019,8 @@ class _FileState:
         """Count decoded lines; state lives in locals for the loop and is written back after."""
         file_key = self.file_key
         prompts = self.prompts
+        old_prompts = self.old_prompts
+        answered = self.answered
         starts = self.block_starts
         ends = self.block_ends
         user_messages = self.user_messages
@@ -718,15 +1100,17 @@ class _FileState:
                         self._slash(content, rec.uuid or f"line:{lineno}", 0, raw, session)
                     is_prompt = _is_prompt_text(content)
                     if pending:
-                        pending.pop(content.strip(), None)
+                        pending.pop(_text_digest(content.strip()), None)
                 else:
                     has_result = False
                     for block in content:
                         btype = block.type
                         if btype == "tool_result":
                             has_result = True
-                            if block.is_error is True and block.tool_use_id:
-                                self.error_ids.add(block.tool_use_id)
+                            if block.tool_use_id:
+                                answered.add(block.tool_use_id)
+                                if block.is_error is True:
+                                    self.error_ids.add(block.tool_use_id)
                         elif btype == "text" and block.text:
                             text = block.text
                             if not quoting and _COMMAND_TAG in text:
@@ -734,12 +1118,14 @@ class _FileState:
                             if not is_prompt:
                                 is_prompt = _is_prompt_text(text)
                             if pending:
-                                pending.pop(text.strip(), None)
+                                pending.pop(_text_digest(text.strip()), None)
                     if has_result:
                         is_prompt = False
                 if is_prompt and not quoting and rec.isSidechain is not True:
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
+                        if old_prompts and _key_hash(key) in old_prompts:
+                            raise _NeedFull("a prompt of an earlier pass comes again")
                         prompts[key] = (raw, session)
             elif kind == "progress":
                 if rec.data:
@@ -749,9 +1135,11 @@ class _FileState:
                 if attachment is not None and attachment.type == "queued_command":
                     key = rec.uuid or f"line:{file_key}:{lineno}"
                     if key not in prompts:
+                        if old_prompts and _key_hash(key) in old_prompts:
+                            raise _NeedFull("a prompt of an earlier pass comes again")
                         prompts[key] = (raw, session)
                     if pending and type(attachment.prompt) is str:
-                        pending.pop(attachment.prompt.strip(), None)
+                        pending.pop(_text_digest(attachment.prompt.strip()), None)
             elif kind == "queue-operation":
                 text = rec.content
                 if rec.operation == "enqueue" and text is not None and _is_prompt_text(text):
@@ -759,16 +1147,18 @@ class _FileState:
                     # A command queued mid-turn runs as a command, not a prompt.
                     if not text.startswith("/"):
                         # Keyed by its timestamp and a hash of its text: the database holds no text.
-                        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-                        pending.setdefault(text, []).append((f"enqueue:{raw or ''}:{digest}", raw, session))
+                        digest = _text_digest(text)
+                        pending.setdefault(digest, []).append((f"enqueue:{raw or ''}:{digest}", raw, session))
             elif kind == "system":
                 text = rec.content
                 if rec.subtype == "local_command" and text is not None and _COMMAND_TAG in text:
                     # Commands that run without the model (/model, /cost) are written only here (2.1.x).
                     self._slash(text, rec.uuid or f"line:{lineno}", 0, raw, session)
             elif kind == "tool_use_result":
-                if rec.is_error is True and rec.tool_use_id:
-                    self.error_ids.add(rec.tool_use_id)
+                if rec.tool_use_id:
+                    answered.add(rec.tool_use_id)
+                    if rec.is_error is True:
+                        self.error_ids.add(rec.tool_use_id)
 
         self.user_messages = user_messages
         self.last_raw = last_raw
@@ -801,6 +1191,11 @@ class _FileState:
         if model and model not in self.models_seen:
             self.models_seen[model] = None
         entry = self.messages.get(key)
+        if entry is None and self.old_messages and _key_hash(key) in self.old_messages:
+            raise _NeedFull("a message of an earlier pass continues")
+        if key not in self.dirty:
+            self.dirty.add(key)
+            self.before[key] = None if entry is None else entry[:]
         if entry is None:
             self.messages[key] = [raw, i, o, cr, cc, model, session, c5, c1, speed]
         else:
@@ -851,8 +1246,10 @@ class _FileState:
             self._message(msg, sub.uuid, lineno, stamp, session)
         elif sub.type == "user" and type(msg.content) is list:
             for block in msg.content:
-                if block.type == "tool_result" and block.is_error is True and block.tool_use_id:
-                    self.error_ids.add(block.tool_use_id)
+                if block.type == "tool_result" and block.tool_use_id:
+                    self.answered.add(block.tool_use_id)
+                    if block.is_error is True:
+                        self.error_ids.add(block.tool_use_id)
 
     def _tool_use(self, block: _Block, uuid_part: str, index: int, raw: str | None, session: str | None) -> None:
         """One event per tool id in the file; a block without an id is told apart by its place
@@ -861,7 +1258,9 @@ class _FileState:
         if tool_id:
             if tool_id in self.tool_ids:
                 return
-            self.tool_ids.add(tool_id)
+            if self.old_tools and _key_hash(tool_id) in self.old_tools:
+                raise _NeedFull("a tool use of an earlier pass comes again")
+            self.tool_ids[tool_id] = None
         else:
             uuid_part = f"{uuid_part}#{index}"
         name = block.name
@@ -889,9 +1288,17 @@ class _FileState:
         return seen
 
     def finish(
-        self, fallback_session_id: str, received_at: datetime, content_hash: str
+        self, fallback_session_id: str, received_at: datetime, hasher: BlockHasher, *, keep: bool = True
     ) -> ParseResult:
-        """Resolve inherited timestamps and dedup events; build the rows and the summary."""
+        """Resolve inherited timestamps and dedup events; build the rows and the summary.
+
+        Resumed from a stored state (self.prev), only the rows that changed since are built, and
+        _NeedFull is raised when rows stored before would change in ways not tracked (their session
+        or their inherited timestamp). ``keep``: carry the state for the next pass.
+        """
+        prev = self.prev
+        if prev is not None and prev.session_id is None and self.session_id is not None:
+            raise _NeedFull("the file names its session only now")  # its earlier rows took the fallback
         session_id = self.session_id or fallback_session_id
         projects = dict(self.session_projects)
         # Lines before the first sessionId belong to the file's session, and come first in it.
@@ -901,7 +1308,11 @@ class _FileState:
         starts, ends = self.block_starts, self.block_ends
         # Rows of lines before any timestamp: the earliest in the file, else the moment received.
         earliest = [t for t in (starts[0] if starts else None, self.earliest_synthetic) if t is not None]
-        stamps: dict[str | None, str] = {None: to_store(min(earliest) if earliest else received_at)}
+        none_stamp = to_store(min(earliest) if earliest else received_at)
+        if prev is not None and prev.unstamped and none_stamp != prev.none_stamp:
+            raise _NeedFull("rows without a timestamp of their own take another one now")
+        unstamped = prev is not None and prev.unstamped
+        stamps: dict[str | None, str] = {None: none_stamp}
 
         def stamp(raw: str | None) -> str:
             text = stamps.get(raw)
@@ -910,53 +1321,77 @@ class _FileState:
             return text
 
         message_rows = []
-        totals = [0, 0, 0, 0]
-        models: Counter[str] = Counter()
-        for key, (raw, i, o, cr, cc, model, session, c5, c1, speed) in self.messages.items():
-            message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc, model, speed, c5, c1))
-            totals[0] += i
-            totals[1] += o
-            totals[2] += cr
-            totals[3] += cc
-            if model:
-                models[model] += 1
+        messages = self.messages
+        # A full pass: every message (in the order of the file); else those whose row may have changed.
+        for key in (messages if prev is None else self.before):
+            raw, i, o, cr, cc, model, session, c5, c1, speed = messages[key]
+            if raw is None:
+                unstamped = True
+            message_rows.append(MessageRow(key, session or session_id, stamp(raw), i, o, cr, cc, model, speed,
+                                           c5, c1))
+        totals, models = self._sums()
         # max() keeps the first of equal counts: in the order the file first names each model,
         # ties go to the model seen first.
-        primary_model = max(self.models_seen, key=models.__getitem__) if models else None
+        primary_model = (max(self.models_seen, key=lambda m: models.get(m, 0))
+                         if any(models.values()) else None)
 
+        # The prompts of this pass (of earlier ones, only their count is kept), then the queued texts
+        # still unresolved, each a prompt of its own: rows for those not stored yet, and the rows of
+        # those resolved since go.
         prompts = self.prompts
+        queued_rows: dict[str, tuple[str | None, str | None]] = {}
         for queued in self.pending_enqueues.values():
             for key, raw, session in queued:
-                if key not in prompts:
-                    prompts[key] = (raw, session)
-        prompt_rows = [PromptRow(key, session or session_id, stamp(raw)) for key, (raw, session) in prompts.items()]
+                if key not in prompts and key not in queued_rows:
+                    queued_rows[key] = (raw, session)
+        prompt_rows = []
+        for rows, skip in ((prompts, ()), (queued_rows, () if prev is None else prev.pending)):
+            for key, (raw, session) in rows.items():
+                if key not in skip:
+                    if raw is None:
+                        unstamped = True
+                    prompt_rows.append(PromptRow(key, session or session_id, stamp(raw)))
+        deleted_prompts = ([] if prev is None else
+                           [key for key in prev.pending if key not in queued_rows and key not in prompts])
         latest = dict(self.session_last)
         before_last = latest.pop(None, None)
         if before_last is not None and (session_id not in latest or before_last[0] > latest[session_id][0]):
             latest[session_id] = before_last
 
+        # Each event's row id, once: a repeat of an id is no row (None). Ids given before the file
+        # named its session (the line without a newline named it first) are given again.
+        if self.ids_session is None and self.session_id is not None and self.event_ids:
+            self.event_ids, self.seen_events, self.event_counts = [], set(), {}
+            self.tool_names, self.skill_names, self.other_event_ids = set(), set(), []
+        self._event_ids(fallback_session_id)
+        events, event_ids, error_ids = self.events, self.event_ids, self.error_ids
+        # Events of earlier passes whose tool result came only now: their stored rows turn is_error.
+        flipped_events: list[str] = []
+        if prev is not None and (flipped := error_ids - prev.error_ids):
+            new_tools = {event[1] for event in events if event[1]}
+            for tool_id in flipped:
+                if tool_id in new_tools:
+                    continue
+                event_id = self.tool_ids.get(tool_id)
+                if event_id is not None:
+                    flipped_events.append(event_id)
+                elif self.old_tools and _key_hash(tool_id) in self.old_tools:
+                    raise _NeedFull("a tool use of an earlier pass gets its error only now")
         event_rows = []
-        seen_events: set[str] = set()
-        error_ids = self.error_ids
-        for uuid_part, tool_id, kind, name, skill, subagent, command, raw, session in self.events:
-            session = session or session_id
-            ident = _EVENT_SEP.join(
-                (session, uuid_part, tool_id or "", kind, name or "", command or "")
-            )
-            event_id = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
-            if event_id in seen_events:
+        for event_id, event in zip(event_ids, events):
+            if event_id is None:
                 continue
-            seen_events.add(event_id)
-            is_error = tool_id is not None and tool_id in error_ids
+            uuid_part, tool_id, kind, name, skill, subagent, command, raw, session = event
+            if raw is None:
+                unstamped = True
             event_rows.append(
                 EventRow(
-                    event_id, kind, session, stamp(raw), name, skill, subagent, command, is_error
+                    event_id, kind, session or session_id, stamp(raw), name, skill, subagent, command,
+                    tool_id is not None and tool_id in error_ids,
                 )
             )
+        counts = self.event_counts
 
-        tool_rows = [e for e in event_rows if e.event_type != "slash_command"]
-        plain_tools = [e for e in tool_rows if e.event_type == "tool_use"]
-        skills = [e for e in plain_tools if e.tool_name == "Skill"]
         summary = Summary(
             session_id=session_id,
             started_at=starts[0] if starts else None,
@@ -964,17 +1399,18 @@ class _FileState:
             active_seconds=sum((e - s for s, e in zip(starts, ends)), timedelta()) // _ONE_SECOND,
             wall_seconds=(ends[-1] - starts[0]) // _ONE_SECOND if starts else 0,
             user_messages=self.user_messages,
-            assistant_messages=len(message_rows),
-            tool_calls=len(plain_tools),
-            tool_errors=sum(1 for e in tool_rows if e.is_error),
-            skill_invocations=len(skills),
-            subagent_dispatches=sum(1 for e in tool_rows if e.event_type == "subagent"),
-            mcp_calls=sum(1 for e in tool_rows if e.event_type == "mcp_call"),
-            slash_commands=len(event_rows) - len(tool_rows),
-            distinct_tools=len({e.tool_name for e in tool_rows if e.tool_name}),
-            distinct_skills=len({e.skill_name for e in skills if e.skill_name}),
+            assistant_messages=self.old_message_count + len(self.messages),
+            tool_calls=counts.get("tool_use", 0),
+            # A tool id has one event (tool uses are deduplicated by it), and only tool events have one.
+            tool_errors=self.old_tool_errors + len(self.tool_ids.keys() & error_ids),
+            skill_invocations=counts.get("skill", 0),
+            subagent_dispatches=counts.get("subagent", 0),
+            mcp_calls=counts.get("mcp_call", 0),
+            slash_commands=counts.get("slash_command", 0),
+            distinct_tools=len(self.tool_names),
+            distinct_skills=len(self.skill_names),
             primary_model=primary_model,
-            prompts=len(prompt_rows),
+            prompts=self.old_prompt_count + len(prompts) + len(queued_rows),
             project=self.project,
             skipped_lines=self.skipped,
             # Saturating: two absurd (but int64) counters must not overflow the summary row.
@@ -983,6 +1419,11 @@ class _FileState:
             cache_read_tokens=min(totals[2], _INT64_MAX),
             cache_creation_tokens=min(totals[3], _INT64_MAX),
         )
+        carry = None
+        if keep and self.snapshot is not None:
+            carry = _encode_carry(_Stored(
+                CARRY_VERSION, self.snapshot, none_stamp, unstamped, hasher.pos,
+                hasher.blocks, hasher.tail(), self.tail_len, self.tail_hash))
         return ParseResult(
             summary=summary,
             messages=message_rows,
@@ -992,7 +1433,11 @@ class _FileState:
                       for sid, project in projects.items()],
             lines=self.lines,
             bytes_read=self.bytes_read,
-            content_hash=content_hash,
+            content_hash=hasher.hexdigest(),
+            incremental=prev is not None,
+            deleted_prompts=deleted_prompts,
+            flipped_events=flipped_events,
+            carry=carry,
         )
 
 

@@ -224,13 +224,19 @@ class Processor:
         # operator.
         follow = state.origin != "watch"
         st = stat_file(state.path, follow)
+        carry = None
         if not force and state.content_hash and state.processor_version >= version:
             # Processed by this version already: an unchanged size and mtime is an unchanged file
             # (an `agnes-home ingest` run again over an archive); one touched but maybe not
             # changed is hashed, much cheaper than a parse and a rewrite. An upload is always
             # hashed: two uploads within one tick of the file system's clock can share an mtime.
+            # A file that grew, with the parser's state of its last pass, is not hashed whole: the
+            # parse checks its prefix and goes on from where that pass stopped (issue 24).
             same_stat = state.origin != "upload" and (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns)
-            unchanged = same_stat or await self._run(hash_job, state.path, follow) == state.content_hash
+            if not same_stat and st.st_size > state.size:
+                carry = await store.get_carry(self.db, file_id)
+            unchanged = same_stat or (carry is None
+                                      and await self._run(hash_job, state.path, follow) == state.content_hash)
             if unchanged:
                 await store.mark_unchanged(self.db, file_id, st.st_size, st.st_mtime_ns, self.clock())
                 outcome = Outcome(file_id, "unchanged", bytes=st.st_size)
@@ -239,8 +245,9 @@ class Processor:
         received_at = from_store(state.received_at)
         if self.workers > 0:
             result: ParseResult = unpack_result(
-                await self._run(parse_job_packed, state.path, str(file_id), received_at, follow))
+                await self._run(parse_job_packed, state.path, str(file_id), received_at, follow, carry))
         else:
-            result = await self._run(parse_job, state.path, str(file_id), received_at, follow)
-        logger.debug("parsed", extra={"file_id": file_id, "file": state.path, "lines": result.lines})
+            result = await self._run(parse_job, state.path, str(file_id), received_at, follow, carry)
+        logger.debug("parsed", extra={"file_id": file_id, "file": state.path, "lines": result.lines,
+                                      "incremental": result.incremental})
         return store.Parsed(file_id, state.user_id, result, st.st_size, st.st_mtime_ns, version)

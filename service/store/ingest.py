@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable, NamedTuple
@@ -325,7 +326,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     # The operators' aggregates per (user, UTC day) (schema 0014) are recomputed for the days of the
     # touched hours, and the day beside an hour that touches midnight (a session's active span may cross
     # it). Active seconds: consecutive stamps of a session at most 600 s apart, the span cut at midnight;
-    # the stamps read are the day's and 600 s either side of it.
+    # the stamps read are the day's and 600 s either side of it. Grouped and ordered by a session id
+    # spelled `session_id || ''`: by the column itself, SQLite read the rows through the (user, session)
+    # index, that is every row of the user's whole history for each day recomputed, rather than the
+    # day's range of the (user, ts) index (issue 24: a pass must cost what is new, not the history).
     _DAYS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_days "
                    "(user_id INTEGER NOT NULL, day TEXT NOT NULL, PRIMARY KEY (user_id, day))")
     _EPOCH = d["epoch"]
@@ -342,16 +346,16 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         f"DELETE FROM admin_session_days WHERE {_TOUCHED_DAYS}",
         f"""INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
                                         cache_read_tokens, cache_creation_tokens)
-        SELECT d.user_id, d.day, m.session_id, COUNT(*), {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens),
+        SELECT d.user_id, d.day, m.session_id || '', COUNT(*), {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens),
                {d['sum']}(m.cache_read_tokens), {d['sum']}(m.cache_creation_tokens)
         FROM temp.touched_days d
         CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.ts >= d.day AND m.ts < d.day || 'U'
-        GROUP BY d.user_id, d.day, m.session_id""",
+        GROUP BY d.user_id, d.day, m.session_id || ''""",
         """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
-        SELECT d.user_id, d.day, p.session_id, COUNT(*)
+        SELECT d.user_id, d.day, p.session_id || '', COUNT(*)
         FROM temp.touched_days d
         CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.ts >= d.day AND p.ts < d.day || 'U'
-        WHERE true GROUP BY d.user_id, d.day, p.session_id
+        WHERE true GROUP BY d.user_id, d.day, p.session_id || ''
         ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
         # Into a keyed table first: an UPDATE ... FROM (subquery) compared every row with every row.
         "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
@@ -361,9 +365,11 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
                    TOTAL({d['max']}(0, {d['min']}(t, day_start + 86400) - {d['max']}(prev, day_start)))
             FROM (SELECT user_id, day, session_id, t, {_EPOCH.format("day")} AS day_start,
                          LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
-                  FROM (SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} AS t FROM temp.touched_days d
+                  FROM (SELECT d.user_id, d.day, m.session_id || '' AS session_id, {_EPOCH.format("m.ts")} AS t
+                        FROM temp.touched_days d
                         {_DAY_STAMPS.format(table="user_messages")}
-                        UNION ALL SELECT d.user_id, d.day, m.session_id, {_EPOCH.format("m.ts")} FROM temp.touched_days d
+                        UNION ALL SELECT d.user_id, d.day, m.session_id || '', {_EPOCH.format("m.ts")}
+                        FROM temp.touched_days d
                         {_DAY_STAMPS.format(table="user_prompts")}) AS stamps) AS spans
             WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
         f"""UPDATE admin_session_days SET active_seconds = (
@@ -529,12 +535,9 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
               FROM temp.ingest_touched x WHERE x.kind = 's') t
         WHERE t.last_ts IS NOT NULL;
     """
-    _WRITE_SCRIPT = f"""
-    {_DIRTY_DAYS}
-    {_TOUCH}
-    DELETE FROM activity_messages WHERE file_id IN {_FILES};
-    DELETE FROM activity_prompts WHERE file_id IN {_FILES};
-    DELETE FROM usage_events WHERE file_id IN {_FILES};
+    # The staged rows into the per-file tables (the full pass deleted the file's rows first, the
+    # incremental one those of the staged keys), and the files' summaries and sessions.
+    _INSERT_ROWS = f"""
     INSERT INTO activity_messages (file_id, message_key, user_id, session_id, ts, input_tokens, output_tokens,
                                    cache_read_tokens, cache_creation_tokens, model, speed, cache_5m_tokens,
                                    cache_1h_tokens)
@@ -562,18 +565,94 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     INSERT INTO file_sessions (file_id, user_id, session_id, started_at, project, last_ts)
         SELECT s.file_id, f.user_id, s.session_id, f.started_at, s.project, s.last_ts
         FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
-    {_DIRTY_DAYS}
-    {_TOUCH}
-    {_TOUCH_SHARED}
-    {_DERIVE_WINDOWS}UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
+"""
+    _UPDATE_FILES = """UPDATE session_files SET size = f.size, mtime_ns = f.mtime_ns, content_hash = f.content_hash,
            processor_version = f.version, items = f.items, last_error = NULL, failure_count = 0,
            next_attempt_at = NULL, quarantined_at = NULL, processed_at = f.stamp
         FROM temp.stage_file f
         WHERE session_files.id = f.file_id AND session_files.id IN (SELECT file_id FROM temp.stage_file);
     """
+    _WRITE_SCRIPT = f"""
+    {_DIRTY_DAYS}
+    {_TOUCH}
+    DELETE FROM activity_messages WHERE file_id IN {_FILES};
+    DELETE FROM activity_prompts WHERE file_id IN {_FILES};
+    DELETE FROM usage_events WHERE file_id IN {_FILES};
+    {_INSERT_ROWS}
+    {_DIRTY_DAYS}
+    {_TOUCH}
+    {_TOUCH_SHARED}
+    {_DERIVE_WINDOWS}{_UPDATE_FILES}"""
 
+    # An incremental pass (ParseResult.incremental, one file per statement list) writes only the rows
+    # that changed: those staged replace the file's rows of the same keys, the prompt keys staged in
+    # stage_gone are deleted, the events in stage_flips turn is_error (their tool result came now), and
+    # only their keys are derived again. A session whose latest line moved
+    # may change the owner of keys it shares with another session (FORMAT.md "Resumed sessions"): the
+    # full pass touches every key other files hold under the sessions it writes; here only the keys a
+    # moved session shares with another session are touched, and only when another session's latest
+    # line lies between the moved one's latest before and after (or it had none before): no owner can
+    # change otherwise.
+    _INC_STAGING = """
+    CREATE TEMP TABLE IF NOT EXISTS stage_gone (file_id INTEGER, prompt_key TEXT);
+    CREATE TEMP TABLE IF NOT EXISTS stage_flips (file_id INTEGER, event_id TEXT);
+    CREATE TEMP TABLE IF NOT EXISTS session_moves (
+        user_id INTEGER NOT NULL, session_id TEXT NOT NULL, old_last TEXT, new_last TEXT);
+    DELETE FROM temp.stage_gone; DELETE FROM temp.stage_flips; DELETE FROM temp.session_moves;
+    """
+    _INC_WRITE_SCRIPT = f"""
+    INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(e.ts, 1, 10) FROM temp.stage_events s
+        CROSS JOIN usage_events e ON e.file_id = s.file_id AND e.event_id = s.event_id
+        UNION ALL SELECT substr(e.ts, 1, 10) FROM temp.stage_flips s
+        CROSS JOIN usage_events e ON e.file_id = s.file_id AND e.event_id = s.event_id;
+    UPDATE usage_events SET is_error = 1 WHERE file_id IN {_FILES}
+        AND event_id IN (SELECT event_id FROM temp.stage_flips);
+    INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+        SELECT f.user_id, 'm', m.message_key FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id
+        UNION ALL SELECT f.user_id, 'p', p.prompt_key FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id
+        UNION ALL SELECT f.user_id, 'p', g.prompt_key FROM temp.stage_gone g JOIN temp.stage_file f ON f.file_id = g.file_id
+        UNION ALL SELECT f.user_id, 's', s.session_id FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
+    INSERT INTO temp.session_moves (user_id, session_id, old_last, new_last)
+        SELECT x.user_id, x.session_id, x.old_last,
+               CASE WHEN x.old_last IS NULL OR x.last_ts > x.old_last THEN x.last_ts ELSE x.old_last END
+        FROM (SELECT f.user_id, s.session_id, s.last_ts,
+                     (SELECT MAX(o.last_ts) FROM file_sessions o
+                      WHERE o.user_id = f.user_id AND o.session_id = s.session_id) AS old_last
+              FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id) x;
+    DELETE FROM temp.session_moves WHERE new_last IS NULL OR old_last = new_last
+        OR (old_last IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM file_sessions o WHERE o.user_id = session_moves.user_id
+            AND o.session_id <> session_moves.session_id AND o.last_ts >= session_moves.old_last
+            AND o.last_ts <= session_moves.new_last));
+    DELETE FROM activity_messages WHERE file_id IN {_FILES}
+        AND message_key IN (SELECT message_key FROM temp.stage_messages);
+    DELETE FROM activity_prompts WHERE file_id IN {_FILES}
+        AND prompt_key IN (SELECT prompt_key FROM temp.stage_prompts UNION ALL SELECT prompt_key FROM temp.stage_gone);
+    DELETE FROM usage_events WHERE file_id IN {_FILES} AND event_id IN (SELECT event_id FROM temp.stage_events);
+    {_INSERT_ROWS}
+    INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM temp.stage_events;
+    INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+        SELECT a.user_id, 'm', a.message_key FROM temp.session_moves t
+        CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.session_id
+        CROSS JOIN activity_messages a ON a.file_id = s.file_id AND a.session_id = t.session_id
+        WHERE EXISTS (SELECT 1 FROM activity_messages b WHERE b.user_id = a.user_id
+                      AND b.message_key = a.message_key AND b.session_id <> a.session_id)
+        UNION ALL SELECT a.user_id, 'p', a.prompt_key FROM temp.session_moves t
+        CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.session_id
+        CROSS JOIN activity_prompts a ON a.file_id = s.file_id AND a.session_id = t.session_id
+        WHERE EXISTS (SELECT 1 FROM activity_prompts b WHERE b.user_id = a.user_id
+                      AND b.prompt_key = a.prompt_key AND b.session_id <> a.session_id);
+    {_DERIVE_WINDOWS}{_UPDATE_FILES}
+    """
 
-    _STAGING_STATEMENTS = statements(_STAGING)
+    # The TEMP tables are created once per writer connection (a write that fails takes its creation back
+    # with it, so the connection is forgotten then); each write only clears them.
+    _STAGING_CREATE = tuple(s for s in statements(_STAGING + _INC_STAGING) if s.startswith("CREATE"))
+    _STAGING_STATEMENTS = tuple(s for s in statements(_STAGING) if not s.startswith("CREATE"))
+    _INC_STAGING_STATEMENTS = tuple(s for s in statements(_INC_STAGING) if not s.startswith("CREATE"))
+    _INC_WRITE_STATEMENTS = statements(_INC_WRITE_SCRIPT)
+    _STAGE_GONE_SQL = "INSERT INTO temp.stage_gone VALUES (?, ?)"
+    _STAGE_FLIPS_SQL = "INSERT INTO temp.stage_flips VALUES (?, ?)"
     # The same cutoff as prune(): rows stamped before it are what retention has deleted.
     _DROP_EXPIRED = tuple(f"DELETE FROM temp.{table} WHERE ts < ?" for table in
                           ("stage_messages", "stage_prompts", "stage_events"))
@@ -583,7 +662,13 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
 
 # What write_results and prune run, per dialect.
 _RUN = ("_STAGING_STATEMENTS", "_STAGE_FILE_SQL", "_STAGE_MESSAGES_SQL", "_STAGE_PROMPTS_SQL", "_STAGE_SESSIONS_SQL",
-        "_STAGE_EVENTS_SQL", "_DROP_EXPIRED", "_WRITE_STATEMENTS", "_HOURS_TABLE", "_RECOMPUTE_HOURS")
+        "_STAGE_EVENTS_SQL", "_DROP_EXPIRED", "_WRITE_STATEMENTS", "_HOURS_TABLE", "_RECOMPUTE_HOURS",
+        "_STAGING_CREATE", "_INC_STAGING_STATEMENTS", "_INC_WRITE_STATEMENTS", "_STAGE_GONE_SQL", "_STAGE_FLIPS_SQL")
+_STAGED: weakref.WeakSet = weakref.WeakSet()  # SQLite writer connections whose TEMP tables exist
+# The parser's state for a file's next pass (schema 0016), or none (gzip): the next pass is full.
+_CARRY_SQL = ("INSERT INTO ingest_carry (file_id, state) VALUES (?, ?) "
+              "ON CONFLICT (file_id) DO UPDATE SET state = excluded.state")
+_NO_CARRY_SQL = "DELETE FROM ingest_carry WHERE file_id = ?"
 
 
 def _in_dialect(dialect: str) -> dict[str, Any]:
@@ -619,37 +704,84 @@ class Parsed:
 
 async def write_results(db: BaseDatabase, batch: list[Parsed], now: datetime,
                         keep_since: datetime | None = None) -> None:
-    """Replace everything the files contribute, in one transaction: all of it, or none of it.
+    """Store what the files contribute, in one transaction: all of it, or none of it.
 
-    That is their summaries, activity and usage events, the per-user deduplicated rows of
-    every message, prompt and session they touch, the rollup days to rebuild, and their
-    processor state. A file may appear once per batch. Activity and events from before
-    ``keep_since`` (the retention cutoff) are not stored: prune() deleted them, and a
-    reprocess must not bring them back.
+    A full pass replaces everything a file contributes: its summary, activity and usage events,
+    the per-user deduplicated rows of every message, prompt and session it touches, the rollup days
+    to rebuild, and its processor state. An incremental pass (ParseResult.incremental) replaces
+    only the rows it holds, and the derived rows of their keys. A file may appear once per batch.
+    Activity and events from before ``keep_since`` (the retention cutoff) are not stored: prune()
+    deleted them, and a reprocess must not bring them back.
     """
     stamp = to_store(now)
+    full = [p for p in batch if not p.result.incremental]
+    try:
+        await _write(db, batch, full, stamp, keep_since)
+    except BaseException:
+        if db.dialect == "sqlite":
+            _STAGED.discard(db.writer)
+        raise
+
+
+async def _write(db: BaseDatabase, batch: list[Parsed], full: list[Parsed], stamp: str,
+                 keep_since: datetime | None) -> None:
     q = _SQL[db.dialect]
     async with db.transaction() as conn:
-        for statement in q["_STAGING_STATEMENTS"]:
-            await conn.execute(statement)
-        await conn.executemany(q["_STAGE_FILE_SQL"], [
-            (p.file_id, p.user_id, p.size, p.mtime_ns, p.result.content_hash, p.version, p.result.lines, stamp,
-             *_summary_values(p.result)) for p in batch])
-        await conn.executemany(q["_STAGE_MESSAGES_SQL"], [
-            (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation, m.model,
-             m.speed, m.cache_5m, m.cache_1h) for p in batch for m in p.result.messages])
-        await conn.executemany(q["_STAGE_PROMPTS_SQL"], [
-            (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
-        await conn.executemany(q["_STAGE_SESSIONS_SQL"], [
-            (p.file_id, r.session_id, r.project, r.last_ts) for p in batch for r in p.result.sessions])
-        await conn.executemany(q["_STAGE_EVENTS_SQL"], [
-            (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
-             e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
-        if keep_since is not None:
-            for statement in q["_DROP_EXPIRED"]:
-                await conn.execute(statement, (to_store(keep_since),))
-        for statement in q["_WRITE_STATEMENTS"]:
-            await conn.execute(statement)
+        # SQLite: one writer connection for the process's life. PostgreSQL's pooled connections come
+        # and go (a restarted server drops them all): create the TEMP tables, if missing, every time.
+        if db.dialect != "sqlite" or conn not in _STAGED:
+            for statement in q["_STAGING_CREATE"]:
+                await conn.execute(statement)
+            if db.dialect == "sqlite":
+                _STAGED.add(conn)
+        if full:
+            await _stage(conn, q, full, stamp, keep_since)
+            for statement in q["_WRITE_STATEMENTS"]:
+                await conn.execute(statement)
+        for p in batch:
+            if p.result.incremental:
+                await _stage(conn, q, [p], stamp, keep_since)
+                for statement in q["_INC_STAGING_STATEMENTS"]:
+                    await conn.execute(statement)
+                await _many(conn, q["_STAGE_GONE_SQL"], [(p.file_id, key) for key in p.result.deleted_prompts])
+                await _many(conn, q["_STAGE_FLIPS_SQL"], [(p.file_id, e) for e in p.result.flipped_events])
+                for statement in q["_INC_WRITE_STATEMENTS"]:
+                    await conn.execute(statement)
+        await _many(conn, _CARRY_SQL, [(p.file_id, p.result.carry) for p in batch if p.result.carry])
+        await _many(conn, _NO_CARRY_SQL, [(p.file_id,) for p in batch if not p.result.carry])
+
+
+async def _stage(conn, q: dict[str, Any], batch: list[Parsed], stamp: str, keep_since: datetime | None) -> None:
+    """The files' rows into the connection's TEMP staging tables (cleared first)."""
+    for statement in q["_STAGING_STATEMENTS"]:
+        await conn.execute(statement)
+    await _many(conn, q["_STAGE_FILE_SQL"], [
+        (p.file_id, p.user_id, p.size, p.mtime_ns, p.result.content_hash, p.version, p.result.lines, stamp,
+         *_summary_values(p.result)) for p in batch])
+    await _many(conn, q["_STAGE_MESSAGES_SQL"], [
+        (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation, m.model,
+         m.speed, m.cache_5m, m.cache_1h) for p in batch for m in p.result.messages])
+    await _many(conn, q["_STAGE_PROMPTS_SQL"], [
+        (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
+    await _many(conn, q["_STAGE_SESSIONS_SQL"], [
+        (p.file_id, r.session_id, r.project, r.last_ts) for p in batch for r in p.result.sessions])
+    await _many(conn, q["_STAGE_EVENTS_SQL"], [
+        (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
+         e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
+    if keep_since is not None:
+        for statement in q["_DROP_EXPIRED"]:
+            await conn.execute(statement, (to_store(keep_since),))
+
+
+async def _many(conn, sql: str, rows: list) -> None:
+    """executemany, but no round trip to the writer for no rows."""
+    if rows:
+        await conn.executemany(sql, rows)
+
+
+async def get_carry(db: BaseDatabase, file_id: int) -> bytes | None:
+    """The parser's state a file's last pass left (schema 0016), or None."""
+    return await db.fetchval("SELECT state FROM ingest_carry WHERE file_id = ?", (file_id,))
 
 
 # Every per-user window table derived anew from the per-file rows, by the same statements as
