@@ -17,7 +17,9 @@ from ..config import Settings
 from ..db import Database
 from ..store import ingest as store
 from ..store import sessions, users
+from ..store.replicas import only_one
 from . import scanner
+from .shared import SharedQueue
 from .processor import Outcome, Processor
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ UPLOAD, WATCH, RETRY, REPROCESS = 0, 1, 2, 3  # queue priorities: lower first
 # reprocess loop (a watched file queued 5 s before an upload goes first).
 PRIORITY_DELAY = {UPLOAD: 0.0, WATCH: 5.0, RETRY: 10.0, REPROCESS: 30.0}
 PRUNE_EVERY = timedelta(hours=1)
+# The tick's steps that replicas on one PostgreSQL database take turns at (store/replicas.py's locks).
+_JOBS = {"_uploads_step": "uploads", "_scan_step": "scan", "_queue_step": "queue", "_rollup_step": "rollups",
+         "_prune_step": "prune"}
 
 
 def stored_uploads(data_dir: str) -> list[tuple[str, int, int, int]]:
@@ -122,6 +127,8 @@ class IngestWorker:
     below the current processor version (oldest first), rebuild dirty rollup days, prune.
     """
 
+    shared: SharedQueue | None = None
+
     def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime],
                  on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.db = db
@@ -144,12 +151,19 @@ class IngestWorker:
         self.ticked = asyncio.Event()  # set after each completed tick (tests and start-up waits)
         self.quarantined_count = 0
         self._recheck_uploads = False
+        # PostgreSQL: the queue lives in the database, shared with every replica (ingest/shared.py).
+        self.shared = SharedQueue(db, settings.claim_lease) if db.dialect == "postgresql" else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._consume(), name=f"ingest-consumer-{i}")
-                       for i in range(self.concurrency)]
+        if self.shared is not None:
+            self._tasks = [asyncio.create_task(self.shared.consume(self._process_claimed), name=f"ingest-consumer-{i}")
+                           for i in range(self.concurrency)]
+            self._tasks.append(asyncio.create_task(self.shared.renew_loop(), name="ingest-claims"))
+        else:
+            self._tasks = [asyncio.create_task(self._consume(), name=f"ingest-consumer-{i}")
+                           for i in range(self.concurrency)]
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="ingest-tick"))
 
     async def stop(self) -> None:
@@ -168,7 +182,9 @@ class IngestWorker:
             return f"stopped tasks: {', '.join(dead)}"
         age = time.monotonic() - self.last_beat
         limit = max(60.0, 3 * self.settings.scan_interval)
-        return "ok" if age <= limit else f"no heartbeat for {age:.0f}s"
+        if age > limit:
+            return f"no heartbeat for {age:.0f}s"
+        return "ok" if self.shared is None else self.shared.health()
 
     # -- queue -------------------------------------------------------------------------
 
@@ -176,6 +192,9 @@ class IngestWorker:
         """Queue a file (of ``user_id``, for fair turns); a file already queued or in flight is processed
         again afterwards, unless ``again`` is False: catch-up work (retries, reprocessing) that the
         pending run covers."""
+        if self.shared is not None:
+            self.shared.put(file_id, priority, user_id, PRIORITY_DELAY[priority], again)
+            return
         if file_id in self._pending:
             if again:
                 self._again.add(file_id)
@@ -192,9 +211,26 @@ class IngestWorker:
         """Seconds the oldest queued or in-flight change has been waiting."""
         return time.monotonic() - min(self._pending.values()) if self._pending else 0.0
 
+    async def submit(self, file_id: int, priority: int = UPLOAD, *, user_id: int | None = None) -> None:
+        """enqueue(), and on PostgreSQL wait until the file is in the shared queue: an upload is
+        answered 200 only once any replica can take it."""
+        self.enqueue(file_id, priority, user_id=user_id)
+        if self.shared is not None:
+            await self.shared.flush()
+
     async def drain(self) -> None:
-        """Wait until everything queued so far has been processed (tests, the CLI)."""
+        """Wait until everything queued so far has been processed (tests, the CLI); on PostgreSQL,
+        until the shared queue is empty (every replica's files)."""
+        if self.shared is not None:
+            await self.shared.drain()
+            return
         await self.queue.join()
+
+    async def _process_claimed(self, file_id: int) -> None:
+        try:
+            await self.processor.process(file_id)
+        finally:
+            self.last_beat = time.monotonic()
 
     async def _consume(self) -> None:
         while True:
@@ -240,9 +276,14 @@ class IngestWorker:
         self.last_beat = time.monotonic()
         self.ticked.set()
 
-    @staticmethod
-    async def _step(step: Callable[[datetime], Awaitable[None]], now: datetime) -> None:
+    async def _step(self, step: Callable[[datetime], Awaitable[None]], now: datetime) -> None:
         try:
+            if self.shared is not None and step.__name__ in _JOBS:
+                # One replica at a time runs a periodic job; the others skip it this tick.
+                async with only_one(self.db, _JOBS[step.__name__]) as mine:
+                    if mine:
+                        await step(now)
+                return
             await step(now)
         except asyncio.CancelledError:
             raise

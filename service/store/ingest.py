@@ -14,6 +14,7 @@ from ..db import Database
 from ..records import EventRow, ParseResult
 from ..timeutil import to_store
 from .dialect import by_dialect, postgresql
+from .replicas import lock_all_users, lock_users
 
 
 @dataclass(frozen=True)
@@ -624,6 +625,7 @@ async def write_results(db: Database, batch: list[Parsed], now: datetime,
     stamp = to_store(now)
     q = _SQL[db.dialect]
     async with db.transaction() as conn:
+        await lock_users(conn, db.dialect, {p.user_id for p in batch})  # other replicas' writes (PostgreSQL)
         for statement in q["_STAGING_STATEMENTS"]:
             await conn.execute(statement)
         await conn.executemany(q["_STAGE_FILE_SQL"], [
@@ -704,6 +706,7 @@ async def rebuild_rollups(db: Database, limit: int = 31) -> list[str]:
     """Recompute the daily tool and plugin rollups of the days marked dirty (at most ``limit``, the
     latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
+        await lock_all_users(conn, db.dialect)
         for statement in _REBUILD_ROLLUPS[db.dialect]:
             await conn.execute(statement, {"limit": limit} if ":limit" in statement else ())
         async with conn.execute(_ROLLUP_DAYS_DONE[db.dialect]) as cur:
@@ -715,6 +718,7 @@ async def prune(db: Database, before: datetime) -> dict[str, int]:
     cutoff = to_store(before)
     counts = {}
     async with db.transaction() as conn:
+        await lock_all_users(conn, db.dialect)
         for table in ("usage_events", "activity_messages", "activity_prompts"):
             cur = await conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))
             counts[table] = cur.rowcount
