@@ -79,8 +79,10 @@ class SharedQueue:
         while await replicas.waiting(self.db):
             await asyncio.sleep(0.05)
 
-    async def consume(self, process: Callable[[int], Awaitable[None]]) -> None:
-        """One consumer: claim, process, finish; forever. Failures are logged, never fatal."""
+    async def consume(self, process: Callable[[int], Awaitable[bool]]) -> None:
+        """One consumer: claim, process, finish; forever. Failures are logged, never fatal. A file
+        whose processing could store nothing (the database went away mid-file) is not finished: its
+        claim runs out and it is taken again, by whichever replica is first."""
         while True:
             try:
                 claim = await replicas.claim(self.db, self.replica, self.lease)
@@ -98,17 +100,20 @@ class SharedQueue:
                     pass
                 continue
             self.held.add(claim.file_id)
+            stored = False
             try:
-                await process(claim.file_id)
+                stored = await process(claim.file_id)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the processor records a bad file itself; this is the rest
                 logger.exception("could not process file", extra={"file_id": claim.file_id})
-            else:
-                self.processed += 1
             finally:
                 self.held.discard(claim.file_id)
-            await self._finish(claim.file_id)
+            if stored:
+                self.processed += 1
+                await self._finish(claim.file_id)
+            else:
+                logger.warning("file %s left to its claim's lease (nothing could be stored)", claim.file_id)
 
     async def _finish(self, file_id: int) -> None:
         for attempt in range(FINISH_TRIES):

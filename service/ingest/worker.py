@@ -226,9 +226,10 @@ class IngestWorker:
             return
         await self.queue.join()
 
-    async def _process_claimed(self, file_id: int) -> None:
+    async def _process_claimed(self, file_id: int) -> bool:
+        """Process a claimed file; False when neither its results nor its failure could be stored."""
         try:
-            await self.processor.process(file_id)
+            return (await self.processor.process(file_id)).recorded
         finally:
             self.last_beat = time.monotonic()
 
