@@ -116,9 +116,26 @@ async def only_one(db: PostgresDatabase, job: str) -> AsyncIterator[bool]:
         mine = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_SPACE, JOBS[job])
         try:
             yield bool(mine)
-        finally:
-            if mine and not conn.is_closed():
+        except BaseException:
+            # Cancelled (a shutdown) or failed: end the session instead of awaiting an unlock on the
+            # way out (the server drops the lock with it). Nothing here may replace the exception:
+            # a swallowed CancelledError would keep the worker's tick running through a shutdown.
+            if mine:
+                _end(conn)
+            raise
+        if mine:
+            try:
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_SPACE, JOBS[job])
+            except Exception:  # noqa: BLE001 - a broken connection: its session (and lock) ends with it
+                _end(conn)
+
+
+def _end(conn) -> None:
+    """Close a pooled connection's session at once (the pool opens a new one when it needs it)."""
+    try:
+        conn.terminate()
+    except Exception:  # noqa: BLE001 - released or closed already: its session is gone or going
+        pass
 
 
 # Writers of derived rows on PostgreSQL. A file's results replace per-user rows (delete, then insert
