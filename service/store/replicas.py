@@ -35,7 +35,12 @@ ON CONFLICT (file_id) DO UPDATE SET
     due_at = LEAST(ingest_queue.due_at, excluded.due_at),
     priority = LEAST(ingest_queue.priority, excluded.priority),
     user_id = COALESCE(ingest_queue.user_id, excluded.user_id)
+WHERE (ingest_queue.claimed_by IS NOT NULL AND $5 AND NOT ingest_queue.again)
+   OR excluded.due_at < ingest_queue.due_at OR excluded.priority < ingest_queue.priority
+   OR (ingest_queue.user_id IS NULL AND excluded.user_id IS NOT NULL)
 """
+# (The WHERE: a put that changes nothing writes nothing. Every tick puts the reprocess batch again,
+# and a row rewritten for nothing is a row a claim's SKIP LOCKED skips meanwhile.)
 
 # The next file no live claim holds, in turns between users as the in-memory FairQueue serves them
 # (retries and reprocessing sharing one turn): a user's files being processed count as turns taken,
