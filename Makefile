@@ -57,3 +57,4 @@ bench: install
 	$(BIN)/python bench/ingest_bench.py $(BENCH_ARGS) --ccusage /tmp/ccusage
 	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/activity_bench.py --reuse
+	$(BIN)/python bench/replicas_bench.py
