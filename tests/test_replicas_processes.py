@@ -191,6 +191,15 @@ def test_the_compose_replicas_serve_one_database_and_see_each_other_s_uploads(pg
         while two.get("/api/me/sessions", token) == empty:
             assert time.monotonic() < deadline, "the upload to one replica never showed on the other"
             time.sleep(0.2)
+        # A token revoked by the operator's command fails on every replica within a second.
+        assert one_.get("/api/me", token)[0] == two.get("/api/me", token)[0] == 200  # cached on both now
+        env = dict(one_.env, AGNES_LOG_LEVEL="WARNING")
+        subprocess.run([one_.command[0], "tokens", "revoke", "--email", "bob@example.com"], env=env, check=True,
+                       capture_output=True, timeout=30)
+        revoked = time.monotonic()
+        while one_.get("/api/me", token)[0] != 401 or two.get("/api/me", token)[0] != 401:
+            assert time.monotonic() - revoked < 1.0, "a revoked token still worked after a second"
+            time.sleep(0.02)
     finally:
         codes = [one_.stop(), two.stop()]
     assert codes == [0, 0]
