@@ -193,3 +193,17 @@ async def test_an_upload_answered_200_is_in_the_shared_queue_or_processed_alread
     row = await db.fetchone("SELECT f.user_id, q.claimed_by FROM ingest_queue q JOIN session_files f ON f.id = q.file_id")
     assert (row[0], row[1]) == (user.id, None)
 
+
+
+async def test_every_replica_s_backlog_shows_in_this_replica_s_metrics(aiohttp_client, pg_url, tmp_path):
+    client = await aiohttp_client(create_app(_settings(tmp_path, pg_url)))
+    db = client.app[keys.DB]
+    worker = client.app[keys.WORKER]
+    await worker.stop()
+    user = await users.add_user(db, "ann@example.com", "Ann", True)
+    for name in ("a", "b"):
+        await replicas.put(db, await _file(db, user.id, f"/nowhere/{name}.jsonl"), user.id, UPLOAD, 0.0, True)
+    await worker._quarantine_step(NOW)  # a tick's refresh
+    assert worker.depth == 2 and worker.lag() >= 0
+    body = await (await client.get("/metrics")).text()
+    assert "agnes_ingest_queue_depth 2.0" in body

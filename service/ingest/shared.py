@@ -43,6 +43,7 @@ class SharedQueue:
         self.held: set[int] = set()  # claimed by this replica now
         self.last_renewed = time.monotonic()
         self.processed = 0  # files this replica took from the queue (benchmarks, tests)
+        self.backlog = (0, 0.0)  # every replica's waiting files and the oldest's wait, as of the last tick
 
     def put(self, file_id: int, priority: int, user_id: int | None, head_start: float, again: bool) -> None:
         """Queue a file without waiting (the worker's enqueue() is synchronous); flush() waits."""
@@ -138,6 +139,10 @@ class SharedQueue:
                 raise
             except Exception as exc:  # noqa: BLE001 - logged; health() reports it once claims could lapse
                 logger.warning("could not renew this replica's claims: %s", exc)
+
+    async def refresh(self) -> None:
+        """Read the shared backlog (/metrics and the operators' view show it; each tick refreshes it)."""
+        self.backlog = await replicas.backlog(self.db)
 
     def health(self) -> str:
         """ok, or why this replica's claims may lapse (/readyz)."""

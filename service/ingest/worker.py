@@ -205,10 +205,14 @@ class IngestWorker:
 
     @property
     def depth(self) -> int:
+        if self.shared is not None:
+            return self.shared.backlog[0]
         return self.queue.qsize()
 
     def lag(self) -> float:
         """Seconds the oldest queued or in-flight change has been waiting."""
+        if self.shared is not None:
+            return self.shared.backlog[1]
         return time.monotonic() - min(self._pending.values()) if self._pending else 0.0
 
     async def submit(self, file_id: int, priority: int = UPLOAD, *, user_id: int | None = None) -> None:
@@ -344,6 +348,8 @@ class IngestWorker:
 
     async def _quarantine_step(self, now: datetime) -> None:
         self.quarantined_count = await store.quarantined_count(self.db)
+        if self.shared is not None:
+            await self.shared.refresh()
 
     async def _prune_step(self, now: datetime) -> None:
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:

@@ -106,6 +106,14 @@ async def finish(db: PostgresDatabase, file_id: int, replica: str) -> None:
         await conn.execute(_FINISH, file_id, replica)
 
 
+async def backlog(db: PostgresDatabase) -> tuple[int, float]:
+    """Files queued or being processed by any replica, and the seconds the oldest has been due."""
+    async with db.connection() as conn:
+        row = await conn.fetchrow("SELECT COUNT(*), EXTRACT(EPOCH FROM clock_timestamp() - MIN(due_at)) "
+                                  "FROM ingest_queue")
+    return int(row[0]), max(0.0, float(row[1] or 0.0))
+
+
 async def waiting(db: PostgresDatabase) -> int:
     """Files queued or being processed, by any replica."""
     async with db.connection() as conn:
