@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.25  # an idle consumer looks for other replicas' files this often
+# Files a consumer claims at once and commits in one transaction while others wait: a file's
+# transaction has a fixed cost on the database (~25 ms of its CPU per file in BENCHMARKS.md), which a
+# batch shares, as bulk ingest's batches do. Claimed only while at least twice as many wait, so the
+# last files of a backlog still spread over the replicas.
+CLAIM_BATCH = 4
 BACKOFF_S = 1.0  # after a failed claim (the database restarting)
 FINISH_TRIES = 5
 
@@ -44,6 +49,7 @@ class SharedQueue:
         self.last_renewed = time.monotonic()
         self.processed = 0  # files this replica took from the queue (benchmarks, tests)
         self.backlog = (0, 0.0)  # every replica's waiting files and the oldest's wait, as of the last tick
+        self._open = 0  # unclaimed files after this replica's last claim: batches only from a long line
 
     def put(self, file_id: int, priority: int, user_id: int | None, head_start: float, again: bool) -> None:
         """Queue a file without waiting (the worker's enqueue() is synchronous); flush() waits."""
@@ -80,41 +86,45 @@ class SharedQueue:
         while await replicas.waiting(self.db):
             await asyncio.sleep(0.05)
 
-    async def consume(self, process: Callable[[int], Awaitable[bool]]) -> None:
+    async def consume(self, process: Callable[[list[int]], Awaitable[dict[int, bool]]]) -> None:
         """One consumer: claim, process, finish; forever. Failures are logged, never fatal. A file
         whose processing could store nothing (the database went away mid-file) is not finished: its
         claim runs out and it is taken again, by whichever replica is first."""
         while True:
             try:
-                claim = await replicas.claim(self.db, self.replica, self.lease)
+                want = CLAIM_BATCH if self._open >= 2 * CLAIM_BATCH else 1
+                claims = await replicas.claim_many(self.db, self.replica, self.lease, want)
+                self._open = max((c.open for c in claims), default=0) - len(claims)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. the database restarting
                 logger.warning("could not claim a file: %s", exc)
                 await asyncio.sleep(BACKOFF_S)
                 continue
-            if claim is None:
+            if not claims:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), POLL_S)
                 except TimeoutError:
                     pass
                 continue
-            self.held.add(claim.file_id)
-            stored = False
+            ids = [c.file_id for c in claims]
+            self.held.update(ids)
+            stored: dict[int, bool] = {}
             try:
-                stored = await process(claim.file_id)
+                stored = await process(ids)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the processor records a bad file itself; this is the rest
-                logger.exception("could not process file", extra={"file_id": claim.file_id})
+                logger.exception("could not process files %s", ids)
             finally:
-                self.held.discard(claim.file_id)
-            if stored:
-                self.processed += 1
-                await self._finish(claim.file_id)
-            else:
-                logger.warning("file %s left to its claim's lease (nothing could be stored)", claim.file_id)
+                self.held.difference_update(ids)
+            for file_id in ids:
+                if stored.get(file_id):
+                    self.processed += 1
+                    await self._finish(file_id)
+                else:
+                    logger.warning("file %s left to its claim's lease (nothing could be stored)", file_id)
 
     async def _finish(self, file_id: int) -> None:
         for attempt in range(FINISH_TRIES):

@@ -230,10 +230,18 @@ class IngestWorker:
             return
         await self.queue.join()
 
-    async def _process_claimed(self, file_id: int) -> bool:
-        """Process a claimed file; False when neither its results nor its failure could be stored."""
+    async def _process_claimed(self, file_ids: list[int]) -> dict[int, bool]:
+        """Process claimed files, their results in one transaction (a bad one fails alone): for each,
+        False when neither its results nor its failure could be stored."""
         try:
-            return (await self.processor.process(file_id)).recorded
+            done: list[Outcome] = []
+            parsed = []
+            for file_id in file_ids:
+                prepared = await self.processor.prepare(file_id)
+                (done if isinstance(prepared, Outcome) else parsed).append(prepared)
+            if parsed:
+                done.extend(await self.processor.commit(parsed))
+            return {outcome.file_id: outcome.recorded for outcome in done}
         finally:
             self.last_beat = time.monotonic()
 

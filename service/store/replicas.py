@@ -23,6 +23,7 @@ class Claim(NamedTuple):
     file_id: int
     priority: int
     user_id: int | None
+    open: int = 0  # files no live claim held when this one was claimed (itself included)
 
 
 # A file already waiting keeps its place (the earlier due time); one claimed now is done once more
@@ -59,12 +60,12 @@ open AS (
 next AS (
     SELECT q.file_id, o.turn FROM ingest_queue q JOIN open o USING (file_id)
     WHERE q.claimed_by IS NULL OR q.claim_until < clock_timestamp()
-    ORDER BY o.turn, q.due_at, q.file_id LIMIT 1
+    ORDER BY o.turn, q.due_at, q.file_id LIMIT $3
     FOR UPDATE OF q SKIP LOCKED)
 UPDATE ingest_queue SET claimed_by = $1, claim_until = clock_timestamp() + make_interval(secs => $2),
                         again = FALSE
 FROM next WHERE ingest_queue.file_id = next.file_id
-RETURNING ingest_queue.file_id, ingest_queue.priority, ingest_queue.user_id
+RETURNING ingest_queue.file_id, ingest_queue.priority, ingest_queue.user_id, (SELECT COUNT(*) FROM open) AS open
 """
 
 # Done: the row goes, unless the file changed meanwhile (then it waits for its next turn, unclaimed).
@@ -86,9 +87,15 @@ async def put(db: PostgresDatabase, file_id: int, user_id: int | None, priority:
 
 async def claim(db: PostgresDatabase, replica: str, lease: float) -> Claim | None:
     """Claim the next waiting file for ``lease`` seconds, or None when every waiting file is claimed."""
+    found = await claim_many(db, replica, lease, 1)
+    return found[0] if found else None
+
+
+async def claim_many(db: PostgresDatabase, replica: str, lease: float, limit: int) -> list[Claim]:
+    """Claim up to ``limit`` waiting files (in turn order) for ``lease`` seconds."""
     async with db.connection() as conn:
-        row = await conn.fetchrow(_CLAIM, replica, lease)
-    return None if row is None else Claim(row[0], row[1], row[2])
+        rows = await conn.fetch(_CLAIM, replica, lease, limit)
+    return sorted((Claim(r[0], r[1], r[2], r[3]) for r in rows), key=lambda c: c.file_id)
 
 
 async def renew(db: PostgresDatabase, replica: str, lease: float) -> int:
