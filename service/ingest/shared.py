@@ -85,6 +85,7 @@ class SharedQueue:
         await asyncio.gather(*self._puts, return_exceptions=True)
         while await replicas.waiting(self.db):
             await asyncio.sleep(0.05)
+        self.backlog = (0, 0.0)  # as just seen: nothing waits
 
     async def consume(self, process: Callable[[list[int]], Awaitable[dict[int, bool]]]) -> None:
         """One consumer: claim, process, finish; forever. Failures are logged, never fatal. A file
