@@ -207,3 +207,24 @@ async def test_every_replica_s_backlog_shows_in_this_replica_s_metrics(aiohttp_c
     assert worker.depth == 2 and worker.lag() >= 0
     body = await (await client.get("/metrics")).text()
     assert "agnes_ingest_queue_depth 2.0" in body
+
+
+async def test_a_shutdown_stops_the_worker_even_when_a_step_s_clean_up_fails_while_cancelled(
+        aiohttp_client, pg_url, tmp_path):
+    """A rollback on a connection the cancellation closed raises its own error: the tick must not log it
+    and go on (the shutdown would wait for it forever)."""
+    client = await aiohttp_client(create_app(_settings(tmp_path, pg_url)))
+    worker = client.app[keys.WORKER]
+    entered = asyncio.Event()
+
+    async def rollup_step(now) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("cannot call Transaction.rollback(): the underlying connection is closed") from None
+
+    worker._rollup_step = rollup_step
+    worker._tasks.append(asyncio.create_task(worker._tick_loop()))
+    await asyncio.wait_for(entered.wait(), 10)
+    await asyncio.wait_for(worker.stop(), 10)

@@ -35,6 +35,16 @@ BACKOFF_S = 1.0  # after a failed claim (the database restarting)
 FINISH_TRIES = 5
 
 
+def shutting_down() -> None:
+    """Raise CancelledError when this task is being cancelled: called where an exception is caught and
+    logged, since a clean-up that fails while a cancellation unwinds (a rollback on a connection the
+    cancellation closed) raises its own error instead, and a loop that logged it and went on would
+    never stop (a shutdown waiting for the worker forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class SharedQueue:
     """This replica's side of the shared queue: queueing, claiming, renewing, finishing."""
 
@@ -99,6 +109,7 @@ class SharedQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. the database restarting
+                shutting_down()
                 logger.warning("could not claim a file: %s", exc)
                 await asyncio.sleep(BACKOFF_S)
                 continue
@@ -117,6 +128,7 @@ class SharedQueue:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the processor records a bad file itself; this is the rest
+                shutting_down()
                 logger.exception("could not process files %s", ids)
             finally:
                 self.held.difference_update(ids)
@@ -135,6 +147,7 @@ class SharedQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the claim then runs out and another replica looks
+                shutting_down()
                 logger.warning("could not finish file %s (try %d): %s", file_id, attempt + 1, exc)
                 await asyncio.sleep(BACKOFF_S)
 
@@ -149,6 +162,7 @@ class SharedQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - logged; health() reports it once claims could lapse
+                shutting_down()
                 logger.warning("could not renew this replica's claims: %s", exc)
 
     async def refresh(self) -> None:

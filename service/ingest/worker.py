@@ -19,7 +19,7 @@ from ..store import ingest as store
 from ..store import sessions, users
 from ..store.replicas import only_one
 from . import scanner
-from .shared import SharedQueue
+from .shared import SharedQueue, shutting_down
 from .processor import Outcome, Processor
 
 logger = logging.getLogger(__name__)
@@ -253,6 +253,7 @@ class IngestWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - e.g. a locked database: log, keep consuming
+                shutting_down()
                 logger.exception("could not process file", extra={"file_id": file_id})
             finally:
                 self._pending.pop(file_id, None)
@@ -271,6 +272,7 @@ class IngestWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a failing tick is logged and retried next time
+                shutting_down()
                 logger.exception("ingest tick failed")
             await asyncio.sleep(self.settings.scan_interval)
 
@@ -301,6 +303,7 @@ class IngestWorker:
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - logged and retried next tick; the other steps still run
+            shutting_down()
             logger.exception("ingest tick step %s failed", step.__name__.strip("_"))
 
     def recheck_uploads(self) -> None:
