@@ -64,5 +64,7 @@ bench: install
 	$(BIN)/python bench/ingest_bench.py $(BENCH_ARGS) --ccusage /tmp/ccusage
 	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/activity_bench.py --reuse
+	$(BIN)/python bench/admin_bench.py --reuse
 	$(BIN)/python bench/incremental_bench.py --out bench/results/incremental.json
 	$(BIN)/python bench/history_bench.py --days 7 30 60 120 --out bench/results/history.json
+	$(BIN)/python bench/replicas_bench.py

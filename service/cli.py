@@ -355,6 +355,39 @@ async def cmd_backup(args, settings) -> int:
     return await _backup(args, settings)
 
 
+async def cmd_copy_database(args, settings) -> int:
+    """Copy the SQLite database (AGNES_DB_PATH) into an empty PostgreSQL database, then compare row counts."""
+    import asyncpg  # noqa: PLC0415 - only this command and the PostgreSQL backend need it
+
+    from .store.copy import CopyError, copy_database  # noqa: PLC0415
+
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise CliError(f"--to must be a postgresql:// URL, got {args.to!r}")
+    if not os.path.isfile(settings.db_path):
+        raise CliError(f"no database at {os.path.abspath(settings.db_path)}; set AGNES_DB_PATH to the SQLite "
+                       "database to copy")
+    source = Database(settings.db_path, readers=1)  # at the latest schema first: tables map one to one
+    await source.open()
+    try:
+        await migrate_database(source)
+    finally:
+        await source.close()
+    try:
+        counts = await copy_database(settings.db_path, args.to)
+    except CopyError as exc:
+        raise CliError(str(exc)) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise CliError(f"PostgreSQL at --to: {exc}") from None
+    if args.json:
+        _print_json([{"table": c.table, "sqlite": c.source, "postgresql": c.target} for c in counts])
+    else:
+        for c in counts:
+            print(f"{c.table}\t{c.target} rows")
+        print(f"copied {len(counts)} tables, {sum(c.target for c in counts)} rows; every row count matches. "
+              "Point AGNES_DATABASE_URL at the copy to serve from it.")
+    return 0
+
+
 async def _backup(args, settings) -> int:
     from pathlib import Path  # noqa: PLC0415
 
@@ -648,6 +681,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("backup", cmd_backup, "Write a consistent copy of the SQLite database (VACUUM INTO) to PATH.")
     p.add_argument("path", help="where to write the copy (must not exist yet)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    p = add("copy-database", cmd_copy_database, "Copy the SQLite database (AGNES_DB_PATH) into an empty PostgreSQL "
+            "database and check every table's row count (stop the service first).")
+    p.add_argument("--to", required=True, metavar="URL", help="the target, postgresql://user@host:port/database "
+                   "(empty; its schema is created)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add("redact-stored", cmd_redact_stored, "Replace agnes_pat_ tokens in transcripts and local CLAUDE.md files "

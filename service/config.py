@@ -94,6 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between scans of session_dir and reprocess ticks."),
     Setting("parse_workers", "AGNES_PARSE_WORKERS", "ingest.parse_workers", int, 1,
             "Worker processes that parse transcripts off the event loop (0: one background thread)."),
+    Setting("claim_lease", "AGNES_CLAIM_LEASE", "ingest.claim_lease", float, 30.0,
+            "PostgreSQL: seconds a replica's claim on a file lasts unless renewed; a replica killed mid-file "
+            "leaves the file to another after this long."),
     Setting("max_failures", "AGNES_MAX_FAILURES", "ingest.max_failures", int, 5,
             "Failures after which a file is quarantined instead of retried."),
     Setting("reprocess_batch", "AGNES_REPROCESS_BATCH", "ingest.reprocess_batch", int, 50,
@@ -109,7 +112,7 @@ _CHOICES = {"log_format": ("text", "json"), "log_level": ("DEBUG", "INFO", "WARN
 _UPPER = frozenset({"log_level"})
 # An empty database path is a temporary database SQLite throws away; an empty data dir is the cwd.
 _REQUIRED = frozenset({"db_path", "data_dir"})
-_POSITIVE = {"port", "admin_min_group", "max_upload_mb", "scan_interval", "max_failures",
+_POSITIVE = {"port", "admin_min_group", "max_upload_mb", "scan_interval", "claim_lease", "max_failures",
              "reprocess_batch", "retention_days", "session_max_age", "shutdown_timeout", "client_timeout"}
 # "Keep forever" written as a huge number of days would put the cutoff before year 1 (a date
 # overflow in every ingest and prune): a century is the ceiling.
@@ -145,6 +148,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_upload_mb: int = 512
     scan_interval: float = 30.0
     parse_workers: int = 1
+    claim_lease: float = 30.0
     max_failures: int = 5
     reprocess_batch: int = 50
     retention_days: int = 400

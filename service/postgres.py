@@ -36,8 +36,11 @@ _WROTE = ("SELECT EXISTS (SELECT 1 FROM pg_stat_xact_user_tables WHERE schemanam
 _WROTE_WITHOUT_COUNTS = "SELECT txid_current_if_assigned() IS NOT NULL"
 POOL_SIZE = 10
 RECONNECT_EVERY_S = 0.5
-# Every session: day arithmetic on the stored UTC text is UTC; no JIT compiling for the store's small reads.
-SESSION = {"timezone": "UTC", "jit": "off"}
+# Every session: day arithmetic on the stored UTC text is UTC; no JIT compiling for the store's small reads;
+# generic plans: asyncpg prepares each statement once per connection, and planning the status frame's
+# read afresh for its parameters (PostgreSQL's default for a prepared statement's first runs, and
+# whenever a custom plan looks cheaper) took 0.6 ms of a 0.1 ms read (BENCHMARKS.md "Replicas").
+SESSION = {"timezone": "UTC", "jit": "off", "plan_cache_mode": "force_generic_plan"}
 _ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES)\b|\bRETURNING\b", re.IGNORECASE)
 # A placeholder outside string literals, quoted names and comments: ?, or :name (not PostgreSQL's ::).
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|::|\?|(?<![:\w]):([A-Za-z_]\w*)",

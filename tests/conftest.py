@@ -78,6 +78,7 @@ BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql))
 def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite_only: about SQLite itself; not run on PostgreSQL")
     config.addinivalue_line("markers", "postgresql: the PostgreSQL half of a test (needs a server: tests/pg.py)")
+    config.addinivalue_line("markers", "replicas: real `agnes-home serve` replicas on one PostgreSQL (-m replicas)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -342,6 +342,7 @@ async def test_lone_surrogates_in_ids_lose_nothing(db, people, tmp_path):
     assert await db.fetchval("SELECT COUNT(*) FROM user_prompts") == 1
 
 
+@pytest.mark.sqlite_only  # the in-memory queue; PostgreSQL's shared one: tests/test_replicas.py
 async def test_a_tick_does_not_queue_a_second_parse_of_a_file_already_pending(client, db, people, tmp_path):
     """An upload waits below the current version until processed: the tick's reprocess query finds it."""
     worker = client.app[keys.WORKER]

@@ -86,6 +86,7 @@ class Outcome:
     skipped: int = 0
     bytes: int = 0
     error: str | None = None
+    recorded: bool = True  # False: the failure could not be stored either (the database was away)
 
 
 class Processor:
@@ -197,8 +198,9 @@ class Processor:
                 max_failures=self.max_failures, backoff=RETRY_BACKOFF, stat=await self._stat_of(file_id))
         except Exception:  # noqa: BLE001 - e.g. the database is locked too: the next tick retries
             logger.exception("could not record the failure", extra={"file_id": file_id})
-            quarantined = False
-        outcome = Outcome(file_id, "quarantined" if quarantined else "failed", error=str(exc))
+            quarantined = None
+        outcome = Outcome(file_id, "quarantined" if quarantined else "failed", error=str(exc),
+                          recorded=quarantined is not None)
         self._report(outcome)
         return outcome
 

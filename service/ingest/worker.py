@@ -17,7 +17,9 @@ from ..config import Settings
 from ..db import BaseDatabase
 from ..store import ingest as store
 from ..store import sessions, users
+from ..store.replicas import only_one
 from . import scanner
+from .shared import SharedQueue, shutting_down
 from .processor import Outcome, Processor
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ UPLOAD, WATCH, RETRY, REPROCESS = 0, 1, 2, 3  # queue priorities: lower first
 # reprocess loop (a watched file queued 5 s before an upload goes first).
 PRIORITY_DELAY = {UPLOAD: 0.0, WATCH: 5.0, RETRY: 10.0, REPROCESS: 30.0}
 PRUNE_EVERY = timedelta(hours=1)
+# The tick's steps that replicas on one PostgreSQL database take turns at (store/replicas.py's locks).
+_JOBS = {"_uploads_step": "uploads", "_scan_step": "scan", "_queue_step": "queue", "_rollup_step": "rollups",
+         "_prune_step": "prune"}
 
 
 def stored_uploads(data_dir: str) -> list[tuple[str, int, int, int]]:
@@ -122,6 +127,8 @@ class IngestWorker:
     below the current processor version (oldest first), rebuild dirty rollup days, prune.
     """
 
+    shared: SharedQueue | None = None
+
     def __init__(self, db: BaseDatabase, settings: Settings, clock: Callable[[], datetime],
                  on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.db = db
@@ -144,12 +151,19 @@ class IngestWorker:
         self.ticked = asyncio.Event()  # set after each completed tick (tests and start-up waits)
         self.quarantined_count = 0
         self._recheck_uploads = False
+        # PostgreSQL: the queue lives in the database, shared with every replica (ingest/shared.py).
+        self.shared = SharedQueue(db, settings.claim_lease) if db.dialect == "postgresql" else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._consume(), name=f"ingest-consumer-{i}")
-                       for i in range(self.concurrency)]
+        if self.shared is not None:
+            self._tasks = [asyncio.create_task(self.shared.consume(self._process_claimed), name=f"ingest-consumer-{i}")
+                           for i in range(self.concurrency)]
+            self._tasks.append(asyncio.create_task(self.shared.renew_loop(), name="ingest-claims"))
+        else:
+            self._tasks = [asyncio.create_task(self._consume(), name=f"ingest-consumer-{i}")
+                           for i in range(self.concurrency)]
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="ingest-tick"))
 
     async def stop(self) -> None:
@@ -168,7 +182,9 @@ class IngestWorker:
             return f"stopped tasks: {', '.join(dead)}"
         age = time.monotonic() - self.last_beat
         limit = max(60.0, 3 * self.settings.scan_interval)
-        return "ok" if age <= limit else f"no heartbeat for {age:.0f}s"
+        if age > limit:
+            return f"no heartbeat for {age:.0f}s"
+        return "ok" if self.shared is None else self.shared.health()
 
     # -- queue -------------------------------------------------------------------------
 
@@ -176,6 +192,9 @@ class IngestWorker:
         """Queue a file (of ``user_id``, for fair turns); a file already queued or in flight is processed
         again afterwards, unless ``again`` is False: catch-up work (retries, reprocessing) that the
         pending run covers."""
+        if self.shared is not None:
+            self.shared.put(file_id, priority, user_id, PRIORITY_DELAY[priority], again)
+            return
         if file_id in self._pending:
             if again:
                 self._again.add(file_id)
@@ -186,15 +205,45 @@ class IngestWorker:
 
     @property
     def depth(self) -> int:
+        if self.shared is not None:
+            return self.shared.backlog[0]
         return self.queue.qsize()
 
     def lag(self) -> float:
         """Seconds the oldest queued or in-flight change has been waiting."""
+        if self.shared is not None:
+            return self.shared.backlog[1]
         return time.monotonic() - min(self._pending.values()) if self._pending else 0.0
 
+    async def submit(self, file_id: int, priority: int = UPLOAD, *, user_id: int | None = None) -> None:
+        """enqueue(), and on PostgreSQL wait until the file is in the shared queue: an upload is
+        answered 200 only once any replica can take it."""
+        self.enqueue(file_id, priority, user_id=user_id)
+        if self.shared is not None:
+            await self.shared.flush()
+
     async def drain(self) -> None:
-        """Wait until everything queued so far has been processed (tests, the CLI)."""
+        """Wait until everything queued so far has been processed (tests, the CLI); on PostgreSQL,
+        until the shared queue is empty (every replica's files)."""
+        if self.shared is not None:
+            await self.shared.drain()
+            return
         await self.queue.join()
+
+    async def _process_claimed(self, file_ids: list[int]) -> dict[int, bool]:
+        """Process claimed files, their results in one transaction (a bad one fails alone): for each,
+        False when neither its results nor its failure could be stored."""
+        try:
+            done: list[Outcome] = []
+            parsed = []
+            for file_id in file_ids:
+                prepared = await self.processor.prepare(file_id)
+                (done if isinstance(prepared, Outcome) else parsed).append(prepared)
+            if parsed:
+                done.extend(await self.processor.commit(parsed))
+            return {outcome.file_id: outcome.recorded for outcome in done}
+        finally:
+            self.last_beat = time.monotonic()
 
     async def _consume(self) -> None:
         while True:
@@ -204,6 +253,7 @@ class IngestWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - e.g. a locked database: log, keep consuming
+                shutting_down()
                 logger.exception("could not process file", extra={"file_id": file_id})
             finally:
                 self._pending.pop(file_id, None)
@@ -222,6 +272,7 @@ class IngestWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a failing tick is logged and retried next time
+                shutting_down()
                 logger.exception("ingest tick failed")
             await asyncio.sleep(self.settings.scan_interval)
 
@@ -240,13 +291,19 @@ class IngestWorker:
         self.last_beat = time.monotonic()
         self.ticked.set()
 
-    @staticmethod
-    async def _step(step: Callable[[datetime], Awaitable[None]], now: datetime) -> None:
+    async def _step(self, step: Callable[[datetime], Awaitable[None]], now: datetime) -> None:
         try:
+            if self.shared is not None and step.__name__ in _JOBS:
+                # One replica at a time runs a periodic job; the others skip it this tick.
+                async with only_one(self.db, _JOBS[step.__name__]) as mine:
+                    if mine:
+                        await step(now)
+                return
             await step(now)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - logged and retried next tick; the other steps still run
+            shutting_down()
             logger.exception("ingest tick step %s failed", step.__name__.strip("_"))
 
     def recheck_uploads(self) -> None:
@@ -302,6 +359,8 @@ class IngestWorker:
 
     async def _quarantine_step(self, now: datetime) -> None:
         self.quarantined_count = await store.quarantined_count(self.db)
+        if self.shared is not None:
+            await self.shared.refresh()
 
     async def _prune_step(self, now: datetime) -> None:
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:

@@ -15,6 +15,7 @@ from ..db import BaseDatabase
 from ..records import EventRow, ParseResult
 from ..timeutil import to_store
 from .dialect import by_dialect, postgresql
+from .replicas import lock_all_users, lock_users
 
 
 @dataclass(frozen=True)
@@ -727,6 +728,7 @@ async def _write(db: BaseDatabase, batch: list[Parsed], full: list[Parsed], stam
                  keep_since: datetime | None) -> None:
     q = _SQL[db.dialect]
     async with db.transaction() as conn:
+        await lock_users(conn, db.dialect, {p.user_id for p in batch})  # other replicas' writes (PostgreSQL)
         # SQLite: one writer connection for the process's life. PostgreSQL's pooled connections come
         # and go (a restarted server drops them all): create the TEMP tables, if missing, every time.
         if db.dialect != "sqlite" or conn not in _STAGED:
@@ -850,6 +852,7 @@ async def rebuild_rollups(db: BaseDatabase, limit: int = 31) -> list[str]:
     """Recompute the daily tool and plugin rollups of the days marked dirty (at most ``limit``, the
     latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
+        await lock_all_users(conn, db.dialect)
         for statement in _REBUILD_ROLLUPS[db.dialect]:
             await conn.execute(statement, {"limit": limit} if ":limit" in statement else ())
         async with conn.execute(_ROLLUP_DAYS_DONE[db.dialect]) as cur:
@@ -861,6 +864,7 @@ async def prune(db: BaseDatabase, before: datetime) -> dict[str, int]:
     cutoff = to_store(before)
     counts = {}
     async with db.transaction() as conn:
+        await lock_all_users(conn, db.dialect)
         for table in ("usage_events", "activity_messages", "activity_prompts"):
             cur = await conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))
             counts[table] = cur.rowcount

@@ -286,6 +286,6 @@ async def upload_session(request: web.Request) -> web.Response:
             worker.recheck_uploads()
         raise
     if worker is not None:
-        worker.enqueue(file_id, user_id=user.id)
+        await worker.submit(file_id, user_id=user.id)  # PostgreSQL: in the shared queue before the 200
     logger.info("stored upload", extra={"file": name, "bytes": sink.size, "file_id": file_id})
     return json({"status": "ok", "filename": name, "size": sink.size})
