@@ -115,7 +115,7 @@ def start_cluster() -> Cluster:
     start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "start", "-D", datadir, "-w", "-t", "30", "-l",
                             os.path.join(top, "log"), "-o",
                             f"-p {port} -k {top} -c listen_addresses=127.0.0.1 -c fsync=off "
-                            "-c synchronous_commit=off -c full_page_writes=off", "start"],
+                            "-c synchronous_commit=off -c full_page_writes=off"],
                            capture_output=True, text=True)
     if start.returncode:
         cluster.stop()
