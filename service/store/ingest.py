@@ -726,57 +726,55 @@ async def write_results(db: BaseDatabase, batch: list[Parsed], now: datetime,
 async def _write(db: BaseDatabase, batch: list[Parsed], full: list[Parsed], stamp: str,
                  keep_since: datetime | None) -> None:
     q = _SQL[db.dialect]
+    steps: list[tuple] = []
     async with db.transaction() as conn:
         # SQLite: one writer connection for the process's life. PostgreSQL's pooled connections come
         # and go (a restarted server drops them all): create the TEMP tables, if missing, every time.
         if db.dialect != "sqlite" or conn not in _STAGED:
-            for statement in q["_STAGING_CREATE"]:
-                await conn.execute(statement)
-            if db.dialect == "sqlite":
-                _STAGED.add(conn)
+            steps += [(statement, ()) for statement in q["_STAGING_CREATE"]]
         if full:
-            await _stage(conn, q, full, stamp, keep_since)
-            for statement in q["_WRITE_STATEMENTS"]:
-                await conn.execute(statement)
+            _stage(steps, q, full, stamp, keep_since)
+            steps += [(statement, ()) for statement in q["_WRITE_STATEMENTS"]]
         for p in batch:
             if p.result.incremental:
-                await _stage(conn, q, [p], stamp, keep_since)
-                for statement in q["_INC_STAGING_STATEMENTS"]:
-                    await conn.execute(statement)
-                await _many(conn, q["_STAGE_GONE_SQL"], [(p.file_id, key) for key in p.result.deleted_prompts])
-                await _many(conn, q["_STAGE_FLIPS_SQL"], [(p.file_id, e) for e in p.result.flipped_events])
-                for statement in q["_INC_WRITE_STATEMENTS"]:
-                    await conn.execute(statement)
-        await _many(conn, _CARRY_SQL, [(p.file_id, p.result.carry) for p in batch if p.result.carry])
-        await _many(conn, _NO_CARRY_SQL, [(p.file_id,) for p in batch if not p.result.carry])
+                _stage(steps, q, [p], stamp, keep_since)
+                steps += [(statement, ()) for statement in q["_INC_STAGING_STATEMENTS"]]
+                _many(steps, q["_STAGE_GONE_SQL"], [(p.file_id, key) for key in p.result.deleted_prompts])
+                _many(steps, q["_STAGE_FLIPS_SQL"], [(p.file_id, e) for e in p.result.flipped_events])
+                steps += [(statement, ()) for statement in q["_INC_WRITE_STATEMENTS"]]
+        _many(steps, _CARRY_SQL, [(p.file_id, p.result.carry) for p in batch if p.result.carry])
+        _many(steps, _NO_CARRY_SQL, [(p.file_id,) for p in batch if not p.result.carry])
+        # Built whole first, then run in one go: on SQLite, one hop to the writer's thread.
+        await db.run_steps(conn, steps)
+        if db.dialect == "sqlite":
+            _STAGED.add(conn)
 
 
-async def _stage(conn, q: dict[str, Any], batch: list[Parsed], stamp: str, keep_since: datetime | None) -> None:
-    """The files' rows into the connection's TEMP staging tables (cleared first)."""
-    for statement in q["_STAGING_STATEMENTS"]:
-        await conn.execute(statement)
-    await _many(conn, q["_STAGE_FILE_SQL"], [
+def _stage(steps: list[tuple], q: dict[str, Any], batch: list[Parsed], stamp: str,
+           keep_since: datetime | None) -> None:
+    """The steps that put the files' rows into the connection's TEMP staging tables (cleared first)."""
+    steps += [(statement, ()) for statement in q["_STAGING_STATEMENTS"]]
+    _many(steps, q["_STAGE_FILE_SQL"], [
         (p.file_id, p.user_id, p.size, p.mtime_ns, p.result.content_hash, p.version, p.result.lines, stamp,
          *_summary_values(p.result)) for p in batch])
-    await _many(conn, q["_STAGE_MESSAGES_SQL"], [
+    _many(steps, q["_STAGE_MESSAGES_SQL"], [
         (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation, m.model,
          m.speed, m.cache_5m, m.cache_1h) for p in batch for m in p.result.messages])
-    await _many(conn, q["_STAGE_PROMPTS_SQL"], [
+    _many(steps, q["_STAGE_PROMPTS_SQL"], [
         (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
-    await _many(conn, q["_STAGE_SESSIONS_SQL"], [
+    _many(steps, q["_STAGE_SESSIONS_SQL"], [
         (p.file_id, r.session_id, r.project, r.last_ts) for p in batch for r in p.result.sessions])
-    await _many(conn, q["_STAGE_EVENTS_SQL"], [
+    _many(steps, q["_STAGE_EVENTS_SQL"], [
         (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
          e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
     if keep_since is not None:
-        for statement in q["_DROP_EXPIRED"]:
-            await conn.execute(statement, (to_store(keep_since),))
+        steps += [(statement, (to_store(keep_since),)) for statement in q["_DROP_EXPIRED"]]
 
 
-async def _many(conn, sql: str, rows: list) -> None:
-    """executemany, but no round trip to the writer for no rows."""
+def _many(steps: list[tuple], sql: str, rows: list) -> None:
+    """An executemany step, none for no rows."""
     if rows:
-        await conn.executemany(sql, rows)
+        steps.append((sql, rows, True))
 
 
 async def get_carry(db: BaseDatabase, file_id: int) -> bytes | None:
