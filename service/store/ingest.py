@@ -316,13 +316,20 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     """
     _HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_hours "
                     "(user_id INTEGER NOT NULL, hour TEXT NOT NULL, PRIMARY KEY (user_id, hour))")
+    # The hours of the touched keys' rows (run before they are replaced and after), and the sessions
+    # of those rows per hour: the operators' per-session days are recomputed for these sessions only.
+    _SESSION_HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_session_hours (user_id INTEGER NOT NULL, "
+                            "hour TEXT NOT NULL, session_id TEXT NOT NULL, PRIMARY KEY (user_id, hour, session_id))"
+                            f"{d['without_rowid']}")
     _TOUCH_HOURS = """
-    INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
-        SELECT m.user_id, substr(m.ts, 1, 13) FROM temp.ingest_touched t
+    INSERT OR IGNORE INTO temp.touched_session_hours (user_id, hour, session_id)
+        SELECT m.user_id, substr(m.ts, 1, 13), m.session_id FROM temp.ingest_touched t
         CROSS JOIN user_messages m ON m.user_id = t.user_id AND m.message_key = t.key WHERE t.kind = 'm'
-        UNION ALL SELECT p.user_id, substr(p.ts, 1, 13) FROM temp.ingest_touched t
+        UNION ALL SELECT p.user_id, substr(p.ts, 1, 13), p.session_id FROM temp.ingest_touched t
         CROSS JOIN user_prompts p ON p.user_id = t.user_id AND p.prompt_key = t.key WHERE t.kind = 'p';
     """
+    _HOURS_OF_SESSIONS = ("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
+                          "SELECT DISTINCT user_id, hour FROM temp.touched_session_hours")
     # The operators' aggregates per (user, UTC day) (schema 0014) are recomputed for the days of the
     # touched hours, and the day beside an hour that touches midnight (a session's active span may cross
     # it). Active seconds: consecutive stamps of a session at most 600 s apart, the span cut at midnight;
@@ -389,6 +396,63 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         GROUP BY 1, 2, 3, 4, 5""",
         "DELETE FROM temp.touched_days",
     )
+    # Ingest knows the sessions whose rows changed (those of the touched keys' rows, before and after:
+    # touched_session_hours): a session's day depends on its own rows only, so only those sessions'
+    # rows of admin_session_days are recomputed, each read from the (user, session, ts) index, which
+    # holds every column the active seconds need (issue 24: most of an incremental pass's day work).
+    # admin_model_days has no session: it is recomputed per touched (user, day) as above.
+    _SDAYS = "SELECT {} FROM temp.touched_session_days"
+    _TOUCHED_SESSION_DAYS = (f"day IN ({_SDAYS.format('day')}) AND user_id IN ({_SDAYS.format('user_id')}) "
+                             f"AND session_id IN ({_SDAYS.format('session_id')}) "
+                             f"AND (user_id, day, session_id) IN ({_SDAYS.format('user_id, day, session_id')})")
+    _SESSION_STAMPS = ("CROSS JOIN {table} m ON m.user_id = d.user_id AND m.session_id = d.session_id "
+                       f"AND m.ts >= {d['day_from']} AND m.ts < {d['day_until']}")
+    _RECOMPUTE_SESSION_DAYS = (
+        "CREATE TEMP TABLE IF NOT EXISTS touched_session_days (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
+        f"session_id TEXT NOT NULL, PRIMARY KEY (user_id, day, session_id)){d['without_rowid']}",
+        f"""INSERT OR IGNORE INTO temp.touched_session_days (user_id, day, session_id)
+        SELECT user_id, substr(hour, 1, 10), session_id FROM temp.touched_session_hours
+        UNION ALL SELECT user_id, {d['day_before']}, session_id FROM temp.touched_session_hours WHERE substr(hour, 12) = '00'
+        UNION ALL SELECT user_id, {d['day_after']}, session_id FROM temp.touched_session_hours WHERE substr(hour, 12) = '23'""",
+        f"DELETE FROM admin_session_days WHERE {_TOUCHED_SESSION_DAYS}",
+        f"""INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
+                                        cache_read_tokens, cache_creation_tokens)
+        SELECT d.user_id, d.day, d.session_id, COUNT(*), {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens),
+               {d['sum']}(m.cache_read_tokens), {d['sum']}(m.cache_creation_tokens)
+        FROM temp.touched_session_days d
+        CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.session_id = d.session_id
+            AND m.ts >= d.day AND m.ts < d.day || 'U'
+        GROUP BY d.user_id, d.day, d.session_id""",
+        """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
+        SELECT d.user_id, d.day, d.session_id, COUNT(*)
+        FROM temp.touched_session_days d
+        CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.session_id = d.session_id
+            AND p.ts >= d.day AND p.ts < d.day || 'U'
+        WHERE true GROUP BY d.user_id, d.day, d.session_id
+        ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
+        "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
+        f"session_id TEXT NOT NULL, seconds {d['real']} NOT NULL, PRIMARY KEY (user_id, day, session_id)){d['without_rowid']}",
+        f"""INSERT INTO temp.day_active (user_id, day, session_id, seconds)
+            SELECT user_id, day, session_id,
+                   TOTAL({d['max']}(0, {d['min']}(t, day_start + 86400) - {d['max']}(prev, day_start)))
+            FROM (SELECT user_id, day, session_id, t, {_EPOCH.format("day")} AS day_start,
+                         LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
+                  FROM (SELECT d.user_id, d.day, d.session_id, {_EPOCH.format("m.ts")} AS t
+                        FROM temp.touched_session_days d
+                        {_SESSION_STAMPS.format(table="user_messages")}
+                        UNION ALL SELECT d.user_id, d.day, d.session_id, {_EPOCH.format("m.ts")}
+                        FROM temp.touched_session_days d
+                        {_SESSION_STAMPS.format(table="user_prompts")}) AS stamps) AS spans
+            WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
+        f"""UPDATE admin_session_days SET active_seconds = (
+            SELECT CAST(ROUND(a.seconds) AS BIGINT) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
+            AND a.day = admin_session_days.day AND a.session_id = admin_session_days.session_id)
+        WHERE {_TOUCHED_SESSION_DAYS} AND (user_id, day, session_id) IN (SELECT user_id, day, session_id FROM temp.day_active)""",
+        "DELETE FROM temp.day_active",
+        "DELETE FROM temp.touched_session_days",
+    )
+    _RECOMPUTE_MODEL_DAYS = tuple(statement for statement in _RECOMPUTE_DAYS
+                                  if "admin_session_days" not in statement and "day_active" not in statement)
     # Separate statements (not a script) so that retention can run them inside its transaction.
     # Every timestamp of hour 'YYYY-MM-DDTHH' sorts in [hour, hour || ';'): ':' follows the hour.
     _RECOMPUTE_HOURS = (
@@ -411,7 +475,12 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         *_RECOMPUTE_DAYS,
         "DELETE FROM temp.touched_hours",
     )
-    _RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in _RECOMPUTE_HOURS)
+    # Ingest's: the touched keys' hours, and the per-session days of their sessions (see above); the
+    # model days and the hours last, as they read and then clear temp.touched_hours.
+    _RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in (
+        _HOURS_OF_SESSIONS, *_RECOMPUTE_SESSION_DAYS, *_RECOMPUTE_MODEL_DAYS,
+        *(statement for statement in _RECOMPUTE_HOURS if statement not in _RECOMPUTE_DAYS),
+        "DELETE FROM temp.touched_session_hours"))
 
     _STAGING = f"""
     CREATE TEMP TABLE IF NOT EXISTS stage_file (
@@ -428,9 +497,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     CREATE TEMP TABLE IF NOT EXISTS ingest_touched (
         user_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key));
     {_HOURS_TABLE};
+    {_SESSION_HOURS_TABLE};
     DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
     DELETE FROM temp.stage_events; DELETE FROM temp.stage_sessions; DELETE FROM temp.ingest_touched;
-    DELETE FROM temp.touched_hours;
+    DELETE FROM temp.touched_hours; DELETE FROM temp.touched_session_hours;
     """
     _STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
     _STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
