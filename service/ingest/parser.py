@@ -617,10 +617,23 @@ def _pack(hashes: Iterable[int]) -> bytes:
     return array("I", hashes).tobytes()
 
 
-def _unpack(packed: bytes) -> set[int]:
-    hashes = array("I")
-    hashes.frombytes(packed)
-    return set(hashes)
+class _Hashes(bytes):
+    """Packed 32-bit hashes (_pack), looked up in place: a pass looks up a few dozen keys, where making
+    a set of the thousands of a long session's hashes on every pass (and packing it again) cost more."""
+
+    def __contains__(self, value: object) -> bool:
+        needle = _pack((value,))  # type: ignore[arg-type]
+        at = self.find(needle)
+        while at >= 0:
+            if at % len(needle) == 0:  # a whole item, not the end of one and the start of the next
+                return True
+            at = self.find(needle, at + 1)
+        return False
+
+    def plus(self, hashes: Iterable[int]) -> bytes:
+        """These and more hashes, packed. The new ones are never among these (a key of an earlier
+        pass named again takes a full pass), so nothing is repeated but a 32-bit collision."""
+        return self + _pack(set(hashes))
 
 
 class _State(msgspec.Struct, array_like=True, gc=False):
@@ -744,10 +757,7 @@ class _FileState:
         self.other_event_ids: list[str] = []  # row ids of events without a tool id
         self.answered: set[str] = set()  # tool ids with a result
         # Of earlier passes, as hashes (see _State): a later line that names one takes a full pass.
-        self.old_messages: set[int] = set()
-        self.old_prompts: set[int] = set()
-        self.old_tools: set[int] = set()
-        self.old_events: set[int] = set()
+        self.old_messages = self.old_prompts = self.old_tools = self.old_events = _Hashes()
         self.old_message_count = self.old_prompt_count = self.old_tool_errors = 0
         self.error_ids: set[str] = set()
         # Between passes (issue 24): the next line's number, the state after the last complete
@@ -797,10 +807,10 @@ class _FileState:
         self.last_raw = st.last_raw
         self.earliest_synthetic = st.earliest_synthetic
         self.messages = dict(zip(st.message_keys, st.messages))
-        self.old_messages = _unpack(st.old_messages)
-        self.old_prompts = _unpack(st.old_prompts)
-        self.old_tools = _unpack(st.old_tools)
-        self.old_events = _unpack(st.old_events)
+        self.old_messages = _Hashes(st.old_messages)
+        self.old_prompts = _Hashes(st.old_prompts)
+        self.old_tools = _Hashes(st.old_tools)
+        self.old_events = _Hashes(st.old_events)
         self.old_message_count = st.old_message_count
         self.old_prompt_count = st.old_prompt_count
         self.old_tool_errors = st.old_tool_errors
@@ -886,22 +896,22 @@ class _FileState:
         # Kept whole: the messages of this pass, the tool uses still waiting for their result.
         recent = self.before
         messages = self.messages
-        old_messages = self.old_messages | {_key_hash(key) for key in messages if key not in recent}
-        old_prompts = self.old_prompts | {_key_hash(key) for key in self.prompts}
+        old_messages = self.old_messages.plus(_key_hash(key) for key in messages if key not in recent)
+        old_prompts = self.old_prompts.plus(map(_key_hash, self.prompts))
         answered = self.answered
         open_tools = {tool: event for tool, event in self.tool_ids.items() if tool not in answered}
         done_tools = [tool for tool in self.tool_ids if tool in answered]
-        old_events = self.old_events | {_event_hash(event) for event in self.other_event_ids}
+        old_events = self.old_events.plus(map(_event_hash, self.other_event_ids))
         return _encode_carry(_State(
             self.file_key, offset, self.lineno, self.lines, self.skipped, self.user_messages, self.session_id,
             self.project, self.current_session, list(self.session_projects.items()), list(self.models_seen),
             self.block_starts, self.block_ends, self.last_raw, self.earliest_synthetic,
             list(recent), [messages[key] for key in recent],
-            _pack(old_messages), self.old_message_count + len(messages) - len(recent),
-            _pack(old_prompts), self.old_prompt_count + len(self.prompts),
-            _pack(self.old_tools.union(map(_key_hash, done_tools))),
+            old_messages, self.old_message_count + len(messages) - len(recent),
+            old_prompts, self.old_prompt_count + len(self.prompts),
+            self.old_tools.plus(map(_key_hash, done_tools)),
             self.old_tool_errors + sum(1 for tool in done_tools if tool in self.error_ids),
-            _pack(old_events),
+            old_events,
             list(self.pending_enqueues), list(self.pending_enqueues.values()),  # type: ignore[arg-type]
             [(session, ts, raw) for session, (ts, raw) in self.session_last.items()],
             open_tools, list(self.error_ids),

@@ -280,6 +280,8 @@ _FRAGMENTS = {
         "day_before": "date(substr(hour, 1, 10), '-1 day')",
         "day_after": "date(substr(hour, 1, 10), '+1 day')",
         "min": "MIN", "max": "MAX",  # two arguments: SQLite's scalar min and max
+        "serial": "INTEGER PRIMARY KEY",  # numbered on insert
+        "active_spans": "rowid",  # how the active seconds pair each stamp with the one before it
         "any_fast": "MAX(a.speed = 'fast')",
         "real": "REAL", "without_rowid": " WITHOUT ROWID",
         "sum": "TOTAL",  # into an INTEGER column: SQLite keeps a sum past int64 as a REAL
@@ -297,6 +299,8 @@ _FRAGMENTS = {
         "day_before": "to_char(CAST(substr(hour, 1, 10) AS date) - 1, 'YYYY-MM-DD')",
         "day_after": "to_char(CAST(substr(hour, 1, 10) AS date) + 1, 'YYYY-MM-DD')",
         "min": "LEAST", "max": "GREATEST",
+        "serial": "BIGSERIAL PRIMARY KEY",
+        "active_spans": "window",
         "any_fast": "bool_or(a.speed = 'fast')",
         "real": "DOUBLE PRECISION", "without_rowid": "",
         "sum": "total_int64",  # a BIGINT column: a sum past int64 stops at its maximum (schema 0014)
@@ -317,13 +321,20 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     """
     _HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_hours "
                     "(user_id INTEGER NOT NULL, hour TEXT NOT NULL, PRIMARY KEY (user_id, hour))")
+    # The hours of the touched keys' rows (run before they are replaced and after), and the sessions
+    # of those rows per hour: the operators' per-session days are recomputed for these sessions only.
+    _SESSION_HOURS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_session_hours (user_id INTEGER NOT NULL, "
+                            "hour TEXT NOT NULL, session_id TEXT NOT NULL, PRIMARY KEY (user_id, hour, session_id))"
+                            f"{d['without_rowid']}")
     _TOUCH_HOURS = """
-    INSERT OR IGNORE INTO temp.touched_hours (user_id, hour)
-        SELECT m.user_id, substr(m.ts, 1, 13) FROM temp.ingest_touched t
+    INSERT OR IGNORE INTO temp.touched_session_hours (user_id, hour, session_id)
+        SELECT m.user_id, substr(m.ts, 1, 13), m.session_id FROM temp.ingest_touched t
         CROSS JOIN user_messages m ON m.user_id = t.user_id AND m.message_key = t.key WHERE t.kind = 'm'
-        UNION ALL SELECT p.user_id, substr(p.ts, 1, 13) FROM temp.ingest_touched t
+        UNION ALL SELECT p.user_id, substr(p.ts, 1, 13), p.session_id FROM temp.ingest_touched t
         CROSS JOIN user_prompts p ON p.user_id = t.user_id AND p.prompt_key = t.key WHERE t.kind = 'p';
     """
+    _HOURS_OF_SESSIONS = ("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
+                          "SELECT DISTINCT user_id, hour FROM temp.touched_session_hours")
     # The operators' aggregates per (user, UTC day) (schema 0014) are recomputed for the days of the
     # touched hours, and the day beside an hour that touches midnight (a session's active span may cross
     # it). Active seconds: consecutive stamps of a session at most 600 s apart, the span cut at midnight;
@@ -390,6 +401,89 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         GROUP BY 1, 2, 3, 4, 5""",
         "DELETE FROM temp.touched_days",
     )
+    # Ingest knows the sessions whose rows changed (those of the touched keys' rows, before and after:
+    # touched_session_hours): a session's day depends on its own rows only, so only those sessions'
+    # rows of admin_session_days are recomputed, each read from the (user, session, ts) index, which
+    # holds every column the active seconds need (issue 24: most of an incremental pass's day work).
+    # admin_model_days has no session: it is recomputed per touched (user, day) as above.
+    _SDAYS = "SELECT {} FROM temp.touched_session_days"
+    _TOUCHED_SESSION_DAYS = (f"day IN ({_SDAYS.format('day')}) AND user_id IN ({_SDAYS.format('user_id')}) "
+                             f"AND session_id IN ({_SDAYS.format('session_id')}) "
+                             f"AND (user_id, day, session_id) IN ({_SDAYS.format('user_id, day, session_id')})")
+    _SESSION_STAMPS = ("CROSS JOIN {table} m ON m.user_id = d.user_id AND m.session_id = d.session_id "
+                       "AND m.ts >= d.day_from AND m.ts < d.day_until")
+    # The stamps of the touched session days (the day and 600 s either side), with the day's start.
+    _STAMPS = f"""SELECT d.id, d.day_start, {_EPOCH.format("m.ts")} AS t
+                  FROM temp.touched_session_days d {_SESSION_STAMPS.format(table="user_messages")}
+                  UNION ALL SELECT d.id, d.day_start, {_EPOCH.format("m.ts")}
+                  FROM temp.touched_session_days d {_SESSION_STAMPS.format(table="user_prompts")}"""
+    # Each stamp's gap to the one before it in its session day, when at most 600 s, cut at the day's bounds.
+    _SPAN = f"TOTAL({d['max']}(0, {d['min']}(b.t, b.day_start + 86400) - {d['max']}({{prev}}, b.day_start)))"
+    if d["active_spans"] == "rowid":
+        # SQLite: the stamps sorted into a table numbered in that order, each joined to the one numbered
+        # before it: half the CPU of the LAG() window over the same rows (SQLite 3.40's window
+        # functions cost ~1 us a row), which was the largest statement of an incremental pass.
+        _SESSION_ACTIVE = (
+            "CREATE TEMP TABLE IF NOT EXISTS session_stamps (n INTEGER PRIMARY KEY, id INTEGER NOT NULL, "
+            "day_start REAL NOT NULL, t REAL NOT NULL)",
+            f"INSERT INTO temp.session_stamps (id, day_start, t) SELECT * FROM ({_STAMPS}) AS s ORDER BY id, t",
+            f"""INSERT INTO temp.day_active (user_id, day, session_id, seconds)
+            SELECT d.user_id, d.day, d.session_id, s.seconds FROM temp.touched_session_days d
+            JOIN (SELECT b.id, {_SPAN.format(prev="a.t")} AS seconds FROM temp.session_stamps b
+                  JOIN temp.session_stamps a ON a.n = b.n - 1 AND a.id = b.id
+                  WHERE b.t - a.t <= 600 GROUP BY b.id) AS s ON s.id = d.id""",
+            "DELETE FROM temp.session_stamps",
+        )
+    else:
+        _SESSION_ACTIVE = (
+            f"""INSERT INTO temp.day_active (user_id, day, session_id, seconds)
+            SELECT d.user_id, d.day, d.session_id, s.seconds FROM temp.touched_session_days d
+            JOIN (SELECT b.id, {_SPAN.format(prev="b.prev")} AS seconds
+                  FROM (SELECT id, day_start, t, LAG(t) OVER (PARTITION BY id ORDER BY t) AS prev
+                        FROM ({_STAMPS}) AS stamps) AS b
+                  WHERE b.t - b.prev <= 600 GROUP BY b.id) AS s ON s.id = d.id""",
+        )
+    # Each session day gets a small integer (the window below partitions by it rather than by three
+    # text columns) and its bounds computed once, not once per stamp: ~40% of the active seconds' cost.
+    _RECOMPUTE_SESSION_DAYS = (
+        f"CREATE TEMP TABLE IF NOT EXISTS touched_session_days (id {d['serial']}, user_id INTEGER NOT NULL, "
+        f"day TEXT NOT NULL, session_id TEXT NOT NULL, day_start {d['real']}, day_from TEXT, day_until TEXT, "
+        "UNIQUE (user_id, day, session_id))",
+        f"""INSERT OR IGNORE INTO temp.touched_session_days (user_id, day, session_id, day_start, day_from, day_until)
+        SELECT d.user_id, d.day, d.session_id, {_EPOCH.format("d.day")}, {d['day_from']}, {d['day_until']}
+        FROM (SELECT user_id, substr(hour, 1, 10) AS day, session_id FROM temp.touched_session_hours
+              UNION SELECT user_id, {d['day_before']}, session_id FROM temp.touched_session_hours
+              WHERE substr(hour, 12) = '00'
+              UNION SELECT user_id, {d['day_after']}, session_id FROM temp.touched_session_hours
+              WHERE substr(hour, 12) = '23') AS d""",
+        f"DELETE FROM admin_session_days WHERE {_TOUCHED_SESSION_DAYS}",
+        f"""INSERT INTO admin_session_days (user_id, day, session_id, messages, input_tokens, output_tokens,
+                                        cache_read_tokens, cache_creation_tokens)
+        SELECT d.user_id, d.day, d.session_id, COUNT(*), {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens),
+               {d['sum']}(m.cache_read_tokens), {d['sum']}(m.cache_creation_tokens)
+        FROM temp.touched_session_days d
+        CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.session_id = d.session_id
+            AND m.ts >= d.day AND m.ts < d.day || 'U'
+        GROUP BY d.user_id, d.day, d.session_id""",
+        """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
+        SELECT d.user_id, d.day, d.session_id, COUNT(*)
+        FROM temp.touched_session_days d
+        CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.session_id = d.session_id
+            AND p.ts >= d.day AND p.ts < d.day || 'U'
+        WHERE true GROUP BY d.user_id, d.day, d.session_id
+        ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
+        "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
+        f"session_id TEXT NOT NULL, seconds {d['real']} NOT NULL, PRIMARY KEY (user_id, day, session_id)){d['without_rowid']}",
+        *_SESSION_ACTIVE,
+        f"""UPDATE admin_session_days SET active_seconds = (
+            SELECT CAST(ROUND(a.seconds) AS BIGINT) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
+            AND a.day = admin_session_days.day AND a.session_id = admin_session_days.session_id)
+        WHERE {_TOUCHED_SESSION_DAYS} AND (user_id, day, session_id) IN (SELECT user_id, day, session_id FROM temp.day_active)""",
+        "DELETE FROM temp.day_active",
+        "DELETE FROM temp.touched_session_days",
+    )
+    _RECOMPUTE_MODEL_DAYS = tuple(statement for statement in _RECOMPUTE_DAYS
+                                  if "admin_session_days" not in statement and "day_active" not in statement)
     # Separate statements (not a script) so that retention can run them inside its transaction.
     # Every timestamp of hour 'YYYY-MM-DDTHH' sorts in [hour, hour || ';'): ':' follows the hour.
     _RECOMPUTE_HOURS = (
@@ -412,7 +506,12 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         *_RECOMPUTE_DAYS,
         "DELETE FROM temp.touched_hours",
     )
-    _RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in _RECOMPUTE_HOURS)
+    # Ingest's: the touched keys' hours, and the per-session days of their sessions (see above); the
+    # model days and the hours last, as they read and then clear temp.touched_hours.
+    _RECOMPUTE_HOURS_SCRIPT = "".join(f"{statement};\n" for statement in (
+        _HOURS_OF_SESSIONS, *_RECOMPUTE_SESSION_DAYS, *_RECOMPUTE_MODEL_DAYS,
+        *(statement for statement in _RECOMPUTE_HOURS if statement not in _RECOMPUTE_DAYS),
+        "DELETE FROM temp.touched_session_hours"))
 
     _STAGING = f"""
     CREATE TEMP TABLE IF NOT EXISTS stage_file (
@@ -429,9 +528,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     CREATE TEMP TABLE IF NOT EXISTS ingest_touched (
         user_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key));
     {_HOURS_TABLE};
+    {_SESSION_HOURS_TABLE};
     DELETE FROM temp.stage_file; DELETE FROM temp.stage_messages; DELETE FROM temp.stage_prompts;
     DELETE FROM temp.stage_events; DELETE FROM temp.stage_sessions; DELETE FROM temp.ingest_touched;
-    DELETE FROM temp.touched_hours;
+    DELETE FROM temp.touched_hours; DELETE FROM temp.touched_session_hours;
     """
     _STAGE_FILE_SQL = (f"INSERT INTO temp.stage_file VALUES ({', '.join('?' * (8 + len(_SUMMARY_COLS)))})")
     _STAGE_MESSAGES_SQL = "INSERT INTO temp.stage_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -727,58 +827,56 @@ async def write_results(db: BaseDatabase, batch: list[Parsed], now: datetime,
 async def _write(db: BaseDatabase, batch: list[Parsed], full: list[Parsed], stamp: str,
                  keep_since: datetime | None) -> None:
     q = _SQL[db.dialect]
+    steps: list[tuple] = []
     async with db.transaction() as conn:
         await lock_users(conn, db.dialect, {p.user_id for p in batch})  # other replicas' writes (PostgreSQL)
         # SQLite: one writer connection for the process's life. PostgreSQL's pooled connections come
         # and go (a restarted server drops them all): create the TEMP tables, if missing, every time.
         if db.dialect != "sqlite" or conn not in _STAGED:
-            for statement in q["_STAGING_CREATE"]:
-                await conn.execute(statement)
-            if db.dialect == "sqlite":
-                _STAGED.add(conn)
+            steps += [(statement, ()) for statement in q["_STAGING_CREATE"]]
         if full:
-            await _stage(conn, q, full, stamp, keep_since)
-            for statement in q["_WRITE_STATEMENTS"]:
-                await conn.execute(statement)
+            _stage(steps, q, full, stamp, keep_since)
+            steps += [(statement, ()) for statement in q["_WRITE_STATEMENTS"]]
         for p in batch:
             if p.result.incremental:
-                await _stage(conn, q, [p], stamp, keep_since)
-                for statement in q["_INC_STAGING_STATEMENTS"]:
-                    await conn.execute(statement)
-                await _many(conn, q["_STAGE_GONE_SQL"], [(p.file_id, key) for key in p.result.deleted_prompts])
-                await _many(conn, q["_STAGE_FLIPS_SQL"], [(p.file_id, e) for e in p.result.flipped_events])
-                for statement in q["_INC_WRITE_STATEMENTS"]:
-                    await conn.execute(statement)
-        await _many(conn, _CARRY_SQL, [(p.file_id, p.result.carry) for p in batch if p.result.carry])
-        await _many(conn, _NO_CARRY_SQL, [(p.file_id,) for p in batch if not p.result.carry])
+                _stage(steps, q, [p], stamp, keep_since)
+                steps += [(statement, ()) for statement in q["_INC_STAGING_STATEMENTS"]]
+                _many(steps, q["_STAGE_GONE_SQL"], [(p.file_id, key) for key in p.result.deleted_prompts])
+                _many(steps, q["_STAGE_FLIPS_SQL"], [(p.file_id, e) for e in p.result.flipped_events])
+                steps += [(statement, ()) for statement in q["_INC_WRITE_STATEMENTS"]]
+        _many(steps, _CARRY_SQL, [(p.file_id, p.result.carry) for p in batch if p.result.carry])
+        _many(steps, _NO_CARRY_SQL, [(p.file_id,) for p in batch if not p.result.carry])
+        # Built whole first, then run in one go: on SQLite, one hop to the writer's thread.
+        await db.run_steps(conn, steps)
+        if db.dialect == "sqlite":
+            _STAGED.add(conn)
 
 
-async def _stage(conn, q: dict[str, Any], batch: list[Parsed], stamp: str, keep_since: datetime | None) -> None:
-    """The files' rows into the connection's TEMP staging tables (cleared first)."""
-    for statement in q["_STAGING_STATEMENTS"]:
-        await conn.execute(statement)
-    await _many(conn, q["_STAGE_FILE_SQL"], [
+def _stage(steps: list[tuple], q: dict[str, Any], batch: list[Parsed], stamp: str,
+           keep_since: datetime | None) -> None:
+    """The steps that put the files' rows into the connection's TEMP staging tables (cleared first)."""
+    steps += [(statement, ()) for statement in q["_STAGING_STATEMENTS"]]
+    _many(steps, q["_STAGE_FILE_SQL"], [
         (p.file_id, p.user_id, p.size, p.mtime_ns, p.result.content_hash, p.version, p.result.lines, stamp,
          *_summary_values(p.result)) for p in batch])
-    await _many(conn, q["_STAGE_MESSAGES_SQL"], [
+    _many(steps, q["_STAGE_MESSAGES_SQL"], [
         (p.file_id, m.key, m.session_id, m.ts, m.input, m.output, m.cache_read, m.cache_creation, m.model,
          m.speed, m.cache_5m, m.cache_1h) for p in batch for m in p.result.messages])
-    await _many(conn, q["_STAGE_PROMPTS_SQL"], [
+    _many(steps, q["_STAGE_PROMPTS_SQL"], [
         (p.file_id, r.key, r.session_id, r.ts) for p in batch for r in p.result.prompts])
-    await _many(conn, q["_STAGE_SESSIONS_SQL"], [
+    _many(steps, q["_STAGE_SESSIONS_SQL"], [
         (p.file_id, r.session_id, r.project, r.last_ts) for p in batch for r in p.result.sessions])
-    await _many(conn, q["_STAGE_EVENTS_SQL"], [
+    _many(steps, q["_STAGE_EVENTS_SQL"], [
         (p.file_id, e.event_id, e.session_id, e.event_type, e.tool_name, e.skill_name, e.subagent_type,
          e.command_name, int(e.is_error), e.ts, *_attribution_key(e)) for p in batch for e in p.result.events])
     if keep_since is not None:
-        for statement in q["_DROP_EXPIRED"]:
-            await conn.execute(statement, (to_store(keep_since),))
+        steps += [(statement, (to_store(keep_since),)) for statement in q["_DROP_EXPIRED"]]
 
 
-async def _many(conn, sql: str, rows: list) -> None:
-    """executemany, but no round trip to the writer for no rows."""
+def _many(steps: list[tuple], sql: str, rows: list) -> None:
+    """An executemany step, none for no rows."""
     if rows:
-        await conn.executemany(sql, rows)
+        steps.append((sql, rows, True))
 
 
 async def get_carry(db: BaseDatabase, file_id: int) -> bytes | None:
