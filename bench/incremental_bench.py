@@ -107,9 +107,7 @@ async def processor_path(work: Path, data: bytes, sizes: list[int]) -> dict:
         await db.close()
         return spent
 
-    full = median([(await run(f"processor-full-{i}", [sizes[-1]]))[0] for i in range(FULL_RUNS)])
-    grown = await run("processor-grown", sizes)
-    return report(full, grown)
+    return await full_and_grown(run, "processor", sizes)
 
 
 async def watch_path(work: Path, data: bytes, sizes: list[int]) -> dict:
@@ -140,9 +138,7 @@ async def watch_path(work: Path, data: bytes, sizes: list[int]) -> dict:
         await db.close()
         return spent
 
-    full = median([(await run(f"watch-full-{i}", [sizes[-1]]))[0] for i in range(FULL_RUNS)])
-    grown = await run("watch-grown", sizes)
-    return report(full, grown)
+    return await full_and_grown(run, "watch", sizes)
 
 
 async def upload_path(work: Path, data: bytes, sizes: list[int]) -> dict:
@@ -176,6 +172,13 @@ async def upload_path(work: Path, data: bytes, sizes: list[int]) -> dict:
     out["receive_full_s"] = round(median([r[0] for r, _ in fulls]), 4)
     out["receive_per_pass_s"] = round(sum(receive[1:]) / len(receive[1:]), 4)
     return out
+
+
+async def full_and_grown(run, name: str, sizes: list[int]) -> dict:
+    """One full pass over the final file (median of FULL_RUNS, each on a fresh database) against the
+    passes that grow it."""
+    full = median([(await run(f"{name}-full-{i}", [sizes[-1]]))[0] for i in range(FULL_RUNS)])
+    return report(full, await run(f"{name}-grown", sizes))
 
 
 def report(full: float, grown: list[float]) -> dict:

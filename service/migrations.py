@@ -95,17 +95,20 @@ async def migrate(conn: aiosqlite.Connection, schema_dir: Path = SCHEMA_DIR,
         await conn.execute(f"PRAGMA temp_store = {int(temp_store)}")
 
 
-async def _apply(conn: aiosqlite.Connection, schema_dir: Path, target: int | None) -> list[int]:
-    applied = []
-    known = scripts(schema_dir)
+def _due(known: list, found: int, target: int | None) -> list:
+    """The scripts up to ``target`` (all: None), in order; each is applied unless the database has it.
+
+    An older build (a rolled-back image) must not write into a schema it does not know."""
     newest = known[-1].version if known else 0
-    if (found := await current_version(conn)) > newest:
-        # An older build (a rolled-back image) must not write into a schema it does not know.
+    if found > newest:
         raise MigrationError(f"the database schema is at version {found}, newer than this agnes-home knows "
                              f"({newest}): run a newer agnes-home, or restore a backup")
-    for script in known:
-        if target is not None and script.version > target:
-            break
+    return [script for script in known if target is None or script.version <= target]
+
+
+async def _apply(conn: aiosqlite.Connection, schema_dir: Path, target: int | None) -> list[int]:
+    applied = []
+    for script in _due(scripts(schema_dir), await current_version(conn), target):
         version = await current_version(conn)
         if script.version <= version:
             continue
@@ -160,14 +163,7 @@ async def migrate_postgres(conn: asyncpg.Connection, schema_dir: Path = PG_SCHEM
 
 async def _apply_pg(conn: asyncpg.Connection, schema_dir: Path, target: int | None) -> list[int]:
     applied = []
-    known = scripts(schema_dir, baseline=True)
-    newest = known[-1].version if known else 0
-    if (found := await pg_current_version(conn)) > newest:
-        raise MigrationError(f"the database schema is at version {found}, newer than this agnes-home knows "
-                             f"({newest}): run a newer agnes-home, or restore a backup")
-    for script in known:
-        if target is not None and script.version > target:
-            break
+    for script in _due(scripts(schema_dir, baseline=True), await pg_current_version(conn), target):
         version = await pg_current_version(conn)
         if script.version <= version:
             continue

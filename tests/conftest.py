@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import msgspec
@@ -130,6 +131,18 @@ def pg_server():
         pg.drop_database(url, template)
         if cluster is not None:
             cluster.stop()
+
+
+@pytest.fixture
+def empty_pg(pg_server):
+    """A new, empty PostgreSQL database (no schema) on the suite's server: its URL."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL")
+    server, _ = pg_server
+    name = f"{pg.PREFIX}empty_{time.monotonic_ns()}"
+    url = pg.create_database(server, name)
+    yield url
+    pg.drop_database(server, name)
 
 
 _DB_NUMBER = itertools.count(1)

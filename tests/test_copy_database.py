@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 
 import pytest
 
@@ -22,18 +21,6 @@ from tests.conftest import NOW, SAMPLE_USERS, expected_stats, ingest_files, samp
 from tests.test_cli import run
 
 pytestmark = pytest.mark.postgresql
-
-
-@pytest.fixture
-def empty_target(pg_server):
-    """A new PostgreSQL database without a schema: its URL."""
-    if pg_server is None:
-        pytest.skip("no PostgreSQL")
-    server, _ = pg_server
-    name = f"{pg.PREFIX}copy_{time.monotonic_ns()}"
-    url = pg.create_database(server, name)
-    yield url
-    pg.drop_database(server, name)
 
 
 async def _fill(path: str, data_dir) -> dict[str, str]:
@@ -94,7 +81,7 @@ async def _served(client, tokens: dict[str, str]) -> list:
     return answers
 
 
-async def test_a_sqlite_install_copied_to_postgresql_serves_the_same_numbers(aiohttp_client, empty_target, tmp_path):
+async def test_a_sqlite_install_copied_to_postgresql_serves_the_same_numbers(aiohttp_client, empty_pg, tmp_path):
     path = str(tmp_path / "cli.db")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -102,7 +89,7 @@ async def test_a_sqlite_install_copied_to_postgresql_serves_the_same_numbers(aio
     before = _counts_sqlite(path)
     assert before["session_summaries"] and before["user_messages"] and before["usage_tool_daily"]
 
-    done = run(tmp_path, "copy-database", "--to", empty_target, "--json")
+    done = run(tmp_path, "copy-database", "--to", empty_pg, "--json")
     reported = {r["table"]: (r["sqlite"], r["postgresql"]) for r in json.loads(done.stdout)}
     assert all(a == b for a, b in reported.values())
 
@@ -110,7 +97,7 @@ async def test_a_sqlite_install_copied_to_postgresql_serves_the_same_numbers(aio
                   admin_emails=["ops@example.com"], scan_interval=3600)
     on_sqlite = await aiohttp_client(create_app(load_settings(db_path=path, **common)))
     on_pg = await aiohttp_client(create_app(load_settings(db_path=str(tmp_path / "unused.db"),
-                                                          database_url=empty_target, **common)))
+                                                          database_url=empty_pg, **common)))
     copied = await _counts_pg(on_pg.app[keys.DB])
     assert copied == before  # every table, every row
     served = await _served(on_pg, tokens)
@@ -123,12 +110,12 @@ async def test_a_sqlite_install_copied_to_postgresql_serves_the_same_numbers(aio
     assert user.id == len(SAMPLE_USERS) + 2  # the samples' analysts and ops came first
 
 
-async def test_copying_into_a_database_that_is_not_empty_is_refused_and_changes_nothing(empty_target, tmp_path):
+async def test_copying_into_a_database_that_is_not_empty_is_refused_and_changes_nothing(empty_pg, tmp_path):
     path = str(tmp_path / "cli.db")
     (tmp_path / "data").mkdir()
     await _fill(path, tmp_path / "data")
-    run(tmp_path, "copy-database", "--to", empty_target)
-    again = run(tmp_path, "copy-database", "--to", empty_target, check=False)
+    run(tmp_path, "copy-database", "--to", empty_pg)
+    again = run(tmp_path, "copy-database", "--to", empty_pg, check=False)
     assert again.returncode == 1
     assert "the target database is not empty" in again.stderr and "fills an empty database only" in again.stderr
     bad = run(tmp_path, "copy-database", "--to", "sqlite:///x.db", check=False)

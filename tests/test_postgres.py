@@ -30,18 +30,6 @@ def test_placeholders_become_numbered_once_per_name_and_leave_strings_casts_and_
         translate("SELECT ? WHERE a = :a")
 
 
-@pytest.fixture
-def empty_pg(pg_server):
-    """A new, empty PostgreSQL database (no schema): its URL."""
-    if pg_server is None:
-        pytest.skip("no PostgreSQL")
-    server, _ = pg_server
-    name = f"{pg.PREFIX}empty_{time.monotonic_ns()}"
-    url = pg.create_database(server, name)
-    yield url
-    pg.drop_database(server, name)
-
-
 async def test_replicas_starting_at_once_run_each_script_once(empty_pg):
     first, second = await asyncpg.connect(empty_pg), await asyncpg.connect(empty_pg)
     try:
