@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,12 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import common  # noqa: E402
 import loadgen  # noqa: E402
-from serve_bench import BIN, ME, Server, setup  # noqa: E402
-
-
-def _get(url: str, token: str) -> bytes:
-    with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})) as resp:
-        return resp.read()
+from serve_bench import BIN, ME, Server, _get, setup  # noqa: E402
 
 
 def main() -> None:

@@ -178,9 +178,14 @@ def _session_cookie(base: str, token: str) -> str:
     raise RuntimeError("sign-in did not answer 303")
 
 
-def _get_json(url: str, token: str) -> dict:
+def _get(url: str, token: str) -> bytes:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    return json.loads(urllib.request.urlopen(req, timeout=10).read())
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read()
+
+
+def _get_json(url: str, token: str) -> dict:
+    return json.loads(_get(url, token))
 
 
 def _upload(base: str, token: str, path: Path) -> int:

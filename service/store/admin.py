@@ -80,10 +80,6 @@ def _noon(day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day), time(12), UTC)
 
 
-# Rates resolved per (price table, model, speed, tier, day): the same few keys come back on every
-# request, and genai-prices' lookup is the costly part of pricing.
-_RATES: dict[tuple, Rates | None] = {}
-_RATES_MAX = 100_000
 # Token sums per (day, model, speed, tier): a few hundred rows for a range, each priced once (prices are
 # per token, so a group's cost is the sum of its messages' costs).
 _MODEL_DAYS_SQL = """
@@ -108,13 +104,9 @@ _SHOWN_MODEL_USERS_SQL = (f"SELECT DISTINCT model, user_id FROM admin_model_days
 
 
 def _day_rates(prices: PriceTable, model: str, speed: str, tier: int, day: str) -> Rates | None:
-    key = (prices.version, model, speed, tier, day)
-    if key not in _RATES:
-        if len(_RATES) >= _RATES_MAX:
-            _RATES.clear()
-        found = prices.rates(model or None, _noon(day), speed == "fast", tier_prompt(tier))
-        _RATES[key] = None if found is None else found[0]
-    return _RATES[key]
+    """The rates of a (model, speed, tier) group on a day (the library's lookups are cached in cost.py)."""
+    found = prices.rates(model or None, _noon(day), speed == "fast", tier_prompt(tier))
+    return None if found is None else found[0]
 
 
 def _price(prices: PriceTable, r) -> float | None:
