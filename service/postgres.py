@@ -14,6 +14,7 @@ connection nothing is cached (every read goes to the database) until it is back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import secrets
@@ -34,7 +35,8 @@ _WROTE = ("SELECT EXISTS (SELECT 1 FROM pg_stat_xact_user_tables WHERE schemanam
           "AND n_tup_ins + n_tup_upd + n_tup_del > 0)")
 # Without track_counts those counters stay at zero: then any transaction with a transaction id counts.
 _WROTE_WITHOUT_COUNTS = "SELECT txid_current_if_assigned() IS NOT NULL"
-POOL_SIZE = 10
+POOL_SIZE = 5  # transactions (one at a time per process), jobs holding their advisory lock, migrations
+READERS = 10  # connections for one-statement reads (Readers)
 RECONNECT_EVERY_S = 0.5
 # Every session: day arithmetic on the stored UTC text is UTC; no JIT compiling for the store's small reads;
 # generic plans: asyncpg prepares each statement once per connection, and planning the status frame's
@@ -151,6 +153,95 @@ class Connection:
         return await self.raw.fetch(text, *_args(names, params))
 
 
+class Readers:
+    """Connections for one-statement reads, each taken and given back without awaiting when one is idle.
+
+    asyncpg's pool costs ~50-80 us of the service's CPU per acquire and release (a proxy object, a
+    shielded task for the release, the reset): as much again as the read itself, and the reads of an
+    uncached request are the most frequent statements (BENCHMARKS.md "Replicas"). A read here holds no
+    session state and no transaction, so a connection needs no reset between reads. One that may be
+    broken (a lost socket, a cancelled read, a server that restarted) is never reused: it is closed and
+    a new one is opened when a read finds none idle, at most ``size`` open at once.
+    """
+
+    def __init__(self, url: str, size: int) -> None:
+        self._url = url
+        self._size = size
+        self._idle: list[asyncpg.Connection] = []
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def fetch(self, text: str, args: Sequence[Any]) -> list[asyncpg.Record]:
+        conn = self._idle.pop() if self._idle and not self._idle[-1].is_closed() else await self._take()
+        try:
+            rows = await conn.fetch(text, *args)
+        except asyncpg.PostgresError:
+            # The statement failed on the server (it is the caller's error to handle); the connection
+            # stays usable unless the server ended it.
+            self._give(conn) if not conn.is_closed() else self._drop(conn)
+            raise
+        except BaseException:
+            self._drop(conn)
+            raise
+        self._give(conn)
+        return rows
+
+    async def _take(self) -> asyncpg.Connection:
+        while True:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.is_closed():
+                    return conn
+                self._drop(conn)
+            if self._open < self._size:
+                self._open += 1
+                try:
+                    return await asyncpg.connect(self._url, server_settings=SESSION)
+                except BaseException:
+                    self._open -= 1
+                    self._wake(None)
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                conn = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._give(waiter.result())  # handed over as this task was cancelled
+                else:
+                    self._waiters.remove(waiter) if waiter in self._waiters else None
+                raise
+            if conn is not None:
+                return conn
+            # None: a connection was dropped, so there is room to open one.
+
+    def _wake(self, conn: asyncpg.Connection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
+
+    def _give(self, conn: asyncpg.Connection) -> None:
+        if not self._wake(conn):
+            self._idle.append(conn)
+
+    def _drop(self, conn: asyncpg.Connection) -> None:
+        conn.terminate()
+        self._open -= 1
+        self._wake(None)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._open -= 1
+            try:
+                await conn.close(timeout=5)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+
 class PostgresDatabase(BaseDatabase):
     """PostgreSQL through an asyncpg pool. Writes of this process are serialised (as on SQLite: the
     ingest's set-based statements never wait on each other); other replicas' writes meet them in
@@ -158,13 +249,14 @@ class PostgresDatabase(BaseDatabase):
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, cache: bool = True, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, *, cache: bool = True, pool_size: int = POOL_SIZE, readers: int = READERS) -> None:
         super().__init__(cache=cache)
         self.url = url
         parts = urlsplit(url)
         self.path = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # for messages: no password
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._readers = Readers(url, readers)
         self._write_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
         self._listening = False
@@ -173,6 +265,9 @@ class PostgresDatabase(BaseDatabase):
         self._me = secrets.token_hex(8)  # this process's notifications carry it: its own commits bump at once
         self._version = 0
         self._wrote_sql = _WROTE_WITHOUT_COUNTS
+        # Server pids of pooled connections handed out whole (connection(), writing()): their callers may
+        # leave session state (an advisory lock, a setting), so they get asyncpg's reset on release.
+        self._handed_out: set[int] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -183,7 +278,7 @@ class PostgresDatabase(BaseDatabase):
     async def open(self) -> None:
         self._closing = False
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size,
-                                               server_settings=SESSION)
+                                               server_settings=SESSION, reset=self._reset)
         counts = await self._pool.fetchval("SELECT current_setting('track_counts')::bool")
         self._wrote_sql = _WROTE if counts else _WROTE_WITHOUT_COUNTS
         if self._use_cache:
@@ -245,24 +340,46 @@ class PostgresDatabase(BaseDatabase):
             await self._listener.close()
             self._listener = None
             self._listening = False
+        await self._readers.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
+    async def _reset(self, conn: asyncpg.Connection) -> None:
+        """The pool's reset on release (asyncpg has already rolled back any open transaction).
+
+        asyncpg's default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
+        every release: a second round trip for each one-statement read, which leaves no session state
+        behind, nor does transaction() (its settings are SET LOCAL). Only connections handed out whole
+        get it."""
+        pid = conn.get_server_pid()
+        if pid in self._handed_out:
+            self._handed_out.discard(pid)
+            query = conn.get_reset_query()
+            if query:
+                await conn.execute(query)
+
     async def fetchall(self, sql: str, params: Sequence[Any] | dict = ()) -> list[asyncpg.Record]:
         text, names = translate(sql)
-        return await self.pool.fetch(text, *_args(names, params))
+        self.pool  # noqa: B018 - not open: the same RuntimeError as every other call
+        return await self._readers.fetch(text, _args(names, params))
+
+    @asynccontextmanager
+    async def _whole(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            self._handed_out.add(conn.get_server_pid())
+            yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection for work outside the store (migrations, readiness)."""
-        async with self.pool.acquire() as conn:
+        """A pooled connection for work outside the store (migrations, readiness, advisory locks)."""
+        async with self._whole() as conn:
             yield conn
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection, with this process's writes held off; the caller manages its own transaction."""
-        async with self._write_lock, self.pool.acquire() as conn:
+        async with self._write_lock, self._whole() as conn:
             yield conn
 
     @asynccontextmanager

@@ -270,3 +270,56 @@ async def test_both_backends_have_the_same_tables_columns_and_indexes(tmp_path, 
         await pg_conn.close()
     assert pg_columns == sqlite_columns
     assert pg_indexes == sqlite_indexes
+
+
+# -- one-statement reads (postgres.Readers) -------------------------------------------------------
+
+async def test_reads_use_at_most_their_connections_and_survive_failed_statements(pg_url):
+    db = PostgresDatabase(pg_url, readers=2)
+    await db.open()
+    try:
+        pids = await asyncio.gather(*[db.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.02)") for _ in range(8)])
+        assert 1 <= len(set(pids)) <= 2  # eight reads at once queued for the two connections
+        for _ in range(3):  # more failures than connections: none of them leaks one
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                await db.fetchval("SELECT 1 / 0")
+        assert await db.fetchval("SELECT 6 * 7") == 42
+        assert set(await asyncio.gather(*[db.fetchval("SELECT pg_backend_pid()") for _ in range(4)])) <= set(pids)
+    finally:
+        await db.close()
+
+
+async def test_a_cancelled_read_leaves_its_connection_and_the_next_reads_work(pg_url):
+    db = PostgresDatabase(pg_url, readers=1)
+    await db.open()
+    try:
+        first = await db.fetchval("SELECT pg_backend_pid()")
+        slow = asyncio.ensure_future(db.fetchval("SELECT pg_backend_pid() FROM pg_sleep(5)"))
+        waiting = asyncio.ensure_future(db.fetchval("SELECT 1"))  # queued behind it: cancelled while it waits
+        await asyncio.sleep(0.2)
+        slow.cancel()
+        waiting.cancel()
+        for task in (slow, waiting):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # The cancelled statement's connection is not reused (its state is unknown): a new one answers.
+        assert await db.fetchval("SELECT pg_backend_pid()") != first
+        assert await db.fetchval("SELECT 2") == 2
+    finally:
+        await db.close()
+
+
+async def test_reads_reconnect_after_the_server_ends_their_connections(pg_url):
+    db = PostgresDatabase(pg_url, readers=2)
+    await db.open()
+    admin = await asyncpg.connect(pg_url)
+    try:
+        pids = set(await asyncio.gather(*[db.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.02)")
+                                          for _ in range(4)]))
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(pids))
+        await asyncio.sleep(0.2)  # the connections see their sockets close
+        assert await db.fetchval("SELECT pg_backend_pid()") not in pids
+        assert await db.fetchval("SELECT 3") == 3
+    finally:
+        await admin.close()
+        await db.close()
