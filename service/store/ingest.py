@@ -287,7 +287,7 @@ _FRAGMENTS = {
         "sum": "TOTAL",  # into an INTEGER column: SQLite keeps a sum past int64 as a REAL
         "prompt": "(m.input_tokens + m.cache_read_tokens + m.cache_creation_tokens)",  # past int64: a REAL
         "summary_cols": ", ".join(_SUMMARY_COLS),
-        "insert_or_replace": "INSERT OR REPLACE", "summaries_conflict": "",
+        "insert_or_replace": "INSERT OR REPLACE", "summaries_conflict": "", "row_in": "",
     },
     "postgresql": {
         # SQLite's arithmetic to the bit: julianday() is whole milliseconds since the Julian epoch over
@@ -306,7 +306,7 @@ _FRAGMENTS = {
         "sum": "total_int64",  # a BIGINT column: a sum past int64 stops at its maximum (schema 0014)
         "prompt": "(CAST(m.input_tokens AS DOUBLE PRECISION) + m.cache_read_tokens + m.cache_creation_tokens)",
         "summary_cols": ", ".join(f"{c} {'TEXT' if c in _TEXT_SUMMARY_COLS else 'BIGINT'}" for c in _SUMMARY_COLS),
-        "insert_or_replace": "INSERT",
+        "insert_or_replace": "INSERT", "row_in": "yes",
         "summaries_conflict": " ON CONFLICT (file_id) DO UPDATE SET " + ", ".join(
             f"{c} = excluded.{c}" for c in ("user_id", *_SUMMARY_COLS, "processor_version", "extracted_at")),
     },
@@ -560,6 +560,11 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         keys separately first lets it look each (user, key) up.
         """
         touched = f"SELECT {{}} FROM temp.ingest_touched WHERE kind = '{kind}'"
+        if d["row_in"]:
+            # PostgreSQL plans the row-value test alone as a semi-join on the key; the two lists
+            # beside it made it walk ingest_touched's index for each row (210,621 heap fetches to
+            # find 478 prompts, 40 ms of a 150 MB ingest's batch).
+            return f"({user_col}, {key_col}) IN ({touched.format('user_id, key')})"
         return (f"{user_col} IN ({touched.format('user_id')}) AND {key_col} IN ({touched.format('key')}) "
                 f"AND ({user_col}, {key_col}) IN ({touched.format('user_id, key')})")
 
