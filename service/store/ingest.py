@@ -921,21 +921,27 @@ _EVENTS_ONCE = """(SELECT d.day, e.user_id, e.event_id, MIN(e.session_id) AS ses
     GROUP BY d.day, e.user_id, e.event_id) AS once"""
 REBUILD_ROLLUPS_SQLITE = statements(f"""
 CREATE TEMP TABLE IF NOT EXISTS rollup_days (day TEXT PRIMARY KEY);
+CREATE TEMP TABLE IF NOT EXISTS rollup_events (day TEXT, user_id INTEGER, session_id TEXT, tool_name TEXT,
+    command_name TEXT, source TEXT, ref_id TEXT, is_error INTEGER, kind TEXT, name TEXT);
 DELETE FROM temp.rollup_days;
+DELETE FROM temp.rollup_events;
 INSERT INTO temp.rollup_days SELECT day FROM rollup_dirty_days ORDER BY day DESC LIMIT :limit;
+-- Each event once per (day, user), gathered once for the three rollups below.
+INSERT INTO temp.rollup_events SELECT day, user_id, session_id, tool_name, command_name, source, ref_id, is_error,
+                                      kind, name FROM {_EVENTS_ONCE};
 DELETE FROM usage_tool_daily WHERE day IN (SELECT day FROM temp.rollup_days);
 DELETE FROM usage_plugin_daily WHERE day IN (SELECT day FROM temp.rollup_days);
 INSERT INTO usage_tool_daily (day, tool, source, invocations, errors, distinct_users, distinct_sessions)
     SELECT day, COALESCE(tool_name, '/' || command_name, '(unnamed)'), source, COUNT(*), SUM(is_error),
            COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id)
-    FROM {_EVENTS_ONCE} GROUP BY day, 2, source;
+    FROM temp.rollup_events GROUP BY day, 2, source;
 INSERT INTO usage_plugin_daily (day, source, ref_id, invocations, distinct_users, distinct_sessions)
     SELECT day, source, ref_id, COUNT(*), COUNT(DISTINCT user_id), COUNT(DISTINCT user_id || ':' || session_id)
-    FROM {_EVENTS_ONCE} WHERE ref_id IS NOT NULL GROUP BY day, source, ref_id;
+    FROM temp.rollup_events WHERE ref_id IS NOT NULL GROUP BY day, source, ref_id;
 DELETE FROM admin_tool_days WHERE day IN (SELECT day FROM temp.rollup_days);
 INSERT INTO admin_tool_days (day, user_id, session_id, kind, name, source, invocations, errors)
     SELECT day, user_id, session_id, kind, name, source, COUNT(*), SUM(is_error)
-    FROM {_EVENTS_ONCE} GROUP BY day, user_id, session_id, kind, name, source;
+    FROM temp.rollup_events GROUP BY day, user_id, session_id, kind, name, source;
 DELETE FROM rollup_dirty_days WHERE day IN (SELECT day FROM temp.rollup_days);
 """)
 _REBUILD_ROLLUPS = {"sqlite": REBUILD_ROLLUPS_SQLITE,
