@@ -12,9 +12,12 @@ import pytest
 
 from service.migrations import PG_SCHEMA_DIR, latest_version, migrate_postgres, pg_current_version, scripts
 from service.postgres import PostgresDatabase, translate
+from service.ingest import bulk
+from service.store import ingest as ingest_store
 from service.store import stats, users
 from service.timeutil import utcnow
 from tests import pg
+from tests.conftest import NOW, sample_files
 
 pytestmark = pytest.mark.postgresql
 
@@ -322,4 +325,25 @@ async def test_reads_reconnect_after_the_server_ends_their_connections(pg_url):
         assert await db.fetchval("SELECT 3") == 3
     finally:
         await admin.close()
+        await db.close()
+
+
+async def test_the_ingest_s_temporary_tables_hold_nothing_after_each_write(pg_url):
+    """Autovacuum never visits temporary tables: cleared by DELETE, the staging tables of a replica's
+    pooled connection kept every row they ever held (and every scan read them). They empty at commit."""
+    db = PostgresDatabase(pg_url, pool_size=1)  # one connection: every write on the same session
+    await db.open()
+    try:
+        user = await users.add_user(db, "ann@example.com", "Ann", True)
+        for _ in range(2):  # the second time forced: every file's rows staged and written again
+            report = await bulk.ingest_paths(db, user.id, sample_files("alice"), workers=0, clock=lambda: NOW,
+                                             force=True)
+            assert report.processed == len(sample_files("alice")) and report.failed == 0
+            await ingest_store.write_results(db, [], utcnow())  # nothing staged: the tables stay as they are
+        async with db.connection() as conn:
+            temp = await conn.fetch("SELECT c.relname, pg_relation_size(c.oid) AS size FROM pg_class c "
+                                    "WHERE c.relpersistence = 't' AND c.relkind = 'r'")
+        assert {r["relname"] for r in temp} >= {"stage_messages", "stage_events", "ingest_touched"}
+        assert {r["relname"]: r["size"] for r in temp if r["size"]} == {}
+    finally:
         await db.close()
