@@ -425,6 +425,29 @@ class PostgresDatabase(BaseDatabase):
                 if wrote:
                     self._bump()
 
+    async def run_steps(self, conn: Connection, steps: Sequence[tuple]) -> None:
+        """The steps in order; each run of statements without parameters goes as one script, in one
+        round trip (PostgreSQL's simple query protocol runs them in order, in this transaction; each ends
+        on a line of its own, so a trailing comment cannot swallow the separator).
+
+        An ingest write is ~45-70 statements, most of them set-based statements without parameters: one
+        await and round trip each cost ~0.1-0.2 ms of the service's and the server's CPU apiece.
+        """
+        script: list[str] = []
+        for sql, params, *many in steps:
+            if not params and not (many and many[0]):
+                script.append(sql)
+                continue
+            if script:
+                await conn.raw.execute("\n;\n".join(script))
+                script = []
+            if many and many[0]:
+                await conn.executemany(sql, params)
+            else:
+                await conn.execute(sql, params)
+        if script:
+            await conn.raw.execute("\n;\n".join(script))
+
     async def schema_version(self) -> int:
         from .migrations import pg_current_version  # noqa: PLC0415 - migrations imports this module
 

@@ -962,8 +962,8 @@ async def rebuild_rollups(db: BaseDatabase, limit: int = 31) -> list[str]:
     latest first), in one transaction; returns the days done."""
     async with db.transaction() as conn:
         await lock_all_users(conn, db.dialect)
-        for statement in _REBUILD_ROLLUPS[db.dialect]:
-            await conn.execute(statement, {"limit": limit} if ":limit" in statement else ())
+        await db.run_steps(conn, [(statement, {"limit": limit} if ":limit" in statement else ())
+                                  for statement in _REBUILD_ROLLUPS[db.dialect]])
         async with conn.execute(_ROLLUP_DAYS_DONE[db.dialect]) as cur:
             return [r[0] for r in await cur.fetchall()]
 
