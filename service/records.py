@@ -104,6 +104,11 @@ class ParseResult(msgspec.Struct, gc=False):
     incremental: bool = False
     deleted_prompts: list[str] = []
     flipped_events: list[str] = []  # stored events whose tool result (is_error) came in this pass
+    # Where this pass began: the bytes, lines and skipped lines of the passes before it (0 for a full
+    # pass), so that a pass reports what it read itself (the ingest report, /metrics).
+    from_bytes: int = 0
+    from_lines: int = 0
+    from_skipped: int = 0
     # The parser's state after the file's last complete line, for the next pass (None: gzip, or a
     # last line too long to keep): opaque msgpack, stored as is.
     carry: bytes | None = None

@@ -339,3 +339,23 @@ async def test_a_re_sent_grown_upload_takes_an_incremental_pass(client, alice, p
     assert passes["incremental"] >= 5
     for window in ("24h", "7d"):
         assert await stats(client, alice, window) == {**EXPECTED["users"]["alice"][window], "last_pull_at": None}
+
+
+async def test_an_incremental_pass_reports_the_bytes_and_lines_it_read_itself(tmp_path, passes):
+    """The ingest report and /metrics count what each pass read: after a grown file's pass, its new
+    part only (the stored file's line count stays whole)."""
+    raw = (SAMPLES / "alice" / "c7b6a5d4-e3f2-4a1b-9c8d-0e1f2a3b4c5d.jsonl").read_bytes()
+    half = raw.index(b"\n", len(raw) // 2) + 1
+    path = tmp_path / "session.jsonl"
+    path.write_bytes(raw[:half])
+    pipeline = await fresh_pipeline(tmp_path / "agnes.db")
+    file_id = await store.register_file(pipeline.db, pipeline.user_id, str(path), "watch", NOW)
+    first = await pipeline.processor.process(file_id)
+    assert (first.bytes, first.lines) == (half, raw[:half].count(b"\n"))
+    with open(path, "ab") as fh:
+        fh.write(raw[half:])
+    grown = await pipeline.processor.process(file_id)
+    assert passes["incremental"] == 1
+    assert (grown.status, grown.bytes, grown.lines) == ("processed", len(raw) - half, raw[half:].count(b"\n"))
+    assert await pipeline.db.fetchval("SELECT items FROM session_files WHERE id = ?", (file_id,)) == raw.count(b"\n")
+    await pipeline.db.close()

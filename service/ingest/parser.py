@@ -724,6 +724,7 @@ class _FileState:
         self.bytes_read = 0
         self.lines = 0
         self.skipped = 0
+        self.counted_before = (0, 0, 0)  # bytes, lines, skipped of the passes before this one
         self.user_messages = 0
         self.session_id: str | None = None  # the file's session: its first sessionId
         self.project: str | None = None
@@ -792,6 +793,7 @@ class _FileState:
         if st.file_key != file_key:
             return None
         self = cls(file_key, max_line)
+        self.counted_before = (st.offset, st.lines, st.skipped)
         self.bytes_read = st.offset
         self.lineno = st.lineno
         self.lines = st.lines
@@ -1448,6 +1450,9 @@ class _FileState:
             deleted_prompts=deleted_prompts,
             flipped_events=flipped_events,
             carry=carry,
+            from_bytes=self.counted_before[0],
+            from_lines=self.counted_before[1],
+            from_skipped=self.counted_before[2],
         )
 
 

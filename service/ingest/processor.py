@@ -177,8 +177,10 @@ class Processor:
             if len(batch) == 1:
                 return [await self._failed(batch[0].file_id, exc)]
             return [outcome for p in batch for outcome in await self.commit([p])]
-        outcomes = [Outcome(p.file_id, "processed", lines=p.result.lines, skipped=p.result.summary.skipped_lines,
-                            bytes=p.result.bytes_read) for p in batch]
+        # What this pass read itself (an incremental pass: the new part only).
+        outcomes = [Outcome(p.file_id, "processed", lines=p.result.lines - p.result.from_lines,
+                            skipped=p.result.summary.skipped_lines - p.result.from_skipped,
+                            bytes=p.result.bytes_read - p.result.from_bytes) for p in batch]
         for outcome in outcomes:
             self._report(outcome)
         return outcomes
