@@ -179,6 +179,7 @@ class Readers:
         self._idle: list[asyncpg.Connection] = []
         self._open = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._closed = False
 
     async def fetch(self, text: str, args: Sequence[Any]) -> list[asyncpg.Record]:
         conn = self._idle.pop() if self._idle and not self._idle[-1].is_closed() else await self._take()
@@ -233,7 +234,9 @@ class Readers:
         return False
 
     def _give(self, conn: asyncpg.Connection) -> None:
-        if not self._wake(conn):
+        if self._closed:  # a read that ended after close(): its connection goes too
+            self._drop(conn)
+        elif not self._wake(conn):
             self._idle.append(conn)
 
     def _drop(self, conn: asyncpg.Connection) -> None:
@@ -241,7 +244,11 @@ class Readers:
         self._open -= 1
         self._wake(None)
 
+    def reopen(self) -> None:
+        self._closed = False
+
     async def close(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             self._open -= 1
@@ -286,6 +293,7 @@ class PostgresDatabase(BaseDatabase):
 
     async def open(self) -> None:
         self._closing = False
+        self._readers.reopen()
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size,
                                                server_settings=SESSION, reset=self._reset)
         counts = await self._pool.fetchval("SELECT current_setting('track_counts')::bool")

@@ -347,3 +347,22 @@ async def test_the_ingest_s_temporary_tables_hold_nothing_after_each_write(pg_ur
         assert {r["relname"]: r["size"] for r in temp if r["size"]} == {}
     finally:
         await db.close()
+
+
+async def test_a_read_that_ends_after_close_leaves_no_connection_behind(pg_url):
+    db = PostgresDatabase(pg_url, readers=2)
+    await db.open()
+    admin = await asyncpg.connect(pg_url)
+    try:
+        slow = asyncio.ensure_future(db.fetchval("SELECT 1 FROM pg_sleep(0.3)"))
+        await asyncio.sleep(0.1)
+        await db.close()
+        assert await slow == 1
+
+        async def only_admin_left() -> bool:  # idle: another test's cancelled pg_sleep may still run
+            return await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND pid <> pg_backend_pid() AND state = 'idle'") == 0
+
+        await _within(2.0, only_admin_left)
+    finally:
+        await admin.close()
