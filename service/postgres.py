@@ -188,7 +188,10 @@ class Readers:
         except asyncpg.PostgresError:
             # The statement failed on the server (it is the caller's error to handle); the connection
             # stays usable unless the server ended it.
-            self._give(conn) if not conn.is_closed() else self._drop(conn)
+            if conn.is_closed():
+                self._drop(conn)
+            else:
+                self._give(conn)
             raise
         except BaseException:
             self._drop(conn)
@@ -216,10 +219,13 @@ class Readers:
             try:
                 conn = await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._give(waiter.result())  # handed over as this task was cancelled
+                if waiter.cancelled() or not waiter.done():  # still in line: leave it
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                elif waiter.result() is not None:
+                    self._give(waiter.result())  # handed over as this task was cancelled: to the next
                 else:
-                    self._waiters.remove(waiter) if waiter in self._waiters else None
+                    self._wake(None)  # the room to open one, to the next
                 raise
             if conn is not None:
                 return conn
