@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -277,10 +278,21 @@ async def test_both_backends_have_the_same_tables_columns_and_indexes(tmp_path, 
 
 # -- one-statement reads (postgres.Readers) -------------------------------------------------------
 
-async def test_reads_use_at_most_their_connections_and_survive_failed_statements(pg_url):
-    db = PostgresDatabase(pg_url, readers=2)
+@asynccontextmanager
+async def _opened(url: str, **kwargs):
+    """A PostgresDatabase on ``url`` and an admin connection beside it, both closed at the end."""
+    db = PostgresDatabase(url, **kwargs)
     await db.open()
+    admin = await asyncpg.connect(url)
     try:
+        yield db, admin
+    finally:
+        await admin.close()
+        await db.close()
+
+
+async def test_reads_use_at_most_their_connections_and_survive_failed_statements(pg_url):
+    async with _opened(pg_url, readers=2) as (db, _):
         pids = await asyncio.gather(*[db.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.02)") for _ in range(8)])
         assert 1 <= len(set(pids)) <= 2  # eight reads at once queued for the two connections
         for _ in range(3):  # more failures than connections: none of them leaks one
@@ -288,14 +300,10 @@ async def test_reads_use_at_most_their_connections_and_survive_failed_statements
                 await db.fetchval("SELECT 1 / 0")
         assert await db.fetchval("SELECT 6 * 7") == 42
         assert set(await asyncio.gather(*[db.fetchval("SELECT pg_backend_pid()") for _ in range(4)])) <= set(pids)
-    finally:
-        await db.close()
 
 
 async def test_a_cancelled_read_leaves_its_connection_and_the_next_reads_work(pg_url):
-    db = PostgresDatabase(pg_url, readers=1)
-    await db.open()
-    try:
+    async with _opened(pg_url, readers=1) as (db, _):
         first = await db.fetchval("SELECT pg_backend_pid()")
         slow = asyncio.ensure_future(db.fetchval("SELECT pg_backend_pid() FROM pg_sleep(5)"))
         waiting = asyncio.ensure_future(db.fetchval("SELECT 1"))  # queued behind it: cancelled while it waits
@@ -308,24 +316,30 @@ async def test_a_cancelled_read_leaves_its_connection_and_the_next_reads_work(pg
         # The cancelled statement's connection is not reused (its state is unknown): a new one answers.
         assert await db.fetchval("SELECT pg_backend_pid()") != first
         assert await db.fetchval("SELECT 2") == 2
-    finally:
-        await db.close()
 
 
 async def test_reads_reconnect_after_the_server_ends_their_connections(pg_url):
-    db = PostgresDatabase(pg_url, readers=2)
-    await db.open()
-    admin = await asyncpg.connect(pg_url)
-    try:
+    async with _opened(pg_url, readers=2) as (db, admin):
         pids = set(await asyncio.gather(*[db.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.02)")
                                           for _ in range(4)]))
         await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(pids))
         await asyncio.sleep(0.2)  # the connections see their sockets close
         assert await db.fetchval("SELECT pg_backend_pid()") not in pids
         assert await db.fetchval("SELECT 3") == 3
-    finally:
-        await admin.close()
+
+
+async def test_a_read_that_ends_after_close_leaves_no_connection_behind(pg_url):
+    async with _opened(pg_url, readers=2) as (db, admin):
+        slow = asyncio.ensure_future(db.fetchval("SELECT 1 FROM pg_sleep(0.3)"))
+        await asyncio.sleep(0.1)
         await db.close()
+        assert await slow == 1
+
+        async def only_admin_left() -> bool:  # idle: another test's cancelled pg_sleep may still run
+            return await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND pid <> pg_backend_pid() AND state = 'idle'") == 0
+
+        await _within(2.0, only_admin_left)
 
 
 async def test_the_ingest_s_temporary_tables_hold_nothing_after_each_write(pg_url):
@@ -347,22 +361,3 @@ async def test_the_ingest_s_temporary_tables_hold_nothing_after_each_write(pg_ur
         assert {r["relname"]: r["size"] for r in temp if r["size"]} == {}
     finally:
         await db.close()
-
-
-async def test_a_read_that_ends_after_close_leaves_no_connection_behind(pg_url):
-    db = PostgresDatabase(pg_url, readers=2)
-    await db.open()
-    admin = await asyncpg.connect(pg_url)
-    try:
-        slow = asyncio.ensure_future(db.fetchval("SELECT 1 FROM pg_sleep(0.3)"))
-        await asyncio.sleep(0.1)
-        await db.close()
-        assert await slow == 1
-
-        async def only_admin_left() -> bool:  # idle: another test's cancelled pg_sleep may still run
-            return await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                        "AND pid <> pg_backend_pid() AND state = 'idle'") == 0
-
-        await _within(2.0, only_admin_left)
-    finally:
-        await admin.close()
