@@ -383,8 +383,9 @@ class PostgresDatabase(BaseDatabase):
                 await conn.execute(query)
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict = ()) -> list[asyncpg.Record]:
+        if self._pool is None:  # closed, or never opened: as every other call
+            raise RuntimeError("database is not open")
         text, names = translate(sql)
-        self.pool  # noqa: B018 - not open: the same RuntimeError as every other call
         return await self._readers.fetch(text, _args(names, params))
 
     @asynccontextmanager
