@@ -85,6 +85,21 @@ def cpu() -> float:
     return time.process_time()
 
 
+async def grow_timed(path: Path, data: bytes, steps: list[int], one_pass) -> list[float]:
+    """Append ``data`` to ``path`` up to each size in ``steps``, each followed by ``one_pass()``:
+    the process CPU seconds of each pass."""
+    spent = []
+    written = 0
+    for size in steps:
+        with open(path, "ab") as fh:
+            fh.write(data[written:size])
+        written = size
+        t = cpu()
+        await one_pass()
+        spent.append(cpu() - t)
+    return spent
+
+
 async def processor_path(work: Path, data: bytes, sizes: list[int]) -> dict:
     async def run(name: str, steps: list[int]) -> list[float]:
         db = await open_db(work / f"{name}.db")
@@ -94,16 +109,11 @@ async def processor_path(work: Path, data: bytes, sizes: list[int]) -> dict:
         path.parent.mkdir()
         path.write_bytes(b"")
         file_id = await store.register_file(db, user.id, str(path), "cli", NOW)
-        spent = []
-        written = 0
-        for size in steps:
-            with open(path, "ab") as fh:
-                fh.write(data[written:size])
-            written = size
-            t = cpu()
+        async def one_pass() -> None:
             outcome = await processor.process(file_id)
-            spent.append(cpu() - t)
             assert outcome.status == "processed", outcome
+
+        spent = await grow_timed(path, data, steps, one_pass)
         await db.close()
         return spent
 
@@ -124,16 +134,11 @@ async def watch_path(work: Path, data: bytes, sizes: list[int]) -> dict:
         worker.start()
         await asyncio.wait_for(worker.ticked.wait(), 30)  # the first tick (an empty scan) is done
         path = root / "analyst" / "big.jsonl"
-        spent = []
-        written = 0
-        for size in steps:
-            with open(path, "ab") as fh:
-                fh.write(data[written:size])
-            written = size
-            t = cpu()
+        async def one_pass() -> None:
             assert await worker.scan() == 1
             await worker.drain()
-            spent.append(cpu() - t)
+
+        spent = await grow_timed(path, data, steps, one_pass)
         await worker.stop()
         await db.close()
         return spent

@@ -73,6 +73,14 @@ def latest_version(schema_dir: Path | str = SCHEMA_DIR) -> int:
     return found[-1].version if found else 0
 
 
+
+def _applied(script: Script, reached: int, applied: list[int]) -> None:
+    """After a script's transaction: the version it recorded must be its own."""
+    if reached != script.version:
+        raise MigrationError(f"{script.path.name}: version is {reached}, expected {script.version}")
+    logger.info("applied migration %s", script.path.name)
+    applied.append(script.version)
+
 async def current_version(conn: aiosqlite.Connection) -> int:
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
@@ -120,11 +128,7 @@ async def _apply(conn: aiosqlite.Connection, schema_dir: Path, target: int | Non
             if conn.in_transaction:
                 await conn.rollback()
             raise MigrationError(f"{script.path.name} failed: {exc}") from exc
-        reached = await current_version(conn)
-        if reached != script.version:
-            raise MigrationError(f"{script.path.name}: version is {reached}, expected {script.version}")
-        logger.info("applied migration %s", script.path.name)
-        applied.append(script.version)
+        _applied(script, await current_version(conn), applied)
     return applied
 
 
@@ -176,9 +180,5 @@ async def _apply_pg(conn: asyncpg.Connection, schema_dir: Path, target: int | No
                 await conn.execute("UPDATE schema_version SET version = $1", script.version)
         except Exception as exc:
             raise MigrationError(f"{script.path.name} failed: {exc}") from exc
-        reached = await pg_current_version(conn)
-        if reached != script.version:
-            raise MigrationError(f"{script.path.name}: version is {reached}, expected {script.version}")
-        logger.info("applied migration %s", script.path.name)
-        applied.append(script.version)
+        _applied(script, await pg_current_version(conn), applied)
     return applied

@@ -84,11 +84,17 @@ async def test_the_baseline_script_starts_the_postgresql_numbering_at_sqlite_s_v
     assert found[0].version == 14 and found[-1].version == latest_version()
 
 
-async def _replicas(url: str) -> tuple[PostgresDatabase, PostgresDatabase]:
+@asynccontextmanager
+async def _replicas(url: str):
+    """Two PostgresDatabase objects on one database (two replicas), both closed at the end."""
     one, two = PostgresDatabase(url, pool_size=2), PostgresDatabase(url, pool_size=2)
-    await one.open()
-    await two.open()
-    return one, two
+    try:
+        await one.open()
+        await two.open()
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
 
 
 async def _within(seconds: float, check) -> float:
@@ -101,8 +107,7 @@ async def _within(seconds: float, check) -> float:
 
 
 async def test_a_token_revoked_on_one_replica_fails_on_the_other_within_a_second(pg_url):
-    one, two = await _replicas(pg_url)
-    try:
+    async with _replicas(pg_url) as (one, two):
         user = await users.add_user(one, "ann@example.com", "Ann", True)
         token, issued = await users.issue_token(one, user.id)
         assert (await users.authenticate(two, token))[1] == issued.id
@@ -118,14 +123,10 @@ async def test_a_token_revoked_on_one_replica_fails_on_the_other_within_a_second
             return await users.authenticate(two, token) is None and not await users.token_active(two, issued.id)
 
         assert await _within(1.0, refused) < 1.0
-    finally:
-        await one.close()
-        await two.close()
 
 
 async def test_new_numbers_written_by_one_replica_show_on_the_other_within_two_seconds(pg_url):
-    one, two = await _replicas(pg_url)
-    try:
+    async with _replicas(pg_url) as (one, two):
         user = await users.add_user(one, "ann@example.com", "Ann", True)
         now = utcnow()
 
@@ -143,14 +144,10 @@ async def test_new_numbers_written_by_one_replica_show_on_the_other_within_two_s
             return (await stats.home_stats(two, user.id, "24h", now)).last_pull_at is not None
 
         assert await _within(2.0, moved) < 2.0
-    finally:
-        await one.close()
-        await two.close()
 
 
 async def test_a_replica_that_loses_its_listen_connection_listens_again_and_forgets_what_it_cached(pg_url):
-    one, two = await _replicas(pg_url)
-    try:
+    async with _replicas(pg_url) as (one, two):
         user = await users.add_user(one, "ann@example.com", "Ann", True)
         assert (await users.get_user(two, user.id)).last_pull_at is None  # now cached on two
         version = two.snapshot()
@@ -161,9 +158,6 @@ async def test_a_replica_that_loses_its_listen_connection_listens_again_and_forg
         assert (await users.get_user(two, user.id)).last_pull_at is not None
         two._listening = False  # while no LISTEN connection is up, nothing is cached
         assert two.snapshot() is None
-    finally:
-        await one.close()
-        await two.close()
 
 
 def test_a_named_test_server_that_does_not_answer_is_reported_not_silently_skipped(monkeypatch):
