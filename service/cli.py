@@ -10,6 +10,7 @@ import secrets
 import signal
 import sqlite3
 import sys
+import threading
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -794,5 +795,34 @@ def _database_name(settings: Settings) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
+def run() -> None:
+    """The console script: main(), then the process ends at once when nothing is left to wind down.
+
+    By then every command has closed its database and stopped its processes; what interpreter
+    shutdown would still do is free each of the process's objects and modules one by one, ~20-40 ms
+    of CPU after a bulk ingest (a tenth of a small command's run). Output is flushed first. With a
+    thread or a multiprocessing helper still about (one that needs its exit handlers), the normal exit.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): as the normal exit would, ignore it
+            pass
+    if threading.active_count() == 1 and not _multiprocessing_helpers():
+        os._exit(code)
+    sys.exit(code)
+
+
+def _multiprocessing_helpers() -> bool:
+    """True while a child process, or multiprocessing's resource tracker, may need exit handlers."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None:
+        return False
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    return bool(mp.active_children()) or (tracker is not None and tracker._resource_tracker._pid is not None)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

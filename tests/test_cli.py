@@ -485,3 +485,25 @@ def test_unknown_agnes_environment_variables_are_warned_about_at_start(tmp_path)
     assert any("AGNES_HOME_SHOW_STATUSFRAME" in line and "AGNES_HOME_SHOW_STATUS_FRAME?" in line for line in warned)
     quiet = run(tmp_path, "users", "list")
     assert "not a setting" not in quiet.stderr
+
+
+def test_the_console_script_ends_with_main_s_status_and_every_line_written(tmp_path):
+    """run() skips the interpreter's teardown: what main() printed and logged (more than a pipe
+    holds) must be out first, and the status must be main()'s."""
+    script = (
+        "import logging, sys\n"
+        "import service.cli as cli\n"
+        "def main():\n"
+        "    print('x' * 199_999)\n"
+        "    logging.getLogger('service.cli').warning('last words')\n"
+        "    return 3\n"
+        "cli.main = main\n"
+        "cli.logs.configure('text', 'INFO')\n"
+        "cli.run()\n"
+        "print('never')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cli_env(tmp_path), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stdout == "x" * 199_999 + "\n"
+    assert "last words" in proc.stderr
