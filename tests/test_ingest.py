@@ -488,3 +488,34 @@ async def test_rewriting_a_copy_keeps_the_events_the_original_still_holds(db, pe
     await ingest_files(db, alice, [str(copy)])
     await store.rebuild_rollups(db)
     assert tuple(await db.fetchone(bash)) == (2, 2)  # a.jsonl still holds its events
+
+
+async def _user_tables(db) -> list[str]:
+    """Every table of the schema with a user_id column."""
+    if db.dialect == "sqlite":
+        tables = [r[0] for r in await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return [t for t in tables if any(c[1] == "user_id" for c in await db.fetchall(f"PRAGMA table_info({t})"))]
+    return sorted(r[0] for r in await db.fetchall(
+        "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'user_id'"))
+
+
+async def test_deleting_a_user_takes_every_row_of_theirs_and_nothing_else(db, ingested):
+    """An operator's `DELETE FROM users`: SQLite cascades by its keys; PostgreSQL's derived rows have
+    no key of their user (schema 0018) and go by the trigger that replaced the cascade."""
+    while await store.rebuild_rollups(db):
+        pass
+    alice, bob = ingested["alice"].user.id, ingested["bob"].user.id
+    tables = await _user_tables(db)
+    for table in ("user_messages", "user_prompts", "user_sessions", "user_hours", "admin_session_days",
+                  "admin_model_days", "admin_tool_days", "usage_events", "session_files", "api_tokens"):
+        assert table in tables
+        assert await db.fetchval(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (alice,)), table
+
+    async def counts(user_id: int) -> dict[str, int]:
+        return {t: await db.fetchval(f"SELECT COUNT(*) FROM {t} WHERE user_id = ?", (user_id,)) for t in tables}
+
+    bobs = await counts(bob)
+    await db.execute_write("DELETE FROM users WHERE id = ?", (alice,))
+    assert await counts(alice) == dict.fromkeys(tables, 0)
+    assert await counts(bob) == bobs
+    assert await db.fetchval("SELECT COUNT(*) FROM activity_messages WHERE user_id = ?", (alice,)) == 0

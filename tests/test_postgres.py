@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from service.migrations import PG_SCHEMA_DIR, latest_version, migrate_postgres, pg_current_version, scripts
+from service.migrations import PG_SCHEMA_DIR, latest_version, migrate_database, migrate_postgres, pg_current_version, scripts
 from service.postgres import PostgresDatabase, translate
 from service.ingest import bulk
 from service.store import ingest as ingest_store
@@ -359,5 +359,36 @@ async def test_the_ingest_s_temporary_tables_hold_nothing_after_each_write(pg_ur
                                     "WHERE c.relpersistence = 't' AND c.relkind = 'r'")
         assert {r["relname"] for r in temp} >= {"stage_messages", "stage_events", "ingest_touched"}
         assert {r["relname"]: r["size"] for r in temp if r["size"]} == {}
+    finally:
+        await db.close()
+
+
+async def test_a_user_s_deletion_waits_for_a_write_of_their_rows(pg_url):
+    """Schema 0018: the derived rows have no key of their user, so a deletion must not slip between
+    a write's derivation and its commit; it waits for the user's lock that every write holds."""
+    from service.store.replicas import USER_LOCK_SPACE
+
+    script = (PG_SCHEMA_DIR / "0018_derived_rows_unchecked.sql").read_text()
+    assert f"pg_advisory_xact_lock({USER_LOCK_SPACE}," in script
+    db = PostgresDatabase(pg_url)
+    await db.open()
+    try:
+        await migrate_database(db)
+        user = await users.add_user(db, "gone@example.com")
+        writer = await asyncpg.connect(pg_url)
+        deleter = await asyncpg.connect(pg_url)
+        try:
+            async with writer.transaction():
+                await writer.execute("SELECT pg_advisory_xact_lock($1, $2)", USER_LOCK_SPACE, user.id)
+                await writer.execute("INSERT INTO user_hours (user_id, hour) VALUES ($1, '2026-11-20T10')", user.id)
+                await deleter.execute("SET lock_timeout = 300")
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await deleter.execute("DELETE FROM users WHERE id = $1", user.id)
+            await deleter.execute("SET lock_timeout = 0")
+            assert await deleter.execute("DELETE FROM users WHERE id = $1", user.id) == "DELETE 1"
+            assert await deleter.fetchval("SELECT COUNT(*) FROM user_hours WHERE user_id = $1", user.id) == 0
+        finally:
+            await writer.close()
+            await deleter.close()
     finally:
         await db.close()

@@ -559,8 +559,21 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         UNION ALL SELECT user_id, 's', session_id FROM activity_prompts WHERE file_id IN {_FILES}
         UNION ALL SELECT user_id, 's', session_id FROM file_sessions WHERE file_id IN {_FILES};
     """
+    # After the new rows landed, the same keys are read from the staged rows they were inserted from
+    # (each staged row lands: activity rows replace the file's own), not looked up again in the tables.
+    _TOUCH_STAGED = """
+    INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
+        SELECT f.user_id, 'm', m.message_key FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id
+        UNION ALL SELECT f.user_id, 'p', p.prompt_key FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id
+        UNION ALL SELECT f.user_id, 's', m.session_id FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id
+        UNION ALL SELECT f.user_id, 's', p.session_id FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id
+        UNION ALL SELECT f.user_id, 's', s.session_id FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
+    """
     _DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
                    f"WHERE file_id IN {_FILES};")
+    # (An event id staged twice in a file is stored once; a day marked for both of its stamps is only
+    # rolled up once more.)
+    _DIRTY_DAYS_STAGED = "INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM temp.stage_events;"
     def _touched(user_col: str, key_col: str, kind: str) -> str:
         """Rows of the touched keys of a kind, found by primary key.
 
@@ -694,8 +707,8 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     DELETE FROM activity_prompts WHERE file_id IN {_FILES};
     DELETE FROM usage_events WHERE file_id IN {_FILES};
     {_INSERT_ROWS}
-    {_DIRTY_DAYS}
-    {_TOUCH}
+    {_DIRTY_DAYS_STAGED}
+    {_TOUCH_STAGED}
     {_TOUCH_SHARED}
     {_DERIVE_WINDOWS}{_UPDATE_FILES}"""
 
@@ -745,7 +758,7 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         AND prompt_key IN (SELECT prompt_key FROM temp.stage_prompts UNION ALL SELECT prompt_key FROM temp.stage_gone);
     DELETE FROM usage_events WHERE file_id IN {_FILES} AND event_id IN (SELECT event_id FROM temp.stage_events);
     {_INSERT_ROWS}
-    INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM temp.stage_events;
+    {_DIRTY_DAYS_STAGED}
     INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
         SELECT a.user_id, 'm', a.message_key FROM temp.session_moves t
         CROSS JOIN file_sessions s ON s.user_id = t.user_id AND s.session_id = t.session_id
