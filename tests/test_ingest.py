@@ -519,3 +519,21 @@ async def test_deleting_a_user_takes_every_row_of_theirs_and_nothing_else(db, in
     assert await counts(alice) == dict.fromkeys(tables, 0)
     assert await counts(bob) == bobs
     assert await db.fetchval("SELECT COUNT(*) FROM activity_messages WHERE user_id = ?", (alice,)) == 0
+
+
+async def test_a_file_deleted_before_its_write_leaves_no_rows(db, people):
+    """On PostgreSQL the per-file rows have no key of their file (schema 0018): the write locks its
+    files' rows first and leaves out one that is gone, as the key checks refused it."""
+    alice = people["alice"].user.id
+    path = sample_files("alice")[0]
+    file_id = (await store.register_files(db, alice, [path], "cli", NOW))[0]
+    processor = Processor(db, workers=0, clock=lambda: NOW)
+    parsed = await processor.prepare(file_id)
+    assert isinstance(parsed, store.Parsed) and parsed.result.messages
+    await db.execute_write("DELETE FROM session_files WHERE id = ?", (file_id,))
+    outcomes = await processor.commit([parsed])
+    assert outcomes[0].status in ("failed", "quarantined", "gone")
+    for table in ("activity_messages", "activity_prompts", "usage_events", "session_summaries", "file_sessions"):
+        assert await db.fetchval(f"SELECT COUNT(*) FROM {table} WHERE file_id = ?", (file_id,)) == 0, table
+    for table in ("user_messages", "user_prompts", "user_sessions", "user_hours"):
+        assert await db.fetchval(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (alice,)) == 0, table

@@ -368,7 +368,7 @@ async def test_a_user_s_deletion_waits_for_a_write_of_their_rows(pg_url):
     a write's derivation and its commit; it waits for the user's lock that every write holds."""
     from service.store.replicas import USER_LOCK_SPACE
 
-    script = (PG_SCHEMA_DIR / "0018_derived_rows_unchecked.sql").read_text()
+    script = (PG_SCHEMA_DIR / "0018_ingest_key_checks.sql").read_text()
     assert f"pg_advisory_xact_lock({USER_LOCK_SPACE}," in script
     db = PostgresDatabase(pg_url)
     await db.open()

@@ -289,6 +289,7 @@ _FRAGMENTS = {
         "summary_cols": ", ".join(_SUMMARY_COLS),
         "insert_or_replace": "INSERT OR REPLACE", "summaries_conflict": "", "row_in": "",
         "rows_in_range": "CROSS JOIN {table} {alias} ON {where}",
+        "lock_files": "",  # one writer, and the per-file rows keep their keys
     },
     "postgresql": {
         # SQLite's arithmetic to the bit: julianday() is whole milliseconds since the Julian epoch over
@@ -310,6 +311,11 @@ _FRAGMENTS = {
         "insert_or_replace": "INSERT", "row_in": "yes",
         # OFFSET 0 keeps the planner from flattening the subquery into a join it may hash (_RANGE_ROWS).
         "rows_in_range": "JOIN LATERAL (SELECT * FROM {table} {alias} WHERE {where} OFFSET 0) {alias} ON true",
+        # The per-file rows have no key of their file (schema 0018): their files' rows are locked as the
+        # keys' checks locked them, and a file deleted meanwhile leaves the batch (its rows are not written).
+        "lock_files": """WITH held AS (SELECT id FROM session_files WHERE id IN (SELECT file_id FROM temp.stage_file)
+                         FOR KEY SHARE)
+                         DELETE FROM temp.stage_file WHERE file_id NOT IN (SELECT id FROM held);""",
         "summaries_conflict": " ON CONFLICT (file_id) DO UPDATE SET " + ", ".join(
             f"{c} = excluded.{c}" for c in ("user_id", *_SUMMARY_COLS, "processor_version", "extracted_at")),
     },
@@ -701,6 +707,7 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         WHERE session_files.id = f.file_id AND session_files.id IN (SELECT file_id FROM temp.stage_file);
     """
     _WRITE_SCRIPT = f"""
+    {d['lock_files']}
     {_DIRTY_DAYS}
     {_TOUCH}
     DELETE FROM activity_messages WHERE file_id IN {_FILES};
@@ -729,6 +736,7 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     DELETE FROM temp.stage_gone; DELETE FROM temp.stage_flips; DELETE FROM temp.session_moves;
     """
     _INC_WRITE_SCRIPT = f"""
+    {d['lock_files']}
     INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(e.ts, 1, 10) FROM temp.stage_events s
         CROSS JOIN usage_events e ON e.file_id = s.file_id AND e.event_id = s.event_id
         UNION ALL SELECT substr(e.ts, 1, 10) FROM temp.stage_flips s
