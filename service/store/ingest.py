@@ -343,9 +343,9 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
                             f"{d['without_rowid']}")
     _TOUCH_HOURS = """
     INSERT OR IGNORE INTO temp.touched_session_hours (user_id, hour, session_id)
-        SELECT m.user_id, substr(m.ts, 1, 13), m.session_id FROM temp.ingest_touched t
+        SELECT DISTINCT m.user_id, substr(m.ts, 1, 13), m.session_id FROM temp.ingest_touched t
         CROSS JOIN user_messages m ON m.user_id = t.user_id AND m.message_key = t.key WHERE t.kind = 'm'
-        UNION ALL SELECT p.user_id, substr(p.ts, 1, 13), p.session_id FROM temp.ingest_touched t
+        UNION ALL SELECT DISTINCT p.user_id, substr(p.ts, 1, 13), p.session_id FROM temp.ingest_touched t
         CROSS JOIN user_prompts p ON p.user_id = t.user_id AND p.prompt_key = t.key WHERE t.kind = 'p';
     """
     _HOURS_OF_SESSIONS = ("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
@@ -566,8 +566,8 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
         SELECT user_id, 'm', message_key FROM activity_messages WHERE file_id IN {_FILES}
         UNION ALL SELECT user_id, 'p', prompt_key FROM activity_prompts WHERE file_id IN {_FILES}
-        UNION ALL SELECT user_id, 's', session_id FROM activity_messages WHERE file_id IN {_FILES}
-        UNION ALL SELECT user_id, 's', session_id FROM activity_prompts WHERE file_id IN {_FILES}
+        UNION ALL SELECT DISTINCT user_id, 's', session_id FROM activity_messages WHERE file_id IN {_FILES}
+        UNION ALL SELECT DISTINCT user_id, 's', session_id FROM activity_prompts WHERE file_id IN {_FILES}
         UNION ALL SELECT user_id, 's', session_id FROM file_sessions WHERE file_id IN {_FILES};
     """
     # After the new rows landed, the same keys are read from the staged rows they were inserted from
@@ -576,8 +576,8 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
         SELECT f.user_id, 'm', m.message_key FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id
         UNION ALL SELECT f.user_id, 'p', p.prompt_key FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id
-        UNION ALL SELECT f.user_id, 's', m.session_id FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id
-        UNION ALL SELECT f.user_id, 's', p.session_id FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id
+        UNION ALL SELECT DISTINCT f.user_id, 's', m.session_id FROM temp.stage_messages m JOIN temp.stage_file f ON f.file_id = m.file_id
+        UNION ALL SELECT DISTINCT f.user_id, 's', p.session_id FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id
         UNION ALL SELECT f.user_id, 's', s.session_id FROM temp.stage_sessions s JOIN temp.stage_file f ON f.file_id = s.file_id;
     """
     _DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
@@ -633,8 +633,8 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     # before, and after).
     _SESSIONS_OF_TOUCHED = f"""
     INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)
-        SELECT user_id, 's', session_id FROM user_messages WHERE {_touched("user_id", "message_key", "m")}
-        UNION ALL SELECT user_id, 's', session_id FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
+        SELECT DISTINCT user_id, 's', session_id FROM user_messages WHERE {_touched("user_id", "message_key", "m")}
+        UNION ALL SELECT DISTINCT user_id, 's', session_id FROM user_prompts WHERE {_touched("user_id", "prompt_key", "p")};
     """
 
     # The per-user rows of every touched key, recomputed from the per-file rows (and their hours);
