@@ -687,7 +687,9 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         FROM temp.stage_prompts p JOIN temp.stage_file f ON f.file_id = p.file_id;
     -- Events are kept per file (a copy of a session in another file has the same event ids; the
     -- rollups count each once per user). 'curated' attribution wins over 'flea'; unlisted is 'builtin'.
-    INSERT OR IGNORE INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
+    -- The parser gives each event id once per file, and the file's rows of the staged ids went above:
+    -- a plain INSERT (PostgreSQL's ON CONFLICT probed the key and wrote a speculative tuple per row).
+    INSERT INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
                                          subagent_type, command_name, source, ref_id, is_error, ts)
         SELECT e.event_id, e.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
                e.subagent_type, e.command_name,
