@@ -392,3 +392,29 @@ async def test_a_user_s_deletion_waits_for_a_write_of_their_rows(pg_url):
             await deleter.close()
     finally:
         await db.close()
+
+
+async def test_insert_or_ignore_into_a_temp_key_table_adds_each_new_key_once(pg_url):
+    """dialect.postgresql(): into the ingest's TEMP key tables, INSERT OR IGNORE is the distinct rows not
+    there yet (no ON CONFLICT's speculative tuple per row); anywhere else, ON CONFLICT DO NOTHING."""
+    from service.store.dialect import KEYED_TEMP, postgresql
+
+    assert "ingest_touched" in KEYED_TEMP
+    insert = postgresql("INSERT OR IGNORE INTO temp.ingest_touched (user_id, kind, key)\n"
+                        "    SELECT 1, 'm', 'a' UNION ALL SELECT 1, 'm', 'a' UNION ALL SELECT 1, 's', 'a'\n"
+                        "    UNION ALL SELECT 2, 'm', 'a';")
+    assert "ON CONFLICT" not in insert and "NOT EXISTS" in insert
+    assert postgresql("INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT '2026-11-20'").endswith(
+        "ON CONFLICT DO NOTHING")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(postgresql("CREATE TEMP TABLE ingest_touched (user_id INTEGER NOT NULL, kind TEXT NOT NULL, "
+                                      "key TEXT NOT NULL, PRIMARY KEY (user_id, kind, key))"))
+        async with conn.transaction():
+            await conn.execute("INSERT INTO pg_temp.ingest_touched VALUES (2, 'm', 'a')")
+            await conn.execute(insert)
+            await conn.execute(insert)
+            rows = await conn.fetch("SELECT user_id, kind, key FROM pg_temp.ingest_touched ORDER BY 1, 2")
+        assert [tuple(r) for r in rows] == [(1, "m", "a"), (1, "s", "a"), (2, "m", "a")]
+    finally:
+        await conn.close()
