@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -808,8 +809,12 @@ def run() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`| head`): as the normal exit would, ignore it
+        except BrokenPipeError:  # the reader went away (`| head`): as main() treats it
             pass
+        except (OSError, ValueError) as exc:  # a full disk: as the interpreter's own exit, status 120
+            code = code or 120
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"agnes-home: could not write the output: {exc}\n")
     if threading.active_count() == 1 and not _multiprocessing_helpers():
         os._exit(code)
     sys.exit(code)

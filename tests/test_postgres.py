@@ -364,29 +364,39 @@ async def test_the_ingest_s_temporary_tables_hold_nothing_after_each_write(pg_ur
 
 
 async def test_a_user_s_deletion_waits_for_a_write_of_their_rows(pg_url):
-    """Schema 0018: the derived rows have no key of their user, so a deletion must not slip between
-    a write's derivation and its commit; it waits for the user's lock that every write holds."""
-    from service.store.replicas import USER_LOCK_SPACE
+    """Schema 0018: the derived rows have no key of their user, so a deletion must not slip between a
+    write's derivation and its commit. An ingest write holds the user's row as a key check did
+    (lock_users); a rollup or retention holds WRITE_LOCK, which the deletion's trigger waits for."""
+    from service.postgres import Connection
+    from service.store.replicas import WRITE_LOCK, lock_all_users, lock_users
 
     script = (PG_SCHEMA_DIR / "0018_ingest_key_checks.sql").read_text()
-    assert f"pg_advisory_xact_lock({USER_LOCK_SPACE}," in script
+    assert f"pg_advisory_xact_lock_shared({WRITE_LOCK[0]}, {WRITE_LOCK[1]})" in script
     db = PostgresDatabase(pg_url)
     await db.open()
     try:
         await migrate_database(db)
-        user = await users.add_user(db, "gone@example.com")
         writer = await asyncpg.connect(pg_url)
         deleter = await asyncpg.connect(pg_url)
         try:
-            async with writer.transaction():
-                await writer.execute("SELECT pg_advisory_xact_lock($1, $2)", USER_LOCK_SPACE, user.id)
-                await writer.execute("INSERT INTO user_hours (user_id, hour) VALUES ($1, '2026-11-20T10')", user.id)
-                await deleter.execute("SET lock_timeout = 300")
-                with pytest.raises(asyncpg.LockNotAvailableError):
-                    await deleter.execute("DELETE FROM users WHERE id = $1", user.id)
-            await deleter.execute("SET lock_timeout = 0")
-            assert await deleter.execute("DELETE FROM users WHERE id = $1", user.id) == "DELETE 1"
-            assert await deleter.fetchval("SELECT COUNT(*) FROM user_hours WHERE user_id = $1", user.id) == 0
+            for lock, table in ((lock_users, "user_hours"), (lock_all_users, "admin_tool_days")):
+                user = await users.add_user(db, f"gone-{table}@example.com")
+                async with writer.transaction():
+                    if lock is lock_users:
+                        await lock(Connection(writer), "postgresql", {user.id})
+                        await writer.execute("INSERT INTO user_hours (user_id, hour) VALUES ($1, '2026-11-20T10')",
+                                             user.id)
+                    else:
+                        await lock(Connection(writer), "postgresql")
+                        await writer.execute("INSERT INTO admin_tool_days (day, user_id, session_id, kind, name, "
+                                             "source, invocations, errors) VALUES ('2026-11-20', $1, 's', 'tool', "
+                                             "'Read', 'builtin', 1, 0)", user.id)
+                    await deleter.execute("SET lock_timeout = 300")
+                    with pytest.raises(asyncpg.LockNotAvailableError):
+                        await deleter.execute("DELETE FROM users WHERE id = $1", user.id)
+                await deleter.execute("SET lock_timeout = 0")
+                assert await deleter.execute("DELETE FROM users WHERE id = $1", user.id) == "DELETE 1"
+                assert await deleter.fetchval(f"SELECT COUNT(*) FROM {table} WHERE user_id = $1", user.id) == 0
         finally:
             await writer.close()
             await deleter.close()

@@ -2,13 +2,14 @@
 -- each foreign-key check as a query of its own, once per row written (~10 us): over a third of the
 -- server's time in a bulk ingest. What the checks guaranteed, the write now guarantees once per batch:
 -- - the per-file rows (activity_messages, activity_prompts, usage_events): every write first locks its
---   files' rows in session_files (FOR KEY SHARE, as each check did) and drops from its batch a file
---   that is gone (service/store/ingest.py, "lock_files"); deleting a file takes its rows with it by
---   the trigger on session_files below, which replaces the cascade;
--- - the per-user rows derived from them (user_messages ... admin_tool_days): each is computed, in the
---   transaction that writes it, from those per-file rows or from the same user's derived rows, under
---   the user's advisory lock (service/store/replicas.py); deleting a user waits for that lock and
---   takes the rows by the triggers on users below.
+--   files' rows in session_files (FOR KEY SHARE, as each check did) and writes none of a file that is
+--   gone (service/store/ingest.py, "lock_files"); deleting a file takes its rows with it by the
+--   trigger on session_files below, which replaces the cascade;
+-- - the per-user rows derived from them (user_messages ... admin_tool_days): each ingest write first
+--   locks its users' rows FOR KEY SHARE, as the checks did (lock_users in service/store/replicas.py),
+--   so a user's deletion and a write of their rows wait for each other; the rollups and retention
+--   hold WRITE_LOCK, whose shared side a deletion takes before the row goes (the trigger below); the
+--   deleted user's rows go by the trigger on users below.
 -- SQLite keeps its keys: there each check is a B-tree lookup (schema/sqlite/0018 changes nothing).
 ALTER TABLE activity_messages DROP CONSTRAINT activity_messages_file_id_fkey;
 ALTER TABLE activity_prompts DROP CONSTRAINT activity_prompts_file_id_fkey;
@@ -26,7 +27,9 @@ ALTER TABLE admin_tool_days DROP CONSTRAINT admin_tool_days_user_id_fkey;
 -- server has it: pglz took ~0.1 ms a row to write. A server built without lz4 keeps pglz.
 DO $$
 BEGIN
-    ALTER TABLE ingest_carry ALTER COLUMN state SET COMPRESSION lz4;
+    IF current_setting('server_version_num')::int >= 140000 THEN  -- per-column compression: 14 and later
+        EXECUTE 'ALTER TABLE ingest_carry ALTER COLUMN state SET COMPRESSION lz4';
+    END IF;
 EXCEPTION WHEN feature_not_supported THEN NULL;
 END
 $$;
@@ -43,12 +46,12 @@ $$;
 CREATE TRIGGER session_files_forget_rows AFTER DELETE ON session_files REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION session_files_forget_rows();
 
--- Before a user's row goes: wait for any write of their rows in progress (it holds the user's lock,
--- 0x61676E66 = USER_LOCK_SPACE), and keep new ones out until this deletion commits. A write that
--- comes after it finds the user's files gone and writes none of their rows.
+-- Before a user's row goes: wait for a rollup or a retention run in progress, and keep new ones out
+-- until this deletion commits (they hold WRITE_LOCK, 0x61676E65 = LOCK_SPACE and 0, exclusively, and
+-- write derived rows of every user). Ingest writes hold the user's row itself (lock_users).
 CREATE FUNCTION users_lock_before_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock(1634168422, CAST(OLD.id AS integer));
+    PERFORM pg_advisory_xact_lock_shared(1634168421, 0);
     RETURN OLD;
 END
 $$;

@@ -312,7 +312,8 @@ _FRAGMENTS = {
         # OFFSET 0 keeps the planner from flattening the subquery into a join it may hash (_RANGE_ROWS).
         "rows_in_range": "JOIN LATERAL (SELECT * FROM {table} {alias} WHERE {where} OFFSET 0) {alias} ON true",
         # The per-file rows have no key of their file (schema 0018): their files' rows are locked as the
-        # keys' checks locked them, and a file deleted meanwhile leaves the batch (its rows are not written).
+        # keys' checks locked them, and none is written for a file deleted meanwhile (the batch then
+        # fails on ingest_carry's key, as it failed on the per-file rows' keys before).
         "lock_files": """WITH held AS (SELECT id FROM session_files WHERE id IN (SELECT file_id FROM temp.stage_file)
                          FOR KEY SHARE)
                          DELETE FROM temp.stage_file WHERE file_id NOT IN (SELECT id FROM held);""",
@@ -582,8 +583,7 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     """
     _DIRTY_DAYS = (f"INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM usage_events "
                    f"WHERE file_id IN {_FILES};")
-    # (An event id staged twice in a file is stored once; a day marked for both of its stamps is only
-    # rolled up once more.)
+    # (The parser gives each event id once per file: the staged events are the rows just inserted.)
     _DIRTY_DAYS_STAGED = "INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM temp.stage_events;"
     def _touched(user_col: str, key_col: str, kind: str) -> str:
         """Rows of the touched keys of a kind, found by primary key.

@@ -168,9 +168,16 @@ USER_LOCK_SPACE = 0x61676E66  # "agnf": pg_advisory_xact_lock(USER_LOCK_SPACE, u
 
 
 async def lock_users(conn, dialect: str, user_ids: set[int]) -> None:
-    """Inside a write transaction: this transaction alone writes these users' derived rows."""
+    """Inside a write transaction: this transaction alone writes these users' derived rows.
+
+    First the users' rows themselves, FOR KEY SHARE (what a foreign-key check takes; the derived rows
+    have none since schema 0018): a user's deletion waits for this write to commit, or this write for
+    the deletion, before any row of theirs is written. Taken before the advisory locks, so a deletion
+    (its trigger takes WRITE_LOCK's shared side) never waits for one while holding the row."""
     if dialect != "postgresql":
         return
+    await conn.execute("SELECT id FROM users WHERE id IN (SELECT unnest(CAST(? AS BIGINT[]))) ORDER BY id "
+                       "FOR KEY SHARE", (sorted(user_ids),))
     await conn.execute("SELECT pg_advisory_xact_lock_shared(?, ?)", WRITE_LOCK)
     for user_id in sorted(user_ids):
         await conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (USER_LOCK_SPACE, user_id))
