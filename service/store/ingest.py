@@ -715,13 +715,16 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     INSERT INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, skill_name,
                                          subagent_type, command_name, source, ref_id, is_error, ts)
         SELECT e.event_id, e.file_id, f.user_id, e.session_id, e.event_type, e.tool_name, e.skill_name,
-               e.subagent_type, e.command_name,
-               COALESCE((SELECT a.source FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
-                         ORDER BY a.source = 'curated' DESC LIMIT 1), 'builtin'),
-               (SELECT a.ref_id FROM plugin_attribution a WHERE a.kind = e.kind AND a.name = e.name
-                ORDER BY a.source = 'curated' DESC LIMIT 1),
-               e.is_error, e.ts
-        FROM temp.stage_events e JOIN temp.stage_file f ON f.file_id = e.file_id;
+               e.subagent_type, e.command_name, COALESCE(n.source, 'builtin'), n.ref_id, e.is_error, e.ts
+        FROM temp.stage_events e JOIN temp.stage_file f ON f.file_id = e.file_id
+        -- looked up once per (kind, name) of the batch (a few dozen), not once per event (thousands)
+        LEFT JOIN (SELECT k.kind, k.name,
+                          (SELECT a.source FROM plugin_attribution a WHERE a.kind = k.kind AND a.name = k.name
+                           ORDER BY a.source = 'curated' DESC LIMIT 1) AS source,
+                          (SELECT a.ref_id FROM plugin_attribution a WHERE a.kind = k.kind AND a.name = k.name
+                           ORDER BY a.source = 'curated' DESC LIMIT 1) AS ref_id
+                   FROM (SELECT DISTINCT kind, name FROM temp.stage_events) AS k) AS n
+            ON n.kind = e.kind AND n.name = e.name;
     {d['insert_or_replace']} INTO session_summaries (file_id, user_id, {", ".join(_SUMMARY_COLS)}, processor_version,
                                               extracted_at)
         SELECT file_id, user_id, {", ".join(_SUMMARY_COLS)}, version, stamp FROM temp.stage_file{d['summaries_conflict']};
