@@ -9,7 +9,11 @@ is spelling, and postgresql() rewrites exactly that:
   rows not there yet instead: ON CONFLICT probed the key and wrote a speculative tuple per row, ~60%
   dearer than a plain insert (28 ms against 17.5 for 5,000 keys), and a bulk ingest makes ~40,000;
 - the temporary schema ``temp.`` is ``pg_temp.``;
-- a temporary table's ``INTEGER`` is ``BIGINT`` (PostgreSQL's INTEGER has 32 bits: mtime_ns needs 64), and
+- a temporary table's ``INTEGER`` is ``BIGINT`` (PostgreSQL's INTEGER has 32 bits: mtime_ns needs 64), its
+  ``TEXT`` is ``TEXT COLLATE "C"`` like every text column of the schema (a column of the database's
+  "default" collation is another collation to the planner, even where that default is C: its index
+  could not look up a key compared with a permanent table's, so each probe of ingest_touched by
+  (user, kind, key) read every key of the user's kind), and
   it is emptied at each commit (``ON COMMIT DELETE ROWS``): autovacuum never visits temporary tables, so
   the staging tables, cleared by DELETE on one pooled connection for the replica's life, grew by every
   row they ever held (1 MB per 150 MB ingested) and every scan read it all. Nothing reads a TEMP table
@@ -29,6 +33,7 @@ KEYED_TEMP = frozenset({"ingest_touched", "touched_session_hours", "touched_hour
 _TEMP = re.compile(r"\btemp\.(?=\w)")
 _CREATE_TEMP = re.compile(r"^\s*CREATE TEMP TABLE\b", re.IGNORECASE)
 _INTEGER = re.compile(r"\bINTEGER\b")
+_TEXT = re.compile(r"\bTEXT\b")
 _CROSS_JOIN = re.compile(r"\bCROSS JOIN\b")
 
 
@@ -46,7 +51,7 @@ def postgresql(statement: str) -> str:
     if _IGNORE.match(text):
         text = _IGNORE.sub(r"\1INSERT INTO", text, count=1).rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
     if _CREATE_TEMP.match(text):
-        text = _INTEGER.sub("BIGINT", text).rstrip().rstrip(";") + " ON COMMIT DELETE ROWS"
+        text = _TEXT.sub('TEXT COLLATE "C"', _INTEGER.sub("BIGINT", text)).rstrip().rstrip(";") + " ON COMMIT DELETE ROWS"
     return text
 
 
