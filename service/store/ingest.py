@@ -372,8 +372,11 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
                    "(user_id INTEGER NOT NULL, day TEXT NOT NULL, PRIMARY KEY (user_id, day))")
     _EPOCH = d["epoch"]
     _TOUCHED_DAYS = _among("temp.touched_days", ("user_id", "day"), ("user_id", "day"))
-    _DAY_STAMPS = ("CROSS JOIN {table} m ON m.user_id = d.user_id "
-                   f"AND m.ts >= {d['day_from']} AND m.ts < {d['day_until']}")
+    # (_RANGE_ROWS: read through the (user, ts) or (user, session, ts) index from the touched rows, on
+    # PostgreSQL too: left to itself its planner sorted and merge-joined the analyst's whole table.)
+    def _DAY_STAMPS(table: str) -> str:
+        return _RANGE_ROWS.format(table=table, alias="m", where=(
+            f"m.user_id = d.user_id AND m.ts >= {d['day_from']} AND m.ts < {d['day_until']}"))
     _RECOMPUTE_DAYS = (
         _DAYS_TABLE,
         f"""INSERT OR IGNORE INTO temp.touched_days (user_id, day)
@@ -404,10 +407,10 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
                          LAG(t) OVER (PARTITION BY user_id, day, session_id ORDER BY t) AS prev
                   FROM (SELECT d.user_id, d.day, m.session_id || '' AS session_id, {_EPOCH.format("m.ts")} AS t
                         FROM temp.touched_days d
-                        {_DAY_STAMPS.format(table="user_messages")}
+                        {_DAY_STAMPS("user_messages")}
                         UNION ALL SELECT d.user_id, d.day, m.session_id || '', {_EPOCH.format("m.ts")}
                         FROM temp.touched_days d
-                        {_DAY_STAMPS.format(table="user_prompts")}) AS stamps) AS spans
+                        {_DAY_STAMPS("user_prompts")}) AS stamps) AS spans
             WHERE t - prev <= 600 GROUP BY user_id, day, session_id""",
         f"""UPDATE admin_session_days SET active_seconds = (
             SELECT CAST(ROUND(a.seconds) AS BIGINT) FROM temp.day_active a WHERE a.user_id = admin_session_days.user_id
@@ -433,13 +436,14 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     # admin_model_days has no session: it is recomputed per touched (user, day) as above.
     _TOUCHED_SESSION_DAYS = _among("temp.touched_session_days", ("user_id", "day", "session_id"),
                                    ("day", "user_id", "session_id"))
-    _SESSION_STAMPS = ("CROSS JOIN {table} m ON m.user_id = d.user_id AND m.session_id = d.session_id "
-                       "AND m.ts >= d.day_from AND m.ts < d.day_until")
+    def _SESSION_STAMPS(table: str) -> str:
+        return _RANGE_ROWS.format(table=table, alias="m", where=(
+            "m.user_id = d.user_id AND m.session_id = d.session_id AND m.ts >= d.day_from AND m.ts < d.day_until"))
     # The stamps of the touched session days (the day and 600 s either side), with the day's start.
     _STAMPS = f"""SELECT d.id, d.day_start, {_EPOCH.format("m.ts")} AS t
-                  FROM temp.touched_session_days d {_SESSION_STAMPS.format(table="user_messages")}
+                  FROM temp.touched_session_days d {_SESSION_STAMPS("user_messages")}
                   UNION ALL SELECT d.id, d.day_start, {_EPOCH.format("m.ts")}
-                  FROM temp.touched_session_days d {_SESSION_STAMPS.format(table="user_prompts")}"""
+                  FROM temp.touched_session_days d {_SESSION_STAMPS("user_prompts")}"""
     # Each stamp's gap to the one before it in its session day, when at most 600 s, cut at the day's bounds.
     _SPAN = f"TOTAL({d['max']}(0, {d['min']}(b.t, b.day_start + 86400) - {d['max']}({{prev}}, b.day_start)))"
     if d["active_spans"] == "rowid":
@@ -485,14 +489,12 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
         SELECT d.user_id, d.day, d.session_id, COUNT(*), {d['sum']}(m.input_tokens), {d['sum']}(m.output_tokens),
                {d['sum']}(m.cache_read_tokens), {d['sum']}(m.cache_creation_tokens)
         FROM temp.touched_session_days d
-        CROSS JOIN user_messages m ON m.user_id = d.user_id AND m.session_id = d.session_id
-            AND m.ts >= d.day AND m.ts < d.day || 'U'
+        {_RANGE_ROWS.format(table="user_messages", alias="m", where="m.user_id = d.user_id AND m.session_id = d.session_id AND m.ts >= d.day AND m.ts < d.day || 'U'")}
         GROUP BY d.user_id, d.day, d.session_id""",
-        """INSERT INTO admin_session_days (user_id, day, session_id, prompts)
+        f"""INSERT INTO admin_session_days (user_id, day, session_id, prompts)
         SELECT d.user_id, d.day, d.session_id, COUNT(*)
         FROM temp.touched_session_days d
-        CROSS JOIN user_prompts p ON p.user_id = d.user_id AND p.session_id = d.session_id
-            AND p.ts >= d.day AND p.ts < d.day || 'U'
+        {_RANGE_ROWS.format(table="user_prompts", alias="p", where="p.user_id = d.user_id AND p.session_id = d.session_id AND p.ts >= d.day AND p.ts < d.day || 'U'")}
         WHERE true GROUP BY d.user_id, d.day, d.session_id
         ON CONFLICT (user_id, day, session_id) DO UPDATE SET prompts = excluded.prompts""",
         "CREATE TEMP TABLE IF NOT EXISTS day_active (user_id INTEGER NOT NULL, day TEXT NOT NULL, "
