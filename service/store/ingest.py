@@ -358,15 +358,22 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     # spelled `session_id || ''`: by the column itself, SQLite read the rows through the (user, session)
     # index, that is every row of the user's whole history for each day recomputed, rather than the
     # day's range of the (user, ts) index (issue 24: a pass must cost what is new, not the history).
-    def _among(table: str, row: tuple[str, ...], lists: tuple[str, ...]) -> str:
-        """Rows whose ``row`` columns are a row of a TEMP table. SQLite searches by the row-value test
-        alone only after a list of each column (see _touched); PostgreSQL plans the row-value test
-        as one semi-join, and each list beside it added a join order to weigh: planning the active
-        seconds' UPDATE took 4.3 ms for 1 ms of work."""
-        found = f"({', '.join(row)}) IN (SELECT {', '.join(row)} FROM {table})"
+    def _among(table: str, row: tuple[str, ...], lists: tuple[str, ...], source: tuple[str, ...] = ()) -> str:
+        """Rows whose ``row`` columns are a row of a TEMP table (its columns ``source``, by default
+        the same names), found by key.
+
+        The row-value test alone, ``(user_id, key) IN (...)``, made SQLite search by user only and
+        read every row of the user (their whole history, for each file ingested); a list of each
+        column first (``lists``, in that order) lets it look each row up. PostgreSQL plans the
+        row-value test alone as one semi-join on the key; the lists beside it made it walk
+        ingest_touched's index for each row (210,621 heap fetches to find 478 prompts) and gave its
+        planner join orders to weigh (the active seconds' UPDATE planned 4.3 ms for 1 ms of work).
+        """
+        of = dict(zip(row, source or row))
+        found = f"({', '.join(row)}) IN (SELECT {', '.join(of[c] for c in row)} FROM {table})"
         if d["row_in"]:
             return found
-        return " AND ".join([*(f"{c} IN (SELECT {c} FROM {table})" for c in lists), found])
+        return " AND ".join([*(f"{c} IN (SELECT {of[c]} FROM {table})" for c in lists), found])
 
     _DAYS_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS touched_days "
                    "(user_id INTEGER NOT NULL, day TEXT NOT NULL, PRIMARY KEY (user_id, day))")
@@ -588,20 +595,9 @@ def _scripts(d: dict[str, str]) -> dict[str, Any]:
     # (The parser gives each event id once per file: the staged events are the rows just inserted.)
     _DIRTY_DAYS_STAGED = "INSERT OR IGNORE INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) FROM temp.stage_events;"
     def _touched(user_col: str, key_col: str, kind: str) -> str:
-        """Rows of the touched keys of a kind, found by primary key.
-
-        The row-value test alone, ``(user_id, key) IN (...)``, made SQLite search by user only and
-        read every row of the user (their whole history, for each file ingested); listing users and
-        keys separately first lets it look each (user, key) up.
-        """
-        touched = f"SELECT {{}} FROM temp.ingest_touched WHERE kind = '{kind}'"
-        if d["row_in"]:
-            # PostgreSQL plans the row-value test alone as a semi-join on the key; the two lists
-            # beside it made it walk ingest_touched's index for each row (210,621 heap fetches to
-            # find 478 prompts, 40 ms of a 150 MB ingest's batch).
-            return f"({user_col}, {key_col}) IN ({touched.format('user_id, key')})"
-        return (f"{user_col} IN ({touched.format('user_id')}) AND {key_col} IN ({touched.format('key')}) "
-                f"AND ({user_col}, {key_col}) IN ({touched.format('user_id, key')})")
+        """Rows of the touched keys of a kind, found by primary key (see _among)."""
+        return _among(f"temp.ingest_touched WHERE kind = '{kind}'", (user_col, key_col), (user_col, key_col),
+                      ("user_id", "key"))
 
 
     # A message or prompt belongs to the session it was copied from (FORMAT.md "Resumed sessions"): among

@@ -176,8 +176,8 @@ async def lock_users(conn, dialect: str, user_ids: set[int]) -> None:
     (its trigger takes WRITE_LOCK's shared side) never waits for one while holding the row."""
     if dialect != "postgresql":
         return
-    await conn.execute("SELECT id FROM users WHERE id IN (SELECT unnest(CAST(? AS BIGINT[]))) ORDER BY id "
-                       "FOR KEY SHARE", (sorted(user_ids),))
+    await conn.execute("SELECT id FROM users WHERE id = ANY(CAST(? AS BIGINT[])) ORDER BY id FOR KEY SHARE",
+                       (sorted(user_ids),))
     await conn.execute("SELECT pg_advisory_xact_lock_shared(?, ?)", WRITE_LOCK)
     for user_id in sorted(user_ids):
         await conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (USER_LOCK_SPACE, user_id))
