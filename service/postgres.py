@@ -43,6 +43,12 @@ RECONNECT_EVERY_S = 0.5
 # read afresh for its parameters (PostgreSQL's default for a prepared statement's first runs, and
 # whenever a custom plan looks cheaper) took 0.6 ms of a 0.1 ms read (BENCHMARKS.md "Replicas").
 SESSION = {"timezone": "UTC", "jit": "off", "plan_cache_mode": "force_generic_plan"}
+# A connection's TEMP tables keep their rows from one transaction to the next (service/store/dialect.py):
+# each write clears what it staged with DELETE, which leaves the dead rows' pages behind, since nothing
+# vacuums a temporary table. Once this many rows have been copied into a connection's TEMP tables, its
+# next transaction starts by dropping them all (DISCARD TEMP; the ingest creates them again as it
+# needs them): ~1 MB of dead space at most per connection for ~150 MB of transcripts, for one drop.
+TEMP_ROWS_BEFORE_DISCARD = 25_000
 # A plain INSERT of whole rows into a temporary table (the ingest's staging): sent with COPY.
 _STAGE_INSERT = re.compile(r"^INSERT INTO pg_temp\.(\w+) VALUES \(\$1(?:, \$\d+)*\)$")
 _ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES)\b|\bRETURNING\b", re.IGNORECASE)
@@ -133,6 +139,7 @@ class Connection:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.raw = conn
+        self.temp_rows = 0  # rows copied into TEMP tables (Database.transaction: TEMP_ROWS_BEFORE_DISCARD)
 
     def execute(self, sql: str, params: Sequence[Any] | dict = ()) -> _Pending:
         async def run() -> Cursor:
@@ -154,6 +161,7 @@ class Connection:
             # Rows into a TEMP staging table (ingest): COPY, one message for them all, where executemany
             # binds and runs the INSERT once per row (~6 us of the server's CPU a row).
             await self.raw.copy_records_to_table(staged.group(1), records=batch, schema_name="pg_temp")
+            self.temp_rows += len(batch)
         else:
             await self.raw.executemany(text, batch)
 
@@ -271,7 +279,8 @@ class PostgresDatabase(BaseDatabase):
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, cache: bool = True, pool_size: int = POOL_SIZE, readers: int = READERS) -> None:
+    def __init__(self, url: str, *, cache: bool = True, pool_size: int = POOL_SIZE, readers: int = READERS,
+                 temp_rows_before_discard: int = TEMP_ROWS_BEFORE_DISCARD) -> None:
         super().__init__(cache=cache)
         self.url = url
         parts = urlsplit(url)
@@ -290,6 +299,9 @@ class PostgresDatabase(BaseDatabase):
         # Server pids of pooled connections handed out whole (connection(), writing()): their callers may
         # leave session state (an advisory lock, a setting), so they get asyncpg's reset on release.
         self._handed_out: set[int] = set()
+        # Server pid of a pooled connection -> rows copied into its TEMP tables since they were made.
+        self._temp_rows: dict[int, int] = {}
+        self._temp_rows_before_discard = temp_rows_before_discard
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -418,11 +430,17 @@ class PostgresDatabase(BaseDatabase):
         async with self._write_lock, self.pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
+            pid = conn.get_server_pid()
+            temp_rows = self._temp_rows.get(pid, 0)
             try:
                 if wait is not None:
                     left_ms = max(1, int((asked + wait - time.monotonic()) * 1000))
                     await conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
-                yield Connection(conn)
+                if temp_rows >= self._temp_rows_before_discard:
+                    await conn.execute("DISCARD TEMP")  # in this transaction: a rollback keeps them
+                    temp_rows = 0
+                wrapped = Connection(conn)
+                yield wrapped
                 # A transaction that changed no row of the schema (a worker's tick with nothing to do, or
                 # one that only staged rows in its temporary tables) keeps every replica's cache, as it
                 # keeps SQLite's data_version. PostgreSQL counts this transaction's rows per table.
@@ -437,6 +455,9 @@ class PostgresDatabase(BaseDatabase):
                 raise
             else:
                 await tx.commit()
+                if len(self._temp_rows) > 4 * self._pool_size:  # pids of connections long gone
+                    self._temp_rows.clear()
+                self._temp_rows[pid] = temp_rows + wrapped.temp_rows
                 if wrote:
                     self._bump()
 

@@ -9,6 +9,7 @@ import time
 from contextlib import asynccontextmanager
 
 import asyncpg
+import msgspec
 import pytest
 
 from service.migrations import PG_SCHEMA_DIR, latest_version, migrate_database, migrate_postgres, pg_current_version, scripts
@@ -18,7 +19,7 @@ from service.store import ingest as ingest_store
 from service.store import stats, users
 from service.timeutil import utcnow
 from tests import pg
-from tests.conftest import NOW, sample_files
+from tests.conftest import NOW, expected_stats, sample_files
 
 pytestmark = pytest.mark.postgresql
 
@@ -342,25 +343,45 @@ async def test_a_read_that_ends_after_close_leaves_no_connection_behind(pg_url):
         await _within(2.0, only_admin_left)
 
 
-async def test_the_ingest_s_temporary_tables_hold_nothing_after_each_write(pg_url):
-    """Autovacuum never visits temporary tables: cleared by DELETE, the staging tables of a replica's
-    pooled connection kept every row they ever held (and every scan read them). They empty at commit."""
-    db = PostgresDatabase(pg_url, pool_size=1)  # one connection: every write on the same session
-    await db.open()
-    try:
-        user = await users.add_user(db, "ann@example.com", "Ann", True)
-        for _ in range(2):  # the second time forced: every file's rows staged and written again
-            report = await bulk.ingest_paths(db, user.id, sample_files("alice"), workers=0, clock=lambda: NOW,
-                                             force=True)
-            assert report.processed == len(sample_files("alice")) and report.failed == 0
-            await ingest_store.write_results(db, [], utcnow())  # nothing staged: the tables stay as they are
-        async with db.connection() as conn:
-            temp = await conn.fetch("SELECT c.relname, pg_relation_size(c.oid) AS size FROM pg_class c "
-                                    "WHERE c.relpersistence = 't' AND c.relkind = 'r'")
-        assert {r["relname"] for r in temp} >= {"stage_messages", "stage_events", "ingest_touched"}
-        assert {r["relname"]: r["size"] for r in temp if r["size"]} == {}
-    finally:
-        await db.close()
+async def _temp_tables(db: PostgresDatabase) -> dict[str, tuple[int, int]]:
+    """The TEMP tables of the pool's one connection: name -> (oid, live rows)."""
+    async with db.connection() as conn:
+        found = {}
+        for r in await conn.fetch("SELECT c.oid, c.relname FROM pg_class c WHERE c.relpersistence = 't' "
+                                  "AND c.relkind = 'r' AND c.relnamespace = pg_my_temp_schema()"):
+            found[r["relname"]] = (r["oid"], await conn.fetchval(f'SELECT COUNT(*) FROM pg_temp."{r["relname"]}"'))
+        return found
+
+
+async def test_the_ingest_s_temporary_tables_are_cleared_by_each_write_and_dropped_after_enough_rows(pg_url):
+    """Autovacuum never visits temporary tables: the space of the rows each write stages and deletes is
+    never reused, so a connection's TEMP tables are dropped once they have held enough rows (the next
+    write creates them again). Until then each write clears what the previous one left: the staging
+    tables hold the last write's rows, never an accumulation."""
+    user = None
+    for limit, dropped in ((10**9, False), (1, True)):
+        db = PostgresDatabase(pg_url, pool_size=1, temp_rows_before_discard=limit)  # one session for every write
+        await db.open()
+        try:
+            user = user or await users.add_user(db, "ann@example.com", "Ann", True)
+            seen = []
+            for _ in range(3):  # the later passes forced: every file's rows staged and written again
+                report = await bulk.ingest_paths(db, user.id, sample_files("alice"), workers=0, clock=lambda: NOW,
+                                                 force=True)
+                assert report.processed == len(sample_files("alice")) and report.failed == 0
+                seen.append(await _temp_tables(db))
+            assert set(seen[-1]) >= {"stage_messages", "stage_events", "ingest_touched", "touched_hours"}
+            # the staging tables hold the last write's rows alone: at most one pass's, never three
+            per_pass = await db.fetchval("SELECT COUNT(*) FROM activity_messages WHERE user_id = ?", (user.id,))
+            assert all(0 < tables["stage_messages"][1] <= per_pass for tables in seen)
+            assert all(rows == 0 for name, (_, rows) in seen[-1].items() if name.startswith("touched"))
+            same = seen[0]["stage_messages"][0] == seen[1]["stage_messages"][0] == seen[2]["stage_messages"][0]
+            assert same is not dropped
+            for window in ("24h", "7d"):
+                assert msgspec.to_builtins(await stats.home_stats(db, user.id, window, NOW)) \
+                    == expected_stats("alice", window)
+        finally:
+            await db.close()
 
 
 async def test_a_user_s_deletion_waits_for_a_write_of_their_rows(pg_url):
