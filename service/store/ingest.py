@@ -897,8 +897,8 @@ async def _write(db: BaseDatabase, batch: list[Parsed], full: list[Parsed], stam
     async with db.transaction() as conn:
         await lock_users(conn, db.dialect, {p.user_id for p in batch})  # other replicas' writes (PostgreSQL)
         # SQLite: one writer connection for the process's life. PostgreSQL's pooled connections come
-        # and go (a restarted server drops them all): create the TEMP tables, if missing, every time.
-        if db.dialect != "sqlite" or conn not in _STAGED:
+        # and go (a restarted server drops them all): the backend knows which have them (temp_made).
+        if not (conn in _STAGED if db.dialect == "sqlite" else conn.temp_made):
             steps += [(statement, ()) for statement in q["_STAGING_CREATE"]]
         if full:
             _stage(steps, q, full, stamp, keep_since)
@@ -916,6 +916,8 @@ async def _write(db: BaseDatabase, batch: list[Parsed], full: list[Parsed], stam
         await db.run_steps(conn, steps)
         if db.dialect == "sqlite":
             _STAGED.add(conn)
+        else:  # its files' rows changed: no need to ask the server whether to notify the replicas
+            conn.temp_made = conn.wrote = True
 
 
 def _stage(steps: list[tuple], q: dict[str, Any], batch: list[Parsed], stamp: str,
