@@ -45,9 +45,11 @@ RECONNECT_EVERY_S = 0.5
 SESSION = {"timezone": "UTC", "jit": "off", "plan_cache_mode": "force_generic_plan"}
 # A connection's TEMP tables keep their rows from one transaction to the next (service/store/dialect.py):
 # each write clears what it staged with DELETE, which leaves the dead rows' pages behind, since nothing
-# vacuums a temporary table. Once this many rows have been copied into a connection's TEMP tables, its
-# next transaction starts by dropping them all (DISCARD TEMP; the ingest creates them again as it
-# needs them): ~1 MB of dead space at most per connection for ~150 MB of transcripts, for one drop.
+# vacuums a temporary table. Once this many rows have been copied into a connection's TEMP tables (the
+# ingest's staged rows; the TEMP tables derived from them hold about as many), its next transaction
+# starts by dropping them all (DISCARD TEMP; the ingest creates them again as it needs them): a few MB
+# of dead space at most per connection, ~150 MB of transcripts between drops. (The rollups' TEMP
+# tables, not staged, are emptied by TRUNCATE.)
 TEMP_ROWS_BEFORE_DISCARD = 25_000
 # A plain INSERT of whole rows into a temporary table (the ingest's staging): sent with COPY.
 _STAGE_INSERT = re.compile(r"^INSERT INTO pg_temp\.(\w+) VALUES \(\$1(?:, \$\d+)*\)$")
@@ -141,7 +143,7 @@ class Connection:
         self.raw = conn
         self.temp_rows = 0  # rows copied into TEMP tables (Database.transaction: TEMP_ROWS_BEFORE_DISCARD)
         # The ingest's TEMP tables exist on this connection: set by the ingest once it made them, so that
-        # each later write on the connection skips its 16 CREATE ... IF NOT EXISTS (~0.1 ms each).
+        # each later write on the connection skips its 11 CREATE ... IF NOT EXISTS (~0.1 ms each).
         self.temp_made = False
         # True: this transaction changed rows of the schema for sure (an ingest write); None: ask the server.
         self.wrote: bool | None = None

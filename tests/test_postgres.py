@@ -384,6 +384,38 @@ async def test_the_ingest_s_temporary_tables_are_cleared_by_each_write_and_dropp
             await db.close()
 
 
+async def test_the_rollups_temporary_tables_start_from_empty_files_at_each_rebuild(pg_url):
+    """The rollups fill two TEMP tables from usage_events (not staged, so not counted toward the
+    connection's DISCARD TEMP): each rebuild truncates them, and rebuilding the same days again and
+    again leaves them no larger (cleared by DELETE, they grew by a rebuild's rows each time)."""
+    db = PostgresDatabase(pg_url, pool_size=1)  # one session for every transaction
+    await db.open()
+    try:
+        user = await users.add_user(db, "ann@example.com", "Ann", True)
+        report = await bulk.ingest_paths(db, user.id, sample_files("alice"), workers=0, clock=lambda: NOW)
+        assert report.failed == 0
+        async with db.transaction() as conn:  # and 5,000 more tool calls on one day: many pages of rows
+            await conn.execute(
+                "INSERT INTO usage_events (event_id, file_id, user_id, session_id, event_type, tool_name, source, "
+                "is_error, ts) SELECT 'toolu_bulk_' || n, (SELECT MIN(id) FROM session_files), ?, 's-bulk', "
+                "'tool_use', 'Bash', 'builtin', 0, '2026-11-20T10:00:00.000Z' FROM generate_series(1, 5000) AS n",
+                (user.id,))
+        seen = []
+        for _ in range(3):
+            async with db.transaction() as conn:  # every day with events to roll up again
+                await conn.execute("INSERT INTO rollup_dirty_days (day) SELECT DISTINCT substr(ts, 1, 10) "
+                                   "FROM usage_events ON CONFLICT DO NOTHING")
+            assert await ingest_store.rebuild_rollups(db)  # alice's days: fewer than one rebuild's 31
+            async with db.connection() as conn:
+                seen.append((await conn.fetchval("SELECT pg_relation_size('pg_temp.rollup_events')"),
+                             await conn.fetchval("SELECT COUNT(*) FROM pg_temp.rollup_events"),
+                             await conn.fetchval("SELECT SUM(invocations) FROM admin_tool_days")))
+        assert seen[0][0] > 0 and seen[0][1] > 0 and seen[0][2] > 0
+        assert seen[0] == seen[1] == seen[2]
+    finally:
+        await db.close()
+
+
 async def test_a_user_s_deletion_waits_for_a_write_of_their_rows(pg_url):
     """Schema 0018: the derived rows have no key of their user, so a deletion must not slip between a
     write's derivation and its commit. An ingest write holds the user's row as a key check did

@@ -1007,12 +1007,18 @@ INSERT INTO admin_tool_days (day, user_id, session_id, kind, name, source, invoc
     FROM temp.rollup_events GROUP BY day, user_id, session_id, kind, name, source;
 DELETE FROM rollup_dirty_days WHERE day IN (SELECT day FROM temp.rollup_days);
 """)
+# PostgreSQL's TEMP tables keep their rows' dead space (service/postgres.py, TEMP_ROWS_BEFORE_DISCARD
+# counts the ingest's staged rows): the rollups' two tables, filled from usage_events and not staged,
+# are emptied by TRUNCATE instead of DELETE, so that each rebuild starts from empty files.
 _REBUILD_ROLLUPS = {"sqlite": REBUILD_ROLLUPS_SQLITE,
-                    "postgresql": tuple(map(postgresql, REBUILD_ROLLUPS_SQLITE))}
+                    "postgresql": tuple(
+                        "TRUNCATE pg_temp.rollup_days, pg_temp.rollup_events" if s == "DELETE FROM temp.rollup_days;"
+                        else postgresql(s) for s in REBUILD_ROLLUPS_SQLITE if s != "DELETE FROM temp.rollup_events;")}
 
 
 _ROLLUP_DAYS_DONE = by_dialect("SELECT day FROM temp.rollup_days ORDER BY day DESC")
 # Retention recomputes the hour (and the operators' day) it cuts through.
+_CLEAR_HOURS = by_dialect("DELETE FROM temp.touched_hours")
 _CUT_HOUR = by_dialect("INSERT OR IGNORE INTO temp.touched_hours (user_id, hour) "
                        "SELECT user_id, hour FROM user_hours WHERE hour = ?")
 _CUT_DAY_DIRTY = by_dialect("INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)")
@@ -1048,6 +1054,7 @@ async def prune(db: BaseDatabase, before: datetime) -> dict[str, int]:
         await conn.execute("DELETE FROM user_hours WHERE hour < ?", (cutoff[:13],))
         q = _SQL[db.dialect]
         await conn.execute(q["_HOURS_TABLE"])
+        await conn.execute(_CLEAR_HOURS[db.dialect])  # empty already, unless an earlier transaction left rows
         await conn.execute(_CUT_HOUR[db.dialect], (cutoff[:13],))
         # The operators' day it cuts through is recomputed for whoever had activity that day.
         await conn.execute(_CUT_DAY[db.dialect], (cutoff[:13], cutoff[:10]))
