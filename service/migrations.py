@@ -73,13 +73,13 @@ def latest_version(schema_dir: Path | str = SCHEMA_DIR) -> int:
     return found[-1].version if found else 0
 
 
-
 def _applied(script: Script, reached: int, applied: list[int]) -> None:
     """After a script's transaction: the version it recorded must be its own."""
     if reached != script.version:
         raise MigrationError(f"{script.path.name}: version is {reached}, expected {script.version}")
     logger.info("applied migration %s", script.path.name)
     applied.append(script.version)
+
 
 async def current_version(conn: aiosqlite.Connection) -> int:
     async with conn.execute("PRAGMA user_version") as cur:

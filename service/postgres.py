@@ -139,12 +139,12 @@ class _Pending:
 class Connection:
     """The subset of aiosqlite.Connection the store uses, over one asyncpg connection in a transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, *, temp_made: bool = False) -> None:
         self.raw = conn
         self.temp_rows = 0  # rows copied into TEMP tables (Database.transaction: TEMP_ROWS_BEFORE_DISCARD)
         # The ingest's TEMP tables exist on this connection: set by the ingest once it made them, so that
         # each later write on the connection skips its 11 CREATE ... IF NOT EXISTS (~0.1 ms each).
-        self.temp_made = False
+        self.temp_made = temp_made
         # True: this transaction changed rows of the schema for sure (an ingest write); None: ask the server.
         self.wrote: bool | None = None
 
@@ -448,8 +448,7 @@ class PostgresDatabase(BaseDatabase):
                 if temp_rows >= self._temp_rows_before_discard:
                     await conn.execute("DISCARD TEMP")  # in this transaction: a rollback keeps them
                     temp_rows, made = 0, False
-                wrapped = Connection(conn)
-                wrapped.temp_made = made
+                wrapped = Connection(conn, temp_made=made)
                 yield wrapped
                 # A transaction that changed no row of the schema (a worker's tick with nothing to do, or
                 # one that only staged rows in its temporary tables) keeps every replica's cache, as it

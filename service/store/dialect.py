@@ -16,7 +16,7 @@ is spelling, and postgresql() rewrites exactly that:
   (user, kind, key) read every key of the user's kind), and
   it keeps its rows at commit, as SQLite's do: every script clears what it stages. Autovacuum never
   visits temporary tables, so the space of those deleted rows is never reused; the connection drops its
-  TEMP tables once they have held TEMP_ROWS_BEFORE_DISCARD rows (service/postgres.py). Session 9
+  TEMP tables once TEMP_ROWS_BEFORE_DISCARD rows have been staged in them (service/postgres.py). Session 9
   emptied them at each commit instead (``ON COMMIT DELETE ROWS``), which truncates every such table of
   the session, with its indexes and TOAST table, at every commit that touched any TEMP table: 4.5 ms of
   the server's time per ingest write (a sixth of a one-file write's), ~7% of a bulk ingest;
